@@ -1,0 +1,2 @@
+#![forbid(unsafe_code)]
+//! Low-rank sparsity predictors (filled in by the predictor issue).

@@ -1,0 +1,58 @@
+//! The one error type of `spike-flash`. Variants carry the file and the place in it, so a message names what
+//! is wrong and where without the caller adding context.
+
+use std::path::PathBuf;
+
+/// Errors of the `spike-flash` crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operating-system I/O error on a named file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The GGUF file is malformed at a byte offset.
+    #[error("{}: malformed GGUF at byte {offset}: {what}", path.display())]
+    Gguf { path: PathBuf, offset: u64, what: String },
+
+    /// A metadata key the model needs is absent.
+    #[error("{}: missing required metadata key `{key}`", path.display())]
+    MissingKey { path: PathBuf, key: String },
+
+    /// A metadata key is present with the wrong type or an unusable value.
+    #[error("{}: metadata key `{key}`: expected {expected}, found {found}", path.display())]
+    BadKey { path: PathBuf, key: String, expected: String, found: String },
+
+    /// A tensor is missing, has the wrong shape or type, or its bytes do not fit.
+    #[error("{}: tensor `{name}`: {what}", path.display())]
+    Tensor { path: PathBuf, name: String, what: String },
+
+    /// The file is well formed but uses something this toolkit does not implement.
+    #[error("{}: unsupported: {what}", path.display())]
+    Unsupported { path: PathBuf, what: String },
+
+    /// Building or running the tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// Fetching the default model failed.
+    #[error("fetching the default model: {0}")]
+    Fetch(String),
+
+    /// An argument or configuration value is out of range.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an `std::io::Error` with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,1 @@
+//! I/O: file mapping now; the flash read backends later.

@@ -1,0 +1,9 @@
+//! Spike's flash-side library: model import, flash layout, I/O engine, neuron cache, inference engine and
+//! cost model. See `DESIGN.md` at the workspace's shared folder for how the parts fit together.
+
+pub mod engine;
+pub mod error;
+pub mod io;
+pub mod model;
+
+pub use error::{Error, Result};

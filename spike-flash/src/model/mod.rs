@@ -1,0 +1,9 @@
+//! Model import: configuration, GGUF reading and writing, quantized block formats, tokenizer, and the
+//! default model's fetcher.
+
+pub mod config;
+pub mod fetch;
+pub mod gguf;
+pub mod gguf_write;
+pub mod quant;
+pub mod tokenizer;
