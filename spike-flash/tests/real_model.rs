@@ -1,0 +1,59 @@
+//! Tests on the real default model (SmolLM2-135M-Instruct Q4_1). They skip with a visible message when the
+//! model has not been fetched (`spike fetch-model`); CI fetches it first, so there they run.
+
+use std::sync::Arc;
+
+use spike_flash::engine::llama::LlamaModel;
+use spike_flash::engine::sampler::argmax;
+use spike_flash::model::fetch::default_model_path;
+use spike_flash::model::gguf::GgufFile;
+use spike_flash::model::tokenizer::Tokenizer;
+
+fn open() -> Option<Arc<GgufFile>> {
+    let path = default_model_path();
+    if !path.exists() {
+        eprintln!("SKIP: default model not found at {}; run `spike fetch-model`", path.display());
+        return None;
+    }
+    Some(Arc::new(GgufFile::open(&path).expect("the default model opens")))
+}
+
+#[test]
+fn real_model_tokenizer_matches_llama_cpp_ids_and_round_trips() {
+    let Some(file) = open() else { return };
+    let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
+    // Ids from the issue, as llama.cpp tokenizes this text for this model (no BOS: add_bos_token=false).
+    assert_eq!(tok.encode("The capital of France is").expect("encode"), vec![504, 3575, 282, 4649, 314]);
+    for text in [
+        "The capital of France is",
+        "  Leading spaces, digits 12345 and\nnew lines\t\ttabs; accents: café, naïve; emoji 🙂.",
+        "<|im_start|>user\nHi<|im_end|>",
+    ] {
+        let ids = tok.encode(text).expect("encode");
+        assert_eq!(tok.decode(&ids).expect("decode"), text);
+    }
+    // The smollm pre-tokenizer splits digits one by one.
+    let ids = tok.encode("2024").expect("encode");
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    // Control tokens written in text are single tokens.
+    assert_eq!(tok.encode("<|im_start|>").expect("encode").len(), 1);
+}
+
+#[test]
+fn real_model_greedy_continuation_is_paris() {
+    let Some(file) = open() else { return };
+    let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
+    let model = LlamaModel::from_gguf(file).expect("model");
+    let prompt = tok.encode("The capital of France is").expect("encode");
+    let mut state = model.new_state(prompt.len() + 8);
+    let mut logits = model.forward(&mut state, &prompt, false).expect("prompt");
+    let mut out = Vec::new();
+    for _ in 0..8 {
+        let next = argmax(&logits);
+        out.push(next);
+        logits = model.forward(&mut state, &[next], false).expect("decode");
+    }
+    let text = tok.decode(&out).expect("decode");
+    // llama.cpp's greedy continuation on this model: " Paris." then a blank line.
+    assert!(text.starts_with(" Paris."), "greedy continuation was {text:?}");
+}
