@@ -70,6 +70,12 @@ const MIN_KV_BYTES: u64 = 8 + 4 + 1;
 /// Smallest encoding of one tensor info: empty name (8), n_dims (4), one dim (8), type (4), offset (8).
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
 
+/// Initial capacity for `count` header entries. Counts are already bounded by the bytes left; capping the
+/// reservation as well means memory grows only with entries actually parsed, not with what a header claims.
+fn prealloc(count: u64) -> usize {
+    count.min(4096) as usize
+}
+
 /// A metadata value, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
@@ -698,9 +704,9 @@ impl<'a> Parser<'a> {
             ));
         }
 
-        // Metadata. Counts are bounded above, so these capacities are bounded by the file's size.
-        let mut kvs = Vec::with_capacity(kv_count as usize);
-        let mut key_index = HashMap::with_capacity(kv_count as usize);
+        // Metadata.
+        let mut kvs = Vec::with_capacity(prealloc(kv_count));
+        let mut key_index = HashMap::with_capacity(prealloc(kv_count));
         let mut alignment_at = None;
         for i in 0..kv_count {
             let key_at = self.pos;
@@ -738,9 +744,9 @@ impl<'a> Parser<'a> {
         };
 
         // Tensor infos.
-        let mut tensors = Vec::with_capacity(tensor_count as usize);
-        let mut tensor_index = HashMap::with_capacity(tensor_count as usize);
-        let mut offset_fields = Vec::with_capacity(tensor_count as usize);
+        let mut tensors = Vec::with_capacity(prealloc(tensor_count));
+        let mut tensor_index = HashMap::with_capacity(prealloc(tensor_count));
+        let mut offset_fields = Vec::with_capacity(prealloc(tensor_count));
         for i in 0..tensor_count {
             let name_at = self.pos;
             let name = self.string(&|| format!("the name of tensor #{i}"))?;
@@ -963,7 +969,7 @@ impl<'a> Parser<'a> {
                 ),
             ));
         }
-        // `count * min <= left`, so the capacity is bounded by the file's size.
+        // `count * min <= left`: at most one `MetaValue` (32 bytes) is reserved per byte left in the file.
         let mut items = Vec::with_capacity(count as usize);
         for _ in 0..count {
             items.push(self.value(elem_ty, elem_at, key, depth + 1)?);
