@@ -977,3 +977,52 @@ impl<'a> Parser<'a> {
         Ok(MetaValue::Array(items))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_file_can_be_shared_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<GgufFile>();
+        send_sync::<Error>();
+    }
+
+    #[test]
+    fn tensor_info_shape_helpers() {
+        let t = TensorInfo {
+            name: "w".into(),
+            dims: vec![64, 3, 2],
+            dtype: DType::Q4_1,
+            offset: 0,
+            n_bytes: 6 * 40,
+        };
+        assert_eq!(
+            (t.n_elements(), t.rows(), t.row_len(), t.row_bytes()),
+            (384, 6, 64, 40)
+        );
+        let v = TensorInfo {
+            dims: vec![5],
+            dtype: DType::F32,
+            n_bytes: 20,
+            ..t
+        };
+        assert_eq!((v.rows(), v.row_len(), v.row_bytes()), (1, 5, 20));
+    }
+
+    #[test]
+    fn describe_abbreviates() {
+        assert_eq!(MetaValue::I32(-1).describe(), "i32 -1");
+        assert_eq!(
+            MetaValue::String("a".repeat(50)).describe(),
+            format!("string {:?}...", "a".repeat(40))
+        );
+        assert_eq!(
+            MetaValue::Array(vec![MetaValue::U8(1); 3]).describe(),
+            "array of 3 u8"
+        );
+        assert_eq!(MetaValue::Array(vec![]).describe(), "empty array");
+        assert_eq!(MetaValue::F64(0.5).describe(), "f64 0.5");
+    }
+}
