@@ -1,1 +1,504 @@
-//! (in progress)
+//! Dot-product kernels of the dense engine: weight matrices in ggml's block formats (Q4_0, Q4_1, Q8_0) or
+//! plain floats (F32, F16, BF16) times activations of one or many tokens.
+//!
+//! # Numerics
+//!
+//! For quantized weights the activations are quantized on the fly, per 32-element block, as llama.cpp's
+//! `quantize_row_q8_0` / `quantize_row_q8_1` do: `d = amax / 127`, `q_i = round(x_i * 127 / amax)` (ties to
+//! even), and the block sum `s = d * sum(q_i)`. Unlike llama.cpp, `d` and `s` are kept in f32 rather than
+//! f16, so the only activation error is the rounding of `q_i`: `|x_i - d q_i| <= d / 2` (plus an ulp). The
+//! dot product of a weight block with an activation block is then an exact integer dot product scaled in
+//! f32, summed over blocks in f32:
+//!
+//! - Q4_0: `sum_b d_w d_x sum_i (q_i - 8) x_i`
+//! - Q4_1: `sum_b d_w d_x sum_i q_i x_i + m_w s_x`
+//! - Q8_0: `sum_b d_w d_x sum_i q_i x_i`
+//!
+//! The scalar kernels ([`Isa::Scalar`]) compute exactly these formulas and are the reference. The SIMD
+//! kernels compute the same integer dot products and the same per-block scale products, but sum in another
+//! order, and some split a block's integer dot product into an unsigned one plus an offset times the
+//! activation block sum (Q4_0's `-8`, and Q8_0's `+128` in the batched AVX-512 path), which moves the
+//! offset into the f32 sum. Both differences are f32 rounding only: tests bound them by `1e-5` of
+//! `sum |w_i x_i|`. Float weights are multiplied by f32 activations with f32 accumulation.
+//!
+//! # Threading
+//!
+//! [`matmul`] splits the rows of a matrix into about `2 * rayon::current_num_threads()` contiguous chunks
+//! of at least [`MIN_ROWS_PER_TASK`] rows and, for many tokens and few row chunks, the tokens too. The
+//! result of one (row, token) pair does not depend on the split: threaded and unthreaded results are equal
+//! bit for bit.
+//!
+//! # Batching
+//!
+//! With one token each weight block is used once, so the kernels read the weights straight from the
+//! matrix and run at memory bandwidth. With more tokens the SIMD kernels unpack a tile of rows (nibbles to
+//! bytes, scales to f32) into a small per-thread buffer that stays in L1 and run it against all the tokens,
+//! holding a register tile of rows x tokens accumulators, so each weight byte loaded from memory serves
+//! every token and each activation load serves several rows.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::model::quant::{DType, QK};
+use crate::{Error, Result};
+
+pub use scalar::{dequantize_row, dot_reference_f32};
+
+/// The smallest number of rows one task takes when [`matmul`] splits a matrix over threads.
+pub const MIN_ROWS_PER_TASK: usize = 64;
+
+/// The smallest number of tokens one task takes when [`matmul`] splits tokens over threads.
+const MIN_TOKENS_PER_TASK: usize = 16;
+
+/// A read-only weight matrix in ggml layout: `rows` rows of `cols` elements, row-major, each row
+/// `dtype.bytes_for(cols)` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    /// Wraps `data` as a `rows x cols` matrix of `dtype`; `cols` must be a whole number of blocks and
+    /// `data` exactly `rows` rows long.
+    pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
+        if cols % dtype.block_len() != 0 {
+            return Err(Error::Invalid(format!(
+                "matrix of {dtype}: {cols} columns is not a multiple of the block length {}",
+                dtype.block_len()
+            )));
+        }
+        let row_bytes = cols / dtype.block_len() * dtype.block_bytes();
+        let expected = rows.checked_mul(row_bytes).ok_or_else(|| {
+            Error::Invalid(format!("matrix of {dtype}: {rows} x {cols} overflows"))
+        })?;
+        if data.len() != expected {
+            return Err(Error::Invalid(format!(
+                "matrix of {dtype}: {rows} x {cols} needs {expected} bytes, found {}",
+                data.len()
+            )));
+        }
+        Ok(QMatrix {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_len() * self.dtype.block_bytes()
+    }
+
+    /// The bytes of row `r`.
+    ///
+    /// # Panics
+    /// When `r >= rows`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        assert!(r < self.rows, "row {r} of a matrix with {} rows", self.rows);
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Blocks per token in the quantized activation buffers: the real blocks rounded up to a multiple of 8,
+/// so SIMD kernels may load whole block pairs and 16 scale floats at a time without a bounds tail. The
+/// padding is zero and contributes nothing.
+fn padded_blocks(cols: usize) -> usize {
+    (cols / QK).div_ceil(8) * 8
+}
+
+/// Activations of `n` tokens (each `cols` long) prepared for dot products with weights of one dtype:
+/// quantized on the fly to 8-bit blocks for quantized weights (like llama.cpp's q8_0 / q8_1, with the
+/// scale and the block sum kept in f32, see the module documentation), kept as f32 for float weights.
+///
+/// Activations prepared for any quantized dtype serve all quantized dtypes, and those prepared for any
+/// float dtype serve all float dtypes. The buffers are reused: once sizes repeat, [`Acts::prepare`] does
+/// not allocate.
+#[derive(Clone, Debug, Default)]
+pub struct Acts {
+    n: usize,
+    cols: usize,
+    quantized: bool,
+    /// Float activations: `n * cols`.
+    x: Vec<f32>,
+    /// Quantized activations: `n` tokens of `padded_blocks(cols) * QK` values.
+    q: Vec<i8>,
+    /// Per token and block, `(d, d * sum(q))`: `n` tokens of `padded_blocks(cols) * 2` floats.
+    sc: Vec<f32>,
+}
+
+impl Acts {
+    /// Empty activations; the buffers grow on the first [`Acts::prepare`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Prepares `n` tokens of `cols` values each (`x` is token-major) for weights of `wdtype`.
+    ///
+    /// # Panics
+    /// When `x.len() != n * cols`, or `wdtype` is quantized and `cols` is not a multiple of its block.
+    pub fn prepare(&mut self, wdtype: DType, x: &[f32], n: usize, cols: usize) {
+        assert_eq!(
+            x.len(),
+            n * cols,
+            "activations: {} values for {n} tokens of {cols}",
+            x.len()
+        );
+        self.n = n;
+        self.cols = cols;
+        self.quantized = wdtype.is_quantized();
+        if !self.quantized {
+            self.x.clear();
+            self.x.extend_from_slice(x);
+            return;
+        }
+        assert!(
+            cols % QK == 0,
+            "activations: {cols} columns is not a multiple of {QK}"
+        );
+        let nbp = padded_blocks(cols);
+        self.q.clear();
+        self.q.resize(n * nbp * QK, 0);
+        self.sc.clear();
+        self.sc.resize(n * nbp * 2, 0.0);
+        for t in 0..n {
+            let xt = &x[t * cols..(t + 1) * cols];
+            let qt = &mut self.q[t * nbp * QK..(t + 1) * nbp * QK];
+            let st = &mut self.sc[t * nbp * 2..(t + 1) * nbp * 2];
+            for ((xb, qb), sb) in xt
+                .chunks_exact(QK)
+                .zip(qt.chunks_exact_mut(QK))
+                .zip(st.chunks_exact_mut(2))
+            {
+                let (d, sum) = quantize_block(xb, qb);
+                sb[0] = d;
+                sb[1] = d * sum as f32;
+            }
+        }
+    }
+
+    /// Number of tokens.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Values per token.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Whether these are 8-bit quantized activations (for quantized weights).
+    pub fn is_quantized(&self) -> bool {
+        self.quantized
+    }
+
+    /// Quantized values of token `t`, padded to [`padded_blocks`] blocks.
+    fn q_tok(&self, t: usize) -> &[i8] {
+        let len = padded_blocks(self.cols) * QK;
+        &self.q[t * len..(t + 1) * len]
+    }
+
+    /// `(d, d * sum)` per block of token `t`, padded to [`padded_blocks`] blocks.
+    fn sc_tok(&self, t: usize) -> &[f32] {
+        let len = padded_blocks(self.cols) * 2;
+        &self.sc[t * len..(t + 1) * len]
+    }
+
+    /// Float values of token `t`.
+    fn x_tok(&self, t: usize) -> &[f32] {
+        &self.x[t * self.cols..(t + 1) * self.cols]
+    }
+}
+
+/// Quantizes one block of `QK` values to `q` and returns `(d, sum(q))`.
+fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    let mut sum = 0i32;
+    for (qi, &xi) in q.iter_mut().zip(x) {
+        // |xi * id| <= 127 up to an ulp, and the cast saturates, so the value fits.
+        let v = (xi * id).round_ties_even() as i8;
+        *qi = v;
+        sum += i32::from(v);
+    }
+    (d, sum)
+}
+
+/// Instruction set of the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust, the reference.
+    Scalar,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// AVX-512 F/BW/VL with VNNI and VBMI, on top of [`Isa::Avx2`].
+    Avx512,
+}
+
+impl Isa {
+    /// All instruction sets, weakest first.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    /// Lower-case name, as `SPIKE_ISA` spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a name as `SPIKE_ISA` spells it.
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU runs this instruction set.
+    pub fn is_available(self) -> bool {
+        self <= detected_isa()
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The best instruction set this CPU supports.
+fn detected_isa() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
+    *DETECTED.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Isa {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let avx512 = avx2
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vbmi");
+    if avx512 {
+        Isa::Avx512
+    } else if avx2 {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Isa {
+    Isa::Scalar
+}
+
+/// The instruction set [`matmul`] uses: the best the CPU has, or the one the environment variable
+/// `SPIKE_ISA` (`scalar`, `avx2` or `avx512`) names, lowered to what the CPU has. An unrecognised value is
+/// ignored. Read once per process.
+pub fn isa() -> Isa {
+    static CHOSEN: OnceLock<Isa> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let best = detected_isa();
+        match std::env::var("SPIKE_ISA")
+            .ok()
+            .as_deref()
+            .and_then(Isa::parse)
+        {
+            Some(wanted) => wanted.min(best),
+            None => best,
+        }
+    })
+}
+
+/// `out[t * w.rows + r] = dot(w.row(r), x_t)` for `t in 0..acts.n()`, with the rows (and for many tokens,
+/// the tokens) split over the current rayon pool, using [`isa()`].
+///
+/// # Panics
+/// When `acts` has another width than `w.cols`, was prepared for the other kind of dtype (quantized or
+/// float), or `out.len() != acts.n() * w.rows`.
+pub fn matmul(w: &QMatrix, acts: &Acts, out: &mut [f32]) {
+    matmul_isa(isa(), w, acts, out);
+}
+
+/// Convenience: prepares `x` (`n = x.len() / w.cols` tokens) and calls [`matmul`]. Allocates the
+/// activation buffers on every call; the engine keeps an [`Acts`] instead.
+pub fn matvec(w: &QMatrix, x: &[f32], out: &mut [f32]) {
+    assert!(
+        w.cols > 0 && x.len() % w.cols == 0,
+        "matvec: {} values for {} columns",
+        x.len(),
+        w.cols
+    );
+    let mut acts = Acts::new();
+    acts.prepare(w.dtype, x, x.len() / w.cols, w.cols);
+    matmul(w, &acts, out);
+}
+
+/// Same as [`matmul`] with an explicit instruction set and no threading. An instruction set the CPU
+/// lacks is lowered to the best it has (see [`Isa::is_available`]).
+pub fn matmul_with(isa: Isa, w: &QMatrix, acts: &Acts, out: &mut [f32]) {
+    check(w, acts, out);
+    let isa = isa.min(detected_isa());
+    let rows = w.rows;
+    part(isa, w, acts, 0..rows, 0..acts.n(), &mut |t, r, v| {
+        out[t * rows + r] = v
+    });
+}
+
+/// Same as [`matmul`] with an explicit instruction set (lowered to what the CPU has), threaded over the
+/// current rayon pool.
+pub fn matmul_isa(isa: Isa, w: &QMatrix, acts: &Acts, out: &mut [f32]) {
+    check(w, acts, out);
+    let isa = isa.min(detected_isa());
+    let (rows, n) = (w.rows, acts.n());
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let (row_tasks, tok_tasks) = plan(rows, n, rayon::current_num_threads());
+    if row_tasks * tok_tasks <= 1 {
+        part(isa, w, acts, 0..rows, 0..n, &mut |t, r, v| {
+            out[t * rows + r] = v
+        });
+        return;
+    }
+    let row_chunk = rows.div_ceil(row_tasks);
+    if n == 1 {
+        out.par_chunks_mut(row_chunk)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let r0 = i * row_chunk;
+                part(isa, w, acts, r0..r0 + o.len(), 0..1, &mut |_, r, v| {
+                    o[r - r0] = v
+                });
+            });
+        return;
+    }
+    let tok_chunk = n.div_ceil(tok_tasks);
+    let sink = Sink {
+        ptr: out.as_mut_ptr(),
+        len: out.len(),
+    };
+    (0..row_tasks * tok_tasks).into_par_iter().for_each(|i| {
+        let r0 = (i % row_tasks) * row_chunk;
+        let t0 = (i / row_tasks) * tok_chunk;
+        let rs = r0..(r0 + row_chunk).min(rows);
+        let ts = t0..(t0 + tok_chunk).min(n);
+        // SAFETY: task `i` covers rows `rs` and tokens `ts`, and kernels only report pairs of their own
+        // ranges; the ranges of distinct tasks are disjoint, so no element is written twice or concurrently.
+        part(isa, w, acts, rs, ts, &mut |t, r, v| unsafe {
+            sink.write(t * rows + r, v)
+        });
+    });
+}
+
+/// How many row chunks and token chunks one call splits into.
+fn plan(rows: usize, n: usize, threads: usize) -> (usize, usize) {
+    if threads <= 1 {
+        return (1, 1);
+    }
+    let target = 2 * threads;
+    let mut row_tasks = (rows / MIN_ROWS_PER_TASK).clamp(1, target);
+    if row_tasks >= threads {
+        // A multiple of the thread count keeps the threads evenly loaded.
+        row_tasks -= row_tasks % threads;
+    }
+    let tok_tasks = if n > 1 && row_tasks < target {
+        (target / row_tasks).min(n / MIN_TOKENS_PER_TASK).max(1)
+    } else {
+        1
+    };
+    (row_tasks, tok_tasks)
+}
+
+fn check(w: &QMatrix, acts: &Acts, out: &[f32]) {
+    assert_eq!(
+        acts.cols, w.cols,
+        "activations of width {} for a matrix of {} columns",
+        acts.cols, w.cols
+    );
+    assert_eq!(
+        acts.quantized,
+        w.dtype.is_quantized(),
+        "activations prepared for {} weights used with {} weights",
+        if acts.quantized { "quantized" } else { "float" },
+        w.dtype
+    );
+    assert_eq!(
+        out.len(),
+        acts.n * w.rows,
+        "output of {} for {} tokens x {} rows",
+        out.len(),
+        acts.n,
+        w.rows
+    );
+}
+
+/// Computes the (row, token) pairs of `rows x toks` with `isa` (available on this CPU) and hands each to
+/// `put(token, row, value)`. Whether the one-token or the batched kernels run depends on `acts.n()` only,
+/// not on the size of `toks`, so a split never changes a result.
+fn part(
+    isa: Isa,
+    w: &QMatrix,
+    acts: &Acts,
+    rows: Range<usize>,
+    toks: Range<usize>,
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    match isa {
+        Isa::Scalar => scalar::part(w, acts, rows, toks, put),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is at most `detected_isa()`, so the CPU has AVX2, FMA and F16C.
+        Isa::Avx2 => unsafe { avx2::part(w, acts, rows, toks, put) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is at most `detected_isa()`, so the CPU has the AVX-512 subsets `avx512::part` needs.
+        Isa::Avx512 => unsafe { avx512::part(w, acts, rows, toks, put) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::part(w, acts, rows, toks, put),
+    }
+}
+
+/// The output buffer shared by the tasks of one [`matmul_isa`] call, which write disjoint elements.
+#[derive(Clone, Copy)]
+struct Sink {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: a `Sink` is only used inside `matmul_isa`, while the `&mut [f32]` it comes from is borrowed, and
+// its tasks write disjoint elements.
+unsafe impl Send for Sink {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Sink {}
+
+impl Sink {
+    /// Writes element `i`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes element `i` during the call.
+    unsafe fn write(&self, i: usize, v: f32) {
+        assert!(i < self.len, "output index {i} of {}", self.len);
+        // SAFETY: `i` is in bounds of the borrowed output, and the caller excludes concurrent access to it.
+        unsafe { self.ptr.add(i).write(v) }
+    }
+}
