@@ -83,11 +83,8 @@ fn data(b: &mut B) -> &mut B {
 /// A small valid file: two metadata pairs and two tensors.
 fn valid() -> B {
     let mut b = B::default();
-    b.header(3, 2, 2)
-        .kv_str("general.architecture", "llama")
-        .kv_u32("general.alignment", 32);
-    b.tensor("a", &[4], G_F32, 0)
-        .tensor("b", &[32, 2], G_Q8_0, 32);
+    b.header(3, 2, 2).kv_str("general.architecture", "llama").kv_u32("general.alignment", 32);
+    b.tensor("a", &[4], G_F32, 0).tensor("b", &[32, 2], G_Q8_0, 32);
     data(&mut b);
     b
 }
@@ -110,9 +107,7 @@ fn fails_at(bytes: Vec<u8>, offset: u64, needles: &[&str]) -> String {
 
 /// Like [`fails_at`] without checking the error kind or offset.
 fn fails(bytes: Vec<u8>, needles: &[&str]) -> String {
-    let msg = GgufFile::from_bytes(Path::new(LABEL), bytes)
-        .unwrap_err()
-        .to_string();
+    let msg = GgufFile::from_bytes(Path::new(LABEL), bytes).unwrap_err().to_string();
     assert!(msg.starts_with(LABEL), "message names the file: {msg}");
     for n in needles {
         assert!(msg.contains(n), "expected {n:?} in: {msg}");
@@ -129,12 +124,7 @@ fn the_valid_base_file_parses() {
     // Version 2 has the same layout.
     let mut v2 = valid().bytes();
     v2[4] = 2;
-    assert_eq!(
-        GgufFile::from_bytes(Path::new(LABEL), v2)
-            .unwrap()
-            .version(),
-        2
-    );
+    assert_eq!(GgufFile::from_bytes(Path::new(LABEL), v2).unwrap().version(), 2);
 }
 
 #[test]
@@ -149,14 +139,7 @@ fn unknown_versions() {
     for version in [0, 1, 4, 0xFFFF_FFFF] {
         let mut bytes = valid().bytes();
         bytes[4..8].copy_from_slice(&u32::to_le_bytes(version));
-        fails_at(
-            bytes,
-            4,
-            &[
-                &format!("unsupported GGUF version {version}"),
-                "only 2 and 3",
-            ],
-        );
+        fails_at(bytes, 4, &[&format!("unsupported GGUF version {version}"), "only 2 and 3"]);
     }
     let mut bytes = valid().bytes();
     bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
@@ -168,11 +151,8 @@ fn truncated_anywhere() {
     let full = valid().bytes();
     let header_len = {
         let mut b = B::default();
-        b.header(3, 2, 2)
-            .kv_str("general.architecture", "llama")
-            .kv_u32("general.alignment", 32);
-        b.tensor("a", &[4], G_F32, 0)
-            .tensor("b", &[32, 2], G_Q8_0, 32);
+        b.header(3, 2, 2).kv_str("general.architecture", "llama").kv_u32("general.alignment", 32);
+        b.tensor("a", &[4], G_F32, 0).tensor("b", &[32, 2], G_Q8_0, 32);
         b.0.len()
     };
     // The padding after the last tensor is optional, so every cut before the last tensor's end must fail.
@@ -195,27 +175,11 @@ fn truncated_anywhere() {
 #[test]
 fn truncated_message_names_what_is_cut() {
     let mut b = B::default();
-    b.header(3, 0, 1)
-        .str("general.name")
-        .u32(T_STRING)
-        .u64(10)
-        .raw(b"abc");
-    fails_at(
-        b.bytes(),
-        48,
-        &["claims a length of 10 bytes", "only 3 bytes are left"],
-    );
+    b.header(3, 0, 1).str("general.name").u32(T_STRING).u64(10).raw(b"abc");
+    fails_at(b.bytes(), 48, &["claims a length of 10 bytes", "only 3 bytes are left"]);
     let mut b = B::default();
     b.header(3, 0, 1).str("k").u32(T_U32).raw(&[1, 2]);
-    fails_at(
-        b.bytes(),
-        37,
-        &[
-            "file truncated",
-            "the value of metadata `k`",
-            "needs 4 bytes, only 2 left",
-        ],
-    );
+    fails_at(b.bytes(), 37, &["file truncated", "the value of metadata `k`", "needs 4 bytes, only 2 left"]);
 }
 
 /// Runs `f` and asserts it took less than a second: a reader that allocated what the header claims, or
@@ -223,11 +187,7 @@ fn truncated_message_names_what_is_cut() {
 fn quickly<T>(f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
     let out = f();
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
     out
 }
 
@@ -235,23 +195,11 @@ fn quickly<T>(f: impl FnOnce() -> T) -> T {
 fn absurd_counts_fail_fast_without_allocating() {
     let mut b = B::default();
     b.header(3, 1 << 60, 0);
-    quickly(|| {
-        fails_at(
-            b.bytes(),
-            8,
-            &["tensor count 1152921504606846976 is impossible"],
-        )
-    });
+    quickly(|| fails_at(b.bytes(), 8, &["tensor count 1152921504606846976 is impossible"]));
 
     let mut b = B::default();
     b.header(3, 0, u64::MAX);
-    quickly(|| {
-        fails_at(
-            b.bytes(),
-            16,
-            &["metadata key-value count 18446744073709551615 is impossible"],
-        )
-    });
+    quickly(|| fails_at(b.bytes(), 16, &["metadata key-value count 18446744073709551615 is impossible"]));
 
     // Plausible for the bytes that are there, but more than the file holds: plain truncation.
     let mut b = B::default();
@@ -263,31 +211,15 @@ fn absurd_counts_fail_fast_without_allocating() {
 fn huge_string_fails_fast_without_allocating() {
     let mut b = B::default();
     b.header(3, 0, 1).u64(1 << 40).raw(b"general.name");
-    quickly(|| {
-        fails_at(
-            b.bytes(),
-            24,
-            &["metadata key #0 claims a length of 1099511627776 bytes"],
-        )
-    });
+    quickly(|| fails_at(b.bytes(), 24, &["metadata key #0 claims a length of 1099511627776 bytes"]));
 
     let mut b = B::default();
-    b.header(3, 0, 1)
-        .str("k")
-        .u32(T_STRING)
-        .u64(1 << 40)
-        .zeros(64);
+    b.header(3, 0, 1).str("k").u32(T_STRING).u64(1 << 40).zeros(64);
     quickly(|| fails_at(b.bytes(), 37, &["claims a length of 1099511627776 bytes"]));
 
     let mut b = B::default();
     b.header(3, 1, 0).u64(u64::MAX).zeros(64);
-    quickly(|| {
-        fails_at(
-            b.bytes(),
-            24,
-            &["the name of tensor #0 claims a length of 18446744073709551615"],
-        )
-    });
+    quickly(|| fails_at(b.bytes(), 24, &["the name of tensor #0 claims a length of 18446744073709551615"]));
 }
 
 #[test]
@@ -296,29 +228,14 @@ fn huge_array_fails_fast_without_allocating() {
     b.header(3, 0, 1).str("k").u32(T_ARRAY).u32(T_U8);
     let at = b.pos();
     b.u64(1 << 40).zeros(100);
-    quickly(|| {
-        fails_at(
-            b.bytes(),
-            at,
-            &[
-                "array `k` claims 1099511627776 u8 elements",
-                "hold at most 100",
-            ],
-        )
-    });
+    quickly(|| fails_at(b.bytes(), at, &["array `k` claims 1099511627776 u8 elements", "hold at most 100"]));
 
     // Strings take at least 8 bytes each, so 100 bytes hold at most 12 of them.
     let mut b = B::default();
     b.header(3, 0, 1).str("k").u32(T_ARRAY).u32(T_STRING);
     let at = b.pos();
     b.u64(13).zeros(100);
-    quickly(|| {
-        fails_at(
-            b.bytes(),
-            at,
-            &["claims 13 string elements", "hold at most 12"],
-        )
-    });
+    quickly(|| fails_at(b.bytes(), at, &["claims 13 string elements", "hold at most 12"]));
 }
 
 #[test]
@@ -327,11 +244,7 @@ fn unknown_value_type() {
     b.header(3, 0, 2).kv_u32("ok", 1).str("weird");
     let at = b.pos();
     b.u32(13).u32(0);
-    fails_at(
-        b.bytes(),
-        at,
-        &["metadata `weird` has unknown value type 13"],
-    );
+    fails_at(b.bytes(), at, &["metadata `weird` has unknown value type 13"]);
 }
 
 #[test]
@@ -340,11 +253,7 @@ fn unknown_array_element_type() {
     b.header(3, 0, 1).str("arr").u32(T_ARRAY);
     let at = b.pos();
     b.u32(99).u64(0);
-    fails_at(
-        b.bytes(),
-        at,
-        &["metadata array `arr` has unknown element type 99"],
-    );
+    fails_at(b.bytes(), at, &["metadata array `arr` has unknown element type 99"]);
 }
 
 #[test]
@@ -353,11 +262,7 @@ fn bad_bool_byte() {
     b.header(3, 0, 1).str("flag").u32(T_BOOL);
     let at = b.pos();
     b.u8(2);
-    fails_at(
-        b.bytes(),
-        at,
-        &["metadata `flag`: bool byte is 2, not 0 or 1"],
-    );
+    fails_at(b.bytes(), at, &["metadata `flag`: bool byte is 2, not 0 or 1"]);
 }
 
 #[test]
@@ -387,28 +292,18 @@ fn unknown_tensor_type() {
     let at = b.pos();
     b.u32(99).u64(0);
     data(&mut b);
-    fails_at(
-        b.bytes(),
-        at,
-        &["tensor `blk.0.ffn_up.weight` has unknown ggml type id 99"],
-    );
+    fails_at(b.bytes(), at, &["tensor `blk.0.ffn_up.weight` has unknown ggml type id 99"]);
 }
 
 #[test]
 fn known_but_unsupported_tensor_type() {
     let mut b = B::default();
-    b.header(3, 1, 0)
-        .tensor("blk.0.ffn_up.weight", &[256], 12, 0)
-        .pad(32)
-        .zeros(144);
+    b.header(3, 1, 0).tensor("blk.0.ffn_up.weight", &[256], 12, 0).pad(32).zeros(144);
     let err = GgufFile::from_bytes(Path::new(LABEL), b.bytes()).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.starts_with(LABEL), "{msg}");
-    assert!(
-        msg.contains("tensor `blk.0.ffn_up.weight` has ggml type q4_K (id 12)"),
-        "{msg}"
-    );
+    assert!(msg.contains("tensor `blk.0.ffn_up.weight` has ggml type q4_K (id 12)"), "{msg}");
 }
 
 #[test]
@@ -416,19 +311,8 @@ fn too_many_or_no_dimensions() {
     let mut b = B::default();
     b.header(3, 1, 0).str("t");
     let at = b.pos();
-    b.u32(5)
-        .u64(1)
-        .u64(1)
-        .u64(1)
-        .u64(1)
-        .u64(1)
-        .u32(G_F32)
-        .u64(0);
-    fails_at(
-        b.bytes(),
-        at,
-        &["tensor `t` has 5 dimensions; 1 to 4 are allowed"],
-    );
+    b.u32(5).u64(1).u64(1).u64(1).u64(1).u64(1).u32(G_F32).u64(0);
+    fails_at(b.bytes(), at, &["tensor `t` has 5 dimensions; 1 to 4 are allowed"]);
 
     let mut b = B::default();
     b.header(3, 1, 0).str("t");
@@ -444,11 +328,7 @@ fn zero_dimension() {
     let at = b.pos();
     b.u64(0).u32(G_F32).u64(0);
     data(&mut b);
-    fails_at(
-        b.bytes(),
-        at,
-        &["tensor `t` has a zero dimension (dims[1] = 0)"],
-    );
+    fails_at(b.bytes(), at, &["tensor `t` has a zero dimension (dims[1] = 0)"]);
 }
 
 #[test]
@@ -458,21 +338,13 @@ fn element_count_overflow() {
     let at = b.pos();
     b.u64(1 << 2).u32(G_F32).u64(0);
     data(&mut b);
-    fails_at(
-        b.bytes(),
-        at,
-        &["tensor `t`: element count overflows at dims[2] = 4"],
-    );
+    fails_at(b.bytes(), at, &["tensor `t`: element count overflows at dims[2] = 4"]);
 
     let mut b = B::default();
     b.header(3, 1, 0).str("t").u32(2);
     let at = b.pos();
     b.u64(1 << 63).u64(2).u32(G_F32).u64(0);
-    fails_at(
-        b.bytes(),
-        at,
-        &["element count overflows at dims[0] = 9223372036854775808"],
-    );
+    fails_at(b.bytes(), at, &["element count overflows at dims[0] = 9223372036854775808"]);
 }
 
 #[test]
@@ -482,11 +354,7 @@ fn row_length_not_a_multiple_of_the_block() {
     let at = b.pos() + 4;
     b.u32(2).u64(48).u64(2).u32(G_Q8_0).u64(0);
     data(&mut b);
-    fails_at(
-        b.bytes(),
-        at,
-        &["tensor `blk.0.attn_q.weight`: row length 48 is not a multiple of q8_0's block size 32"],
-    );
+    fails_at(b.bytes(), at, &["tensor `blk.0.attn_q.weight`: row length 48 is not a multiple of q8_0's block size 32"]);
 }
 
 #[test]
@@ -496,37 +364,19 @@ fn alignment_not_a_power_of_two() {
         b.header(3, 0, 1).str("general.alignment");
         let at = b.pos();
         b.u32(T_U32).u32(bad);
-        fails_at(
-            b.bytes(),
-            at,
-            &[
-                "`general.alignment` must be a power of two",
-                &format!("found u32 {bad}"),
-            ],
-        );
+        fails_at(b.bytes(), at, &["`general.alignment` must be a power of two", &format!("found u32 {bad}")]);
     }
     let mut b = B::default();
     b.header(3, 0, 1).str("general.alignment");
     let at = b.pos();
     b.u32(T_STRING).str("32");
-    fails_at(
-        b.bytes(),
-        at,
-        &[
-            "`general.alignment` must be a power of two",
-            "found string \"32\"",
-        ],
-    );
+    fails_at(b.bytes(), at, &["`general.alignment` must be a power of two", "found string \"32\""]);
 }
 
 #[test]
 fn other_power_of_two_alignments_are_honoured() {
     let mut b = B::default();
-    b.header(3, 1, 1)
-        .kv_u32("general.alignment", 64)
-        .tensor("a", &[4], G_F32, 0)
-        .pad(64)
-        .zeros(16);
+    b.header(3, 1, 1).kv_u32("general.alignment", 64).tensor("a", &[4], G_F32, 0).pad(64).zeros(16);
     let f = GgufFile::from_bytes(Path::new(LABEL), b.bytes()).unwrap();
     assert_eq!((f.alignment(), f.data_offset() % 64), (64, 0));
 }
@@ -534,42 +384,22 @@ fn other_power_of_two_alignments_are_honoured() {
 #[test]
 fn tensor_offset_not_aligned() {
     let mut b = B::default();
-    b.header(3, 2, 0)
-        .tensor("a", &[4], G_F32, 0)
-        .str("b")
-        .u32(2)
-        .u64(32)
-        .u64(2)
-        .u32(G_Q8_0);
+    b.header(3, 2, 0).tensor("a", &[4], G_F32, 0).str("b").u32(2).u64(32).u64(2).u32(G_Q8_0);
     let at = b.pos();
     b.u64(40);
     data(&mut b);
-    fails_at(
-        b.bytes(),
-        at,
-        &["tensor `b`: data offset 40 is not a multiple of the alignment 32"],
-    );
+    fails_at(b.bytes(), at, &["tensor `b`: data offset 40 is not a multiple of the alignment 32"]);
 }
 
 #[test]
 fn tensor_past_the_end_of_the_file() {
     let mut b = B::default();
-    b.header(3, 2, 0)
-        .tensor("a", &[4], G_F32, 0)
-        .str("b")
-        .u32(2)
-        .u64(32)
-        .u64(2)
-        .u32(G_Q8_0);
+    b.header(3, 2, 0).tensor("a", &[4], G_F32, 0).str("b").u32(2).u64(32).u64(2).u32(G_Q8_0);
     let at = b.pos();
     b.u64(64);
     data(&mut b);
     let end = format!("extends past the end of the {}-byte file", b.pos());
-    fails_at(
-        b.bytes(),
-        at,
-        &["tensor `b` (68 bytes at data offset 64", &end],
-    );
+    fails_at(b.bytes(), at, &["tensor `b` (68 bytes at data offset 64", &end]);
 
     // An offset near u64::MAX must not wrap around.
     let mut b = B::default();
@@ -583,21 +413,12 @@ fn tensor_past_the_end_of_the_file() {
 #[test]
 fn overlapping_tensors() {
     let mut b = B::default();
-    b.header(3, 3, 0)
-        .tensor("a", &[4], G_F32, 0)
-        .tensor("b", &[32, 2], G_Q8_0, 32)
-        .str("c")
-        .u32(1)
-        .u64(16);
+    b.header(3, 3, 0).tensor("a", &[4], G_F32, 0).tensor("b", &[32, 2], G_Q8_0, 32).str("c").u32(1).u64(16);
     b.u32(G_F32);
     let at = b.pos();
     b.u64(64);
     data(&mut b);
-    fails_at(
-        b.bytes(),
-        at,
-        &["tensors `b` (data bytes 32..100) and `c` (data bytes 64..128) overlap"],
-    );
+    fails_at(b.bytes(), at, &["tensors `b` (data bytes 32..100) and `c` (data bytes 64..128) overlap"]);
 }
 
 #[test]
@@ -616,11 +437,7 @@ fn duplicate_keys() {
     b.header(3, 0, 2).kv_u32("llama.block_count", 30);
     let at = b.pos();
     b.kv_u32("llama.block_count", 31);
-    fails_at(
-        b.bytes(),
-        at,
-        &["duplicate metadata key `llama.block_count`"],
-    );
+    fails_at(b.bytes(), at, &["duplicate metadata key `llama.block_count`"]);
 }
 
 #[test]
@@ -632,80 +449,43 @@ fn open_names_the_path() {
     let path = dir.path().join("bad-magic.gguf");
     std::fs::write(&path, bytes).unwrap();
     let msg = GgufFile::open(&path).unwrap_err().to_string();
-    assert!(
-        msg.starts_with(&path.display().to_string()) && msg.contains("bad magic"),
-        "{msg}"
-    );
+    assert!(msg.starts_with(&path.display().to_string()) && msg.contains("bad magic"), "{msg}");
 
     let path = dir.path().join("truncated.gguf");
     std::fs::write(&path, &valid().bytes()[..120]).unwrap();
     let msg = GgufFile::open(&path).unwrap_err().to_string();
-    assert!(
-        msg.starts_with(&path.display().to_string()) && msg.contains("file truncated"),
-        "{msg}"
-    );
+    assert!(msg.starts_with(&path.display().to_string()) && msg.contains("file truncated"), "{msg}");
 
     let path = dir.path().join("empty.gguf");
     std::fs::write(&path, b"").unwrap();
     let msg = GgufFile::open(&path).unwrap_err().to_string();
-    assert!(
-        msg.contains("empty.gguf") && msg.contains("file truncated"),
-        "{msg}"
-    );
+    assert!(msg.contains("empty.gguf") && msg.contains("file truncated"), "{msg}");
 
     let path = dir.path().join("missing.gguf");
     let err = GgufFile::open(&path).unwrap_err();
-    assert!(
-        matches!(err, Error::Io { .. }) && err.to_string().contains("missing.gguf"),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Io { .. }) && err.to_string().contains("missing.gguf"), "{err}");
 
     let path = dir.path().join("good.gguf");
     std::fs::write(&path, valid().bytes()).unwrap();
     let f = GgufFile::open(&path).unwrap();
-    assert_eq!(
-        (f.path(), f.file_len()),
-        (path.as_path(), valid().bytes().len() as u64)
-    );
+    assert_eq!((f.path(), f.file_len()), (path.as_path(), valid().bytes().len() as u64));
 }
 
 #[test]
 fn accessors_report_missing_and_mistyped_keys() {
     let mut b = B::default();
-    b.header(3, 0, 4)
-        .kv_str("s", "x")
-        .kv_u32("n", 7)
-        .str("neg")
-        .u32(5)
-        .u32((-1i32) as u32);
-    b.str("arr")
-        .u32(T_ARRAY)
-        .u32(T_U32)
-        .u64(2)
-        .u32(1)
-        .u32(u32::MAX);
+    b.header(3, 0, 4).kv_str("s", "x").kv_u32("n", 7).str("neg").u32(5).u32((-1i32) as u32);
+    b.str("arr").u32(T_ARRAY).u32(T_U32).u64(2).u32(1).u32(u32::MAX);
     let f = GgufFile::from_bytes(Path::new(LABEL), b.bytes()).unwrap();
     assert_eq!(f.get_u32("n").unwrap(), 7);
     assert_eq!(f.get_str("s").unwrap(), "x");
     let err = f.get_u32("missing").unwrap_err();
     assert!(matches!(err, Error::MissingKey { .. }), "{err:?}");
-    assert!(
-        err.to_string()
-            .contains("bad.gguf: missing required metadata key `missing`"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("bad.gguf: missing required metadata key `missing`"), "{err}");
     let err = f.get_u32("neg").unwrap_err();
     assert!(matches!(err, Error::BadKey { .. }), "{err:?}");
-    assert!(
-        err.to_string()
-            .contains("`neg`: expected an integer in the u32 range, found i32 -1"),
-        "{err}"
-    );
-    assert!(f
-        .get_str("n")
-        .unwrap_err()
-        .to_string()
-        .contains("expected a string, found u32 7"));
+    assert!(err.to_string().contains("`neg`: expected an integer in the u32 range, found i32 -1"), "{err}");
+    assert!(f.get_str("n").unwrap_err().to_string().contains("expected a string, found u32 7"));
     assert!(f.get_f32("n").is_err() && f.get_bool("s").is_err() && f.get_str_array("s").is_err());
     let msg = f.get_i32_array("arr").unwrap_err().to_string();
     assert!(msg.contains("element 1 is 4294967295"), "{msg}");
@@ -719,23 +499,12 @@ fn accessors_report_missing_and_mistyped_keys() {
 fn random_corruption_never_panics() {
     // A third tensor and an array make more of the header worth corrupting.
     let mut full = B::default();
-    full.header(3, 3, 3)
-        .kv_str("general.architecture", "llama")
-        .kv_u32("general.alignment", 32);
-    full.str("tokens")
-        .u32(T_ARRAY)
-        .u32(T_STRING)
-        .u64(2)
-        .str("a")
-        .str("bc");
-    full.tensor("a", &[4], G_F32, 0)
-        .tensor("b", &[32, 2], G_Q8_0, 32)
-        .tensor("c", &[2, 2], 1, 128);
+    full.header(3, 3, 3).kv_str("general.architecture", "llama").kv_u32("general.alignment", 32);
+    full.str("tokens").u32(T_ARRAY).u32(T_STRING).u64(2).str("a").str("bc");
+    full.tensor("a", &[4], G_F32, 0).tensor("b", &[32, 2], G_Q8_0, 32).tensor("c", &[2, 2], 1, 128);
     data(&mut full).zeros(8);
     let original = full.bytes();
-    let header_len = GgufFile::from_bytes(Path::new(LABEL), original.clone())
-        .unwrap()
-        .data_offset() as usize;
+    let header_len = GgufFile::from_bytes(Path::new(LABEL), original.clone()).unwrap().data_offset() as usize;
     let mut s: u64 = 0x6775_6766;
     let mut next = || {
         s ^= s << 13;

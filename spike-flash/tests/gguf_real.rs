@@ -17,17 +17,12 @@ fn default_model() -> Option<GgufFile> {
     let path = match std::env::var_os("SPIKE_DEFAULT_MODEL") {
         Some(p) => PathBuf::from(p),
         None => {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
             home.join(".cache/spike/models").join(MODEL_FILE)
         }
     };
     if !path.is_file() {
-        println!(
-            "SKIP: default model not found at {}; run spike fetch-model",
-            path.display()
-        );
+        println!("SKIP: default model not found at {}; run spike fetch-model", path.display());
         return None;
     }
     Some(GgufFile::open(&path).unwrap())
@@ -47,10 +42,7 @@ fn header_and_hyperparameters() {
     assert_eq!(f.get_u32("llama.attention.head_count").unwrap(), 9);
     assert_eq!(f.get_u32("llama.attention.head_count_kv").unwrap(), 3);
     assert_eq!(f.get_f32("llama.rope.freq_base").unwrap(), 100_000.0);
-    assert_eq!(
-        f.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(),
-        1e-5
-    );
+    assert_eq!(f.get_f32("llama.attention.layer_norm_rms_epsilon").unwrap(), 1e-5);
     assert!(!f.get_bool("tokenizer.ggml.add_bos_token").unwrap());
     assert_eq!(f.get_str("tokenizer.ggml.model").unwrap(), "gpt2");
     let tokens = f.get_str_array("tokenizer.ggml.tokens").unwrap();
@@ -59,20 +51,14 @@ fn header_and_hyperparameters() {
     let types = f.get_i32_array("tokenizer.ggml.token_type").unwrap();
     assert_eq!((types.len(), types[0]), (49152, 3));
     assert_eq!(f.metadata().count(), 33);
-    assert_eq!(
-        f.metadata().last().unwrap().0,
-        "general.quantization_version"
-    );
+    assert_eq!(f.metadata().last().unwrap().0, "general.quantization_version");
 }
 
 #[test]
 fn tensor_table() {
     let Some(f) = default_model() else { return };
     let count = |d: DType| f.tensors().iter().filter(|t| t.dtype == d).count();
-    assert_eq!(
-        (count(DType::Q4_1), count(DType::F32), count(DType::Q8_0)),
-        (210, 61, 1)
-    );
+    assert_eq!((count(DType::Q4_1), count(DType::F32), count(DType::Q8_0)), (210, 61, 1));
     let emb = f.tensor("token_embd.weight").unwrap();
     assert_eq!(emb.dtype, DType::Q8_0);
     assert_eq!(emb.dims, [576, 49152]);
@@ -80,10 +66,7 @@ fn tensor_table() {
     assert_eq!(emb.n_bytes, 30_081_024);
     assert_eq!(f.data_offset() + emb.offset, 1_785_664);
     let up = f.tensor("blk.0.ffn_up.weight").unwrap();
-    assert_eq!(
-        (up.dtype, up.dims.as_slice()),
-        (DType::Q4_1, &[576u64, 1536][..])
-    );
+    assert_eq!((up.dtype, up.dims.as_slice()), (DType::Q4_1, &[576u64, 1536][..]));
     let down = f.tensor("blk.0.ffn_down.weight").unwrap();
     assert_eq!(down.dims, [1536, 576]);
     assert_eq!(f.data_offset() + down.offset, 31_868_992);
@@ -95,27 +78,11 @@ fn tensor_values_match_python_gguf() {
     let Some(f) = default_model() else { return };
     let norm = f.tensor_f32("blk.0.ffn_norm.weight").unwrap();
     assert_eq!(norm.len(), 576);
-    assert_eq!(
-        norm[..6],
-        [
-            0.09375,
-            0.10546875,
-            0.10205078,
-            0.07470703,
-            0.10644531,
-            0.099609375
-        ]
-    );
-    assert_eq!(
-        norm.iter().map(|&v| f64::from(v)).sum::<f64>(),
-        61.69384765625
-    );
+    assert_eq!(norm[..6], [0.09375, 0.10546875, 0.10205078, 0.07470703, 0.10644531, 0.099609375]);
+    assert_eq!(norm.iter().map(|&v| f64::from(v)).sum::<f64>(), 61.69384765625);
 
     let emb = f.tensor_f32("token_embd.weight").unwrap();
-    assert_eq!(
-        emb[..4],
-        [-0.106544495, 0.032978058, 0.0481987, -0.022830963]
-    );
+    assert_eq!(emb[..4], [-0.106544495, 0.032978058, 0.0481987, -0.022830963]);
     assert_eq!(emb[576], -0.023803711);
     // numpy sums pairwise and we sum in order, so the totals agree to rounding only.
     let sum: f64 = emb.iter().map(|&v| f64::from(v)).sum();

@@ -31,8 +31,8 @@ const N_TOKENS: usize = 32;
 /// The first 32 ids of [`TEXT`] as the reference's own byte-level BPE (tests/reference/sanity_check.py)
 /// encodes them. Only used for a note if Spike's tokenizer disagrees; the test uses Spike's ids.
 const EXPECTED_IDS: [u32; N_TOKENS] = [
-    29968, 1380, 314, 253, 7607, 282, 6416, 5290, 338, 2518, 5530, 288, 835, 429, 940, 30, 4736,
-    282, 1036, 11075, 22916, 28, 253, 1743, 8284, 3077, 281, 3480, 284, 2925, 601, 288,
+    29968, 1380, 314, 253, 7607, 282, 6416, 5290, 338, 2518, 5530, 288, 835, 429, 940, 30, 4736, 282, 1036, 11075,
+    22916, 28, 253, 1743, 8284, 3077, 281, 3480, 284, 2925, 601, 288,
 ];
 
 /// Default tolerance: max |logit diff| as a fraction of the position's logit range.
@@ -41,11 +41,7 @@ const DEFAULT_TOL: f64 = 0.01;
 type TestResult = Result<(), Box<dyn Error>>;
 
 fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("tests")
-        .join("reference")
-        .join("llama_ref.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("tests").join("reference").join("llama_ref.py")
 }
 
 fn python() -> String {
@@ -54,28 +50,19 @@ fn python() -> String {
 
 fn tolerance() -> f64 {
     match std::env::var("SPIKE_REF_TOL") {
-        Ok(s) => s
-            .parse::<f64>()
-            .unwrap_or_else(|_| panic!("SPIKE_REF_TOL={s:?} is not a number")),
+        Ok(s) => s.parse::<f64>().unwrap_or_else(|_| panic!("SPIKE_REF_TOL={s:?} is not a number")),
         Err(_) => DEFAULT_TOL,
     }
 }
 
 /// `Ok(())` when `python -c "import gguf, numpy"` succeeds, otherwise why not.
 fn python_deps_available(python: &str) -> Result<(), String> {
-    match Command::new(python)
-        .args(["-c", "import gguf, numpy"])
-        .output()
-    {
+    match Command::new(python).args(["-c", "import gguf, numpy"]).output() {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
-            Err(format!(
-                "`{python} -c \"import gguf, numpy\"` failed ({}): {}",
-                out.status,
-                last.unwrap_or("").trim()
-            ))
+            Err(format!("`{python} -c \"import gguf, numpy\"` failed ({}): {}", out.status, last.unwrap_or("").trim()))
         }
         Err(e) => Err(format!("cannot run `{python}`: {e}")),
     }
@@ -85,17 +72,9 @@ fn python_deps_available(python: &str) -> Result<(), String> {
 fn read_f32_le(path: &Path) -> Result<Vec<f32>, Box<dyn Error>> {
     let bytes = std::fs::read(path)?;
     if bytes.len() % 4 != 0 {
-        return Err(format!(
-            "{}: {} bytes is not a multiple of 4",
-            path.display(),
-            bytes.len()
-        )
-        .into());
+        return Err(format!("{}: {} bytes is not a multiple of 4", path.display(), bytes.len()).into());
     }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -170,11 +149,7 @@ fn compare_row(pos: usize, token: u32, reference: &[f32], spike: &[f32]) -> Posi
     let mut diff_at = 0;
     for (i, (&r, &s)) in reference.iter().zip(spike).enumerate() {
         // A NaN in Spike's output must fail the test, so treat it as an infinite difference.
-        let d = if s.is_nan() {
-            f32::INFINITY
-        } else {
-            (r - s).abs()
-        };
+        let d = if s.is_nan() { f32::INFINITY } else { (r - s).abs() };
         if d > max_abs_diff {
             max_abs_diff = d;
             diff_at = i;
@@ -199,10 +174,7 @@ fn compare_row(pos: usize, token: u32, reference: &[f32], spike: &[f32]) -> Posi
 fn spike_matches_numpy_reference_on_default_model() -> TestResult {
     let model_path = default_model_path();
     if !model_path.exists() {
-        println!(
-            "SKIP: default model not found at {}; run spike fetch-model",
-            model_path.display()
-        );
+        println!("SKIP: default model not found at {}; run spike fetch-model", model_path.display());
         return Ok(());
     }
     let python = python();
@@ -214,21 +186,13 @@ fn spike_matches_numpy_reference_on_default_model() -> TestResult {
         return Ok(());
     }
     let script = script_path();
-    assert!(
-        script.exists(),
-        "reference script not found at {}",
-        script.display()
-    );
+    assert!(script.exists(), "reference script not found at {}", script.display());
 
     // Tokenize with Spike's tokenizer.
     let gguf = Arc::new(GgufFile::open(&model_path)?);
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
     let all_ids = tokenizer.encode(TEXT)?;
-    assert!(
-        all_ids.len() >= N_TOKENS,
-        "the test text encodes to {} tokens, fewer than {N_TOKENS}",
-        all_ids.len()
-    );
+    assert!(all_ids.len() >= N_TOKENS, "the test text encodes to {} tokens, fewer than {N_TOKENS}", all_ids.len());
     let ids: Vec<u32> = all_ids[..N_TOKENS].to_vec();
     if ids != EXPECTED_IDS {
         println!(
@@ -253,50 +217,24 @@ fn spike_matches_numpy_reference_on_default_model() -> TestResult {
         .arg(&out)
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "reference script failed ({}):\n{stderr}",
-        output.status
-    );
-    println!(
-        "reference ran in {:.1} s:\n{}",
-        started.elapsed().as_secs_f64(),
-        stderr.trim_end()
-    );
+    assert!(output.status.success(), "reference script failed ({}):\n{stderr}", output.status);
+    println!("reference ran in {:.1} s:\n{}", started.elapsed().as_secs_f64(), stderr.trim_end());
 
-    let sidecar: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("ref_logits.bin.json"))?)?;
-    let n_tokens = sidecar["n_tokens"]
-        .as_u64()
-        .ok_or("sidecar: n_tokens missing")? as usize;
+    let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("ref_logits.bin.json"))?)?;
+    let n_tokens = sidecar["n_tokens"].as_u64().ok_or("sidecar: n_tokens missing")? as usize;
     let vocab = sidecar["vocab"].as_u64().ok_or("sidecar: vocab missing")? as usize;
     assert_eq!(n_tokens, N_TOKENS, "reference wrote {n_tokens} positions");
     let reference = read_f32_le(&out)?;
-    assert_eq!(
-        reference.len(),
-        n_tokens * vocab,
-        "reference logits file size"
-    );
+    assert_eq!(reference.len(), n_tokens * vocab, "reference logits file size");
 
     // Spike.
     let model = LlamaModel::from_gguf(Arc::clone(&gguf))?;
-    assert_eq!(
-        model.config().vocab_size,
-        vocab,
-        "vocab size: Spike vs reference"
-    );
+    assert_eq!(model.config().vocab_size, vocab, "vocab size: Spike vs reference");
     let mut state = model.new_state(N_TOKENS);
     let started = std::time::Instant::now();
     let spike = model.forward(&mut state, &ids, true)?;
-    println!(
-        "spike forward over {N_TOKENS} tokens in {:.3} s",
-        started.elapsed().as_secs_f64()
-    );
-    assert_eq!(
-        spike.len(),
-        N_TOKENS * vocab,
-        "Spike logits: expected tokens x vocab"
-    );
+    println!("spike forward over {N_TOKENS} tokens in {:.3} s", started.elapsed().as_secs_f64());
+    assert_eq!(spike.len(), N_TOKENS * vocab, "Spike logits: expected tokens x vocab");
 
     // Compare every position.
     let tol = tolerance();
@@ -318,22 +256,13 @@ fn spike_matches_numpy_reference_on_default_model() -> TestResult {
             d.range()
         );
     }
-    let worst = diffs
-        .iter()
-        .max_by(|a, b| a.rel().total_cmp(&b.rel()))
-        .ok_or("no positions")?;
+    let worst = diffs.iter().max_by(|a, b| a.rel().total_cmp(&b.rel())).ok_or("no positions")?;
     println!("worst {}", worst.describe());
 
-    let argmax_mismatches: Vec<String> = diffs
-        .iter()
-        .filter(|d| d.ref_argmax != d.spike_argmax)
-        .map(PositionDiff::describe)
-        .collect();
-    let over_tolerance: Vec<String> = diffs
-        .iter()
-        .filter(|d| d.rel().is_nan() || d.rel() > tol)
-        .map(PositionDiff::describe)
-        .collect();
+    let argmax_mismatches: Vec<String> =
+        diffs.iter().filter(|d| d.ref_argmax != d.spike_argmax).map(PositionDiff::describe).collect();
+    let over_tolerance: Vec<String> =
+        diffs.iter().filter(|d| d.rel().is_nan() || d.rel() > tol).map(PositionDiff::describe).collect();
     assert!(
         argmax_mismatches.is_empty(),
         "argmax differs at {} position(s):\n{}",

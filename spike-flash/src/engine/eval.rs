@@ -37,10 +37,7 @@ pub fn perplexity(
     }
     let chunks = tokens.len() / n_ctx;
     if chunks == 0 {
-        return Err(Error::Invalid(format!(
-            "the text has {} tokens, fewer than one context of {n_ctx}",
-            tokens.len()
-        )));
+        return Err(Error::Invalid(format!("the text has {} tokens, fewer than one context of {n_ctx}", tokens.len())));
     }
     let vocab = model.config().vocab_size;
     let first = n_ctx / 2;

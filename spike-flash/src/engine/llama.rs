@@ -174,12 +174,7 @@ impl LlamaModel {
 
     /// A view of a weight matrix.
     pub fn matrix(&self, w: &WeightRef) -> QMatrix<'_> {
-        QMatrix {
-            dtype: w.dtype,
-            rows: w.rows,
-            cols: w.cols,
-            data: &self.file.bytes()[w.offset..w.offset + w.len],
-        }
+        QMatrix { dtype: w.dtype, rows: w.rows, cols: w.cols, data: &self.file.bytes()[w.offset..w.offset + w.len] }
     }
 
     /// `out = x W^T` for `n` rows of `x`, preparing the activations for `w`'s type.
@@ -288,7 +283,16 @@ impl LlamaModel {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn store_kv(&self, cache: (&mut [f32], &mut [f32]), l: usize, start: usize, n: usize, k: &[f32], v: &[f32], max_seq: usize) {
+    fn store_kv(
+        &self,
+        cache: (&mut [f32], &mut [f32]),
+        l: usize,
+        start: usize,
+        n: usize,
+        k: &[f32],
+        v: &[f32],
+        max_seq: usize,
+    ) {
         let (hd, nkv) = (self.cfg.head_dim, self.cfg.n_kv_heads);
         let (kc, vc) = cache;
         for t in 0..n {
@@ -303,7 +307,17 @@ impl LlamaModel {
 
     /// Causal grouped-query attention of `n` new tokens at positions `start..start + n` over the cache.
     #[allow(clippy::too_many_arguments)]
-    fn attention(&self, kc: &[f32], vc: &[f32], l: usize, start: usize, n: usize, q: &[f32], out: &mut [f32], max_seq: usize) {
+    fn attention(
+        &self,
+        kc: &[f32],
+        vc: &[f32],
+        l: usize,
+        start: usize,
+        n: usize,
+        q: &[f32],
+        out: &mut [f32],
+        max_seq: usize,
+    ) {
         let cfg = &self.cfg;
         let (hd, nh, nkv, d) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.d_model);
         let group = nh / nkv;

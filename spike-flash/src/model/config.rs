@@ -125,12 +125,14 @@ impl ModelConfig {
 
     /// Checks the relations between dimensions the engine relies on.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |what: String| Err(Error::BadKey {
-            path: path.to_path_buf(),
-            key: "model configuration".into(),
-            expected: "consistent dimensions".into(),
-            found: what,
-        });
+        let bad = |what: String| {
+            Err(Error::BadKey {
+                path: path.to_path_buf(),
+                key: "model configuration".into(),
+                expected: "consistent dimensions".into(),
+                found: what,
+            })
+        };
         if self.n_layers == 0 || self.d_model == 0 || self.d_ffn == 0 || self.vocab_size == 0 {
             return bad(format!("a zero dimension in {self:?}"));
         }
@@ -146,7 +148,7 @@ impl ModelConfig {
         if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
             return bad(format!("rope dimension {} for head dimension {}", self.rope_dim, self.head_dim));
         }
-        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) || !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0 && self.rope_base.is_finite() && self.rope_base > 0.0) {
             return bad(format!("norm epsilon {} / rope base {}", self.norm_eps, self.rope_base));
         }
         Ok(())

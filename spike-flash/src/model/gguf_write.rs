@@ -5,9 +5,7 @@
 //! and after every tensor (the last one too, as llama.cpp's writer does, since llama.cpp reads the padded
 //! size of the data section). What it writes, [`GgufFile`](super::gguf::GgufFile) reads back unchanged.
 
-use super::gguf::{
-    meta_type, MetaValue, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS,
-};
+use super::gguf::{meta_type, MetaValue, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use super::quant::{self, DType};
 use crate::{Error, Result};
 use std::fs::{self, File};
@@ -68,28 +66,19 @@ impl GgufWriter {
         match self.kvs.iter().find(|(k, _)| k == ALIGNMENT_KEY) {
             None => Ok(DEFAULT_ALIGNMENT),
             Some((_, MetaValue::U32(a))) if a.is_power_of_two() => Ok(u64::from(*a)),
-            Some((_, v)) => Err(invalid(format!(
-                "`{ALIGNMENT_KEY}` must be a u32 power of two, found {}",
-                v.describe()
-            ))),
+            Some((_, v)) => {
+                Err(invalid(format!("`{ALIGNMENT_KEY}` must be a u32 power of two, found {}", v.describe())))
+            }
         }
     }
 
     /// Adds a tensor of already-encoded `bytes`. `dims` are in ggml order (`dims[0]` is the row length):
     /// 1 to 4 non-zero dims, `dims[0]` a whole number of blocks, and `bytes` exactly the size they need.
     /// Names must be unique.
-    pub fn add_tensor(
-        &mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        dtype: DType,
-        bytes: Vec<u8>,
-    ) -> Result<()> {
+    pub fn add_tensor(&mut self, name: impl Into<String>, dims: &[u64], dtype: DType, bytes: Vec<u8>) -> Result<()> {
         let name = name.into();
         let n = check_shape(&name, dims, dtype)?;
-        let need = dtype
-            .bytes_for(n)
-            .ok_or_else(|| invalid(format!("tensor `{name}`: byte size overflows")))?;
+        let need = dtype.bytes_for(n).ok_or_else(|| invalid(format!("tensor `{name}`: byte size overflows")))?;
         if bytes.len() as u64 != need {
             return Err(invalid(format!(
                 "tensor `{name}`: {n} {dtype} elements take {need} bytes, got {}",
@@ -99,12 +88,7 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(invalid(format!("duplicate tensor name `{name}`")));
         }
-        self.tensors.push(PendingTensor {
-            name,
-            dims: dims.to_vec(),
-            dtype,
-            bytes,
-        });
+        self.tensors.push(PendingTensor { name, dims: dims.to_vec(), dtype, bytes });
         Ok(())
     }
 
@@ -134,8 +118,7 @@ impl GgufWriter {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let (alignment, offsets) = self.plan()?;
         let mut out = Vec::new();
-        self.write_to(&mut out, alignment, &offsets)
-            .map_err(|e| invalid(format!("writing to memory: {e}")))?;
+        self.write_to(&mut out, alignment, &offsets).map_err(|e| invalid(format!("writing to memory: {e}")))?;
         Ok(out)
     }
 
@@ -153,17 +136,10 @@ impl GgufWriter {
         result
     }
 
-    fn write_tmp_and_rename(
-        &self,
-        tmp: &Path,
-        path: &Path,
-        alignment: u64,
-        offsets: &[u64],
-    ) -> Result<()> {
+    fn write_tmp_and_rename(&self, tmp: &Path, path: &Path, alignment: u64, offsets: &[u64]) -> Result<()> {
         let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
         let mut w = BufWriter::new(file);
-        self.write_to(&mut w, alignment, offsets)
-            .map_err(|e| Error::io(tmp, e))?;
+        self.write_to(&mut w, alignment, offsets).map_err(|e| Error::io(tmp, e))?;
         let file = w.into_inner().map_err(|e| Error::io(tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(tmp, e))?;
         drop(file);
@@ -172,9 +148,7 @@ impl GgufWriter {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir, e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
         Ok(())
     }
 
@@ -197,12 +171,7 @@ impl GgufWriter {
     }
 
     /// Streams the file into `w`, with the alignment and offsets from [`plan`](Self::plan).
-    fn write_to<W: Write>(
-        &self,
-        w: &mut W,
-        alignment: u64,
-        offsets: &[u64],
-    ) -> std::io::Result<()> {
+    fn write_to<W: Write>(&self, w: &mut W, alignment: u64, offsets: &[u64]) -> std::io::Result<()> {
         let mut buf = Vec::new();
         buf.extend_from_slice(&GGUF_MAGIC);
         buf.extend_from_slice(&WRITE_VERSION.to_le_bytes());
@@ -248,25 +217,17 @@ fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> std::io::Result<()> {
 
 /// A temporary name beside `path`: same directory, so the rename cannot cross file systems.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 /// Checks a tensor shape and returns its element count.
 fn check_shape(name: &str, dims: &[u64], dtype: DType) -> Result<u64> {
     if dims.is_empty() || dims.len() > MAX_DIMS {
-        return Err(invalid(format!(
-            "tensor `{name}`: {} dims; 1 to {MAX_DIMS} are allowed",
-            dims.len()
-        )));
+        return Err(invalid(format!("tensor `{name}`: {} dims; 1 to {MAX_DIMS} are allowed", dims.len())));
     }
     if dims.contains(&0) {
-        return Err(invalid(format!(
-            "tensor `{name}`: zero dimension in {dims:?}"
-        )));
+        return Err(invalid(format!("tensor `{name}`: zero dimension in {dims:?}")));
     }
     let block = dtype.block_len() as u64;
     if dims[0] % block != 0 {
@@ -276,14 +237,8 @@ fn check_shape(name: &str, dims: &[u64], dtype: DType) -> Result<u64> {
         )));
     }
     dims.iter()
-        .try_fold(1u64, |n, &d| {
-            n.checked_mul(d).filter(|&n| n <= i64::MAX as u64)
-        })
-        .ok_or_else(|| {
-            invalid(format!(
-                "tensor `{name}`: element count of {dims:?} overflows"
-            ))
-        })
+        .try_fold(1u64, |n, &d| n.checked_mul(d).filter(|&n| n <= i64::MAX as u64))
+        .ok_or_else(|| invalid(format!("tensor `{name}`: element count of {dims:?} overflows")))
 }
 
 /// Checks that arrays are homogeneous and not nested too deep.
@@ -292,9 +247,7 @@ fn check_value(key: &str, value: &MetaValue, depth: usize) -> Result<()> {
         return Ok(());
     };
     if depth >= MAX_ARRAY_DEPTH {
-        return Err(invalid(format!(
-            "metadata `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}"
-        )));
+        return Err(invalid(format!("metadata `{key}`: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
     }
     if let Some(first) = items.first() {
         let ty = first.type_id();
@@ -306,9 +259,7 @@ fn check_value(key: &str, value: &MetaValue, depth: usize) -> Result<()> {
             )));
         }
     }
-    items
-        .iter()
-        .try_for_each(|v| check_value(key, v, depth + 1))
+    items.iter().try_for_each(|v| check_value(key, v, depth + 1))
 }
 
 fn encode_str(buf: &mut Vec<u8>, s: &str) {
@@ -384,22 +335,9 @@ mod tests {
             ("t.array_i32", Array(vec![I32(-1), I32(0), I32(i32::MAX)])),
             ("t.array_f32", Array(vec![F32(0.5), F32(-2.0)])),
             ("t.array_bool", Array(vec![Bool(true), Bool(false)])),
-            (
-                "t.array_str",
-                Array(vec![
-                    String("a".into()),
-                    String("".into()),
-                    String("ü".into()),
-                ]),
-            ),
+            ("t.array_str", Array(vec![String("a".into()), String("".into()), String("ü".into())])),
             ("t.array_f64", Array(vec![F64(1e300)])),
-            (
-                "t.array_nested",
-                Array(vec![
-                    Array(vec![I32(1), I32(2)]),
-                    Array(vec![String("x".into())]),
-                ]),
-            ),
+            ("t.array_nested", Array(vec![Array(vec![I32(1), I32(2)]), Array(vec![String("x".into())])])),
         ]
     }
 
@@ -449,10 +387,7 @@ mod tests {
             want.push((ALIGNMENT_KEY.to_string(), MetaValue::U32(a as u32)));
         }
         want.extend(every_meta().into_iter().map(|(k, v)| (k.to_string(), v)));
-        let got: Vec<(String, MetaValue)> = f
-            .metadata()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
+        let got: Vec<(String, MetaValue)> = f.metadata().map(|(k, v)| (k.to_string(), v.clone())).collect();
         assert_eq!(got, want);
 
         let mut end = 0;
@@ -469,16 +404,9 @@ mod tests {
             quant::dequantize(dtype, &encoded, &mut decoded).unwrap();
             assert_eq!(f.tensor_f32(name).unwrap(), decoded, "{name}");
         }
-        assert_eq!(
-            f.tensor_f32("t.f32").unwrap(),
-            values[0],
-            "f32 is stored exactly"
-        );
+        assert_eq!(f.tensor_f32("t.f32").unwrap(), values[0], "f32 is stored exactly");
         let names: Vec<&str> = f.tensors().iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(
-            names,
-            every_tensor().iter().map(|t| t.0).collect::<Vec<_>>()
-        );
+        assert_eq!(names, every_tensor().iter().map(|t| t.0).collect::<Vec<_>>());
     }
 
     #[test]
@@ -513,27 +441,14 @@ mod tests {
         w.add_meta(String::from("b"), MetaValue::U8(2));
         w.add_meta("a", MetaValue::U8(3));
         let f = GgufFile::from_bytes(Path::new("m.gguf"), w.to_bytes().unwrap()).unwrap();
-        let got: Vec<_> = f
-            .metadata()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("a".to_string(), MetaValue::U8(3)),
-                ("b".to_string(), MetaValue::U8(2))
-            ]
-        );
+        let got: Vec<_> = f.metadata().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        assert_eq!(got, [("a".to_string(), MetaValue::U8(3)), ("b".to_string(), MetaValue::U8(2))]);
     }
 
     #[test]
     fn empty_file_round_trips() {
-        let f = GgufFile::from_bytes(Path::new("e.gguf"), GgufWriter::new().to_bytes().unwrap())
-            .unwrap();
-        assert_eq!(
-            (f.metadata().count(), f.tensors().len(), f.file_len()),
-            (0, 0, 32)
-        );
+        let f = GgufFile::from_bytes(Path::new("e.gguf"), GgufWriter::new().to_bytes().unwrap()).unwrap();
+        assert_eq!((f.metadata().count(), f.tensors().len(), f.file_len()), (0, 0, 32));
     }
 
     #[test]
@@ -562,10 +477,7 @@ mod tests {
     #[test]
     fn bad_arrays_are_rejected() {
         let mut w = GgufWriter::new();
-        w.add_meta(
-            "mixed",
-            MetaValue::Array(vec![MetaValue::U8(1), MetaValue::I8(1)]),
-        );
+        w.add_meta("mixed", MetaValue::Array(vec![MetaValue::U8(1), MetaValue::I8(1)]));
         let msg = w.to_bytes().unwrap_err().to_string();
         assert!(msg.contains("mixes u8 and i8"), "{msg}");
         let mut deep = MetaValue::Array(vec![]);
@@ -595,10 +507,7 @@ mod tests {
         assert_eq!(f.tensors().len(), every_tensor().len());
         assert!(f.tensor_f32("t.q4_1").is_ok());
         assert!(GgufFile::open(&path).unwrap().get_bool("x").unwrap());
-        let entries: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(entries, ["model.gguf"], "no temporary file is left behind");
 
         // A rejected writer creates nothing; a missing directory is an I/O error naming the path.
@@ -664,9 +573,7 @@ print(json.dumps({"fields": fields, "tensors": tensors}))
     #[test]
     fn python_gguf_reads_what_we_write() {
         use std::process::Command;
-        let probe = Command::new("python3")
-            .args(["-c", "import gguf, numpy"])
-            .output();
+        let probe = Command::new("python3").args(["-c", "import gguf, numpy"]).output();
         if !probe.map(|o| o.status.success()).unwrap_or(false) {
             println!("SKIP: python3 with the `gguf` and `numpy` packages is not available");
             return;
@@ -677,17 +584,8 @@ print(json.dumps({"fields": fields, "tensors": tensors}))
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("py.gguf");
         w.write(&path).unwrap();
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(PY_DUMP)
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "python failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("python3").arg("-c").arg(PY_DUMP).arg(&path).output().unwrap();
+        assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
         let py: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
         let ours = GgufFile::open(&path).unwrap();
@@ -711,12 +609,8 @@ print(json.dumps({"fields": fields, "tensors": tensors}))
             assert_eq!(pt["type"].as_str().unwrap().to_lowercase(), t.dtype.name());
             assert_eq!(pt["shape"], serde_json::json!(t.dims));
             assert_eq!(pt["offset"], ours.data_offset() + t.offset);
-            let values: Vec<f32> = pt["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
+            let values: Vec<f32> =
+                pt["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
             assert_eq!(values, ours.tensor_f32(&t.name).unwrap(), "{}", t.name);
         }
     }

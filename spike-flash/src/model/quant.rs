@@ -247,15 +247,9 @@ pub fn quantize(dtype: DType, src: &[f32], dst: &mut Vec<u8>) -> Result<()> {
                 dst.extend_from_slice(&f32_to_bf16_bits(x).to_le_bytes());
             }
         }
-        DType::Q4_0 => src
-            .chunks_exact(QK)
-            .for_each(|x| quantize_block_q4_0(x, dst)),
-        DType::Q4_1 => src
-            .chunks_exact(QK)
-            .for_each(|x| quantize_block_q4_1(x, dst)),
-        DType::Q8_0 => src
-            .chunks_exact(QK)
-            .for_each(|x| quantize_block_q8_0(x, dst)),
+        DType::Q4_0 => src.chunks_exact(QK).for_each(|x| quantize_block_q4_0(x, dst)),
+        DType::Q4_1 => src.chunks_exact(QK).for_each(|x| quantize_block_q4_1(x, dst)),
+        DType::Q8_0 => src.chunks_exact(QK).for_each(|x| quantize_block_q8_0(x, dst)),
     }
     Ok(())
 }
@@ -307,9 +301,7 @@ fn quantize_block_q4_1(x: &[f32], dst: &mut Vec<u8>) {
 /// One `Q8_0` block: the scale maps the largest magnitude to 127; quants round half away from zero.
 fn quantize_block_q8_0(x: &[f32], dst: &mut Vec<u8>) {
     // C's `MAX(amax, fabsf(v))`, including what it does with a NaN.
-    let amax = x
-        .iter()
-        .fold(0.0f32, |a, &v| if a > v.abs() { a } else { v.abs() });
+    let amax = x.iter().fold(0.0f32, |a, &v| if a > v.abs() { a } else { v.abs() });
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     dst.extend_from_slice(&f32_to_f16_bits(d).to_le_bytes());
@@ -324,10 +316,7 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     fn deq(dtype: DType, src: &[u8], n: usize) -> Vec<f32> {
@@ -475,11 +464,8 @@ mod tests {
         0.6632347,
     ];
     /// Sums (in f64, in element order) of python's dequantization of all four blocks.
-    const PY_DEQ_SUMS: [(DType, f64); 3] = [
-        (DType::Q4_0, 47.57080078125),
-        (DType::Q4_1, 43.77587890625),
-        (DType::Q8_0, 43.47483444213867),
-    ];
+    const PY_DEQ_SUMS: [(DType, f64); 3] =
+        [(DType::Q4_0, 47.57080078125), (DType::Q4_1, 43.77587890625), (DType::Q8_0, 43.47483444213867)];
 
     /// Rounding ties, overflow to infinity, subnormals, signed zero.
     const SPECIAL: [f32; 14] = [
@@ -533,11 +519,7 @@ mod tests {
         }
         let bf16s = deq(DType::BF16, &hex(PY_BF16), SPECIAL.len());
         assert_eq!(bf16s[9], 1.0, "a tie rounds to the even neighbour, down");
-        assert_eq!(
-            bf16s[10],
-            1.0 + 4.0 / 256.0,
-            "a tie rounds to the even neighbour, up"
-        );
+        assert_eq!(bf16s[10], 1.0 + 4.0 / 256.0, "a tie rounds to the even neighbour, up");
         assert_eq!(bf16s[6].to_bits(), (-0.0f32).to_bits());
     }
 
@@ -611,22 +593,13 @@ mod tests {
     #[test]
     fn round_trips_stay_within_half_a_step() {
         let x = noise(0x5eed_0001, 32 * 64, 3.0);
-        for dtype in [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q8_0,
-        ] {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
             let q = quant(dtype, &x);
             assert_eq!(q.len() as u64, dtype.bytes_for(x.len() as u64).unwrap());
             let y = deq(dtype, &q, x.len());
             for (bx, by) in x.chunks(32).zip(y.chunks(32)) {
                 let amax = bx.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                let (lo, hi) = bx
-                    .iter()
-                    .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                let (lo, hi) = bx.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
                 for (&a, &b) in bx.iter().zip(by) {
                     let err = (a - b).abs();
                     // One quantization step, halved where rounding is to nearest, plus f16 rounding of
@@ -656,10 +629,7 @@ mod tests {
             assert_eq!(deq(dtype, &quant(dtype, &zeros), 32), zeros, "{dtype}");
         }
         // A constant block is exact in Q4_1 (d = 0, m = the value) when the value is exact in f16.
-        assert_eq!(
-            deq(DType::Q4_1, &quant(DType::Q4_1, &[0.75; 32]), 32),
-            [0.75; 32]
-        );
+        assert_eq!(deq(DType::Q4_1, &quant(DType::Q4_1, &[0.75; 32]), 32), [0.75; 32]);
     }
 
     #[test]
@@ -669,14 +639,10 @@ mod tests {
         assert!(dequantize(DType::Q4_0, &[0u8; 19], &mut out).is_err());
         assert!(dequantize(DType::F32, &[0u8; 127], &mut out).is_err());
         let mut odd = vec![0.0f32; 31];
-        let msg = dequantize(DType::Q8_0, &[0u8; 34], &mut odd)
-            .unwrap_err()
-            .to_string();
+        let msg = dequantize(DType::Q8_0, &[0u8; 34], &mut odd).unwrap_err().to_string();
         assert!(msg.contains("31 elements") && msg.contains("q8_0"), "{msg}");
         let mut buf = vec![7u8];
-        let msg = quantize(DType::Q4_1, &[0.0; 33], &mut buf)
-            .unwrap_err()
-            .to_string();
+        let msg = quantize(DType::Q4_1, &[0.0; 33], &mut buf).unwrap_err().to_string();
         assert!(msg.contains("33 elements"), "{msg}");
         assert_eq!(buf, [7], "nothing appended on error");
         // F16 works for any length.

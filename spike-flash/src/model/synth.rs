@@ -79,12 +79,12 @@ pub fn llama_gguf(shape: &LlamaShape, dtype: DType, seed: u64) -> Result<Vec<u8>
     }
     for l in 0..s.n_layers {
         let n = |x: &str| format!("blk.{l}.{x}.weight");
-        w.add_tensor_f32(&n("attn_norm"), &[s.d_model as u64], DType::F32, &norm(s.d_model, &mut rng2))?;
+        w.add_tensor_f32(n("attn_norm"), &[s.d_model as u64], DType::F32, &norm(s.d_model, &mut rng2))?;
         matrix(&mut w, &n("attn_q"), s.d_model, s.d_model, dtype)?;
         matrix(&mut w, &n("attn_k"), kv, s.d_model, dtype)?;
         matrix(&mut w, &n("attn_v"), kv, s.d_model, dtype)?;
         matrix(&mut w, &n("attn_output"), s.d_model, s.d_model, dtype)?;
-        w.add_tensor_f32(&n("ffn_norm"), &[s.d_model as u64], DType::F32, &norm(s.d_model, &mut rng2))?;
+        w.add_tensor_f32(n("ffn_norm"), &[s.d_model as u64], DType::F32, &norm(s.d_model, &mut rng2))?;
         matrix(&mut w, &n("ffn_gate"), s.d_ffn, s.d_model, dtype)?;
         matrix(&mut w, &n("ffn_up"), s.d_ffn, s.d_model, dtype)?;
         matrix(&mut w, &n("ffn_down"), s.d_model, s.d_ffn, dtype)?;

@@ -110,7 +110,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn row(test: &'static str, rep: usize, tokens: usize, ms: f64, threads: usize, isa: &str, model: &std::path::Path) -> Row {
+fn row(
+    test: &'static str,
+    rep: usize,
+    tokens: usize,
+    ms: f64,
+    threads: usize,
+    isa: &str,
+    model: &std::path::Path,
+) -> Row {
     Row {
         test,
         rep,

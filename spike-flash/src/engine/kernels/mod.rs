@@ -81,21 +81,16 @@ impl<'a> QMatrix<'a> {
             )));
         }
         let row_bytes = cols / dtype.block_len() * dtype.block_bytes();
-        let expected = rows.checked_mul(row_bytes).ok_or_else(|| {
-            Error::Invalid(format!("matrix of {dtype}: {rows} x {cols} overflows"))
-        })?;
+        let expected = rows
+            .checked_mul(row_bytes)
+            .ok_or_else(|| Error::Invalid(format!("matrix of {dtype}: {rows} x {cols} overflows")))?;
         if data.len() != expected {
             return Err(Error::Invalid(format!(
                 "matrix of {dtype}: {rows} x {cols} needs {expected} bytes, found {}",
                 data.len()
             )));
         }
-        Ok(QMatrix {
-            dtype,
-            rows,
-            cols,
-            data,
-        })
+        Ok(QMatrix { dtype, rows, cols, data })
     }
 
     /// Bytes per row.
@@ -152,12 +147,7 @@ impl Acts {
     /// # Panics
     /// When `x.len() != n * cols`, or `wdtype` is quantized and `cols` is not a multiple of its block.
     pub fn prepare(&mut self, wdtype: DType, x: &[f32], n: usize, cols: usize) {
-        assert_eq!(
-            x.len(),
-            n * cols,
-            "activations: {} values for {n} tokens of {cols}",
-            x.len()
-        );
+        assert_eq!(x.len(), n * cols, "activations: {} values for {n} tokens of {cols}", x.len());
         self.n = n;
         self.cols = cols;
         self.quantized = wdtype.is_quantized();
@@ -166,10 +156,7 @@ impl Acts {
             self.x.extend_from_slice(x);
             return;
         }
-        assert!(
-            cols % QK == 0,
-            "activations: {cols} columns is not a multiple of {QK}"
-        );
+        assert!(cols % QK == 0, "activations: {cols} columns is not a multiple of {QK}");
         let nbp = padded_blocks(cols);
         self.q.clear();
         self.q.resize(n * nbp * QK, 0);
@@ -179,11 +166,7 @@ impl Acts {
             let xt = &x[t * cols..(t + 1) * cols];
             let qt = &mut self.q[t * nbp * QK..(t + 1) * nbp * QK];
             let st = &mut self.sc[t * nbp * 2..(t + 1) * nbp * 2];
-            for ((xb, qb), sb) in xt
-                .chunks_exact(QK)
-                .zip(qt.chunks_exact_mut(QK))
-                .zip(st.chunks_exact_mut(2))
-            {
+            for ((xb, qb), sb) in xt.chunks_exact(QK).zip(qt.chunks_exact_mut(QK)).zip(st.chunks_exact_mut(2)) {
                 let (d, sum) = quantize_block(xb, qb);
                 sb[0] = d;
                 sb[1] = d * sum as f32;
@@ -265,9 +248,7 @@ impl Isa {
 
     /// Parses a name as `SPIKE_ISA` spells it.
     pub fn parse(s: &str) -> Option<Isa> {
-        Isa::ALL
-            .into_iter()
-            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+        Isa::ALL.into_iter().find(|i| i.name().eq_ignore_ascii_case(s.trim()))
     }
 
     /// Whether this CPU runs this instruction set.
@@ -290,9 +271,7 @@ fn detected_isa() -> Isa {
 
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Isa {
-    let avx2 = is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c");
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
     let avx512 = avx2
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
@@ -320,11 +299,7 @@ pub fn isa() -> Isa {
     static CHOSEN: OnceLock<Isa> = OnceLock::new();
     *CHOSEN.get_or_init(|| {
         let best = detected_isa();
-        match std::env::var("SPIKE_ISA")
-            .ok()
-            .as_deref()
-            .and_then(Isa::parse)
-        {
+        match std::env::var("SPIKE_ISA").ok().as_deref().and_then(Isa::parse) {
             Some(wanted) => wanted.min(best),
             None => best,
         }
@@ -344,12 +319,7 @@ pub fn matmul(w: &QMatrix, acts: &Acts, out: &mut [f32]) {
 /// Convenience: prepares `x` (`n = x.len() / w.cols` tokens) and calls [`matmul`]. Allocates the
 /// activation buffers on every call; the engine keeps an [`Acts`] instead.
 pub fn matvec(w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    assert!(
-        w.cols > 0 && x.len() % w.cols == 0,
-        "matvec: {} values for {} columns",
-        x.len(),
-        w.cols
-    );
+    assert!(w.cols > 0 && x.len() % w.cols == 0, "matvec: {} values for {} columns", x.len(), w.cols);
     let mut acts = Acts::new();
     acts.prepare(w.dtype, x, x.len() / w.cols, w.cols);
     matmul(w, &acts, out);
@@ -361,9 +331,7 @@ pub fn matmul_with(isa: Isa, w: &QMatrix, acts: &Acts, out: &mut [f32]) {
     check(w, acts, out);
     let isa = isa.min(detected_isa());
     let rows = w.rows;
-    part(isa, w, acts, 0..rows, 0..acts.n(), &mut |t, r, v| {
-        out[t * rows + r] = v
-    });
+    part(isa, w, acts, 0..rows, 0..acts.n(), &mut |t, r, v| out[t * rows + r] = v);
 }
 
 /// Same as [`matmul`] with an explicit instruction set (lowered to what the CPU has), threaded over the
@@ -377,28 +345,19 @@ pub fn matmul_isa(isa: Isa, w: &QMatrix, acts: &Acts, out: &mut [f32]) {
     }
     let (row_tasks, tok_tasks) = plan(rows, n, rayon::current_num_threads());
     if row_tasks * tok_tasks <= 1 {
-        part(isa, w, acts, 0..rows, 0..n, &mut |t, r, v| {
-            out[t * rows + r] = v
-        });
+        part(isa, w, acts, 0..rows, 0..n, &mut |t, r, v| out[t * rows + r] = v);
         return;
     }
     let row_chunk = rows.div_ceil(row_tasks);
     if n == 1 {
-        out.par_chunks_mut(row_chunk)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let r0 = i * row_chunk;
-                part(isa, w, acts, r0..r0 + o.len(), 0..1, &mut |_, r, v| {
-                    o[r - r0] = v
-                });
-            });
+        out.par_chunks_mut(row_chunk).enumerate().for_each(|(i, o)| {
+            let r0 = i * row_chunk;
+            part(isa, w, acts, r0..r0 + o.len(), 0..1, &mut |_, r, v| o[r - r0] = v);
+        });
         return;
     }
     let tok_chunk = n.div_ceil(tok_tasks);
-    let sink = Sink {
-        ptr: out.as_mut_ptr(),
-        len: out.len(),
-    };
+    let sink = Sink { ptr: out.as_mut_ptr(), len: out.len() };
     (0..row_tasks * tok_tasks).into_par_iter().for_each(|i| {
         let r0 = (i % row_tasks) * row_chunk;
         let t0 = (i / row_tasks) * tok_chunk;
@@ -406,9 +365,7 @@ pub fn matmul_isa(isa: Isa, w: &QMatrix, acts: &Acts, out: &mut [f32]) {
         let ts = t0..(t0 + tok_chunk).min(n);
         // SAFETY: task `i` covers rows `rs` and tokens `ts`, and kernels only report pairs of their own
         // ranges; the ranges of distinct tasks are disjoint, so no element is written twice or concurrently.
-        part(isa, w, acts, rs, ts, &mut |t, r, v| unsafe {
-            sink.write(t * rows + r, v)
-        });
+        part(isa, w, acts, rs, ts, &mut |t, r, v| unsafe { sink.write(t * rows + r, v) });
     });
 }
 
@@ -423,20 +380,13 @@ fn plan(rows: usize, n: usize, threads: usize) -> (usize, usize) {
         // A multiple of the thread count keeps the threads evenly loaded.
         row_tasks -= row_tasks % threads;
     }
-    let tok_tasks = if n > 1 && row_tasks < target {
-        (target / row_tasks).min(n / MIN_TOKENS_PER_TASK).max(1)
-    } else {
-        1
-    };
+    let tok_tasks =
+        if n > 1 && row_tasks < target { (target / row_tasks).min(n / MIN_TOKENS_PER_TASK).max(1) } else { 1 };
     (row_tasks, tok_tasks)
 }
 
 fn check(w: &QMatrix, acts: &Acts, out: &[f32]) {
-    assert_eq!(
-        acts.cols, w.cols,
-        "activations of width {} for a matrix of {} columns",
-        acts.cols, w.cols
-    );
+    assert_eq!(acts.cols, w.cols, "activations of width {} for a matrix of {} columns", acts.cols, w.cols);
     assert_eq!(
         acts.quantized,
         w.dtype.is_quantized(),
@@ -444,14 +394,7 @@ fn check(w: &QMatrix, acts: &Acts, out: &[f32]) {
         if acts.quantized { "quantized" } else { "float" },
         w.dtype
     );
-    assert_eq!(
-        out.len(),
-        acts.n * w.rows,
-        "output of {} for {} tokens x {} rows",
-        out.len(),
-        acts.n,
-        w.rows
-    );
+    assert_eq!(out.len(), acts.n * w.rows, "output of {} for {} tokens x {} rows", out.len(), acts.n, w.rows);
 }
 
 /// Computes the (row, token) pairs of `rows x toks` with `isa` (available on this CPU) and hands each to

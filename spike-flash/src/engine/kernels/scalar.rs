@@ -86,11 +86,7 @@ pub(super) fn dot_q8_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
     for (b, blk) in row.chunks_exact(DType::Q8_0.block_bytes()).enumerate() {
         let d = f16_to_f32(le_u16(blk, 0));
         let x = &q[b * QK..(b + 1) * QK];
-        let s: i32 = blk[2..34]
-            .iter()
-            .zip(x)
-            .map(|(&w, &x)| i32::from(w as i8) * i32::from(x))
-            .sum();
+        let s: i32 = blk[2..34].iter().zip(x).map(|(&w, &x)| i32::from(w as i8) * i32::from(x)).sum();
         sum += d * sc[2 * b] * s as f32;
     }
     sum
@@ -99,21 +95,9 @@ pub(super) fn dot_q8_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
 /// Float row (F32, F16 or BF16) times f32 activations, accumulated in f32.
 pub(super) fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     match dtype {
-        DType::F32 => row
-            .chunks_exact(4)
-            .zip(x)
-            .map(|(b, &x)| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * x)
-            .sum(),
-        DType::F16 => row
-            .chunks_exact(2)
-            .zip(x)
-            .map(|(b, &x)| f16_to_f32(le_u16(b, 0)) * x)
-            .sum(),
-        DType::BF16 => row
-            .chunks_exact(2)
-            .zip(x)
-            .map(|(b, &x)| bf16_to_f32(le_u16(b, 0)) * x)
-            .sum(),
+        DType::F32 => row.chunks_exact(4).zip(x).map(|(b, &x)| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * x).sum(),
+        DType::F16 => row.chunks_exact(2).zip(x).map(|(b, &x)| f16_to_f32(le_u16(b, 0)) * x).sum(),
+        DType::BF16 => row.chunks_exact(2).zip(x).map(|(b, &x)| bf16_to_f32(le_u16(b, 0)) * x).sum(),
         DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => unreachable!("dot_float called with {dtype}"),
     }
 }
@@ -122,12 +106,7 @@ pub(super) fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
 /// f16 scales: exact, as `d * q` has at most 15 significant bits and adding `m` stays within f64's 53 unless
 /// `d` and `m` are more than 2^38 apart.
 fn for_each_value(dtype: DType, row: &[u8], n: usize, mut f: impl FnMut(usize, f64)) {
-    assert_eq!(
-        dtype.bytes_for(n as u64),
-        Some(row.len() as u64),
-        "{} bytes for {n} elements of {dtype}",
-        row.len()
-    );
+    assert_eq!(dtype.bytes_for(n as u64), Some(row.len() as u64), "{} bytes for {n} elements of {dtype}", row.len());
     let h = |b: &[u8], o: usize| f64::from(f16_to_f32(le_u16(b, o)));
     match dtype {
         DType::F32 => {
@@ -149,11 +128,7 @@ fn for_each_value(dtype: DType, row: &[u8], n: usize, mut f: impl FnMut(usize, f
             let q4_1 = dtype == DType::Q4_1;
             for (b, blk) in row.chunks_exact(dtype.block_bytes()).enumerate() {
                 let d = h(blk, 0);
-                let (m, bias, off) = if q4_1 {
-                    (h(blk, 2), 0.0, 4)
-                } else {
-                    (0.0, 8.0, 2)
-                };
+                let (m, bias, off) = if q4_1 { (h(blk, 2), 0.0, 4) } else { (0.0, 8.0, 2) };
                 for j in 0..QK / 2 {
                     let qs = blk[off + j];
                     f(b * QK + j, d * (f64::from(qs & 0x0F) - bias) + m);

@@ -13,15 +13,7 @@ const QUANTIZED: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 /// (rows, cols): the model's widths, single blocks, and row counts that are not a multiple of any tile.
-const SHAPES: [(usize, usize); 7] = [
-    (1, 32),
-    (5, 64),
-    (3, 96),
-    (67, 576),
-    (13, 1536),
-    (130, 576),
-    (9, 1536),
-];
+const SHAPES: [(usize, usize); 7] = [(1, 32), (5, 64), (3, 96), (67, 576), (13, 1536), (130, 576), (9, 1536)];
 const TOKENS: [usize; 4] = [1, 3, 7, 64];
 
 /// Tolerance of a SIMD kernel against the scalar one, relative to `sum |w_i x_i|`: only the f32 summation
@@ -40,9 +32,7 @@ fn random_row(rng: &mut StdRng, dtype: DType, cols: usize) -> Vec<u8> {
             for _ in 0..cols / QK {
                 let sign = if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
                 match dtype {
-                    DType::Q4_0 => {
-                        out.extend_from_slice(&f16_le(sign * rng.gen_range(0.002..0.05)))
-                    }
+                    DType::Q4_0 => out.extend_from_slice(&f16_le(sign * rng.gen_range(0.002..0.05))),
                     DType::Q4_1 => {
                         let d: f32 = rng.gen_range(0.002..0.05);
                         out.extend_from_slice(&f16_le(d));
@@ -69,9 +59,7 @@ fn random_row(rng: &mut StdRng, dtype: DType, cols: usize) -> Vec<u8> {
 }
 
 fn random_matrix(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
-    (0..rows)
-        .flat_map(|_| random_row(rng, dtype, cols))
-        .collect()
+    (0..rows).flat_map(|_| random_row(rng, dtype, cols)).collect()
 }
 
 /// Activations with a random scale per block, some all-zero blocks and some outliers.
@@ -79,11 +67,7 @@ fn random_acts(rng: &mut StdRng, n: usize, cols: usize) -> Vec<f32> {
     let mut x = Vec::with_capacity(n * cols);
     for _ in 0..n * cols / QK.min(cols) {
         let len = QK.min(cols);
-        let scale = if rng.gen_bool(0.05) {
-            0.0
-        } else {
-            10f32.powf(rng.gen_range(-2.0..1.0))
-        };
+        let scale = if rng.gen_bool(0.05) { 0.0 } else { 10f32.powf(rng.gen_range(-2.0..1.0)) };
         for _ in 0..len {
             let outlier = if rng.gen_bool(0.02) { 20.0 } else { 1.0 };
             x.push(scale * outlier * rng.gen_range(-1.0f32..1.0));
@@ -97,10 +81,7 @@ fn random_acts(rng: &mut StdRng, n: usize, cols: usize) -> Vec<f32> {
 fn magnitude(dtype: DType, row: &[u8], x: &[f32]) -> f64 {
     let mut w = vec![0.0f32; x.len()];
     dequantize_row(dtype, row, &mut w);
-    w.iter()
-        .zip(x)
-        .map(|(&w, &x)| f64::from(w).abs() * f64::from(x).abs())
-        .sum()
+    w.iter().zip(x).map(|(&w, &x)| f64::from(w).abs() * f64::from(x).abs()).sum()
 }
 
 /// The provable bound on the error activation quantization adds to one dot product: each activation
@@ -119,10 +100,7 @@ fn quantization_bound(dtype: DType, row: &[u8], x: &[f32]) -> f64 {
 }
 
 fn available_simd() -> Vec<Isa> {
-    Isa::ALL
-        .into_iter()
-        .filter(|i| *i != Isa::Scalar && i.is_available())
-        .collect()
+    Isa::ALL.into_iter().filter(|i| *i != Isa::Scalar && i.is_available()).collect()
 }
 
 #[test]
@@ -131,18 +109,9 @@ fn qmatrix_checks_its_shape() {
     let m = QMatrix::new(DType::Q4_1, 2, 64, &data).expect("2 rows of 2 Q4_1 blocks are 80 bytes");
     assert_eq!(m.row_bytes(), 40);
     assert_eq!(m.row(1).len(), 40);
-    assert!(matches!(
-        QMatrix::new(DType::Q4_1, 2, 48, &data),
-        Err(Error::Invalid(_))
-    ));
-    assert!(matches!(
-        QMatrix::new(DType::Q4_1, 3, 64, &data),
-        Err(Error::Invalid(_))
-    ));
-    assert!(matches!(
-        QMatrix::new(DType::Q8_0, usize::MAX, 32, &data),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(QMatrix::new(DType::Q4_1, 2, 48, &data), Err(Error::Invalid(_))));
+    assert!(matches!(QMatrix::new(DType::Q4_1, 3, 64, &data), Err(Error::Invalid(_))));
+    assert!(matches!(QMatrix::new(DType::Q8_0, usize::MAX, 32, &data), Err(Error::Invalid(_))));
     assert!(QMatrix::new(DType::F16, 1, 40, &data).is_ok());
 }
 
@@ -158,10 +127,7 @@ fn dequantize_known_blocks() {
     blk.extend_from_slice(&qs);
     let mut out = [0.0f32; 32];
     dequantize_row(DType::Q4_1, &blk, &mut out);
-    assert_eq!(
-        (out[0], out[16], out[1], out[15], out[31]),
-        (-0.5, 0.0, -1.0, -1.0, 6.5)
-    );
+    assert_eq!((out[0], out[16], out[1], out[15], out[31]), (-0.5, 0.0, -1.0, -1.0, 6.5));
 
     // Q4_0: d = 2, qs[0] = 0x0F: element 0 is (15 - 8) * 2, element 16 is (0 - 8) * 2.
     let mut blk = f16_le(2.0).to_vec();
@@ -193,11 +159,7 @@ fn activations_quantize_like_llama_cpp() {
     let sc = acts.sc_tok(0);
     assert_eq!(sc[0], d);
     for (i, &xi) in x[..32].iter().enumerate() {
-        assert_eq!(
-            q[i],
-            (xi * (127.0 / amax)).round_ties_even() as i8,
-            "element {i}"
-        );
+        assert_eq!(q[i], (xi * (127.0 / amax)).round_ties_even() as i8, "element {i}");
     }
     assert_eq!(q[31], 127);
     let sum: i32 = q[..32].iter().map(|&v| i32::from(v)).sum();
@@ -262,9 +224,7 @@ fn for_all_cases(dtypes: &[DType], mut f: impl FnMut(DType, usize, usize, usize,
 fn simd_kernels_match_scalar() {
     let isas = available_simd();
     if isas.is_empty() {
-        eprintln!(
-            "simd_kernels_match_scalar: no SIMD instruction set on this CPU, nothing to compare"
-        );
+        eprintln!("simd_kernels_match_scalar: no SIMD instruction set on this CPU, nothing to compare");
         return;
     }
     let all: Vec<DType> = QUANTIZED.into_iter().chain(FLOATS).collect();
@@ -312,22 +272,15 @@ fn quantized_kernels_stay_within_the_activation_quantization_bound() {
             let xt = &x[t * cols..(t + 1) * cols];
             for r in 0..rows {
                 let exact = dot_reference_f32(dtype, w.row(r), xt);
-                let bound = quantization_bound(dtype, w.row(r), xt)
-                    + SIMD_TOL * magnitude(dtype, w.row(r), xt);
+                let bound = quantization_bound(dtype, w.row(r), xt) + SIMD_TOL * magnitude(dtype, w.row(r), xt);
                 let err = (f64::from(got[t * rows + r]) - f64::from(exact)).abs();
-                assert!(
-                    err <= bound,
-                    "{dtype} {rows}x{cols} row {r} token {t}: error {err} over bound {bound}"
-                );
+                assert!(err <= bound, "{dtype} {rows}x{cols} row {r} token {t}: error {err} over bound {bound}");
                 sum_err += err;
                 sum_bound += bound;
             }
         }
     });
-    eprintln!(
-        "activation quantization: mean error is {:.3} of the bound",
-        sum_err / sum_bound
-    );
+    eprintln!("activation quantization: mean error is {:.3} of the bound", sum_err / sum_bound);
 }
 
 #[test]
@@ -343,10 +296,7 @@ fn float_kernels_match_the_exact_reference() {
             for r in 0..rows {
                 let exact = dot_reference_f32(dtype, w.row(r), xt);
                 let err = (f64::from(got[t * rows + r]) - f64::from(exact)).abs();
-                assert!(
-                    err <= SIMD_TOL * magnitude(dtype, w.row(r), xt),
-                    "{dtype} row {r} token {t}"
-                );
+                assert!(err <= SIMD_TOL * magnitude(dtype, w.row(r), xt), "{dtype} row {r} token {t}");
             }
         }
     });
@@ -357,36 +307,20 @@ fn threaded_equals_unthreaded_bit_for_bit() {
     let mut rng = StdRng::seed_from_u64(SEED ^ 1);
     let mut acts = Acts::new();
     for threads in [2, 3] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("a small rayon pool");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a small rayon pool");
         for dtype in QUANTIZED.into_iter().chain(FLOATS) {
-            for (rows, cols, n) in [
-                (576, 64, 1),
-                (200, 576, 3),
-                (67, 64, 64),
-                (300, 96, 40),
-                (1536, 32, 1),
-            ] {
+            for (rows, cols, n) in [(576, 64, 1), (200, 576, 3), (67, 64, 64), (300, 96, 40), (1536, 32, 1)] {
                 let wdata = random_matrix(&mut rng, dtype, rows, cols);
                 let x = random_acts(&mut rng, n, cols);
-                let w =
-                    QMatrix::new(dtype, rows, cols, &wdata).expect("test matrix is well formed");
+                let w = QMatrix::new(dtype, rows, cols, &wdata).expect("test matrix is well formed");
                 acts.prepare(dtype, &x, n, cols);
                 for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
                     let mut alone = vec![0.0f32; n * rows];
                     matmul_with(isa, &w, &acts, &mut alone);
                     let mut pooled = vec![f32::NAN; n * rows];
                     pool.install(|| matmul_isa(isa, &w, &acts, &mut pooled));
-                    let same = alone
-                        .iter()
-                        .zip(&pooled)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(
-                        same,
-                        "{isa} {dtype} {rows}x{cols} n={n} on {threads} threads"
-                    );
+                    let same = alone.iter().zip(&pooled).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{isa} {dtype} {rows}x{cols} n={n} on {threads} threads");
                 }
             }
         }
