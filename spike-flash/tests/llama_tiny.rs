@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use spike_flash::engine::llama::LlamaModel;
+use spike_flash::engine::model::Model;
 use spike_flash::model::gguf::{GgufFile, MetaValue};
 use spike_flash::model::gguf_write::GgufWriter;
 use spike_flash::model::quant::DType;
@@ -13,10 +13,10 @@ use spike_flash::model::synth::{llama_gguf, LlamaShape};
 const SEED_F32: u64 = 0x11A;
 const SEED_QUANT: u64 = 0x22B;
 
-fn load(shape: &LlamaShape, dtype: DType, seed: u64) -> (Arc<GgufFile>, LlamaModel) {
+fn load(shape: &LlamaShape, dtype: DType, seed: u64) -> (Arc<GgufFile>, Model) {
     let bytes = llama_gguf(shape, dtype, seed).expect("synthetic model");
     let file = Arc::new(GgufFile::from_bytes(Path::new("tiny.gguf"), bytes).expect("parses"));
-    let model = LlamaModel::from_gguf(file.clone()).expect("binds");
+    let model = Model::from_gguf(file.clone()).expect("binds");
     (file, model)
 }
 
@@ -198,6 +198,6 @@ fn missing_layer_tensor_is_named() {
         w.add_tensor(&t.name, &t.dims, t.dtype, data).expect("add");
     }
     let g = GgufFile::from_bytes(Path::new("short.gguf"), w.to_bytes().expect("bytes")).expect("parses");
-    let msg = LlamaModel::from_gguf(Arc::new(g)).err().expect("a missing layer is an error").to_string();
+    let msg = Model::from_gguf(Arc::new(g)).err().expect("a missing layer is an error").to_string();
     assert!(msg.contains("short.gguf") && msg.contains("blk.1."), "{msg}");
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use spike_flash::engine::llama::LlamaModel;
+use spike_flash::engine::model::Model;
 use spike_flash::engine::sampler::argmax;
 use spike_flash::model::fetch::default_model_path;
 use spike_flash::model::gguf::GgufFile;
@@ -43,7 +43,7 @@ fn real_model_tokenizer_matches_llama_cpp_ids_and_round_trips() {
 fn real_model_greedy_continuation_is_paris() {
     let Some(file) = open() else { return };
     let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
-    let model = LlamaModel::from_gguf(file).expect("model");
+    let model = Model::from_gguf(file).expect("model");
     let prompt = tok.encode("The capital of France is").expect("encode");
     let mut state = model.new_state(prompt.len() + 8);
     let mut logits = model.forward(&mut state, &prompt, false).expect("prompt");

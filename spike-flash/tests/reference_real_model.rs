@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use spike_flash::engine::llama::LlamaModel;
+use spike_flash::engine::model::Model;
 use spike_flash::model::fetch::default_model_path;
 use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::tokenizer::Tokenizer;
@@ -228,7 +228,7 @@ fn spike_matches_numpy_reference_on_default_model() -> TestResult {
     assert_eq!(reference.len(), n_tokens * vocab, "reference logits file size");
 
     // Spike.
-    let model = LlamaModel::from_gguf(Arc::clone(&gguf))?;
+    let model = Model::from_gguf(Arc::clone(&gguf))?;
     assert_eq!(model.config().vocab_size, vocab, "vocab size: Spike vs reference");
     let mut state = model.new_state(N_TOKENS);
     let started = std::time::Instant::now();

@@ -2,7 +2,7 @@
 //! into chunks of `n_ctx` tokens, each chunk is evaluated from an empty cache, the first half of a chunk is
 //! context only, and the negative log-likelihood of the tokens in the second half is averaged.
 
-use super::llama::{FfnStep, LlamaModel};
+use super::model::{FfnStep, Model};
 use crate::{Error, Result};
 
 /// Perplexity of a token stream.
@@ -26,7 +26,7 @@ pub fn nll(logits: &[f32], target: u32) -> f64 {
 
 /// Perplexity over `tokens` in chunks of `n_ctx`; `progress(chunk_done, chunks, ppl_so_far)` after each chunk.
 pub fn perplexity(
-    model: &LlamaModel,
+    model: &Model,
     tokens: &[u32],
     n_ctx: usize,
     ffn: &mut dyn FfnStep,

@@ -2,7 +2,7 @@
 
 pub mod eval;
 pub mod kernels;
-pub mod llama;
+pub mod model;
 pub mod ops;
 pub mod sampler;
 

@@ -13,6 +13,24 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// `out = (x - mean(x)) / sqrt(var(x) + eps) * w + b`, statistics in f64.
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let inv = 1.0 / (var + eps as f64).sqrt();
+    for (((o, &xi), &wi), &bi) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = ((xi as f64 - mean) * inv) as f32 * wi + bi;
+    }
+}
+
+/// GELU in its tanh approximation (Hugging Face `gelu_new`, `gelu_pytorch_tanh`); the exact erf form differs
+/// from it by under 1e-3.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044_715 * x * x * x)).tanh())
+}
+
 /// Dot product with eight independent accumulators.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());

@@ -56,6 +56,8 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// The output matrix is the token embedding.
     pub tied_embeddings: bool,
+    /// Normalize before each sub-block (Llama, most OPT) rather than after the residual add (OPT-350m).
+    pub pre_norm: bool,
 }
 
 /// Largest dimension accepted from a file; guards the allocations sized from these numbers.
@@ -118,6 +120,7 @@ impl ModelConfig {
             rope_style: RopeStyle::Interleaved,
             activation: Activation::Silu,
             tied_embeddings,
+            pre_norm: true,
         };
         cfg.validate(path)?;
         Ok(cfg)

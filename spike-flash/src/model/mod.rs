@@ -1,6 +1,7 @@
 //! Model import: configuration, GGUF reading and writing, quantized block formats, tokenizer, and the
 //! default model's fetcher.
 
+pub mod bind;
 pub mod config;
 pub mod fetch;
 pub mod gguf;

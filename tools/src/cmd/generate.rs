@@ -117,6 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 out.write_all(text.as_bytes().get(printed..).unwrap_or_default())?;
             }
             writeln!(out)?;
+            out.flush()?;
             eprintln!(
                 "prompt: {} tokens in {:.1} ms ({:.1} tok/s); decode: {} tokens in {:.1} ms ({:.1} tok/s); {} threads",
                 prompt.len(),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use spike_flash::engine::llama::LlamaModel;
+use spike_flash::engine::model::Model;
 use spike_flash::model::fetch::resolve_model;
 use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::tokenizer::Tokenizer;
@@ -17,7 +17,7 @@ use spike_flash::model::tokenizer::Tokenizer;
 /// A loaded model with its tokenizer.
 pub struct Loaded {
     pub path: PathBuf,
-    pub model: LlamaModel,
+    pub model: Model,
     pub tokenizer: Tokenizer,
 }
 
@@ -27,7 +27,7 @@ pub fn load_model(arg: Option<&Path>) -> anyhow::Result<Loaded> {
     let file = Arc::new(GgufFile::open(&path).with_context(|| format!("opening model {}", path.display()))?);
     let tokenizer =
         Tokenizer::from_gguf(&file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
-    let model = LlamaModel::from_gguf(file).with_context(|| format!("loading model {}", path.display()))?;
+    let model = Model::from_gguf(file).with_context(|| format!("loading model {}", path.display()))?;
     Ok(Loaded { path, model, tokenizer })
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use spike_flash::engine::eval::perplexity;
-use spike_flash::engine::llama::DenseFfn;
+use spike_flash::engine::model::DenseFfn;
 
 /// Arguments of `spike perplexity`.
 #[derive(clap::Args, Debug)]
