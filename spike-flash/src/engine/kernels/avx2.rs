@@ -1,11 +1,27 @@
-//! (in progress)
+//! AVX2 + FMA + F16C kernels.
+//!
+//! One 32-element block per 256-bit register. Unsigned 4-bit weights times signed 8-bit activations go
+//! through `vpmaddubsw` (u8 x i8, pairs summed to i16: at most 2 * 15 * 127, no saturation) and
+//! `vpmaddwd` with ones (to i32). Q8_0 weights are signed, so the kernel multiplies their magnitudes by the
+//! activations carrying the weights' signs (`vpsignb`, the abs/sign trick: at most 2 * 128 * 127 < 2^15).
+//! Q4_0's `- 8` is applied as `- 8 * d_w * (d_x * sum(x))`, an f32 term per block.
 
+use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{Acts, QMatrix};
+use super::{give_scratch, padded_blocks, reset, take_scratch, Acts, QMatrix, Scratch};
+use crate::model::quant::{DType, QK};
 
+/// Rows per register tile of the batched kernel.
+const R: usize = 2;
+/// Tokens per register tile of the batched kernel.
+const T: usize = 4;
+
+/// AVX2 kernels over `rows x toks`, see [`super::part`].
+///
 /// # Safety
-/// In progress: the scalar kernels.
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn part(
     w: &QMatrix,
     acts: &Acts,
@@ -13,5 +29,455 @@ pub(super) unsafe fn part(
     toks: Range<usize>,
     put: &mut impl FnMut(usize, usize, f32),
 ) {
-    super::scalar::part(w, acts, rows, toks, put)
+    let dtype = w.dtype;
+    if acts.n() > 1 && dtype.is_quantized() {
+        batched_quantized(w, acts, rows, toks, put);
+        return;
+    }
+    if acts.n() > 1 {
+        batched_float(w, acts, rows, toks, put);
+        return;
+    }
+    for r in rows {
+        let row = w.row(r);
+        for t in toks.clone() {
+            let v = match dtype {
+                DType::Q4_0 => dot_q4_0(row, acts.q_tok(t), acts.sc_tok(t)),
+                DType::Q4_1 => dot_q4_1(row, acts.q_tok(t), acts.sc_tok(t)),
+                DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
+                DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
+            };
+            put(t, r, v);
+        }
+    }
+}
+
+/// Sum of the 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Lane 1 of `v`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane1(v: __m128) -> f32 {
+    _mm_cvtss_f32(_mm_movehdup_ps(v))
+}
+
+/// The f32 value of an f16.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn h2f(bits: u16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// Elements 0..16 and 16..32 of a 4-bit block from its 16 packed bytes: low nibbles, then high nibbles.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn nibbles(qs: __m128i) -> __m256i {
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs),
+        _mm256_set1_epi8(0x0F),
+    )
+}
+
+/// Sum of `u_i * x_i` over groups of 4 bytes, as f32: `u` unsigned, `x` signed, pairs within i16.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_u8_i8(u: __m256i, x: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(
+        _mm256_maddubs_epi16(u, x),
+        _mm256_set1_epi16(1),
+    ))
+}
+
+/// Checks that `q` and `sc` hold `nb` blocks.
+fn check_acts(nb: usize, q: &[i8], sc: &[f32]) {
+    assert!(
+        q.len() >= nb * QK && sc.len() >= nb * 2,
+        "activations shorter than {nb} blocks"
+    );
+}
+
+/// Q4_1 row times one token, see [`super::scalar::dot_q4_1`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_1(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
+    const BB: usize = 20;
+    let nb = row.len() / BB;
+    check_acts(nb, q, sc);
+    let (rp, qp, sp) = (row.as_ptr(), q.as_ptr(), sc.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut macc = [_mm_setzero_ps(); 2];
+    let step = |b: usize, acc: &mut __m256, macc: &mut __m128| {
+        // SAFETY: `b < nb`: the block's bytes `20 b .. 20 b + 20` are in `row`, its 32 values in `q` and
+        // its two floats in `sc` (checked above); all loads are unaligned loads.
+        let (dm, qs, x, s) = unsafe {
+            (
+                rp.add(BB * b).cast::<u32>().read_unaligned(),
+                _mm_loadu_si128(rp.add(BB * b + 4).cast()),
+                _mm256_loadu_si256(qp.add(QK * b).cast()),
+                sp.add(2 * b).cast::<u64>().read_unaligned(),
+            )
+        };
+        // [d_w, m_w] * [d_x, d_x sum_x]: the block's scale and its offset term.
+        let f = _mm_cvtph_ps(_mm_cvtsi32_si128(dm as i32));
+        let prod = _mm_mul_ps(f, _mm_castsi128_ps(_mm_cvtsi64_si128(s as i64)));
+        *macc = _mm_add_ps(*macc, prod);
+        *acc = _mm256_fmadd_ps(dot_u8_i8(nibbles(qs), x), _mm256_broadcastss_ps(prod), *acc);
+    };
+    let mut b = 0;
+    while b + 2 <= nb {
+        let [a0, a1] = &mut acc;
+        let [m0, m1] = &mut macc;
+        step(b, a0, m0);
+        step(b + 1, a1, m1);
+        b += 2;
+    }
+    if b < nb {
+        step(b, &mut acc[0], &mut macc[0]);
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1])) + lane1(_mm_add_ps(macc[0], macc[1]))
+}
+
+/// Q4_0 row times one token, see [`super::scalar::dot_q4_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
+    const BB: usize = 18;
+    let nb = row.len() / BB;
+    check_acts(nb, q, sc);
+    let (rp, qp, sp) = (row.as_ptr(), q.as_ptr(), sc.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut macc = [_mm_setzero_ps(); 2];
+    let step = |b: usize, acc: &mut __m256, macc: &mut __m128| {
+        // SAFETY: `b < nb`: the block's bytes `18 b .. 18 b + 18` are in `row`, its 32 values in `q` and
+        // its two floats in `sc` (checked above); all loads are unaligned loads.
+        let (d, qs, x, s) = unsafe {
+            (
+                rp.add(BB * b).cast::<u16>().read_unaligned(),
+                _mm_loadu_si128(rp.add(BB * b + 2).cast()),
+                _mm256_loadu_si256(qp.add(QK * b).cast()),
+                sp.add(2 * b).cast::<u64>().read_unaligned(),
+            )
+        };
+        // [d_w, d_w] * [d_x, d_x sum_x]: the block's scale and the factor of its `- 8` term.
+        let dd = u32::from(d) | (u32::from(d) << 16);
+        let f = _mm_cvtph_ps(_mm_cvtsi32_si128(dd as i32));
+        let prod = _mm_mul_ps(f, _mm_castsi128_ps(_mm_cvtsi64_si128(s as i64)));
+        *macc = _mm_add_ps(*macc, prod);
+        *acc = _mm256_fmadd_ps(dot_u8_i8(nibbles(qs), x), _mm256_broadcastss_ps(prod), *acc);
+    };
+    let mut b = 0;
+    while b + 2 <= nb {
+        let [a0, a1] = &mut acc;
+        let [m0, m1] = &mut macc;
+        step(b, a0, m0);
+        step(b + 1, a1, m1);
+        b += 2;
+    }
+    if b < nb {
+        step(b, &mut acc[0], &mut macc[0]);
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1])) - 8.0 * lane1(_mm_add_ps(macc[0], macc[1]))
+}
+
+/// Q8_0 row times one token, see [`super::scalar::dot_q8_0`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
+    const BB: usize = 34;
+    let nb = row.len() / BB;
+    check_acts(nb, q, sc);
+    let (rp, qp, sp) = (row.as_ptr(), q.as_ptr(), sc.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let step = |b: usize, acc: &mut __m256| {
+        // SAFETY: `b < nb`: the block's bytes `34 b .. 34 b + 34` are in `row`, its 32 values in `q` and
+        // its scale in `sc` (checked above); all loads are unaligned loads.
+        let (d, wq, x, dx) = unsafe {
+            (
+                rp.add(BB * b).cast::<u16>().read_unaligned(),
+                _mm256_loadu_si256(rp.add(BB * b + 2).cast()),
+                _mm256_loadu_si256(qp.add(QK * b).cast()),
+                sp.add(2 * b).read(),
+            )
+        };
+        let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(x, wq));
+        *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(h2f(d) * dx), *acc);
+    };
+    let mut b = 0;
+    while b + 2 <= nb {
+        let [a0, a1] = &mut acc;
+        step(b, a0);
+        step(b + 1, a1);
+        b += 2;
+    }
+    if b < nb {
+        step(b, &mut acc[0]);
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1]))
+}
+
+/// Float row times one token, accumulated in f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let eb = dtype.block_bytes();
+    assert_eq!(
+        row.len(),
+        n * eb,
+        "float row of {} bytes for {n} values",
+        row.len()
+    );
+    let (rp, xp) = (row.as_ptr(), x.as_ptr());
+    // Loads 8 weights at element `i` as f32.
+    let load = |i: usize| -> __m256 {
+        // SAFETY: callers pass `i + 8 <= n`, so `row` holds elements `i .. i + 8` (`eb` bytes each).
+        unsafe {
+            match dtype {
+                DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(rp.add(2 * i).cast())),
+                DType::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                    _mm_loadu_si128(rp.add(2 * i).cast()),
+                ))),
+                _ => _mm256_loadu_ps(rp.add(4 * i).cast()),
+            }
+        }
+    };
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `i + 8 k + 8 <= n = x.len()`.
+            let xv = unsafe { _mm256_loadu_ps(xp.add(i + 8 * k)) };
+            *a = _mm256_fmadd_ps(load(i + 8 * k), xv, *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n = x.len()`.
+        let xv = unsafe { _mm256_loadu_ps(xp.add(i)) };
+        acc[0] = _mm256_fmadd_ps(load(i), xv, acc[0]);
+        i += 8;
+    }
+    let mut sum = hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    if i < n {
+        sum += super::scalar::dot_float(dtype, &row[i * eb..], &x[i..]);
+    }
+    sum
+}
+
+/// Float rows times many tokens: each row is converted to f32 once and dotted with every token.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn batched_float(
+    w: &QMatrix,
+    acts: &Acts,
+    rows: Range<usize>,
+    toks: Range<usize>,
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    let mut s = take_scratch();
+    reset(&mut s.row, w.cols, 0.0);
+    for r in rows {
+        super::scalar::dequantize_row(w.dtype, w.row(r), &mut s.row);
+        let row = &s.row;
+        // SAFETY: reinterpreting f32 values as their little-endian bytes: any bytes are valid `u8`, the
+        // length is exact, and `u8` has no alignment requirement.
+        let bytes = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), row.len() * 4) };
+        for t in toks.clone() {
+            put(t, r, dot_float(DType::F32, bytes, acts.x_tok(t)));
+        }
+    }
+    give_scratch(s);
+}
+
+/// Unpacks one quantized row into the scratch layout of [`micro`]: `u` gets `QK` unsigned bytes per block
+/// (nibbles, or Q8_0 magnitudes), `sg` the signed Q8_0 bytes, `dw` one scale per block, `mw` `(0, m)` per
+/// block with `m` the coefficient of the activation block sum (`m_w`, `-8 d_w`, or 0 for Q8_0).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_row(
+    dtype: DType,
+    row: &[u8],
+    u: &mut [u8],
+    sg: &mut [u8],
+    dw: &mut [f32],
+    mw: &mut [f32],
+) {
+    let bb = dtype.block_bytes();
+    for (b, blk) in row.chunks_exact(bb).enumerate() {
+        let d = h2f(u16::from_le_bytes([blk[0], blk[1]]));
+        dw[b] = d;
+        let ub = &mut u[b * QK..(b + 1) * QK];
+        match dtype {
+            DType::Q4_0 | DType::Q4_1 => {
+                let off = if dtype == DType::Q4_1 { 4 } else { 2 };
+                let qs = &blk[off..off + 16];
+                // SAFETY: `qs` is 16 bytes and `ub` 32 bytes; unaligned load and store.
+                unsafe {
+                    _mm256_storeu_si256(
+                        ub.as_mut_ptr().cast(),
+                        nibbles(_mm_loadu_si128(qs.as_ptr().cast())),
+                    )
+                };
+                mw[2 * b + 1] = if dtype == DType::Q4_1 {
+                    h2f(u16::from_le_bytes([blk[2], blk[3]]))
+                } else {
+                    -8.0 * d
+                };
+            }
+            _ => {
+                let qs = &blk[2..34];
+                // SAFETY: `qs` is 32 bytes, `ub` and the `sg` block 32 bytes; unaligned loads and stores.
+                unsafe {
+                    let v = _mm256_loadu_si256(qs.as_ptr().cast());
+                    _mm256_storeu_si256(ub.as_mut_ptr().cast(), _mm256_sign_epi8(v, v));
+                    _mm256_storeu_si256(sg[b * QK..(b + 1) * QK].as_mut_ptr().cast(), v);
+                }
+                mw[2 * b + 1] = 0.0;
+            }
+        }
+    }
+}
+
+/// Quantized rows times many tokens: tiles of [`R`] rows are unpacked once and run against all tokens of
+/// `toks`, [`T`] at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn batched_quantized(
+    w: &QMatrix,
+    acts: &Acts,
+    rows: Range<usize>,
+    toks: Range<usize>,
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    let nb = w.cols / QK;
+    let nbp = padded_blocks(w.cols);
+    let mut s = take_scratch();
+    reset(&mut s.u, R * nb * QK, 0);
+    reset(&mut s.sg, R * nb * QK, 0);
+    reset(&mut s.dw, R * nb, 0.0);
+    reset(&mut s.mw, R * nbp * 2, 0.0);
+    let signed = w.dtype == DType::Q8_0;
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let nr = R.min(rows.end - r0);
+        for i in 0..R {
+            let (u, sg) = (
+                &mut s.u[i * nb * QK..(i + 1) * nb * QK],
+                &mut s.sg[i * nb * QK..(i + 1) * nb * QK],
+            );
+            let (dw, mw) = (
+                &mut s.dw[i * nb..(i + 1) * nb],
+                &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2],
+            );
+            if i < nr {
+                unpack_row(w.dtype, w.row(r0 + i), u, sg, dw, mw);
+            } else {
+                // A missing row of the last tile: zero weights, computed and dropped.
+                u.fill(0);
+                sg.fill(0);
+                dw.fill(0.0);
+                mw.fill(0.0);
+            }
+        }
+        let mut t0 = toks.start;
+        while t0 < toks.end {
+            let nt = T.min(toks.end - t0);
+            let res = match (signed, nt) {
+                (false, 4) => micro::<4, false>(&s, nb, acts, t0),
+                (false, 3) => micro::<3, false>(&s, nb, acts, t0),
+                (false, 2) => micro::<2, false>(&s, nb, acts, t0),
+                (false, _) => micro::<1, false>(&s, nb, acts, t0),
+                (true, 4) => micro::<4, true>(&s, nb, acts, t0),
+                (true, 3) => micro::<3, true>(&s, nb, acts, t0),
+                (true, 2) => micro::<2, true>(&s, nb, acts, t0),
+                (true, _) => micro::<1, true>(&s, nb, acts, t0),
+            };
+            for (i, res) in res.iter().enumerate().take(nr) {
+                for (j, &v) in res.iter().enumerate().take(nt) {
+                    put(t0 + j, r0 + i, v);
+                }
+            }
+            t0 += nt;
+        }
+        r0 += nr;
+    }
+    give_scratch(s);
+}
+
+/// One register tile: the [`R`] unpacked rows of `s` times tokens `t0 .. t0 + NT`. `SIGNED` (Q8_0) applies
+/// the weights' signs to the activations; otherwise the `mw` offset terms are added.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn micro<const NT: usize, const SIGNED: bool>(
+    s: &Scratch,
+    nb: usize,
+    acts: &Acts,
+    t0: usize,
+) -> [[f32; T]; R] {
+    let q: [&[i8]; NT] = std::array::from_fn(|j| acts.q_tok(t0 + j));
+    let sc: [&[f32]; NT] = std::array::from_fn(|j| acts.sc_tok(t0 + j));
+    let nbp = sc[0].len() / 2;
+    assert!(q.iter().all(|q| q.len() >= nb * QK) && sc.iter().all(|s| s.len() == nbp * 2));
+    assert!(s.u.len() >= R * nb * QK && s.sg.len() >= R * nb * QK && s.dw.len() >= R * nb);
+    assert!(s.mw.len() >= R * nbp * 2 && nbp % 4 == 0);
+    let qp: [*const i8; NT] = std::array::from_fn(|j| q[j].as_ptr());
+    let sp: [*const f32; NT] = std::array::from_fn(|j| sc[j].as_ptr());
+    let (up, gp, dp, mp) = (s.u.as_ptr(), s.sg.as_ptr(), s.dw.as_ptr(), s.mw.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); NT]; R];
+    for b in 0..nb {
+        // SAFETY (all loads of this loop): `b < nb`, row `i < R` of the scratch holds `nb` blocks of `QK`
+        // bytes and `nb` scales, each token `nb` blocks of `QK` values and `nbp >= nb` scale pairs
+        // (asserted above); unaligned loads.
+        let wv: [__m256i; R] = std::array::from_fn(|i| unsafe {
+            _mm256_loadu_si256(up.add((i * nb + b) * QK).cast())
+        });
+        let dwv: [__m256; R] =
+            std::array::from_fn(|i| unsafe { _mm256_set1_ps(dp.add(i * nb + b).read()) });
+        for j in 0..NT {
+            // SAFETY: as above.
+            let (x, dx) = unsafe {
+                (
+                    _mm256_loadu_si256(qp[j].add(b * QK).cast()),
+                    _mm256_set1_ps(sp[j].add(2 * b).read()),
+                )
+            };
+            for i in 0..R {
+                let xs = if SIGNED {
+                    // SAFETY: as above.
+                    _mm256_sign_epi8(x, unsafe {
+                        _mm256_loadu_si256(gp.add((i * nb + b) * QK).cast())
+                    })
+                } else {
+                    x
+                };
+                acc[i][j] =
+                    _mm256_fmadd_ps(dot_u8_i8(wv[i], xs), _mm256_mul_ps(dwv[i], dx), acc[i][j]);
+            }
+        }
+    }
+    if !SIGNED {
+        // The offset terms: `sum_b m_b * (d_x sum_x)_b`, with `mw = (0, m)` against the tokens' `(d, d sum)`.
+        for k in (0..nbp * 2).step_by(8) {
+            for j in 0..NT {
+                // SAFETY: `k + 8 <= 2 nbp`, the length of each token's scales and of each scratch row of `mw`.
+                let x = unsafe { _mm256_loadu_ps(sp[j].add(k)) };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    let m = unsafe { _mm256_loadu_ps(mp.add(i * nbp * 2 + k)) };
+                    acc[j] = _mm256_fmadd_ps(m, x, acc[j]);
+                }
+            }
+        }
+    }
+    let mut out = [[0.0f32; T]; R];
+    for i in 0..R {
+        for j in 0..NT {
+            out[i][j] = hsum(acc[i][j]);
+        }
+    }
+    out
 }

@@ -421,6 +421,41 @@ fn part(
     }
 }
 
+/// Per-thread buffers of the batched kernels: a tile of weight rows unpacked for reuse across tokens.
+#[derive(Default)]
+struct Scratch {
+    /// Unsigned 8-bit weights (nibbles, or Q8_0 magnitudes / offset values), `QK` per block.
+    u: Vec<u8>,
+    /// Signed Q8_0 weights, whose signs the AVX2 kernel applies to the activations.
+    sg: Vec<u8>,
+    /// Per-block weight scales, as the kernel wants them laid out.
+    dw: Vec<f32>,
+    /// Per-block offset coefficients interleaved `(0, m)` like the activations' `(d, d * sum)`.
+    mw: Vec<f32>,
+    /// One float row.
+    row: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Takes this thread's scratch buffers (leaving empty ones); hand them back with [`give_scratch`].
+fn take_scratch() -> Scratch {
+    SCRATCH.with(|s| s.take())
+}
+
+/// Returns the scratch buffers to this thread for the next call.
+fn give_scratch(scratch: Scratch) {
+    SCRATCH.with(|s| s.replace(scratch));
+}
+
+/// Resizes `v` to `len` elements, all `fill`, without giving back capacity.
+fn reset<T: Copy>(v: &mut Vec<T>, len: usize, fill: T) {
+    v.clear();
+    v.resize(len, fill);
+}
+
 /// The output buffer shared by the tasks of one [`matmul_isa`] call, which write disjoint elements.
 #[derive(Clone, Copy)]
 struct Sink {

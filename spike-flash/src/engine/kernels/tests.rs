@@ -229,13 +229,13 @@ fn simd_kernels_match_scalar() {
     }
     let all: Vec<DType> = QUANTIZED.into_iter().chain(FLOATS).collect();
     let mut acts = Acts::new();
-    let mut worst = vec![0.0f64; isas.len()];
+    let mut worst = std::collections::BTreeMap::new();
     for_all_cases(&all, |dtype, rows, cols, n, wdata, x| {
         let w = QMatrix::new(dtype, rows, cols, wdata).expect("test matrix is well formed");
         acts.prepare(dtype, x, n, cols);
         let mut want = vec![0.0f32; n * rows];
         matmul_with(Isa::Scalar, &w, &acts, &mut want);
-        for (k, &isa) in isas.iter().enumerate() {
+        for &isa in &isas {
             let mut got = vec![f32::NAN; n * rows];
             matmul_with(isa, &w, &acts, &mut got);
             for t in 0..n {
@@ -248,14 +248,15 @@ fn simd_kernels_match_scalar() {
                         "{isa} {dtype} {rows}x{cols} n={n} row {r} token {t}: {g} vs scalar {e} (|w x| = {mag})"
                     );
                     if mag > 0.0 {
-                        worst[k] = worst[k].max(err / mag);
+                        let e = worst.entry((isa, dtype.name())).or_insert(0.0f64);
+                        *e = e.max(err / mag);
                     }
                 }
             }
         }
     });
-    for (isa, worst) in isas.iter().zip(worst) {
-        eprintln!("{isa}: worst error relative to sum |w x|: {worst:.2e}");
+    for ((isa, dtype), worst) in worst {
+        eprintln!("{isa} {dtype}: worst error relative to sum |w x|: {worst:.2e}");
     }
 }
 
