@@ -37,17 +37,9 @@ fn random_weights(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> V
     let mut data = vec![0u8; bytes];
     rng.fill(&mut data[..]);
     for blk in data.chunks_exact_mut(dtype.block_bytes()) {
-        blk[..2].copy_from_slice(
-            &half::f16::from_f32(rng.gen_range(0.002..0.05))
-                .to_bits()
-                .to_le_bytes(),
-        );
+        blk[..2].copy_from_slice(&half::f16::from_f32(rng.gen_range(0.002..0.05)).to_bits().to_le_bytes());
         if dtype == DType::Q4_1 {
-            blk[2..4].copy_from_slice(
-                &half::f16::from_f32(rng.gen_range(-0.4..-0.02))
-                    .to_bits()
-                    .to_le_bytes(),
-            );
+            blk[2..4].copy_from_slice(&half::f16::from_f32(rng.gen_range(-0.4..-0.02)).to_bits().to_le_bytes());
         }
     }
     data
@@ -60,30 +52,17 @@ fn random_acts(rng: &mut StdRng, len: usize) -> Vec<f32> {
 fn pools() -> Vec<(usize, rayon::ThreadPool)> {
     [1, 2]
         .into_iter()
-        .map(|t| {
-            (
-                t,
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(t)
-                    .build()
-                    .expect("a rayon pool"),
-            )
-        })
+        .map(|t| (t, rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a rayon pool")))
         .collect()
 }
 
 fn isas(with_scalar: bool) -> Vec<Isa> {
-    Isa::ALL
-        .into_iter()
-        .filter(|i| i.is_available() && (with_scalar || *i != Isa::Scalar))
-        .collect()
+    Isa::ALL.into_iter().filter(|i| i.is_available() && (with_scalar || *i != Isa::Scalar)).collect()
 }
 
 /// (name, dtype, rows, cols) of the single-matrix benchmarks.
-const SHAPES: [(&str, DType, usize, usize); 2] = [
-    ("ffn_1536x576_q4_1", DType::Q4_1, D_FFN, D_MODEL),
-    ("output_49152x576_q8_0", DType::Q8_0, VOCAB, D_MODEL),
-];
+const SHAPES: [(&str, DType, usize, usize); 2] =
+    [("ffn_1536x576_q4_1", DType::Q4_1, D_FFN, D_MODEL), ("output_49152x576_q8_0", DType::Q8_0, VOCAB, D_MODEL)];
 
 fn single_matrices(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(SEED);
@@ -94,12 +73,7 @@ fn single_matrices(c: &mut Criterion) {
         let bytes = wdata.len() as u64;
 
         let copies = (COLD_BYTES / wdata.len()).max(2);
-        let cold: Vec<u8> = wdata
-            .iter()
-            .copied()
-            .cycle()
-            .take(copies * wdata.len())
-            .collect();
+        let cold: Vec<u8> = wdata.iter().copied().cycle().take(copies * wdata.len()).collect();
         let cold: Vec<QMatrix> = cold
             .chunks_exact(wdata.len())
             .map(|d| QMatrix::new(dtype, rows, cols, d).expect("benchmark matrix is well formed"))
@@ -167,25 +141,15 @@ const LAYER: [(usize, usize); 7] = [
 fn whole_model(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(SEED ^ 1);
     let layers: Vec<Vec<(usize, usize, Vec<u8>)>> = (0..LAYERS)
-        .map(|_| {
-            LAYER
-                .iter()
-                .map(|&(r, k)| (r, k, random_weights(&mut rng, DType::Q4_1, r, k)))
-                .collect()
-        })
+        .map(|_| LAYER.iter().map(|&(r, k)| (r, k, random_weights(&mut rng, DType::Q4_1, r, k))).collect())
         .collect();
     let output = random_weights(&mut rng, DType::Q8_0, VOCAB, D_MODEL);
     let mut mats: Vec<QMatrix> = layers
         .iter()
         .flatten()
-        .map(|(r, k, d)| {
-            QMatrix::new(DType::Q4_1, *r, *k, d).expect("benchmark matrix is well formed")
-        })
+        .map(|(r, k, d)| QMatrix::new(DType::Q4_1, *r, *k, d).expect("benchmark matrix is well formed"))
         .collect();
-    mats.push(
-        QMatrix::new(DType::Q8_0, VOCAB, D_MODEL, &output)
-            .expect("benchmark matrix is well formed"),
-    );
+    mats.push(QMatrix::new(DType::Q8_0, VOCAB, D_MODEL, &output).expect("benchmark matrix is well formed"));
     let bytes: u64 = mats.iter().map(|m| m.data.len() as u64).sum();
     let macs: u64 = mats.iter().map(|m| (m.rows * m.cols) as u64).sum();
     let pools = pools();
@@ -207,19 +171,16 @@ fn whole_model(c: &mut Criterion) {
         }
         for (threads, pool) in &pools {
             for isa in isas(false) {
-                g.bench_function(
-                    BenchmarkId::new("smollm2_135m", format!("{isa}/t{threads}")),
-                    |b| {
-                        pool.install(|| {
-                            b.iter(|| {
-                                for m in &mats {
-                                    let acts = if m.cols == D_FFN { &a_ffn } else { &a_model };
-                                    matmul_isa(isa, m, acts, &mut out[..n * m.rows]);
-                                }
-                            })
+                g.bench_function(BenchmarkId::new("smollm2_135m", format!("{isa}/t{threads}")), |b| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            for m in &mats {
+                                let acts = if m.cols == D_FFN { &a_ffn } else { &a_model };
+                                matmul_isa(isa, m, acts, &mut out[..n * m.rows]);
+                            }
                         })
-                    },
-                );
+                    })
+                });
             }
         }
         g.finish();

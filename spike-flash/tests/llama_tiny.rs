@@ -201,3 +201,20 @@ fn missing_layer_tensor_is_named() {
     let msg = Model::from_gguf(Arc::new(g)).err().expect("a missing layer is an error").to_string();
     assert!(msg.contains("short.gguf") && msg.contains("blk.1."), "{msg}");
 }
+
+#[test]
+fn sparse_ffn_with_every_neuron_equals_dense() {
+    use spike_flash::engine::sparse::{AllNeurons, SparseFfn};
+    let shape = LlamaShape::tiny();
+    let (_, model) = load(&shape, DType::F32, SEED_F32);
+    let tokens: Vec<u32> = vec![4, 8, 15, 16, 23, 42];
+    let mut a = model.new_state(tokens.len());
+    let dense = model.forward(&mut a, &tokens, true).expect("dense");
+    let mut sparse_ffn = SparseFfn::new(&model, AllNeurons).expect("rows");
+    let mut b = model.new_state(tokens.len());
+    let sparse = model.forward_with(&mut b, &tokens, 0, &mut sparse_ffn).expect("sparse");
+    assert_eq!(sparse_ffn.stats.active, sparse_ffn.stats.total);
+    for (x, y) in dense.iter().zip(&sparse) {
+        assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+    }
+}

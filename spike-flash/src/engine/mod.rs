@@ -5,6 +5,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod sampler;
+pub mod sparse;
 
 /// Sets the number of worker threads of the compute pool (rayon's global pool); call once, before any work.
 pub fn init_threads(n: usize) -> crate::Result<()> {

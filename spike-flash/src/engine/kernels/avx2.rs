@@ -80,28 +80,19 @@ fn h2f(bits: u16) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn nibbles(qs: __m128i) -> __m256i {
-    _mm256_and_si256(
-        _mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs),
-        _mm256_set1_epi8(0x0F),
-    )
+    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs), _mm256_set1_epi8(0x0F))
 }
 
 /// Sum of `u_i * x_i` over groups of 4 bytes, as f32: `u` unsigned, `x` signed, pairs within i16.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn dot_u8_i8(u: __m256i, x: __m256i) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(
-        _mm256_maddubs_epi16(u, x),
-        _mm256_set1_epi16(1),
-    ))
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)))
 }
 
 /// Checks that `q` and `sc` hold `nb` blocks.
 fn check_acts(nb: usize, q: &[i8], sc: &[f32]) {
-    assert!(
-        q.len() >= nb * QK && sc.len() >= nb * 2,
-        "activations shorter than {nb} blocks"
-    );
+    assert!(q.len() >= nb * QK && sc.len() >= nb * 2, "activations shorter than {nb} blocks");
 }
 
 /// Q4_1 row times one token, see [`super::scalar::dot_q4_1`].
@@ -225,12 +216,7 @@ fn dot_q8_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
 fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
     let eb = dtype.block_bytes();
-    assert_eq!(
-        row.len(),
-        n * eb,
-        "float row of {} bytes for {n} values",
-        row.len()
-    );
+    assert_eq!(row.len(), n * eb, "float row of {} bytes for {n} values", row.len());
     let (rp, xp) = (row.as_ptr(), x.as_ptr());
     // Loads 8 weights at element `i` as f32.
     let load = |i: usize| -> __m256 {
@@ -238,9 +224,9 @@ fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
         unsafe {
             match dtype {
                 DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(rp.add(2 * i).cast())),
-                DType::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-                    _mm_loadu_si128(rp.add(2 * i).cast()),
-                ))),
+                DType::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                    rp.add(2 * i).cast(),
+                )))),
                 _ => _mm256_loadu_ps(rp.add(4 * i).cast()),
             }
         }
@@ -261,10 +247,7 @@ fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
         acc[0] = _mm256_fmadd_ps(load(i), xv, acc[0]);
         i += 8;
     }
-    let mut sum = hsum(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ));
+    let mut sum = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     if i < n {
         sum += super::scalar::dot_float(dtype, &row[i * eb..], &x[i..]);
     }
@@ -299,14 +282,7 @@ fn batched_float(
 /// (nibbles, or Q8_0 magnitudes), `sg` the signed Q8_0 bytes, `dw` one scale per block, `mw` `(0, m)` per
 /// block with `m` the coefficient of the activation block sum (`m_w`, `-8 d_w`, or 0 for Q8_0).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn unpack_row(
-    dtype: DType,
-    row: &[u8],
-    u: &mut [u8],
-    sg: &mut [u8],
-    dw: &mut [f32],
-    mw: &mut [f32],
-) {
+fn unpack_row(dtype: DType, row: &[u8], u: &mut [u8], sg: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
     let bb = dtype.block_bytes();
     for (b, blk) in row.chunks_exact(bb).enumerate() {
         let d = h2f(u16::from_le_bytes([blk[0], blk[1]]));
@@ -317,17 +293,8 @@ fn unpack_row(
                 let off = if dtype == DType::Q4_1 { 4 } else { 2 };
                 let qs = &blk[off..off + 16];
                 // SAFETY: `qs` is 16 bytes and `ub` 32 bytes; unaligned load and store.
-                unsafe {
-                    _mm256_storeu_si256(
-                        ub.as_mut_ptr().cast(),
-                        nibbles(_mm_loadu_si128(qs.as_ptr().cast())),
-                    )
-                };
-                mw[2 * b + 1] = if dtype == DType::Q4_1 {
-                    h2f(u16::from_le_bytes([blk[2], blk[3]]))
-                } else {
-                    -8.0 * d
-                };
+                unsafe { _mm256_storeu_si256(ub.as_mut_ptr().cast(), nibbles(_mm_loadu_si128(qs.as_ptr().cast()))) };
+                mw[2 * b + 1] = if dtype == DType::Q4_1 { h2f(u16::from_le_bytes([blk[2], blk[3]])) } else { -8.0 * d };
             }
             _ => {
                 let qs = &blk[2..34];
@@ -365,14 +332,8 @@ fn batched_quantized(
     while r0 < rows.end {
         let nr = R.min(rows.end - r0);
         for i in 0..R {
-            let (u, sg) = (
-                &mut s.u[i * nb * QK..(i + 1) * nb * QK],
-                &mut s.sg[i * nb * QK..(i + 1) * nb * QK],
-            );
-            let (dw, mw) = (
-                &mut s.dw[i * nb..(i + 1) * nb],
-                &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2],
-            );
+            let (u, sg) = (&mut s.u[i * nb * QK..(i + 1) * nb * QK], &mut s.sg[i * nb * QK..(i + 1) * nb * QK]);
+            let (dw, mw) = (&mut s.dw[i * nb..(i + 1) * nb], &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2]);
             if i < nr {
                 unpack_row(w.dtype, w.row(r0 + i), u, sg, dw, mw);
             } else {
@@ -412,12 +373,7 @@ fn batched_quantized(
 /// the weights' signs to the activations; otherwise the `mw` offset terms are added.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn micro<const NT: usize, const SIGNED: bool>(
-    s: &Scratch,
-    nb: usize,
-    acts: &Acts,
-    t0: usize,
-) -> [[f32; T]; R] {
+fn micro<const NT: usize, const SIGNED: bool>(s: &Scratch, nb: usize, acts: &Acts, t0: usize) -> [[f32; T]; R] {
     let q: [&[i8]; NT] = std::array::from_fn(|j| acts.q_tok(t0 + j));
     let sc: [&[f32]; NT] = std::array::from_fn(|j| acts.sc_tok(t0 + j));
     let nbp = sc[0].len() / 2;
@@ -432,30 +388,20 @@ fn micro<const NT: usize, const SIGNED: bool>(
         // SAFETY (all loads of this loop): `b < nb`, row `i < R` of the scratch holds `nb` blocks of `QK`
         // bytes and `nb` scales, each token `nb` blocks of `QK` values and `nbp >= nb` scale pairs
         // (asserted above); unaligned loads.
-        let wv: [__m256i; R] = std::array::from_fn(|i| unsafe {
-            _mm256_loadu_si256(up.add((i * nb + b) * QK).cast())
-        });
-        let dwv: [__m256; R] =
-            std::array::from_fn(|i| unsafe { _mm256_set1_ps(dp.add(i * nb + b).read()) });
+        let wv: [__m256i; R] = std::array::from_fn(|i| unsafe { _mm256_loadu_si256(up.add((i * nb + b) * QK).cast()) });
+        let dwv: [__m256; R] = std::array::from_fn(|i| unsafe { _mm256_set1_ps(dp.add(i * nb + b).read()) });
         for j in 0..NT {
             // SAFETY: as above.
-            let (x, dx) = unsafe {
-                (
-                    _mm256_loadu_si256(qp[j].add(b * QK).cast()),
-                    _mm256_set1_ps(sp[j].add(2 * b).read()),
-                )
-            };
+            let (x, dx) =
+                unsafe { (_mm256_loadu_si256(qp[j].add(b * QK).cast()), _mm256_set1_ps(sp[j].add(2 * b).read())) };
             for i in 0..R {
                 let xs = if SIGNED {
                     // SAFETY: as above.
-                    _mm256_sign_epi8(x, unsafe {
-                        _mm256_loadu_si256(gp.add((i * nb + b) * QK).cast())
-                    })
+                    _mm256_sign_epi8(x, unsafe { _mm256_loadu_si256(gp.add((i * nb + b) * QK).cast()) })
                 } else {
                     x
                 };
-                acc[i][j] =
-                    _mm256_fmadd_ps(dot_u8_i8(wv[i], xs), _mm256_mul_ps(dwv[i], dx), acc[i][j]);
+                acc[i][j] = _mm256_fmadd_ps(dot_u8_i8(wv[i], xs), _mm256_mul_ps(dwv[i], dx), acc[i][j]);
             }
         }
     }

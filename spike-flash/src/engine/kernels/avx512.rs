@@ -143,10 +143,7 @@ pub(super) unsafe fn part(
 
 /// Checks that `q` and `sc` hold `pairs` block pairs.
 fn check_acts(pairs: usize, q: &[i8], sc: &[f32]) {
-    assert!(
-        q.len() >= pairs * 2 * QK && sc.len() >= pairs * 4,
-        "activations shorter than {pairs} block pairs"
-    );
+    assert!(q.len() >= pairs * 2 * QK && sc.len() >= pairs * 4, "activations shorter than {pairs} block pairs");
 }
 
 /// Loads the bytes of blocks `2 p` and `2 p + 1` of `row` (`bb` bytes each) into the low bytes of a
@@ -180,12 +177,7 @@ fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         let raw = load_pair(row, bb, p);
         // SAFETY: `p < pairs`: the token holds values `64 p .. 64 p + 64` and scales `4 p .. 4 p + 4`
         // (checked above); unaligned loads.
-        let (x, s) = unsafe {
-            (
-                _mm512_loadu_si512(qp.add(64 * p).cast()),
-                _mm_loadu_ps(sp.add(4 * p)),
-            )
-        };
+        let (x, s) = unsafe { (_mm512_loadu_si512(qp.add(64 * p).cast()), _mm_loadu_ps(sp.add(4 * p))) };
         let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_nibbles(raw, nib), x);
         // Q4_1: [d0, m0, d1, m1] * [dx0, dsum0, dx1, dsum1]; Q4_0: [d0, d0, d1, d1] * the same.
         let f = _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi8(sca, raw)));
@@ -234,26 +226,15 @@ fn dot_q8_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
             let w0 = _mm256_loadu_si256(rp.add(o + 2).cast());
             let (w, d1) = if second {
                 let w1 = _mm256_loadu_si256(rp.add(o + BB + 2).cast());
-                (
-                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1),
-                    rp.add(o + BB).cast::<u16>().read_unaligned(),
-                )
+                (_mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1), rp.add(o + BB).cast::<u16>().read_unaligned())
             } else {
                 (_mm512_zextsi256_si512(w0), 0)
             };
             let d0 = rp.add(o).cast::<u16>().read_unaligned();
-            (
-                w,
-                d0,
-                d1,
-                _mm512_loadu_si512(qp.add(64 * p).cast()),
-                _mm_loadu_ps(sp.add(4 * p)),
-            )
+            (w, d0, d1, _mm512_loadu_si512(qp.add(64 * p).cast()), _mm_loadu_ps(sp.add(4 * p)))
         };
         // [d0, 0, d1, 0] * [dx0, _, dx1, _].
-        let f = _mm_cvtph_ps(_mm_cvtsi64_si128(
-            (u64::from(d0) | (u64::from(d1) << 32)) as i64,
-        ));
+        let f = _mm_cvtph_ps(_mm_cvtsi64_si128((u64::from(d0) | (u64::from(d1) << 32)) as i64));
         let scale = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(_mm_mul_ps(f, s)));
         let neg = _mm512_movepi8_mask(w);
         let xs = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
@@ -277,12 +258,7 @@ fn dot_q8_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
-    assert_eq!(
-        row.len(),
-        n * dtype.block_bytes(),
-        "float row of {} bytes for {n} values",
-        row.len()
-    );
+    assert_eq!(row.len(), n * dtype.block_bytes(), "float row of {} bytes for {n} values", row.len());
     let (rp, xp) = (row.as_ptr(), x.as_ptr());
     // Weights `i .. i + 16` times values `i .. i + 16`, of which those in `mask`.
     let prod = |i: usize, mask: u16, acc: __m512| -> __m512 {
@@ -309,18 +285,11 @@ fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     }
     while i < n {
         let left = n - i;
-        let mask = if left >= 16 {
-            u16::MAX
-        } else {
-            (1u16 << left) - 1
-        };
+        let mask = if left >= 16 { u16::MAX } else { (1u16 << left) - 1 };
         acc[0] = prod(i, mask, acc[0]);
         i += 16;
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(
-        _mm512_add_ps(acc[0], acc[1]),
-        _mm512_add_ps(acc[2], acc[3]),
-    ))
+    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
 }
 
 /// Float rows times many tokens: each row is converted to f32 once and dotted with every token.
@@ -351,14 +320,7 @@ fn batched_float(
 /// unsigned values, `dw[16 p ..]` the two scales each broadcast to 8 lanes, `mw[4 p ..]` `(0, m0, 0, m1)`
 /// with `m` the coefficient of the activation block sum.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn unpack_row(
-    dtype: DType,
-    row: &[u8],
-    pairs: usize,
-    u: &mut [u8],
-    dw: &mut [f32],
-    mw: &mut [f32],
-) {
+fn unpack_row(dtype: DType, row: &[u8], pairs: usize, u: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
     assert!(u.len() >= pairs * 64 && dw.len() >= pairs * 16 && mw.len() >= pairs * 4);
     let bidx = pair_broadcast();
     let bb = dtype.block_bytes();
@@ -368,26 +330,17 @@ fn unpack_row(
             DType::Q4_0 | DType::Q4_1 => {
                 let q4_1 = dtype == DType::Q4_1;
                 let raw = load_pair(row, bb, p);
-                let values =
-                    unpack_nibbles(raw, table(if q4_1 { &NIBBLES_Q4_1 } else { &NIBBLES_Q4_0 }));
+                let values = unpack_nibbles(raw, table(if q4_1 { &NIBBLES_Q4_1 } else { &NIBBLES_Q4_0 }));
                 let sca = table(if q4_1 { &SCALES_Q4_1 } else { &SCALES_Q4_0 });
                 let f = _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi8(sca, raw)));
                 // Q4_1: [d0, m0, d1, m1] -> (0, m0, 0, m1); Q4_0: [d0, d0, d1, d1] -> (0, -8 d0, 0, -8 d1).
-                let m = if q4_1 {
-                    f
-                } else {
-                    _mm_mul_ps(f, _mm_set1_ps(-8.0))
-                };
+                let m = if q4_1 { f } else { _mm_mul_ps(f, _mm_set1_ps(-8.0)) };
                 (values, f, _mm_blend_ps::<0b1010>(_mm_setzero_ps(), m))
             }
             _ => {
                 let o = 2 * bb * p;
                 let b0 = &row[o..o + bb];
-                let b1 = if 2 * p + 1 < nb {
-                    &row[o + bb..o + 2 * bb]
-                } else {
-                    &[0u8; 34][..]
-                };
+                let b1 = if 2 * p + 1 < nb { &row[o + bb..o + 2 * bb] } else { &[0u8; 34][..] };
                 // SAFETY: `b0` and `b1` are 34 bytes each; unaligned loads of bytes 2..34.
                 let w = unsafe {
                     _mm512_inserti64x4::<1>(
@@ -397,13 +350,10 @@ fn unpack_row(
                 };
                 // The +128 offset makes the weights unsigned; `-128 d_w` times the block sum takes it back.
                 let values = _mm512_xor_si512(w, _mm512_set1_epi8(-128));
-                let d = u64::from(u16::from_le_bytes([b0[0], b0[1]]))
-                    | u64::from(u16::from_le_bytes([b1[0], b1[1]])) << 32;
+                let d =
+                    u64::from(u16::from_le_bytes([b0[0], b0[1]])) | u64::from(u16::from_le_bytes([b1[0], b1[1]])) << 32;
                 let f = _mm_cvtph_ps(_mm_cvtsi64_si128(d as i64));
-                let m = _mm_castsi128_ps(_mm_slli_si128::<4>(_mm_castps_si128(_mm_mul_ps(
-                    f,
-                    _mm_set1_ps(-128.0),
-                ))));
+                let m = _mm_castsi128_ps(_mm_slli_si128::<4>(_mm_castps_si128(_mm_mul_ps(f, _mm_set1_ps(-128.0)))));
                 (values, f, m)
             }
         };
@@ -411,10 +361,7 @@ fn unpack_row(
         // floats `4 p .. 4 p + 4` (asserted above); unaligned stores.
         unsafe {
             _mm512_storeu_si512(u.as_mut_ptr().add(64 * p).cast(), values);
-            _mm512_storeu_ps(
-                dw.as_mut_ptr().add(16 * p),
-                _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(f)),
-            );
+            _mm512_storeu_ps(dw.as_mut_ptr().add(16 * p), _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(f)));
             _mm_storeu_ps(mw.as_mut_ptr().add(4 * p), offsets);
         }
     }
@@ -481,9 +428,7 @@ fn micro<const NT: usize>(s: &Scratch, pairs: usize, acts: &Acts, t0: usize) -> 
     let sc: [&[f32]; NT] = std::array::from_fn(|j| acts.sc_tok(t0 + j));
     let nbp = sc[0].len() / 2;
     assert!(q.iter().all(|q| q.len() >= pairs * 64) && sc.iter().all(|s| s.len() == nbp * 2));
-    assert!(
-        s.u.len() >= R * pairs * 64 && s.dw.len() >= R * pairs * 16 && s.mw.len() >= R * nbp * 2
-    );
+    assert!(s.u.len() >= R * pairs * 64 && s.dw.len() >= R * pairs * 16 && s.mw.len() >= R * nbp * 2);
     assert!(nbp % 8 == 0 && 2 * pairs <= nbp);
     let qp: [*const i8; NT] = std::array::from_fn(|j| q[j].as_ptr());
     let sp: [*const f32; NT] = std::array::from_fn(|j| sc[j].as_ptr());
@@ -494,24 +439,16 @@ fn micro<const NT: usize>(s: &Scratch, pairs: usize, acts: &Acts, t0: usize) -> 
         // SAFETY (all loads of this loop): `p < pairs`; scratch row `i < R` holds `pairs` pairs of 64 bytes
         // and of 16 scales, each token `pairs` pairs of 64 values and `nbp >= 2 pairs` scale pairs
         // (asserted above); unaligned loads.
-        let wv: [__m512i; R] = std::array::from_fn(|i| unsafe {
-            _mm512_loadu_si512(up.add((i * pairs + p) * 64).cast())
-        });
-        let dv: [__m512; R] =
-            std::array::from_fn(|i| unsafe { _mm512_loadu_ps(dp.add((i * pairs + p) * 16)) });
+        let wv: [__m512i; R] =
+            std::array::from_fn(|i| unsafe { _mm512_loadu_si512(up.add((i * pairs + p) * 64).cast()) });
+        let dv: [__m512; R] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(dp.add((i * pairs + p) * 16)) });
         for j in 0..NT {
             // SAFETY: as above.
-            let (x, s) = unsafe {
-                (
-                    _mm512_loadu_si512(qp[j].add(64 * p).cast()),
-                    _mm_loadu_ps(sp[j].add(4 * p)),
-                )
-            };
+            let (x, s) = unsafe { (_mm512_loadu_si512(qp[j].add(64 * p).cast()), _mm_loadu_ps(sp[j].add(4 * p))) };
             let dx = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(s));
             for i in 0..R {
                 let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], x);
-                acc[i][j] =
-                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dv[i], dx), acc[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dv[i], dx), acc[i][j]);
             }
         }
     }

@@ -1,0 +1,171 @@
+//! The sparse FFN: per token, only the neurons of an active set are computed. A neuron is one row of the first
+//! projection (gate and up rows for gated FFNs) and one column of the second; this module keeps them as f32
+//! neuron-major rows in DRAM, which is what the flash layout stores per record. Which neurons are active is a
+//! [`NeuronSelector`]'s decision: all of them, the truly active ones (an oracle), or a predictor's guess.
+
+use super::model::{activate, FfnStep, FfnWeights, Model};
+use super::ops;
+use crate::model::quant;
+use crate::{Error, Result};
+
+/// One layer's neurons, neuron-major: row `i` of each matrix belongs to neuron `i`.
+#[derive(Debug, Clone)]
+pub struct NeuronRows {
+    /// `d_ffn x d_model`: gate rows (gated) or fc1 rows (plain).
+    pub first: Vec<f32>,
+    /// `d_ffn x d_model`: up rows (gated only).
+    pub up: Option<Vec<f32>>,
+    /// `d_ffn x d_model`: columns of down / fc2.
+    pub second_t: Vec<f32>,
+    /// fc1 bias, per neuron (plain only).
+    pub b1: Option<Vec<f32>>,
+    /// Bias of the second projection, per output dimension.
+    pub b2: Option<Vec<f32>>,
+}
+
+impl NeuronRows {
+    /// Dequantizes layer `l`'s FFN of `model` into neuron-major rows.
+    pub fn from_model(model: &Model, l: usize) -> Result<NeuronRows> {
+        let (d, f) = (model.cfg().d_model, model.cfg().d_ffn);
+        let dense = |lin: &super::model::Linear| -> Result<Vec<f32>> {
+            let m = model.matrix(&lin.w);
+            let mut out = vec![0.0f32; m.rows * m.cols];
+            quant::dequantize(m.dtype, m.data, &mut out)?;
+            Ok(out)
+        };
+        let lw = model.layer(l);
+        let (first, up) = match &lw.ffn {
+            FfnWeights::Gated { gate, up, .. } => (dense(gate)?, Some(dense(up)?)),
+            FfnWeights::Plain { fc1, .. } => (dense(fc1)?, None),
+        };
+        let second = lw.ffn.second();
+        let s = dense(second)?;
+        if s.len() != d * f || first.len() != d * f {
+            return Err(Error::Invalid(format!("layer {l}: FFN matrices are not {f} x {d}")));
+        }
+        let mut second_t = vec![0.0f32; d * f];
+        for j in 0..d {
+            for i in 0..f {
+                second_t[i * d + j] = s[j * f + i];
+            }
+        }
+        Ok(NeuronRows { first, up, second_t, b1: lw.ffn.first().b.clone(), b2: second.b.clone() })
+    }
+
+    /// Activation of neuron `i` for input `x`.
+    #[inline]
+    pub fn neuron(&self, act: crate::model::config::Activation, i: usize, x: &[f32]) -> f32 {
+        let d = x.len();
+        let mut g = ops::dot(&self.first[i * d..(i + 1) * d], x);
+        if let Some(b) = &self.b1 {
+            g += b[i];
+        }
+        let a = activate(act, g);
+        match &self.up {
+            Some(up) => a * ops::dot(&up[i * d..(i + 1) * d], x),
+            None => a,
+        }
+    }
+}
+
+/// Chooses the active neurons of one token at one layer.
+pub trait NeuronSelector {
+    /// Fills `active` (cleared first) with neuron indices, ascending, for the FFN input `x` at `layer`.
+    fn select(&mut self, layer: usize, rows: &NeuronRows, x: &[f32], active: &mut Vec<u32>) -> Result<()>;
+}
+
+/// Every neuron: the sparse path must then equal the dense one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AllNeurons;
+
+impl NeuronSelector for AllNeurons {
+    fn select(&mut self, _layer: usize, rows: &NeuronRows, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
+        active.clear();
+        active.extend(0..(rows.first.len() / x.len()) as u32);
+        Ok(())
+    }
+}
+
+/// The truly active neurons: those whose activation magnitude exceeds the layer's threshold (0 for ReLU models,
+/// where this is exact; calibrated per layer for others). Computes every neuron to decide, so it measures what
+/// sparsity costs in quality, not what it saves in time.
+#[derive(Debug, Clone)]
+pub struct Oracle {
+    pub act: crate::model::config::Activation,
+    /// Per layer: a neuron is active when `|h| > threshold`.
+    pub thresholds: Vec<f32>,
+}
+
+impl NeuronSelector for Oracle {
+    fn select(&mut self, layer: usize, rows: &NeuronRows, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
+        let thr = *self
+            .thresholds
+            .get(layer)
+            .ok_or_else(|| Error::Invalid(format!("no oracle threshold for layer {layer}")))?;
+        active.clear();
+        let f = rows.first.len() / x.len();
+        for i in 0..f {
+            if rows.neuron(self.act, i, x).abs() > thr {
+                active.push(i as u32);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts of a sparse run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SparseStats {
+    /// Neuron evaluations (token x layer x active neuron).
+    pub active: u64,
+    /// Neurons that existed (token x layer x d_ffn).
+    pub total: u64,
+}
+
+/// An FFN step computing only the selected neurons from DRAM-resident neuron rows.
+pub struct SparseFfn<S> {
+    layers: Vec<NeuronRows>,
+    selector: S,
+    active: Vec<u32>,
+    pub stats: SparseStats,
+}
+
+impl<S: NeuronSelector> SparseFfn<S> {
+    /// Dequantizes every layer's FFN of `model` into neuron rows.
+    pub fn new(model: &Model, selector: S) -> Result<Self> {
+        let layers = (0..model.cfg().n_layers).map(|l| NeuronRows::from_model(model, l)).collect::<Result<_>>()?;
+        Ok(SparseFfn { layers, selector, active: Vec::new(), stats: SparseStats::default() })
+    }
+
+    /// The neuron rows of layer `l`.
+    pub fn rows(&self, l: usize) -> &NeuronRows {
+        &self.layers[l]
+    }
+}
+
+impl<S: NeuronSelector> FfnStep for SparseFfn<S> {
+    fn forward(&mut self, model: &Model, layer: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+        let (d, f) = (model.cfg().d_model, model.cfg().d_ffn);
+        let act = model.cfg().activation;
+        let rows = &self.layers[layer];
+        for t in 0..n {
+            let xt = &x[t * d..(t + 1) * d];
+            let o = &mut out[t * d..(t + 1) * d];
+            self.selector.select(layer, rows, xt, &mut self.active)?;
+            match &rows.b2 {
+                Some(b) => o.copy_from_slice(b),
+                None => o.fill(0.0),
+            }
+            for &i in &self.active {
+                let i = i as usize;
+                let h = rows.neuron(act, i, xt);
+                if h != 0.0 {
+                    ops::axpy(h, &rows.second_t[i * d..(i + 1) * d], o);
+                }
+            }
+            self.stats.active += self.active.len() as u64;
+            self.stats.total += f as u64;
+        }
+        Ok(())
+    }
+}
