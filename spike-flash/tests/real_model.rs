@@ -57,3 +57,23 @@ fn real_model_greedy_continuation_is_paris() {
     // llama.cpp's greedy continuation on this model: " Paris." then a blank line.
     assert!(text.starts_with(" Paris."), "greedy continuation was {text:?}");
 }
+
+#[test]
+fn real_model_gpl3_perplexity_is_within_one_percent_of_llama_cpp() {
+    use spike_flash::engine::eval::perplexity;
+    use spike_flash::engine::model::DenseFfn;
+    let Some(file) = open() else { return };
+    let corpus = std::path::Path::new("/usr/share/common-licenses/GPL-3");
+    let Ok(text) = std::fs::read_to_string(corpus) else {
+        eprintln!("SKIP: {} is not on this machine", corpus.display());
+        return;
+    };
+    let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
+    let model = Model::from_gguf(file).expect("model");
+    let tokens = tok.encode(&text).expect("encode");
+    let r = perplexity(&model, &tokens, 512, &mut DenseFfn::default(), &mut |_, _, _| {}).expect("perplexity");
+    // llama.cpp's perplexity tool on the same file, model and context (../shared/PAPER.md): 18.35.
+    let llama_cpp = 18.35;
+    eprintln!("GPL-3 perplexity {:.4} +/- {:.4} over {} chunks; llama.cpp {llama_cpp}", r.ppl, r.stderr, r.chunks);
+    assert!((r.ppl / llama_cpp - 1.0).abs() < 0.01, "perplexity {} vs llama.cpp {llama_cpp}", r.ppl);
+}
