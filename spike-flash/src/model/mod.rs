@@ -1,10 +1,11 @@
-//! Model import: configuration, GGUF reading and writing, quantized block formats, tokenizer, and the
-//! default model's fetcher.
+//! Model import: configuration, GGUF reading and writing, Hugging Face safetensors checkpoints, quantized
+//! block formats, tokenizer, synthetic models, and the default model's fetcher.
 
 pub mod config;
 pub mod fetch;
 pub mod gguf;
 pub mod gguf_write;
 pub mod quant;
+pub mod safetensors;
 pub mod synth;
 pub mod tokenizer;
