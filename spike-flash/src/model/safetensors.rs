@@ -301,7 +301,7 @@ impl HfCheckpoint {
                     return Err(Error::Tensor {
                         path: weights_path.to_path_buf(),
                         name: want.name,
-                        what: format!("missing; {} needs it with shape {:?} {}", CONFIG_FILE, want.shape, want.dims),
+                        what: format!("missing; {} needs it with shape {:?} = {}", CONFIG_FILE, want.shape, want.dims),
                     });
                 }
                 continue;
@@ -316,7 +316,7 @@ impl HfCheckpoint {
                     path: path.clone(),
                     name: e.name.clone(),
                     what: format!(
-                        "shape {:?}, but {} implies {:?} {} (hidden_size {}, ffn {}, vocab {})",
+                        "shape {:?}, but {} implies {:?} = {} (hidden_size {}, ffn {}, vocab {})",
                         e.shape,
                         CONFIG_FILE,
                         want.shape,
