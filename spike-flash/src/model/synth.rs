@@ -325,8 +325,8 @@ pub fn write_hf_checkpoint(spec: &SynthSpec, dir: &Path) -> Result<()> {
 /// Tensors are generated one at a time while the file is written (at most one tensor is in memory), so
 /// paper-scale shapes fit. Each tensor's values depend only on the seed and the tensor's name, not on the
 /// thread count or the shard layout. Scales keep activations of order one: projections reading a normalized
-/// state have variance `1/fan_in`, the matrices writing into the residual stream are scaled to the size of
-/// the embeddings, and embeddings give logits of standard deviation about 3. OPT's fc1 biases are drawn from
+/// state have variance `1/fan_in`, embeddings give tied logits of standard deviation about 3, and the
+/// matrices writing into the residual stream add about three times the embeddings' size. OPT's fc1 biases are drawn from
 /// [-1.2, -0.1] so that, with pre-activations of unit variance, about 55-90% of each neuron's ReLU outputs
 /// are zero (about 70% over all neurons), which gives sparsity experiments something to find. Files are
 /// written under temporary names and renamed; `config.json` comes last, so a directory with a `config.json`
@@ -484,8 +484,12 @@ fn init_for(cfg: &ModelConfig, name: &str) -> (f32, f32) {
     let d = cfg.d_model as f32;
     let f = cfg.d_ffn as f32;
     let e = cfg.embed_dim() as f32;
-    // Standard deviation of embeddings and of what each block adds to the residual stream.
+    // Standard deviation of the embeddings (tied logits then have a standard deviation of about 3), and of
+    // what each block adds to the residual stream: three times more, so that after the first layer the
+    // stream is not dominated by the input token's own embedding, which would make every tied model
+    // predict its input token.
     let sigma = 3.0 / e.sqrt();
+    let branch = 3.0 * sigma;
     let sym = |std: f32| (-std * 3f32.sqrt(), std * 3f32.sqrt());
     let module = name.rsplit('.').nth(1).unwrap_or("");
     let is_bias = name.ends_with(".bias");
@@ -496,11 +500,11 @@ fn init_for(cfg: &ModelConfig, name: &str) -> (f32, f32) {
             false,
         ) => (0.8, 1.2),
         ("fc1", true) => (-1.2, -0.1),
-        ("out_proj" | "fc2" | "o_proj" | "down_proj", true) => (-0.1 * sigma, 0.1 * sigma),
+        ("out_proj" | "fc2" | "o_proj" | "down_proj", true) => (-0.1 * branch, 0.1 * branch),
         (_, true) => (-0.1, 0.1),
-        ("out_proj" | "o_proj", false) => sym(sigma / d.sqrt()),
+        ("out_proj" | "o_proj", false) => sym(branch / d.sqrt()),
         // ReLU/SiLU outputs carry about a fifth to a third of the variance of their unit-variance input.
-        ("fc2" | "down_proj", false) => sym(sigma * (4.0 / f).sqrt()),
+        ("fc2" | "down_proj", false) => sym(branch * (4.0 / f).sqrt()),
         ("project_in", false) => sym(1.0 / e.sqrt()),
         _ => sym(1.0 / d.sqrt()),
     }

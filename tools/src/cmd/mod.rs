@@ -4,6 +4,7 @@ pub mod bench;
 pub mod fetch_model;
 pub mod generate;
 pub mod perplexity;
+pub mod synth;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
