@@ -18,6 +18,14 @@ pub enum Error {
     #[error("{}: malformed GGUF at byte {offset}: {what}", path.display())]
     Gguf { path: PathBuf, offset: u64, what: String },
 
+    /// A JSON file (config.json, an index, a tokenizer) does not parse.
+    #[error("{}: invalid JSON at line {line}, column {column}: {what}", path.display())]
+    Json { path: PathBuf, line: usize, column: usize, what: String },
+
+    /// A safetensors file or a sharded checkpoint's index is malformed.
+    #[error("{}: malformed safetensors checkpoint: {what}", path.display())]
+    Safetensors { path: PathBuf, what: String },
+
     /// A metadata key the model needs is absent.
     #[error("{}: missing required metadata key `{key}`", path.display())]
     MissingKey { path: PathBuf, key: String },
@@ -54,5 +62,14 @@ impl Error {
     /// Wraps an `std::io::Error` with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+
+    /// Wraps a `serde_json` parse error with the file it happened in.
+    pub fn json(path: impl Into<PathBuf>, e: &serde_json::Error) -> Self {
+        // serde_json's message ends with " at line L column C", which the variant carries as fields.
+        let msg = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let what = msg.strip_suffix(&suffix).unwrap_or(&msg).to_string();
+        Error::Json { path: path.into(), line: e.line(), column: e.column(), what }
     }
 }

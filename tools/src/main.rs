@@ -31,6 +31,8 @@ enum Command {
     Perplexity(cmd::perplexity::Args),
     /// Prompt-processing and decode speed, median of repeats.
     Bench(cmd::bench::Args),
+    /// Write a random-weight Hugging Face checkpoint (OPT or Llama) of any shape, paper scale included.
+    Synth(cmd::synth::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -41,6 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     }
 }
 

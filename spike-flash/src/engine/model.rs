@@ -258,6 +258,11 @@ impl Model {
         Model::new(crate::model::bind::gguf_llama(file)?)
     }
 
+    /// Binds an opened model file or checkpoint.
+    pub fn from_source(source: &crate::model::bind::Source) -> Result<Model> {
+        Model::new(source.parts()?)
+    }
+
     fn check_shapes(&self) -> Result<()> {
         let c = &self.p.cfg;
         let bad = |what: String| Err(Error::Invalid(format!("{}: {what}", self.p.source.label().display())));

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use super::config::ModelConfig;
+use super::config::{Arch, ModelConfig, OPT_POSITION_OFFSET};
 use super::gguf::GgufFile;
 use super::quant::DType;
+use super::safetensors::HfCheckpoint;
 use crate::engine::model::{FfnWeights, LayerWeights, Linear, ModelParts, Norm, Positions, WeightRef};
 use crate::{Error, Result};
 
@@ -76,4 +77,174 @@ pub fn gguf_llama(file: Arc<GgufFile>) -> Result<ModelParts> {
         output,
         layers,
     })
+}
+
+impl crate::engine::model::WeightSource for HfCheckpoint {
+    fn label(&self) -> &std::path::Path {
+        self.dir()
+    }
+    fn shard_bytes(&self, i: usize) -> &[u8] {
+        HfCheckpoint::shard_bytes(self, i)
+    }
+}
+
+/// A 2-D checkpoint tensor of `rows x cols` (PyTorch `[out, in]`).
+fn hf_matrix(ck: &HfCheckpoint, name: &str, rows: usize, cols: usize) -> Result<WeightRef> {
+    let t = ck.tensor(name)?;
+    if t.shape != [rows, cols] {
+        return Err(Error::Tensor {
+            path: t.file.to_path_buf(),
+            name: name.to_string(),
+            what: format!("shape {:?}, expected [{rows}, {cols}]", t.shape),
+        });
+    }
+    let (shard, range) = ck.location(name)?;
+    Ok(WeightRef { dtype: t.dtype, rows, cols, shard, offset: range.start, len: range.len() })
+}
+
+fn hf_vector(ck: &HfCheckpoint, name: &str, len: usize) -> Result<Vec<f32>> {
+    let v = ck.tensor_f32(name)?;
+    if v.len() != len {
+        return Err(Error::Tensor {
+            path: ck.dir().to_path_buf(),
+            name: name.into(),
+            what: format!("{} values, expected {len}", v.len()),
+        });
+    }
+    Ok(v)
+}
+
+/// The parts of a Hugging Face checkpoint (OPT or Llama family).
+pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
+    let cfg = ck.config().clone();
+    let (d, f, kv, v) = (cfg.d_model, cfg.d_ffn, cfg.kv_dim(), cfg.vocab_size);
+    let q_dim = cfg.n_heads * cfg.head_dim;
+    let lin = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
+        let w = hf_matrix(&ck, &format!("{name}.weight"), rows, cols)?;
+        let b = if bias { Some(hf_vector(&ck, &format!("{name}.bias"), rows)?) } else { None };
+        Ok(Linear { w, b })
+    };
+    match cfg.arch {
+        Arch::Opt => {
+            let p = "model.decoder";
+            let e = cfg.embed_dim();
+            let ln = |name: &str| -> Result<Norm> {
+                if cfg.norm_affine {
+                    Ok(Norm::Layer {
+                        w: hf_vector(&ck, &format!("{name}.weight"), d)?,
+                        b: hf_vector(&ck, &format!("{name}.bias"), d)?,
+                    })
+                } else {
+                    Ok(Norm::Layer { w: vec![1.0; d], b: vec![0.0; d] })
+                }
+            };
+            let tok_embd = hf_matrix(&ck, &format!("{p}.embed_tokens.weight"), v, e)?;
+            let pos_name = format!("{p}.embed_positions.weight");
+            let pos_rows = ck.tensor(&pos_name)?.rows();
+            let table = hf_vector(&ck, &pos_name, pos_rows * d)?;
+            let (project_in, project_out) = if e != d {
+                (
+                    Some(lin(&format!("{p}.project_in"), d, e, false)?),
+                    Some(lin(&format!("{p}.project_out"), e, d, false)?),
+                )
+            } else {
+                (None, None)
+            };
+            let output = if ck.contains("lm_head.weight") { hf_matrix(&ck, "lm_head.weight", v, e)? } else { tok_embd };
+            let output_norm = if cfg.final_norm { Some(ln(&format!("{p}.final_layer_norm"))?) } else { None };
+            let mut layers = Vec::with_capacity(cfg.n_layers);
+            for l in 0..cfg.n_layers {
+                let n = |s: &str| format!("{p}.layers.{l}.{s}");
+                layers.push(LayerWeights {
+                    attn_norm: ln(&n("self_attn_layer_norm"))?,
+                    q: lin(&n("self_attn.q_proj"), q_dim, d, cfg.qkv_bias)?,
+                    k: lin(&n("self_attn.k_proj"), kv, d, cfg.qkv_bias)?,
+                    v: lin(&n("self_attn.v_proj"), kv, d, cfg.qkv_bias)?,
+                    o: lin(&n("self_attn.out_proj"), d, q_dim, cfg.out_bias)?,
+                    ffn_norm: ln(&n("final_layer_norm"))?,
+                    ffn: FfnWeights::Plain {
+                        fc1: lin(&n("fc1"), f, d, cfg.ffn_bias)?,
+                        fc2: lin(&n("fc2"), d, f, cfg.ffn_bias)?,
+                    },
+                });
+            }
+            Ok(ModelParts {
+                source: ck.clone(),
+                cfg,
+                tok_embd,
+                project_in,
+                project_out,
+                positions: Positions::Learned { table, offset: OPT_POSITION_OFFSET, rows: pos_rows },
+                output_norm,
+                output,
+                layers,
+            })
+        }
+        Arch::Llama => {
+            let rms = |name: &str| -> Result<Norm> { Ok(Norm::Rms { w: hf_vector(&ck, name, d)? }) };
+            let tok_embd = hf_matrix(&ck, "model.embed_tokens.weight", v, d)?;
+            let output = if ck.contains("lm_head.weight") { hf_matrix(&ck, "lm_head.weight", v, d)? } else { tok_embd };
+            let mut layers = Vec::with_capacity(cfg.n_layers);
+            for l in 0..cfg.n_layers {
+                let n = |s: &str| format!("model.layers.{l}.{s}");
+                layers.push(LayerWeights {
+                    attn_norm: rms(&n("input_layernorm.weight"))?,
+                    q: lin(&n("self_attn.q_proj"), q_dim, d, cfg.qkv_bias)?,
+                    k: lin(&n("self_attn.k_proj"), kv, d, cfg.qkv_bias)?,
+                    v: lin(&n("self_attn.v_proj"), kv, d, cfg.qkv_bias)?,
+                    o: lin(&n("self_attn.o_proj"), d, q_dim, cfg.out_bias)?,
+                    ffn_norm: rms(&n("post_attention_layernorm.weight"))?,
+                    ffn: FfnWeights::Gated {
+                        gate: lin(&n("mlp.gate_proj"), f, d, cfg.ffn_bias)?,
+                        up: lin(&n("mlp.up_proj"), f, d, cfg.ffn_bias)?,
+                        down: lin(&n("mlp.down_proj"), d, f, cfg.ffn_bias)?,
+                    },
+                });
+            }
+            Ok(ModelParts {
+                source: ck.clone(),
+                cfg,
+                tok_embd,
+                project_in: None,
+                project_out: None,
+                positions: Positions::Rope,
+                output_norm: Some(rms("model.norm.weight")?),
+                output,
+                layers,
+            })
+        }
+    }
+}
+
+/// A model file or checkpoint directory, opened: what every command taking `-m/--model` accepts.
+pub enum Source {
+    Gguf(Arc<GgufFile>),
+    Hf(Arc<HfCheckpoint>),
+}
+
+impl Source {
+    /// Opens a GGUF file, or a Hugging Face checkpoint directory (config.json + safetensors).
+    pub fn open(path: &std::path::Path) -> Result<Source> {
+        if path.is_dir() {
+            Ok(Source::Hf(Arc::new(HfCheckpoint::open(path)?)))
+        } else {
+            Ok(Source::Gguf(Arc::new(GgufFile::open(path)?)))
+        }
+    }
+
+    /// The model's tokenizer: from GGUF metadata or the checkpoint's tokenizer.json.
+    pub fn tokenizer(&self) -> Result<super::tokenizer::Tokenizer> {
+        match self {
+            Source::Gguf(g) => super::tokenizer::Tokenizer::from_gguf(g),
+            Source::Hf(h) => h.tokenizer(),
+        }
+    }
+
+    /// The engine's parts.
+    pub fn parts(&self) -> Result<ModelParts> {
+        match self {
+            Source::Gguf(g) => gguf_llama(g.clone()),
+            Source::Hf(h) => hf(h.clone()),
+        }
+    }
 }

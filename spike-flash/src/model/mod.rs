@@ -1,5 +1,5 @@
-//! Model import: configuration, GGUF reading and writing, quantized block formats, tokenizer, and the
-//! default model's fetcher.
+//! Model import: configuration, GGUF reading and writing, Hugging Face safetensors checkpoints, quantized
+//! block formats, tokenizer, synthetic models, and the default model's fetcher.
 
 pub mod bind;
 pub mod config;
@@ -7,5 +7,6 @@ pub mod fetch;
 pub mod gguf;
 pub mod gguf_write;
 pub mod quant;
+pub mod safetensors;
 pub mod synth;
 pub mod tokenizer;

@@ -139,6 +139,84 @@ impl Tokenizer {
         Ok(Tokenizer { inner, bos, eos, add_bos, vocab_size: tokens.len() })
     }
 
+    /// Loads a Hugging Face `tokenizer.json`.
+    ///
+    /// BOS and EOS come, in this order of precedence, from `config.json` beside the file (`bos_token_id`,
+    /// `eos_token_id`; the first of a list), from `tokenizer_config.json` beside it (`bos_token`, `eos_token`,
+    /// as a string or `{"content": ..}`), or from the tokenizer's special added tokens with a conventional name
+    /// (`<s>`, `<|begin_of_text|>`, `<bos>`; `</s>`, `<|end_of_text|>`, `<|endoftext|>`, `<eos>`). BOS is
+    /// prepended when `tokenizer_config.json` says `add_bos_token: true`, or, without that key, when the
+    /// tokenizer's own post-processor prepends it.
+    pub fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: loading: {e}", path.display())))?;
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let side = |name: &str| -> Result<Option<Value>> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                return Ok(None);
+            }
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_str(&text).map(Some).map_err(|e| Error::json(&p, &e))
+        };
+        let config = side("config.json")?;
+        let tok_config = side("tokenizer_config.json")?;
+
+        let config_id = |key: &str| -> Option<u32> {
+            let v = config.as_ref()?.get(key)?;
+            let v = v.as_array().and_then(|a| a.first()).unwrap_or(v);
+            v.as_u64().and_then(|n| u32::try_from(n).ok())
+        };
+        let named = |key: &str| -> Option<u32> {
+            let v = tok_config.as_ref()?.get(key)?;
+            let s = v.as_str().or_else(|| v.get("content").and_then(Value::as_str))?;
+            inner.token_to_id(s)
+        };
+        let added = |names: &[&str]| -> Option<u32> {
+            let specials = inner.get_added_tokens_decoder();
+            let mut ids: Vec<u32> = specials
+                .iter()
+                .filter(|(_, t)| t.special && names.contains(&t.content.as_str()))
+                .map(|(&id, _)| id)
+                .collect();
+            ids.sort_unstable();
+            ids.first().copied()
+        };
+        let bos = config_id("bos_token_id")
+            .or_else(|| named("bos_token"))
+            .or_else(|| added(&["<s>", "<|begin_of_text|>", "<bos>"]));
+        let eos = config_id("eos_token_id")
+            .or_else(|| named("eos_token"))
+            .or_else(|| added(&["</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"]));
+        let vocab_size = inner.get_vocab_size(true);
+        for (what, id) in [("BOS", bos), ("EOS", eos)] {
+            if let Some(id) = id.filter(|&id| id as usize >= vocab_size) {
+                return Err(Error::Tokenizer(format!(
+                    "{}: {what} id {id} is not below the vocabulary size {vocab_size}",
+                    path.display()
+                )));
+            }
+        }
+        let add_bos = match tok_config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(Value::as_bool) {
+            Some(b) => b,
+            // Without the key, do what the tokenizer's post-processor does with special tokens on.
+            None => match bos {
+                Some(b) => {
+                    let with = inner.encode("a", true).map_err(|e| Error::Tokenizer(format!("encoding: {e}")))?;
+                    let without = inner.encode("a", false).map_err(|e| Error::Tokenizer(format!("encoding: {e}")))?;
+                    with.get_ids().first() == Some(&b) && without.get_ids().first() != Some(&b)
+                }
+                None => false,
+            },
+        };
+        Ok(Tokenizer { inner, bos, eos, add_bos, vocab_size })
+    }
+
+    /// Whether [`Tokenizer::encode`] puts BOS first.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
+
     /// Token ids of `text`, with BOS first when the model asks for it. Special tokens written in the text
     /// (such as `<|im_start|>`) are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

@@ -12,7 +12,7 @@ use spike_flash::engine::sampler::argmax;
 /// Arguments of `spike bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model file (GGUF); default: the fetched default model.
+    /// Model: a GGUF file or a Hugging Face checkpoint directory; default: the fetched default model.
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// Prompt tokens processed as one batch.

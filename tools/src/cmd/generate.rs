@@ -9,7 +9,7 @@ use spike_flash::engine::sampler::{Sampler, SamplerConfig};
 /// Arguments of `spike generate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model file (GGUF); default: the fetched default model.
+    /// Model: a GGUF file or a Hugging Face checkpoint directory; default: the fetched default model.
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// The prompt.

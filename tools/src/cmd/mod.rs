@@ -4,14 +4,14 @@ pub mod bench;
 pub mod fetch_model;
 pub mod generate;
 pub mod perplexity;
+pub mod synth;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use spike_flash::engine::model::Model;
+use spike_flash::model::bind::Source;
 use spike_flash::model::fetch::resolve_model;
-use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::tokenizer::Tokenizer;
 
 /// A loaded model with its tokenizer.
@@ -24,10 +24,9 @@ pub struct Loaded {
 /// Loads `-m/--model` (or the default model) with its tokenizer.
 pub fn load_model(arg: Option<&Path>) -> anyhow::Result<Loaded> {
     let path = resolve_model(arg)?;
-    let file = Arc::new(GgufFile::open(&path).with_context(|| format!("opening model {}", path.display()))?);
-    let tokenizer =
-        Tokenizer::from_gguf(&file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
-    let model = Model::from_gguf(file).with_context(|| format!("loading model {}", path.display()))?;
+    let source = Source::open(&path).with_context(|| format!("opening model {}", path.display()))?;
+    let tokenizer = source.tokenizer().with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+    let model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
     Ok(Loaded { path, model, tokenizer })
 }
 

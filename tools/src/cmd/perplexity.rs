@@ -11,7 +11,7 @@ use spike_flash::engine::model::DenseFfn;
 /// Arguments of `spike perplexity`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model file (GGUF); default: the fetched default model.
+    /// Model: a GGUF file or a Hugging Face checkpoint directory; default: the fetched default model.
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// The text file to score.

@@ -1,0 +1,60 @@
+//! The `spike` binary end to end on checkpoints the tests generate.
+
+use std::process::Command;
+
+fn spike() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_spike"))
+}
+
+#[test]
+fn generate_and_perplexity_accept_a_checkpoint_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = dir.path().join("opt");
+    let out = spike()
+        .args(["synth", "--arch", "opt", "--layers", "2", "--d-model", "64", "--ffn", "256", "--heads", "4"])
+        .args(["--vocab", "320", "--dtype", "f32", "--seed", "5", "-o"])
+        .arg(&ck)
+        .output()
+        .expect("run spike synth");
+    assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
+
+    let out = spike()
+        .arg("generate")
+        .arg("-m")
+        .arg(&ck)
+        .args(["-p", "hello", "-n", "5", "--format", "json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "generate: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["generated_tokens"].as_array().map(Vec::len), Some(5));
+    assert!(v["prompt_tokens"].as_array().is_some_and(|a| !a.is_empty()));
+    assert!(v["decode_tokens_per_s"].as_f64().is_some_and(|x| x > 0.0));
+
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(20)).expect("write");
+    let json = dir.path().join("ppl.json");
+    let out = spike()
+        .arg("perplexity")
+        .arg("-m")
+        .arg(&ck)
+        .arg("-f")
+        .arg(&text)
+        .args(["-c", "32", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "perplexity: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
+    let ppl = v["result"]["ppl"].as_f64().expect("ppl");
+    // A random 320-token model: perplexity is finite and near the vocabulary size, not 1.
+    assert!(ppl.is_finite() && ppl > 10.0, "{ppl}");
+}
+
+#[test]
+fn a_missing_model_file_is_a_clear_error() {
+    let out = spike().args(["generate", "-m", "/nonexistent/model.gguf", "-p", "x"]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model.gguf"), "{err}");
+}
