@@ -16,8 +16,8 @@ use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::quant::DType;
 use spike_flash::model::synth::{llama_hf_to_gguf, write_hf_checkpoint, SynthSpec};
 
-const SEED_OPT: u64 = 0x0E7_61;
-const SEED_LLAMA: u64 = 0x11A_4A;
+const SEED_OPT: u64 = 0xE761;
+const SEED_LLAMA: u64 = 0x11A4A;
 
 fn python() -> String {
     std::env::var("SPIKE_PYTHON").unwrap_or_else(|_| "python3".to_string())

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use spike_flash::engine::llama::LlamaModel;
+use spike_flash::engine::model::Model;
 use spike_flash::model::config::{Activation, Arch, ModelConfig, RopeStyle};
 use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::quant::DType;
@@ -450,7 +450,7 @@ fn llama_hf_to_gguf_matches_the_half_split_reference() {
         assert_eq!(tg.encode(text).expect("gguf"), th.encode(text).expect("hf"));
         assert_eq!((tg.bos(), tg.eos()), (th.bos(), th.eos()));
 
-        let model = LlamaModel::from_gguf(g).expect("engine binds the converted file");
+        let model = Model::from_gguf(g).expect("engine binds the converted file");
         let tokens: Vec<u32> = vec![0, 87, 104, 101, 4, 250, 300, 17, 42];
         let mut st = model.new_state(tokens.len());
         let ours = model.forward(&mut st, &tokens, true).expect("forward");
