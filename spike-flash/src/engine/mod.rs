@@ -1,6 +1,7 @@
 //! The inference engine: kernels, the Llama-family forward pass, KV cache, sampling and evaluation.
 
 pub mod eval;
+pub mod input;
 pub mod kernels;
 pub mod model;
 pub mod ops;

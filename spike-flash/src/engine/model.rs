@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::kernels::{self, Acts, QMatrix};
+use super::input::{ActPrecision, Input};
+use super::kernels::QMatrix;
 use super::ops::{self, RopeTable};
 use crate::model::config::{Activation, ModelConfig};
 use crate::model::gguf::GgufFile;
@@ -124,6 +125,7 @@ pub struct ModelParts {
 /// A model ready to run; matrices stay where the source keeps them (memory-mapped, quantized).
 pub struct Model {
     p: ModelParts,
+    precision: ActPrecision,
 }
 
 /// Per-sequence state: the KV cache, the position, and scratch buffers reused between calls.
@@ -146,7 +148,7 @@ struct Scratch {
     att: Vec<f32>,
     proj: Vec<f32>,
     emb: Vec<f32>,
-    acts: Acts,
+    acts: Input,
     rope: RopeTable,
 }
 
@@ -183,7 +185,7 @@ pub trait ActivationSink {
 /// does no extra work.
 #[derive(Default)]
 pub struct DenseFfn<'s> {
-    acts: Acts,
+    acts: Input,
     h: Vec<f32>,
     u: Vec<f32>,
     sink: Option<&'s mut dyn ActivationSink>,
@@ -204,7 +206,7 @@ impl<'s> DenseFfn<'s> {
             FfnWeights::Gated { gate, up, .. } => {
                 self.u.resize(n * f, 0.0);
                 model.linear(gate, x, n, &mut self.acts, &mut self.h);
-                model.linear_same_input(up, x, n, gate.w.dtype, &mut self.acts, &mut self.u);
+                model.linear_same_input(up, x, n, &mut self.acts, &mut self.u);
                 for (g, u) in self.h.iter_mut().zip(&self.u) {
                     *g = activate(act, *g) * u;
                 }
@@ -248,7 +250,7 @@ impl Model {
     /// A model from bound parts; checks that shapes agree with the configuration.
     pub fn new(p: ModelParts) -> Result<Model> {
         p.cfg.validate(p.source.label())?;
-        let m = Model { p };
+        let m = Model { p, precision: ActPrecision::default() };
         m.check_shapes()?;
         Ok(m)
     }
@@ -318,21 +320,21 @@ impl Model {
     }
 
     /// `out = x W^T + b` for `n` rows of `x`.
-    pub fn linear(&self, l: &Linear, x: &[f32], n: usize, acts: &mut Acts, out: &mut [f32]) {
-        acts.prepare(l.w.dtype, x, n, l.w.cols);
-        self.linear_prepared(l, acts, out);
+    pub fn linear(&self, l: &Linear, x: &[f32], n: usize, input: &mut Input, out: &mut [f32]) {
+        input.prepare(l.w.dtype, x, n, l.w.cols, self.precision);
+        self.linear_prepared(l, input, out);
     }
 
-    /// Like [`Model::linear`] for an input already prepared in `acts` for weights of type `prepared`.
-    fn linear_same_input(&self, l: &Linear, x: &[f32], n: usize, prepared: DType, acts: &mut Acts, out: &mut [f32]) {
-        if l.w.dtype.is_quantized() != prepared.is_quantized() {
-            acts.prepare(l.w.dtype, x, n, l.w.cols);
+    /// Like [`Model::linear`] for an input that may already be prepared from the same `x`.
+    fn linear_same_input(&self, l: &Linear, x: &[f32], n: usize, input: &mut Input, out: &mut [f32]) {
+        if !input.fits(l.w.dtype) {
+            input.prepare(l.w.dtype, x, n, l.w.cols, self.precision);
         }
-        self.linear_prepared(l, acts, out);
+        self.linear_prepared(l, input, out);
     }
 
-    fn linear_prepared(&self, l: &Linear, acts: &Acts, out: &mut [f32]) {
-        kernels::matmul(&self.matrix(&l.w), acts, out);
+    fn linear_prepared(&self, l: &Linear, input: &mut Input, out: &mut [f32]) {
+        input.matmul(&self.matrix(&l.w), out);
         if let Some(b) = &l.b {
             for row in out.chunks_exact_mut(b.len()) {
                 for (o, bi) in row.iter_mut().zip(b) {
@@ -340,6 +342,16 @@ impl Model {
                 }
             }
         }
+    }
+
+    /// How activations are quantized for block-quantized weights.
+    pub fn precision(&self) -> ActPrecision {
+        self.precision
+    }
+
+    /// Sets how activations are quantized for block-quantized weights.
+    pub fn set_precision(&mut self, p: ActPrecision) {
+        self.precision = p;
     }
 
     fn norm(&self, norm: &Norm, x: &[f32], out: &mut [f32]) {
@@ -423,8 +435,8 @@ impl Model {
                 s.xn.copy_from_slice(&s.x);
             }
             self.linear(&lw.q, &s.xn, n, &mut s.acts, &mut s.q);
-            self.linear_same_input(&lw.k, &s.xn, n, lw.q.w.dtype, &mut s.acts, &mut s.k);
-            self.linear_same_input(&lw.v, &s.xn, n, lw.q.w.dtype, &mut s.acts, &mut s.v);
+            self.linear_same_input(&lw.k, &s.xn, n, &mut s.acts, &mut s.k);
+            self.linear_same_input(&lw.v, &s.xn, n, &mut s.acts, &mut s.v);
             if matches!(self.p.positions, Positions::Rope) {
                 for t in 0..n {
                     s.rope.apply(cfg.rope_style, t, &mut s.q[t * d..(t + 1) * d], cfg.head_dim);
@@ -467,11 +479,11 @@ impl Model {
             Some(po) => {
                 s.emb.resize(m * po.w.rows, 0.0);
                 self.linear(po, xn, m, &mut s.acts, &mut s.emb);
-                s.acts.prepare(self.p.output.dtype, &s.emb, m, self.p.output.cols);
+                s.acts.prepare(self.p.output.dtype, &s.emb, m, self.p.output.cols, self.precision);
             }
-            None => s.acts.prepare(self.p.output.dtype, xn, m, self.p.output.cols),
+            None => s.acts.prepare(self.p.output.dtype, xn, m, self.p.output.cols, self.precision),
         }
-        kernels::matmul(&self.matrix(&self.p.output), &s.acts, &mut logits);
+        s.acts.matmul(&self.matrix(&self.p.output), &mut logits);
         state.pos += n;
         Ok(logits)
     }
