@@ -141,10 +141,14 @@ fn sharded_checkpoint_equals_single_file() {
     for n in names_a {
         assert_eq!(a.tensor(n).expect("a").data, b.tensor(n).expect("b").data, "{n}");
     }
-    // Writing the single-file form over a sharded directory removes the index that would shadow it.
+    // Each form removes the other's file when written over it, so a directory never holds both (a
+    // stale model.safetensors would shadow the index).
     write_hf_checkpoint(&spec, two.path()).expect("rewrite single");
     assert!(!two.path().join(INDEX_FILE).exists());
     assert_eq!(HfCheckpoint::open(two.path()).expect("reopen").files().count(), 1);
+    write_hf_checkpoint(&SynthSpec { shards: 3, ..spec.clone() }, one.path()).expect("rewrite sharded");
+    assert!(!one.path().join(SINGLE_FILE).exists());
+    assert_eq!(HfCheckpoint::open(one.path()).expect("reopen").files().count(), 3);
 }
 
 #[test]

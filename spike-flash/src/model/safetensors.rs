@@ -230,7 +230,8 @@ struct Shard {
 
 /// An opened Hugging Face checkpoint directory: its configuration and its tensors, memory-mapped.
 ///
-/// Opening reads `config.json` into a [`ModelConfig`], validates every safetensors file with the `safetensors`
+/// The weights are `model.safetensors` when it exists, else the shards of `model.safetensors.index.json`
+/// (the order transformers uses). Opening reads `config.json` into a [`ModelConfig`], validates every safetensors file with the `safetensors`
 /// crate, and checks every tensor of [`expected_tensors`]: present, F32/F16/BF16, and of the shape the
 /// configuration implies. Checkpoints of the bare base model (`decoder.*` for OPT, `layers.*` for Llama) are
 /// accepted under the `model.`-prefixed names.
@@ -265,14 +266,15 @@ impl HfCheckpoint {
 
         let index_path = dir.join(INDEX_FILE);
         let single_path = dir.join(SINGLE_FILE);
-        let (shards, entries, weights_path) = if index_path.exists() {
-            let (s, e) = open_sharded(dir, &index_path)?;
-            (s, e, index_path)
-        } else if single_path.exists() {
+        // transformers looks for the single file first, then for the index.
+        let (shards, entries, weights_path) = if single_path.exists() {
             let map = crate::io::map_file(&single_path)?;
             let parsed = parse_shard(&single_path, &map)?;
             let entries = parsed.into_iter().map(|p| p.into_entry(0)).collect();
             (vec![Shard { path: single_path.clone(), map }], entries, single_path)
+        } else if index_path.exists() {
+            let (s, e) = open_sharded(dir, &index_path)?;
+            (s, e, index_path)
         } else {
             return Err(Error::Safetensors {
                 path: dir.to_path_buf(),
@@ -628,4 +630,58 @@ fn open_sharded(dir: &Path, index_path: &Path) -> Result<(Vec<Shard>, Vec<Entry>
         shards.push(Shard { path, map: mapped });
     }
     Ok((shards, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(v: Value) -> ModelConfig {
+        ModelConfig::from_hf_config(Path::new("config.json"), &v).expect("config")
+    }
+
+    #[test]
+    fn checkpoint_is_send_and_sync() {
+        fn both<T: Send + Sync>() {}
+        both::<HfCheckpoint>();
+    }
+
+    #[test]
+    fn dtypes_map_both_ways() {
+        for d in [DType::F32, DType::F16, DType::BF16] {
+            let st = dtype_to_safetensors(d).expect("plain float");
+            assert_eq!(dtype_from_safetensors(st), Some(d));
+            assert_eq!(st.size(), d.block_bytes());
+        }
+        assert_eq!(dtype_to_safetensors(DType::Q4_0), None);
+        assert_eq!(dtype_from_safetensors(StDtype::I64), None);
+        for (name, st) in [("BOOL", StDtype::BOOL), ("F8_E4M3", StDtype::F8_E4M3), ("I16", StDtype::I16)] {
+            assert_eq!(st_dtype_size(name), Some(st.size() as u64));
+        }
+        assert_eq!(st_dtype_size("F64"), Some(8));
+        assert_eq!(st_dtype_size("f32"), None);
+    }
+
+    #[test]
+    fn expected_tensors_follow_the_config() {
+        let opt = cfg(json!({"model_type": "opt", "hidden_size": 8, "ffn_dim": 16, "num_attention_heads": 2,
+            "num_hidden_layers": 3, "vocab_size": 10, "max_position_embeddings": 4}));
+        let t = expected_tensors(&opt);
+        // embed, positions, final LN (2), per layer 4 x (weight, bias) + 2 LN x 2 + fc1/fc2 x 2; lm_head.
+        assert_eq!(t.len(), 2 + 2 + 3 * (8 + 4 + 4) + 1);
+        assert_eq!(t.iter().filter(|t| !t.required).map(|t| t.name.as_str()).collect::<Vec<_>>(), ["lm_head.weight"]);
+        assert_eq!(t[1].shape, [6, 8]);
+
+        let qwen = cfg(json!({"model_type": "qwen2", "hidden_size": 8, "intermediate_size": 16,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "vocab_size": 10}));
+        let t = expected_tensors(&qwen);
+        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        assert!(names.contains(&"model.layers.0.self_attn.k_proj.bias"));
+        assert!(!names.contains(&"model.layers.0.self_attn.o_proj.bias"));
+        let k = t.iter().find(|t| t.name == "model.layers.0.self_attn.k_proj.weight").expect("k");
+        assert_eq!(k.shape, [4, 8]);
+        let lm = t.iter().find(|t| t.name == "lm_head.weight").expect("lm_head");
+        assert!(lm.required, "Qwen2 and Llama are untied unless the config says otherwise");
+    }
 }

@@ -761,6 +761,7 @@ pub fn permute_qk_rows(w: &[f32], rows: usize, cols: usize, n_heads: usize) -> V
 /// interleaved rotary embeddings ([`permute_qk_rows`]), matrices in `dtype` and norms in f32, and, when
 /// the checkpoint has a byte-level BPE `tokenizer.json`, its vocabulary as `tokenizer.ggml.*` metadata.
 /// Models GGUF's `llama` architecture cannot express (biases, an activation other than SiLU) are refused.
+/// The converted model is assembled in memory before it is written: meant for test-sized models.
 pub fn llama_hf_to_gguf(dir: &Path, out: &Path, dtype: DType) -> Result<()> {
     let ck = HfCheckpoint::open(dir)?;
     let c = ck.config().clone();
