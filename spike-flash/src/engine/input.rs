@@ -94,7 +94,12 @@ impl Input {
             let (hi, lo) = (&self.acts, &self.acts_lo);
             out.par_chunks_mut(chunk).enumerate().for_each_init(Vec::new, |tmp: &mut Vec<f32>, (i, o)| {
                 let r0 = i * chunk;
-                let sub = QMatrix { dtype: w.dtype, rows: o.len(), cols: w.cols, data: &w.data[r0 * rb..(r0 + o.len()) * rb] };
+                let sub = QMatrix {
+                    dtype: w.dtype,
+                    rows: o.len(),
+                    cols: w.cols,
+                    data: &w.data[r0 * rb..(r0 + o.len()) * rb],
+                };
                 kernels::matmul_with(isa, &sub, hi, o);
                 tmp.resize(o.len(), 0.0);
                 kernels::matmul_with(isa, &sub, lo, tmp);

@@ -38,6 +38,7 @@ struct Row {
     tokens_per_s: f64,
     threads: usize,
     isa: String,
+    act_precision: String,
     model: String,
 }
 
@@ -60,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let prompt: Vec<u32> = (0..args.prompt as u64).map(|i| ((i * 2_654_435_761 + 12_345) % vocab) as u32).collect();
     let threads = spike_flash::engine::threads();
     let isa = format!("{:?}", kernels::isa());
+    let precision = format!("{:?}", model.precision()).to_lowercase();
     let mut state = model.new_state(args.prompt.max(args.gen + 1));
     // Warm-up: touches every weight once so the first repeat does not pay for page faults.
     model.forward(&mut state, &prompt[..prompt.len().min(8)], false)?;
@@ -72,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let t = Instant::now();
         model.forward(&mut state, &prompt, false)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        rows.push(row("pp", rep, args.prompt, ms, threads, &isa, &loaded.path));
+        rows.push(row("pp", rep, args.prompt, ms, threads, (&isa, &precision), &loaded.path));
         bar.inc(1);
 
         state.reset();
@@ -83,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tok = argmax(&logits);
         }
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        rows.push(row("tg", rep, args.gen, ms, threads, &isa, &loaded.path));
+        rows.push(row("tg", rep, args.gen, ms, threads, (&isa, &precision), &loaded.path));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -99,7 +101,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::rename(&tmp, &args.csv).with_context(|| format!("renaming to {}", args.csv.display()))?;
 
-    println!("model: {}  threads: {threads}  isa: {isa}  repeats: {}", loaded.path.display(), args.reps);
+    println!(
+        "model: {}  threads: {threads}  isa: {isa}  activations: {precision}  repeats: {}",
+        loaded.path.display(),
+        args.reps
+    );
     println!("{:<6} {:>8} {:>12} {:>12} {:>12}", "test", "tokens", "median t/s", "min t/s", "max t/s");
     for (test, tokens) in [("pp", args.prompt), ("tg", args.gen)] {
         let tps: Vec<f64> = rows.iter().filter(|r| r.test == test).map(|r| r.tokens_per_s).collect();
@@ -116,7 +122,7 @@ fn row(
     tokens: usize,
     ms: f64,
     threads: usize,
-    isa: &str,
+    (isa, precision): (&str, &str),
     model: &std::path::Path,
 ) -> Row {
     Row {
@@ -127,6 +133,7 @@ fn row(
         tokens_per_s: tokens as f64 / (ms / 1e3),
         threads,
         isa: isa.to_string(),
+        act_precision: precision.to_string(),
         model: model.display().to_string(),
     }
 }

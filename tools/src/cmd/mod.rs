@@ -9,6 +9,7 @@ pub mod synth;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use spike_flash::engine::input::ActPrecision;
 use spike_flash::engine::model::Model;
 use spike_flash::model::bind::Source;
 use spike_flash::model::fetch::resolve_model;
@@ -21,12 +22,20 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
 }
 
+static ACT_PRECISION: std::sync::OnceLock<ActPrecision> = std::sync::OnceLock::new();
+
+/// Sets the activation precision every loaded model uses (the global `--act-precision`).
+pub fn set_act_precision(p: ActPrecision) {
+    let _ = ACT_PRECISION.set(p);
+}
+
 /// Loads `-m/--model` (or the default model) with its tokenizer.
 pub fn load_model(arg: Option<&Path>) -> anyhow::Result<Loaded> {
     let path = resolve_model(arg)?;
     let source = Source::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let tokenizer = source.tokenizer().with_context(|| format!("reading the tokenizer of {}", path.display()))?;
-    let model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
+    let mut model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
+    model.set_precision(ACT_PRECISION.get().copied().unwrap_or_default());
     Ok(Loaded { path, model, tokenizer })
 }
 
