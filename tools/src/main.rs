@@ -48,8 +48,11 @@ fn parse_precision(s: &str) -> Result<ActPrecision, String> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     cmd::set_act_precision(cli.act_precision);
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    spike_flash::engine::init_threads(threads)?;
-    match cli.command {
+    spike_flash::engine::run_in_pool(threads, || dispatch(cli.command))?
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::FetchModel(a) => cmd::fetch_model::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),

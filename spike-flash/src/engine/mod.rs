@@ -8,18 +8,21 @@ pub mod ops;
 pub mod sampler;
 pub mod sparse;
 
-/// Sets the number of worker threads of the compute pool (rayon's global pool); call once, before any work.
-pub fn init_threads(n: usize) -> crate::Result<()> {
+/// Runs `f` on a worker of a new compute pool of `n` threads (rayon) and returns its result. Parallel work
+/// started inside `f` then begins on a pool thread: the caller takes part in it instead of handing every call
+/// to the pool and sleeping until it returns, which matters when a token makes hundreds of parallel calls.
+pub fn run_in_pool<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> crate::Result<R> {
     if n == 0 {
         return Err(crate::Error::Invalid("--threads must be at least 1".into()));
     }
-    rayon::ThreadPoolBuilder::new()
+    let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
-        .build_global()
-        .map_err(|e| crate::Error::Invalid(format!("starting {n} threads: {e}")))
+        .build()
+        .map_err(|e| crate::Error::Invalid(format!("starting {n} threads: {e}")))?;
+    Ok(pool.install(f))
 }
 
-/// Number of threads the compute pool runs.
+/// Number of threads of the compute pool the caller runs in.
 pub fn threads() -> usize {
     rayon::current_num_threads()
 }
