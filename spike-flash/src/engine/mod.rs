@@ -1,4 +1,5 @@
-//! The inference engine: kernels, the Llama-family forward pass, KV cache, sampling and evaluation.
+//! The inference engine: kernels, activation preparation, the transformer forward pass (Llama family and OPT)
+//! with its KV cache, dense and sparse FFN steps, sampling and evaluation.
 
 pub mod eval;
 pub mod input;
