@@ -43,6 +43,7 @@ mod avx512;
 mod scalar;
 #[cfg(test)]
 mod tests;
+mod wide;
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -53,6 +54,7 @@ use crate::model::quant::{DType, QK};
 use crate::{Error, Result};
 
 pub use scalar::{dequantize_row, dot_reference_f32};
+pub use wide::{dot_wide_reference, matmul_wide, WideActs, WIDE_BASE};
 
 /// The smallest number of rows one task takes when [`matmul`] splits a matrix over threads.
 pub const MIN_ROWS_PER_TASK: usize = 64;
