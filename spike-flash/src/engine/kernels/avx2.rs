@@ -41,14 +41,23 @@ pub(super) unsafe fn part(
     for r in rows {
         let row = w.row(r);
         for t in toks.clone() {
-            let v = match dtype {
-                DType::Q4_0 => dot_q4_0(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::Q4_1 => dot_q4_1(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
-            };
-            put(t, r, v);
+            put(t, r, dot_row(dtype, row, acts, t));
         }
+    }
+}
+
+/// One row of `dtype` times token `t`, by the one-token kernels.
+///
+/// # Safety
+/// A `#[target_feature]` function: calling it from code compiled without these features is `unsafe`, and
+/// sound only when the CPU has them. The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_row(dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32 {
+    match dtype {
+        DType::Q4_0 => dot_q4_0(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q4_1 => dot_q4_1(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
     }
 }
 

@@ -119,29 +119,26 @@ pub(super) unsafe fn part(
         batched_float(w, acts, rows, toks, put);
         return;
     }
-    if matches!(dtype, DType::Q4_0 | DType::Q4_1) {
-        let (q, sc) = (acts.q_tok(0), acts.sc_tok(0));
-        for r in rows {
-            let row = w.row(r);
-            let v = if dtype == DType::Q4_1 {
-                dot_q4::<true>(row, q, sc)
-            } else {
-                dot_q4::<false>(row, q, sc)
-            };
-            put(0, r, v);
-        }
-        return;
-    }
     for r in rows {
         let row = w.row(r);
         for t in toks.clone() {
-            let v = match dtype {
-                DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
-                DType::Q4_0 | DType::Q4_1 => unreachable!("handled above"),
-            };
-            put(t, r, v);
+            put(t, r, dot_row(dtype, row, acts, t));
         }
+    }
+}
+
+/// One row of `dtype` times token `t`, by the one-token kernels.
+///
+/// # Safety
+/// A `#[target_feature]` function: calling it from code compiled without these features is `unsafe`, and
+/// sound only when the CPU has them. The CPU must support AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+pub(super) fn dot_row(dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32 {
+    match dtype {
+        DType::Q4_0 => dot_q4::<false>(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q4_1 => dot_q4::<true>(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
     }
 }
 

@@ -419,3 +419,32 @@ fn mismatched_activations_panic() {
     let mut out = [0.0f32; 1];
     matmul(&w, &acts, &mut out);
 }
+
+#[test]
+fn dot_row_equals_one_token_matmul() {
+    let mut rng = StdRng::seed_from_u64(SEED ^ 3);
+    let mut acts = Acts::new();
+    let mut many = Acts::new();
+    for dtype in QUANTIZED.into_iter().chain(FLOATS) {
+        let (rows, cols) = (9, 96);
+        let wdata = random_matrix(&mut rng, dtype, rows, cols);
+        let w = QMatrix::new(dtype, rows, cols, &wdata).expect("test matrix is well formed");
+        let x = random_acts(&mut rng, 3, cols);
+        many.prepare(dtype, &x, 3, cols);
+        for t in 0..3 {
+            acts.prepare(dtype, &x[t * cols..(t + 1) * cols], 1, cols);
+            for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+                let mut out = vec![0.0f32; rows];
+                matmul_with(isa, &w, &acts, &mut out);
+                for (r, &o) in out.iter().enumerate() {
+                    // Token `t` of a prepared batch quantizes exactly as the token alone.
+                    assert_eq!(
+                        dot_row(isa, dtype, w.row(r), &many, t).to_bits(),
+                        o.to_bits(),
+                        "{isa} {dtype} row {r}"
+                    );
+                }
+            }
+        }
+    }
+}
