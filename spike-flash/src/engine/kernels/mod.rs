@@ -163,6 +163,12 @@ impl Acts {
     /// # Panics
     /// When `x.len() != n * cols`, or `wdtype` is quantized and `cols` is not a multiple of its block.
     pub fn prepare(&mut self, wdtype: DType, x: &[f32], n: usize, cols: usize) {
+        self.prepare_with(isa(), wdtype, x, n, cols);
+    }
+
+    /// [`Acts::prepare`] with the quantizer of `isa` (lowered to what the CPU has). Every quantizer gives
+    /// the same bits: the SIMD ones do the same IEEE operations on each value.
+    fn prepare_with(&mut self, isa: Isa, wdtype: DType, x: &[f32], n: usize, cols: usize) {
         assert_eq!(
             x.len(),
             n * cols,
@@ -186,10 +192,17 @@ impl Acts {
         self.q.resize(n * nbp * QK, 0);
         self.sc.clear();
         self.sc.resize(n * nbp * 2, 0.0);
+        let isa = isa.min(detected_isa());
         for t in 0..n {
             let xt = &x[t * cols..(t + 1) * cols];
             let qt = &mut self.q[t * nbp * QK..(t + 1) * nbp * QK];
             let st = &mut self.sc[t * nbp * 2..(t + 1) * nbp * 2];
+            #[cfg(target_arch = "x86_64")]
+            if isa >= Isa::Avx2 {
+                // SAFETY: `isa` is at most `detected_isa()`, so the CPU has AVX2, FMA and F16C.
+                unsafe { avx2::quantize_row(xt, qt, st) };
+                continue;
+            }
             for ((xb, qb), sb) in xt
                 .chunks_exact(QK)
                 .zip(qt.chunks_exact_mut(QK))

@@ -448,3 +448,28 @@ fn dot_row_equals_one_token_matmul() {
         }
     }
 }
+
+#[test]
+fn every_quantizer_gives_the_same_bits() {
+    let mut rng = StdRng::seed_from_u64(SEED ^ 4);
+    let mut x = random_acts(&mut rng, 5, 1536);
+    // Ties of `x * id` at .5 must round to even in every quantizer: 2.5 / 127 * 127 is not exact, so
+    // build them from the scale: in a block with amax 127, x * id = x exactly.
+    x[..32].copy_from_slice(&std::array::from_fn::<f32, 32, _>(|i| {
+        if i == 0 {
+            127.0
+        } else {
+            i as f32 - 15.5
+        }
+    }));
+    let mut want = Acts::new();
+    want.prepare_with(Isa::Scalar, DType::Q4_1, &x, 5, 1536);
+    assert_eq!(&want.q_tok(0)[..4], &[127, -14, -14, -12]);
+    for isa in available_simd() {
+        let mut got = Acts::new();
+        got.prepare_with(isa, DType::Q4_1, &x, 5, 1536);
+        assert_eq!(got.q, want.q, "{isa}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.sc), bits(&want.sc), "{isa}");
+    }
+}
