@@ -12,10 +12,18 @@
 //!
 //! Every benchmark runs for each instruction set this CPU has, on rayon pools of 1 and 2 threads. The scalar
 //! kernels are left out of the `model_*` groups, where one iteration would take seconds.
+//!
+//! On a machine shared with other jobs, wall time counts the time the benchmark waits for a CPU. With
+//! `SPIKE_BENCH_CLOCK=cpu` the benchmarks measure the CPU time of all the process's threads instead
+//! (from `/proc/self/task/*/schedstat`, Linux only): for one thread that is the kernels' own time; for two,
+//! the sum over both threads, including any time rayon's workers spin waiting for work. The kernel updates
+//! those counters every scheduler tick (4 ms here), so this mode takes fewer, longer samples of equal size
+//! (flat sampling, 20 of at least 200 ms each): each sample is off by up to a tick, unbiased on average.
 
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spike_flash::engine::kernels::{matmul_isa, Acts, Isa, QMatrix};
@@ -64,7 +72,63 @@ fn isas(with_scalar: bool) -> Vec<Isa> {
 const SHAPES: [(&str, DType, usize, usize); 2] =
     [("ffn_1536x576_q4_1", DType::Q4_1, D_FFN, D_MODEL), ("output_49152x576_q8_0", DType::Q8_0, VOCAB, D_MODEL)];
 
-fn single_matrices(c: &mut Criterion) {
+/// CPU time of all threads of this process, in nanoseconds.
+fn process_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Criterion measurement by process CPU time, see the file's documentation.
+struct CpuTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        process_cpu_ns()
+    }
+    fn end(&self, start: u64) -> u64 {
+        process_cpu_ns().saturating_sub(start)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WallTime.formatter()
+    }
+}
+
+/// Whether the benchmarks measure CPU time, see the file's documentation.
+fn cpu_clock() -> bool {
+    std::env::var("SPIKE_BENCH_CLOCK").is_ok_and(|v| v == "cpu")
+}
+
+/// A benchmark group, with flat sampling when measuring CPU time.
+fn group<'a, M: Measurement>(c: &'a mut Criterion<M>, name: &str) -> BenchmarkGroup<'a, M> {
+    let mut g = c.benchmark_group(name);
+    if cpu_clock() {
+        g.sampling_mode(SamplingMode::Flat)
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(4));
+    }
+    g
+}
+
+fn single_matrices<M: Measurement + Sync>(c: &mut Criterion<M>)
+where
+    M::Value: Send,
+{
     let mut rng = StdRng::seed_from_u64(SEED);
     let pools = pools();
     for (name, dtype, rows, cols) in SHAPES {
@@ -85,7 +149,7 @@ fn single_matrices(c: &mut Criterion) {
         actsn.prepare(dtype, &random_acts(&mut rng, PROMPT * cols), PROMPT, cols);
         let mut out = vec![0.0f32; PROMPT * rows];
 
-        let mut g = c.benchmark_group("decode");
+        let mut g = group(c, "decode");
         g.throughput(Throughput::Bytes(bytes));
         for (threads, pool) in &pools {
             for isa in isas(true) {
@@ -96,7 +160,7 @@ fn single_matrices(c: &mut Criterion) {
         }
         g.finish();
 
-        let mut g = c.benchmark_group("decode_cold");
+        let mut g = group(c, "decode_cold");
         g.throughput(Throughput::Bytes(bytes));
         for (threads, pool) in &pools {
             for isa in isas(true) {
@@ -113,9 +177,11 @@ fn single_matrices(c: &mut Criterion) {
         }
         g.finish();
 
-        let mut g = c.benchmark_group("prompt");
+        let mut g = group(c, "prompt");
         g.throughput(Throughput::Elements((rows * cols * PROMPT) as u64));
-        g.sample_size(10);
+        if !cpu_clock() {
+            g.sample_size(10);
+        }
         for (threads, pool) in &pools {
             for isa in isas(true) {
                 g.bench_function(BenchmarkId::new(name, format!("{isa}/t{threads}")), |b| {
@@ -138,7 +204,10 @@ const LAYER: [(usize, usize); 7] = [
     (D_MODEL, D_FFN),
 ];
 
-fn whole_model(c: &mut Criterion) {
+fn whole_model<M: Measurement + Sync>(c: &mut Criterion<M>)
+where
+    M::Value: Send,
+{
     let mut rng = StdRng::seed_from_u64(SEED ^ 1);
     let layers: Vec<Vec<(usize, usize, Vec<u8>)>> = (0..LAYERS)
         .map(|_| LAYER.iter().map(|&(r, k)| (r, k, random_weights(&mut rng, DType::Q4_1, r, k))).collect())
@@ -154,20 +223,19 @@ fn whole_model(c: &mut Criterion) {
     let macs: u64 = mats.iter().map(|m| (m.rows * m.cols) as u64).sum();
     let pools = pools();
 
-    for (group, n) in [("model_decode", 1), ("model_prompt", PROMPT)] {
+    for (name, n) in [("model_decode", 1), ("model_prompt", PROMPT)] {
         // Activations prepared once per width; the engine prepares once per distinct input vector.
         let mut a_model = Acts::new();
         a_model.prepare(DType::Q4_1, &random_acts(&mut rng, n * D_MODEL), n, D_MODEL);
         let mut a_ffn = Acts::new();
         a_ffn.prepare(DType::Q4_1, &random_acts(&mut rng, n * D_FFN), n, D_FFN);
         let mut out = vec![0.0f32; n * VOCAB];
-        let mut g = c.benchmark_group(group);
+        let mut g = group(c, name);
         if n == 1 {
             g.throughput(Throughput::Bytes(bytes));
         } else {
             g.throughput(Throughput::Elements(macs * n as u64));
-            g.sample_size(10);
-            g.measurement_time(Duration::from_secs(20));
+            g.sample_size(10).measurement_time(Duration::from_secs(20));
         }
         for (threads, pool) in &pools {
             for isa in isas(false) {
@@ -187,9 +255,22 @@ fn whole_model(c: &mut Criterion) {
     }
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = single_matrices, whole_model
+fn config<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
+    c.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args()
 }
-criterion_main!(benches);
+
+fn main() {
+    if cpu_clock() {
+        let mut c = config(Criterion::default().with_measurement(CpuTime));
+        single_matrices(&mut c);
+        whole_model(&mut c);
+        c.final_summary();
+    } else {
+        let mut c = config(Criterion::default());
+        single_matrices(&mut c);
+        whole_model(&mut c);
+        c.final_summary();
+    }
+}

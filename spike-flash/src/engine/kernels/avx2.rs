@@ -41,14 +41,70 @@ pub(super) unsafe fn part(
     for r in rows {
         let row = w.row(r);
         for t in toks.clone() {
-            let v = match dtype {
-                DType::Q4_0 => dot_q4_0(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::Q4_1 => dot_q4_1(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
-            };
-            put(t, r, v);
+            put(t, r, dot_row(dtype, row, acts, t));
         }
+    }
+}
+
+/// One row of `dtype` times token `t`, by the one-token kernels.
+///
+/// # Safety
+/// A `#[target_feature]` function: calling it from code compiled without these features is `unsafe`, and
+/// sound only when the CPU has them. The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_row(dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32 {
+    match dtype {
+        DType::Q4_0 => dot_q4_0(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q4_1 => dot_q4_1(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
+    }
+}
+
+/// Quantizes one token's values `x` (whole blocks) into `q` and `(d, d * sum)` pairs in `sc`, exactly as
+/// the scalar [`super::quantize_block`] does: the same maximum, the same f32 division and multiplication,
+/// rounding to nearest even, saturation that never triggers (`|x * 127 / amax| < 127.5`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8], sc: &mut [f32]) {
+    let nb = x.len() / QK;
+    assert!(x.len() == nb * QK && q.len() >= nb * QK && sc.len() >= nb * 2);
+    let sign = _mm256_set1_ps(-0.0);
+    // `packs` interleaves 128-bit halves; this puts the 8 groups of 4 bytes back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in 0..nb {
+        // SAFETY: `b < nb`: values `32 b .. 32 b + 32` are in `x` (asserted); unaligned loads.
+        let v: [__m256; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(QK * b + 8 * k)) });
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+        let i: [__m256i; 4] = std::array::from_fn(|k| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(_mm256_mul_ps(v[k], id)))
+        });
+        let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)));
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+        // SAFETY: `b < nb`: `q` holds bytes `32 b .. 32 b + 32` (asserted); unaligned store.
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(QK * b).cast(), bytes) };
+        sc[2 * b] = d;
+        sc[2 * b + 1] = d * sum as f32;
     }
 }
 

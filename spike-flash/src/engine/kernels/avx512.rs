@@ -88,14 +88,6 @@ fn pair_broadcast() -> __m512i {
     _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0)
 }
 
-/// Lanes 1 + 3 of `v`: the offset terms of a block pair product `[_, m0 s0, _, m1 s1]`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-#[inline]
-fn odd_lanes(v: __m128) -> f32 {
-    let h = _mm_movehdup_ps(v);
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)))
-}
-
 /// The 64 unpacked values of a 4-bit block pair `raw` (from [`load_pair`]), spread by `idx`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
@@ -130,14 +122,23 @@ pub(super) unsafe fn part(
     for r in rows {
         let row = w.row(r);
         for t in toks.clone() {
-            let v = match dtype {
-                DType::Q4_0 => dot_q4::<false>(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::Q4_1 => dot_q4::<true>(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
-            };
-            put(t, r, v);
+            put(t, r, dot_row(dtype, row, acts, t));
         }
+    }
+}
+
+/// One row of `dtype` times token `t`, by the one-token kernels.
+///
+/// # Safety
+/// A `#[target_feature]` function: calling it from code compiled without these features is `unsafe`, and
+/// sound only when the CPU has them. The CPU must support AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+pub(super) fn dot_row(dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32 {
+    match dtype {
+        DType::Q4_0 => dot_q4::<false>(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q4_1 => dot_q4::<true>(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
     }
 }
 
@@ -160,44 +161,78 @@ fn load_pair(row: &[u8], bb: usize, p: usize) -> __m512i {
     unsafe { _mm512_maskz_loadu_epi8(mask, row.as_ptr().add(start).cast()) }
 }
 
-/// Q4_1 (`Q4_1 = true`) or Q4_0 row times one token, see [`super::scalar::dot_q4_1`] and `dot_q4_0`.
+/// One Q4_1 (`Q4_1 = true`) or Q4_0 row times one token, see [`super::scalar::dot_q4_1`] and `dot_q4_0`.
+///
+/// A block pair's packed bytes come from two 16-byte loads rather than one 64-byte load, which at the
+/// 40-byte pair stride would straddle two cache lines nearly every time: with the weights streaming from
+/// DRAM that measured 30% slower (and 15% slower from L2).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
     let bb = if Q4_1 { 20 } else { 18 };
+    let off = if Q4_1 { 4 } else { 2 };
     let nb = row.len() / bb;
     let pairs = nb.div_ceil(2);
     check_acts(pairs, q, sc);
-    let (qp, sp) = (q.as_ptr(), sc.as_ptr());
-    let nib = table(if Q4_1 { &NIBBLES_Q4_1 } else { &NIBBLES_Q4_0 });
-    let sca = table(if Q4_1 { &SCALES_Q4_1 } else { &SCALES_Q4_0 });
+    let (rp, qp, sp) = (row.as_ptr(), q.as_ptr(), sc.as_ptr());
     let bidx = pair_broadcast();
+    let low = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); 2];
     let mut macc = [_mm_setzero_ps(); 2];
-    let step = |p: usize, acc: &mut __m512, macc: &mut __m128| {
-        let raw = load_pair(row, bb, p);
-        // SAFETY: `p < pairs`: the token holds values `64 p .. 64 p + 64` and scales `4 p .. 4 p + 4`
-        // (checked above); unaligned loads.
-        let (x, s) = unsafe { (_mm512_loadu_si512(qp.add(64 * p).cast()), _mm_loadu_ps(sp.add(4 * p))) };
-        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), unpack_nibbles(raw, nib), x);
-        // Q4_1: [d0, m0, d1, m1] * [dx0, dsum0, dx1, dsum1]; Q4_0: [d0, d0, d1, d1] * the same.
-        let f = _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi8(sca, raw)));
+    let step = |b0: usize, b1: usize, p: usize, acc: &mut __m512, macc: &mut __m128| {
+        // SAFETY: callers pass blocks `b0, b1 < nb`, whose bytes `bb b .. bb b + bb` lie inside `row` (the
+        // 16 packed bytes end at `bb b + off + 16 = bb (b + 1)`), and `p < pairs`, whose 64 values and 4
+        // scales the token holds (checked above); unaligned loads.
+        let (q0, q1, h0, h1, x, s) = unsafe {
+            let h = |b: usize| -> u32 {
+                if Q4_1 {
+                    rp.add(bb * b).cast::<u32>().read_unaligned()
+                } else {
+                    let d = u32::from(rp.add(bb * b).cast::<u16>().read_unaligned());
+                    d | (d << 16)
+                }
+            };
+            (
+                _mm_loadu_si128(rp.add(bb * b0 + off).cast()),
+                _mm_loadu_si128(rp.add(bb * b1 + off).cast()),
+                h(b0),
+                h(b1),
+                _mm512_loadu_si512(qp.add(64 * p).cast()),
+                _mm_loadu_ps(sp.add(4 * p)),
+            )
+        };
+        let t = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q0), q1);
+        let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(t), _mm256_srli_epi16::<4>(t));
+        let z = _mm512_and_si512(_mm512_shuffle_i64x2::<0b11_01_10_00>(z, z), low);
+        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z, x);
+        let f = _mm_cvtph_ps(_mm_cvtsi64_si128(
+            (u64::from(h0) | (u64::from(h1) << 32)) as i64,
+        ));
         let prod = _mm_mul_ps(f, s);
         *macc = _mm_add_ps(*macc, prod);
         let scale = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(prod));
         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
     };
     let mut p = 0;
-    while p + 2 <= pairs {
+    while p + 2 <= nb / 2 {
         let [a0, a1] = &mut acc;
         let [m0, m1] = &mut macc;
-        step(p, a0, m0);
-        step(p + 1, a1, m1);
+        step(2 * p, 2 * p + 1, p, a0, m0);
+        step(2 * p + 2, 2 * p + 3, p + 1, a1, m1);
         p += 2;
     }
-    if p < pairs {
-        step(p, &mut acc[0], &mut macc[0]);
+    while p < pairs {
+        // An odd last block stands in for its missing partner too: that half meets the activations' zero
+        // padding (values and scales), so it adds nothing.
+        if 2 * p + 1 < nb {
+            step(2 * p, 2 * p + 1, p, &mut acc[0], &mut macc[0]);
+        } else {
+            step(2 * p, 2 * p, p, &mut acc[0], &mut macc[0]);
+        }
+        p += 1;
     }
-    let offsets = odd_lanes(_mm_add_ps(macc[0], macc[1]));
+    let m = _mm_blend_ps::<0b1010>(_mm_setzero_ps(), _mm_add_ps(macc[0], macc[1]));
+    let m = _mm_hadd_ps(m, m);
+    let offsets = _mm_cvtss_f32(_mm_hadd_ps(m, m));
     let sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
     if Q4_1 {
         sum + offsets

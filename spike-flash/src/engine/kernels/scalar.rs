@@ -34,14 +34,18 @@ pub(super) fn part(
     for r in rows {
         let row = w.row(r);
         for t in toks.clone() {
-            let v = match w.dtype {
-                DType::Q4_0 => dot_q4_0(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::Q4_1 => dot_q4_1(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
-                DType::F32 | DType::F16 | DType::BF16 => dot_float(w.dtype, row, acts.x_tok(t)),
-            };
-            put(t, r, v);
+            put(t, r, dot_row(w.dtype, row, acts, t));
         }
+    }
+}
+
+/// One row of `dtype` times token `t`.
+pub(super) fn dot_row(dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32 {
+    match dtype {
+        DType::Q4_0 => dot_q4_0(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q4_1 => dot_q4_1(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
+        DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
     }
 }
 

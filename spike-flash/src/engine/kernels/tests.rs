@@ -353,3 +353,57 @@ fn mismatched_activations_panic() {
     let mut out = [0.0f32; 1];
     matmul(&w, &acts, &mut out);
 }
+
+#[test]
+fn dot_row_equals_one_token_matmul() {
+    let mut rng = StdRng::seed_from_u64(SEED ^ 3);
+    let mut acts = Acts::new();
+    let mut many = Acts::new();
+    for dtype in QUANTIZED.into_iter().chain(FLOATS) {
+        let (rows, cols) = (9, 96);
+        let wdata = random_matrix(&mut rng, dtype, rows, cols);
+        let w = QMatrix::new(dtype, rows, cols, &wdata).expect("test matrix is well formed");
+        let x = random_acts(&mut rng, 3, cols);
+        many.prepare(dtype, &x, 3, cols);
+        for t in 0..3 {
+            acts.prepare(dtype, &x[t * cols..(t + 1) * cols], 1, cols);
+            for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+                let mut out = vec![0.0f32; rows];
+                matmul_with(isa, &w, &acts, &mut out);
+                for (r, &o) in out.iter().enumerate() {
+                    // Token `t` of a prepared batch quantizes exactly as the token alone.
+                    assert_eq!(
+                        dot_row(isa, dtype, w.row(r), &many, t).to_bits(),
+                        o.to_bits(),
+                        "{isa} {dtype} row {r}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_quantizer_gives_the_same_bits() {
+    let mut rng = StdRng::seed_from_u64(SEED ^ 4);
+    let mut x = random_acts(&mut rng, 5, 1536);
+    // Ties of `x * id` at .5 must round to even in every quantizer: 2.5 / 127 * 127 is not exact, so
+    // build them from the scale: in a block with amax 127, x * id = x exactly.
+    x[..32].copy_from_slice(&std::array::from_fn::<f32, 32, _>(|i| {
+        if i == 0 {
+            127.0
+        } else {
+            i as f32 - 15.5
+        }
+    }));
+    let mut want = Acts::new();
+    want.prepare_with(Isa::Scalar, DType::Q4_1, &x, 5, 1536);
+    assert_eq!(&want.q_tok(0)[..4], &[127, -14, -14, -12]);
+    for isa in available_simd() {
+        let mut got = Acts::new();
+        got.prepare_with(isa, DType::Q4_1, &x, 5, 1536);
+        assert_eq!(got.q, want.q, "{isa}");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.sc), bits(&want.sc), "{isa}");
+    }
+}
