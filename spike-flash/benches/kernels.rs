@@ -118,9 +118,7 @@ fn cpu_clock() -> bool {
 fn group<'a, M: Measurement>(c: &'a mut Criterion<M>, name: &str) -> BenchmarkGroup<'a, M> {
     let mut g = c.benchmark_group(name);
     if cpu_clock() {
-        g.sampling_mode(SamplingMode::Flat)
-            .sample_size(20)
-            .measurement_time(Duration::from_secs(4));
+        g.sampling_mode(SamplingMode::Flat).sample_size(20).measurement_time(Duration::from_secs(4));
     }
     g
 }
@@ -256,9 +254,7 @@ where
 }
 
 fn config<M: Measurement>(c: Criterion<M>) -> Criterion<M> {
-    c.warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args()
+    c.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).configure_from_args()
 }
 
 fn main() {

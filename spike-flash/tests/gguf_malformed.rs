@@ -62,7 +62,7 @@ impl B {
         self.u32(ggml_type).u64(offset)
     }
     fn pad(&mut self, align: u64) -> &mut Self {
-        while self.pos() % align != 0 {
+        while !self.pos().is_multiple_of(align) {
             self.u8(0);
         }
         self

@@ -33,7 +33,7 @@ fn dtype_size(d: &str) -> usize {
 /// The bytes of a safetensors file from a header text and a data section, header padded to 8 bytes.
 fn file_bytes(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

@@ -207,16 +207,16 @@ impl ModelConfig {
         if self.n_layers == 0 || self.d_model == 0 || self.d_ffn == 0 || self.vocab_size == 0 {
             return bad(format!("a zero dimension in {self:?}"));
         }
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return bad(format!("d_model {} not divisible by {} heads", self.d_model, self.n_heads));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} heads not divisible by {} KV heads", self.n_heads, self.n_kv_heads));
         }
         if self.head_dim * self.n_heads != self.d_model {
             return bad(format!("head_dim {} x {} heads != d_model {}", self.head_dim, self.n_heads, self.d_model));
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return bad(format!("rope dimension {} for head dimension {}", self.rope_dim, self.head_dim));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0 && self.rope_base.is_finite() && self.rope_base > 0.0) {
@@ -393,7 +393,7 @@ fn hf_llama(k: &HfKeys, model_type: &str) -> Result<ModelConfig> {
 
 /// `d / heads` when it divides evenly, else 0, which [`ModelConfig::validate`] rejects with both numbers.
 fn whole_heads(d: usize, heads: usize) -> usize {
-    if heads > 0 && d % heads == 0 {
+    if heads > 0 && d.is_multiple_of(heads) {
         d / heads
     } else {
         0

@@ -230,7 +230,7 @@ fn check_shape(name: &str, dims: &[u64], dtype: DType) -> Result<u64> {
         return Err(invalid(format!("tensor `{name}`: zero dimension in {dims:?}")));
     }
     let block = dtype.block_len() as u64;
-    if dims[0] % block != 0 {
+    if !dims[0].is_multiple_of(block) {
         return Err(invalid(format!(
             "tensor `{name}`: row length {} is not a multiple of {dtype}'s block size {block}",
             dims[0]

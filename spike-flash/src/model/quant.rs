@@ -76,7 +76,7 @@ impl DType {
     /// Bytes taken by `n` elements, or `None` when `n` is not a whole number of blocks or overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let bl = self.block_len() as u64;
-        if n % bl != 0 {
+        if !n.is_multiple_of(bl) {
             return None;
         }
         (n / bl).checked_mul(self.block_bytes() as u64)
@@ -224,7 +224,7 @@ pub fn dequantize(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// `src.len()` must be a whole number of blocks; otherwise [`Error::Invalid`] and `dst` is untouched.
 pub fn quantize(dtype: DType, src: &[f32], dst: &mut Vec<u8>) -> Result<()> {
     let bl = dtype.block_len();
-    if src.len() % bl != 0 {
+    if !src.len().is_multiple_of(bl) {
         return Err(Error::Invalid(format!(
             "quantize {dtype}: {} elements is not a whole number of {bl}-element blocks",
             src.len()

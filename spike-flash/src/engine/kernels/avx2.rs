@@ -76,8 +76,7 @@ pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8], sc: &mut [f32]) {
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for b in 0..nb {
         // SAFETY: `b < nb`: values `32 b .. 32 b + 32` are in `x` (asserted); unaligned loads.
-        let v: [__m256; 4] =
-            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(QK * b + 8 * k)) });
+        let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(QK * b + 8 * k)) });
         let m = _mm256_max_ps(
             _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
             _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
@@ -88,18 +87,15 @@ pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8], sc: &mut [f32]) {
         let d = amax / 127.0;
         let id = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
         let i: [__m256i; 4] = std::array::from_fn(|k| {
-            _mm256_cvtps_epi32(_mm256_round_ps::<
-                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-            >(_mm256_mul_ps(v[k], id)))
+            _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                v[k], id,
+            )))
         });
         let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
         let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
         let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
         let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)));
-        let bytes = _mm256_packs_epi16(
-            _mm256_packs_epi32(i[0], i[1]),
-            _mm256_packs_epi32(i[2], i[3]),
-        );
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
         let bytes = _mm256_permutevar8x32_epi32(bytes, order);
         // SAFETY: `b < nb`: `q` holds bytes `32 b .. 32 b + 32` (asserted); unaligned store.
         unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(QK * b).cast(), bytes) };
@@ -435,7 +431,7 @@ fn micro<const NT: usize, const SIGNED: bool>(s: &Scratch, nb: usize, acts: &Act
     let nbp = sc[0].len() / 2;
     assert!(q.iter().all(|q| q.len() >= nb * QK) && sc.iter().all(|s| s.len() == nbp * 2));
     assert!(s.u.len() >= R * nb * QK && s.sg.len() >= R * nb * QK && s.dw.len() >= R * nb);
-    assert!(s.mw.len() >= R * nbp * 2 && nbp % 4 == 0);
+    assert!(s.mw.len() >= R * nbp * 2 && nbp.is_multiple_of(4));
     let qp: [*const i8; NT] = std::array::from_fn(|j| q[j].as_ptr());
     let sp: [*const f32; NT] = std::array::from_fn(|j| sc[j].as_ptr());
     let (up, gp, dp, mp) = (s.u.as_ptr(), s.sg.as_ptr(), s.dw.as_ptr(), s.mw.as_ptr());

@@ -12,10 +12,7 @@
 //! a register tile of `R x T` accumulators. Every block's offset (Q4_1's `m`, Q4_0's `-8 d_w`, Q8_0's
 //! `-128 d_w`) multiplies the activation block sum `d_x sum_x` and is added as one more f32 dot product.
 //!
-//! The AVX-512 intrinsics are stable since Rust 1.89, above the workspace's declared MSRV (1.80), which
-//! this module therefore raises in fact; the lint is allowed here rather than the MSRV changed from a
-//! kernel branch.
-#![allow(clippy::incompatible_msrv)]
+//! The AVX-512 intrinsics are stable since Rust 1.89, the workspace's MSRV.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -204,9 +201,7 @@ fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(t), _mm256_srli_epi16::<4>(t));
         let z = _mm512_and_si512(_mm512_shuffle_i64x2::<0b11_01_10_00>(z, z), low);
         let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z, x);
-        let f = _mm_cvtph_ps(_mm_cvtsi64_si128(
-            (u64::from(h0) | (u64::from(h1) << 32)) as i64,
-        ));
+        let f = _mm_cvtph_ps(_mm_cvtsi64_si128((u64::from(h0) | (u64::from(h1) << 32)) as i64));
         let prod = _mm_mul_ps(f, s);
         *macc = _mm_add_ps(*macc, prod);
         let scale = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(prod));
@@ -464,7 +459,7 @@ fn micro<const NT: usize>(s: &Scratch, pairs: usize, acts: &Acts, t0: usize) -> 
     let nbp = sc[0].len() / 2;
     assert!(q.iter().all(|q| q.len() >= pairs * 64) && sc.iter().all(|s| s.len() == nbp * 2));
     assert!(s.u.len() >= R * pairs * 64 && s.dw.len() >= R * pairs * 16 && s.mw.len() >= R * nbp * 2);
-    assert!(nbp % 8 == 0 && 2 * pairs <= nbp);
+    assert!(nbp.is_multiple_of(8) && 2 * pairs <= nbp);
     let qp: [*const i8; NT] = std::array::from_fn(|j| q[j].as_ptr());
     let sp: [*const f32; NT] = std::array::from_fn(|j| sc[j].as_ptr());
     let (up, dp, mp) = (s.u.as_ptr(), s.dw.as_ptr(), s.mw.as_ptr());

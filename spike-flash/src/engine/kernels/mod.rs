@@ -87,7 +87,7 @@ impl<'a> QMatrix<'a> {
     /// Wraps `data` as a `rows x cols` matrix of `dtype`; `cols` must be a whole number of blocks and
     /// `data` exactly `rows` rows long.
     pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
-        if cols % dtype.block_len() != 0 {
+        if !cols.is_multiple_of(dtype.block_len()) {
             return Err(Error::Invalid(format!(
                 "matrix of {dtype}: {cols} columns is not a multiple of the block length {}",
                 dtype.block_len()
@@ -166,12 +166,7 @@ impl Acts {
     /// [`Acts::prepare`] with the quantizer of `isa` (lowered to what the CPU has). Every quantizer gives
     /// the same bits: the SIMD ones do the same IEEE operations on each value.
     fn prepare_with(&mut self, isa: Isa, wdtype: DType, x: &[f32], n: usize, cols: usize) {
-        assert_eq!(
-            x.len(),
-            n * cols,
-            "activations: {} values for {n} tokens of {cols}",
-            x.len()
-        );
+        assert_eq!(x.len(), n * cols, "activations: {} values for {n} tokens of {cols}", x.len());
         self.n = n;
         self.cols = cols;
         self.quantized = wdtype.is_quantized();
@@ -180,7 +175,7 @@ impl Acts {
             self.x.extend_from_slice(x);
             return;
         }
-        assert!(cols % QK == 0, "activations: {cols} columns is not a multiple of {QK}");
+        assert!(cols.is_multiple_of(QK), "activations: {cols} columns is not a multiple of {QK}");
         let nbp = padded_blocks(cols);
         self.q.clear();
         self.q.resize(n * nbp * QK, 0);
@@ -197,11 +192,7 @@ impl Acts {
                 unsafe { avx2::quantize_row(xt, qt, st) };
                 continue;
             }
-            for ((xb, qb), sb) in xt
-                .chunks_exact(QK)
-                .zip(qt.chunks_exact_mut(QK))
-                .zip(st.chunks_exact_mut(2))
-            {
+            for ((xb, qb), sb) in xt.chunks_exact(QK).zip(qt.chunks_exact_mut(QK)).zip(st.chunks_exact_mut(2)) {
                 let (d, sum) = quantize_block(xb, qb);
                 sb[0] = d;
                 sb[1] = d * sum as f32;
@@ -354,7 +345,7 @@ pub fn matmul(w: &QMatrix, acts: &Acts, out: &mut [f32]) {
 /// Convenience: prepares `x` (`n = x.len() / w.cols` tokens) and calls [`matmul`]. Allocates the
 /// activation buffers on every call; the engine keeps an [`Acts`] instead.
 pub fn matvec(w: &QMatrix, x: &[f32], out: &mut [f32]) {
-    assert!(w.cols > 0 && x.len() % w.cols == 0, "matvec: {} values for {} columns", x.len(), w.cols);
+    assert!(w.cols > 0 && x.len().is_multiple_of(w.cols), "matvec: {} values for {} columns", x.len(), w.cols);
     let mut acts = Acts::new();
     acts.prepare(w.dtype, x, x.len() / w.cols, w.cols);
     matmul(w, &acts, out);
@@ -419,11 +410,7 @@ pub fn dot_row(isa: Isa, dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32
         row.len(),
         acts.cols
     );
-    assert_eq!(
-        acts.quantized,
-        dtype.is_quantized(),
-        "dot_row: activations prepared for the other kind of dtype"
-    );
+    assert_eq!(acts.quantized, dtype.is_quantized(), "dot_row: activations prepared for the other kind of dtype");
     assert!(t < acts.n, "dot_row: token {t} of {}", acts.n);
     match isa.min(detected_isa()) {
         Isa::Scalar => scalar::dot_row(dtype, row, acts, t),

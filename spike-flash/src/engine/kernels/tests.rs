@@ -372,11 +372,7 @@ fn dot_row_equals_one_token_matmul() {
                 matmul_with(isa, &w, &acts, &mut out);
                 for (r, &o) in out.iter().enumerate() {
                     // Token `t` of a prepared batch quantizes exactly as the token alone.
-                    assert_eq!(
-                        dot_row(isa, dtype, w.row(r), &many, t).to_bits(),
-                        o.to_bits(),
-                        "{isa} {dtype} row {r}"
-                    );
+                    assert_eq!(dot_row(isa, dtype, w.row(r), &many, t).to_bits(), o.to_bits(), "{isa} {dtype} row {r}");
                 }
             }
         }
@@ -389,13 +385,7 @@ fn every_quantizer_gives_the_same_bits() {
     let mut x = random_acts(&mut rng, 5, 1536);
     // Ties of `x * id` at .5 must round to even in every quantizer: 2.5 / 127 * 127 is not exact, so
     // build them from the scale: in a block with amax 127, x * id = x exactly.
-    x[..32].copy_from_slice(&std::array::from_fn::<f32, 32, _>(|i| {
-        if i == 0 {
-            127.0
-        } else {
-            i as f32 - 15.5
-        }
-    }));
+    x[..32].copy_from_slice(&std::array::from_fn::<f32, 32, _>(|i| if i == 0 { 127.0 } else { i as f32 - 15.5 }));
     let mut want = Acts::new();
     want.prepare_with(Isa::Scalar, DType::Q4_1, &x, 5, 1536);
     assert_eq!(&want.q_tok(0)[..4], &[127, -14, -14, -12]);

@@ -44,7 +44,7 @@ impl WideActs {
     /// When `x.len() != n * cols` or `cols` is not a multiple of 32.
     pub fn prepare(&mut self, x: &[f32], n: usize, cols: usize) {
         assert_eq!(x.len(), n * cols, "activations: {} values for {n} tokens of {cols}", x.len());
-        assert!(cols % QK == 0, "activations: {cols} columns is not a multiple of {QK}");
+        assert!(cols.is_multiple_of(QK), "activations: {cols} columns is not a multiple of {QK}");
         let nbp = padded_blocks(cols);
         let a = &mut self.both;
         a.n = 2 * n;
@@ -145,9 +145,6 @@ pub fn dot_wide_reference(dtype: DType, row: &[u8], a: &WideActs, t: usize) -> f
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    // AVX-512 intrinsics are stable from Rust 1.89; the crate's MSRV is older because these kernels are only
-    // compiled on x86_64 toolchains that have them (see `avx512.rs`).
-    #![allow(clippy::incompatible_msrv)]
     use std::arch::x86_64::*;
 
     use super::*;
