@@ -158,13 +158,12 @@ fn batched_prompt_equals_token_by_token_decode() {
             stepped.extend(model.forward(&mut b, &[t], false).expect("step"));
         }
         assert_eq!(b.pos(), tokens.len());
-        for (i, (x, y)) in batched.iter().zip(&stepped).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
-                "{dtype} pos {} logit {}: {x} vs {y}",
-                i / vocab,
-                i % vocab
-            );
+        // The two paths run different kernels (batched tiles vs one-token), so only float summation order
+        // differs; bound it relative to each position's logit range.
+        for (p, (x, y)) in batched.chunks_exact(vocab).zip(stepped.chunks_exact(vocab)).enumerate() {
+            let (lo, hi) = x.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let worst = x.iter().zip(y).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 1e-4 * (hi - lo), "{dtype} pos {p}: worst {worst} of range {}", hi - lo);
         }
     }
 }
