@@ -75,16 +75,29 @@ fn opt_matches_numpy_reference() {
         shards: 2,
         ..SynthSpec::tiny_opt(SEED_OPT + 1)
     };
-    for spec in [SynthSpec::tiny_opt(SEED_OPT), post_norm_350m] {
+    for (spec, gelu) in
+        [(SynthSpec::tiny_opt(SEED_OPT), false), (post_norm_350m, false), (SynthSpec::tiny_opt(SEED_OPT + 2), true)]
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         write_hf_checkpoint(&spec, dir.path()).expect("write");
+        if gelu {
+            // The same weights with OPT's other supported activation (exact, erf-based GELU).
+            let path = dir.path().join("config.json");
+            let mut cfg: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+            cfg["activation_function"] = "gelu".into();
+            std::fs::write(&path, cfg.to_string()).expect("write config");
+        }
         let tokens: Vec<u32> = vec![2, 87, 104, 101, 4, 250, 300, 17, 42, 9, 63, 63];
         let model = load(dir.path());
         let mut st = model.new_state(tokens.len());
         let ours = model.forward(&mut st, &tokens, true).expect("forward");
         let want = opt_reference(dir.path(), &tokens);
         let (worst, same) = compare(&ours, &want, model.cfg().vocab_size);
-        eprintln!("post_norm={} proj={:?}: worst {worst:.2e} of range", spec.post_norm, spec.word_embed_proj_dim);
+        eprintln!(
+            "post_norm={} proj={:?} gelu={gelu}: worst {worst:.2e} of range",
+            spec.post_norm, spec.word_embed_proj_dim
+        );
         assert!(same, "argmax differs");
         assert!(worst < 1e-4, "worst relative logit error {worst}");
     }

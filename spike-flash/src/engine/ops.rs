@@ -24,11 +24,10 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// GELU in its tanh approximation (Hugging Face `gelu_new`, `gelu_pytorch_tanh`); the exact erf form differs
-/// from it by under 1e-3.
+/// GELU, exact: `x * Phi(x) = x / 2 * (1 + erf(x / sqrt 2))` (Hugging Face's `gelu`, PyTorch's default).
 #[inline]
 pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044_715 * x * x * x)).tanh())
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// Dot product with eight independent accumulators.
@@ -171,6 +170,15 @@ mod tests {
         }
         // Rotation keeps the norm.
         assert!((dot(&h, &h) - dot(&half_layout, &half_layout)).abs() < 1e-4);
+    }
+
+    #[test]
+    fn gelu_matches_known_values() {
+        // x * Phi(x) from the normal distribution's table.
+        for (x, want) in [(0.0f32, 0.0f32), (1.0, 0.841_344_7), (-1.0, -0.158_655_3), (2.0, 1.954_5), (-3.0, -0.004_05)]
+        {
+            assert!((gelu(x) - want).abs() < 2e-4, "gelu({x}) = {} vs {want}", gelu(x));
+        }
     }
 
     #[test]
