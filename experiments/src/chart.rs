@@ -96,7 +96,8 @@ impl LineChart {
         root.fill(&WHITE).map_err(e)?;
         let fx = |x: f64| if self.log2_x { x.max(f64::MIN_POSITIVE).log2() } else { x };
         let all = || self.series.iter().flat_map(|s| s.points.iter());
-        let (mut x0, mut x1) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
+        let (mut x0, mut x1) =
+            all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
         let y1 = all().fold(0.0f64, |a, p| a.max(p.1));
         if !x0.is_finite() {
             (x0, x1) = (0.0, 1.0);

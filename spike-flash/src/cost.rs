@@ -217,3 +217,84 @@ mod tests {
         assert!(close(p.seconds, 16.0 * m.chunk_seconds(4096, 16)));
     }
 }
+
+/// One random read set measured against its prediction (see [`validate`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationRow {
+    pub set: usize,
+    pub depth: usize,
+    pub requests: usize,
+    pub reads: usize,
+    pub bytes: u64,
+    /// Median over repeats of the backend's wait time for the set, ms.
+    pub measured_ms: f64,
+    pub predicted_ms: f64,
+    /// (predicted - measured) / measured.
+    pub rel_err: f64,
+}
+
+/// A random read set: `n` logical reads of log-uniform sizes in `min_len..=max_len` at random (unaligned)
+/// offsets of a file of `file_len` bytes, packed one after another in the destination buffer.
+pub fn random_mixed_set(
+    rng: &mut impl rand::Rng,
+    file_len: u64,
+    n: usize,
+    min_len: usize,
+    max_len: usize,
+) -> Vec<ReadReq> {
+    let (lo, hi) = ((min_len.max(1) as f64).ln(), (max_len.max(min_len).max(1) as f64).ln());
+    let mut dst = 0;
+    (0..n)
+        .map(|_| {
+            let len = (rng.gen_range(lo..=hi).exp().round() as usize).clamp(1, file_len as usize);
+            let offset = rng.gen_range(0..=file_len - len as u64);
+            let r = ReadReq { offset, len, dst };
+            dst += len;
+            r
+        })
+        .collect()
+}
+
+/// Measures `sets` random read sets (sizes 4 KiB..1 MiB, 64..1024 reads each) with `backend`, each `reps`
+/// times, and compares the median wait time with `model`'s prediction at `depth` (which should be the
+/// backend's queue depth).
+pub fn validate(
+    backend: &mut dyn crate::io::ReadBackend,
+    model: &CostModel,
+    file_len: u64,
+    depth: usize,
+    sets: usize,
+    reps: usize,
+    seed: u64,
+) -> Result<Vec<ValidationRow>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut buf = crate::io::AlignedBuf::new(0)?;
+    let mut rows = Vec::with_capacity(sets);
+    for set in 0..sets {
+        let n = rng.gen_range(64..=1024);
+        let reqs = random_mixed_set(&mut rng, file_len, n, 4096, 1 << 20);
+        buf.resize(reqs.iter().map(|r| r.len).sum())?;
+        let pred = model.predict(&reqs, depth)?;
+        let mut times = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            backend.reset_stats();
+            backend.read_batch(&reqs, &mut buf)?;
+            times.push(backend.stats().wait_ns as f64 / 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        let measured_ms = times[times.len() / 2];
+        let predicted_ms = pred.seconds * 1e3;
+        rows.push(ValidationRow {
+            set,
+            depth,
+            requests: reqs.len(),
+            reads: pred.reads,
+            bytes: pred.bytes,
+            measured_ms,
+            predicted_ms,
+            rel_err: (predicted_ms - measured_ms) / measured_ms,
+        });
+    }
+    Ok(rows)
+}

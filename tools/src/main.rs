@@ -31,6 +31,10 @@ enum Command {
     Perplexity(cmd::perplexity::Args),
     /// Prompt-processing and decode speed, median of repeats.
     Bench(cmd::bench::Args),
+    /// Random-read throughput and latency of the device per chunk size and queue depth (O_DIRECT, io_uring).
+    ProfileDevice(cmd::profile_device::Args),
+    /// Random-read throughput of an I/O backend, or the cost model's error against measured reads.
+    IoBench(cmd::io_bench::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -41,6 +45,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::ProfileDevice(a) => cmd::profile_device::run(a),
+        Command::IoBench(a) => cmd::io_bench::run(a),
     }
 }
 

@@ -47,8 +47,9 @@ impl ReadBackend for MmapBackend {
         let t0 = Instant::now();
         let out = buf.as_mut_slice();
         for r in reqs.iter().filter(|r| r.len > 0) {
-            let from = usize::try_from(r.offset)
-                .map_err(|_| Error::Invalid(format!("{}: offset {} beyond the address space", self.path.display(), r.offset)))?;
+            let from = usize::try_from(r.offset).map_err(|_| {
+                Error::Invalid(format!("{}: offset {} beyond the address space", self.path.display(), r.offset))
+            })?;
             out[r.dst..r.dst + r.len].copy_from_slice(&self.map[from..from + r.len]);
             self.stats.count_read(r.len as u64);
         }

@@ -176,7 +176,12 @@ fn pread_span(file: &File, path: &Path, offset: u64, dst: &mut [u8], need: usize
         match file.read_at(&mut dst[got..], offset + got as u64) {
             Ok(0) => {
                 let msg = format!("short read: {got} of {need} bytes, then end of file");
-                return Err(read_error(path, offset, dst.len(), std::io::Error::new(std::io::ErrorKind::UnexpectedEof, msg)));
+                return Err(read_error(
+                    path,
+                    offset,
+                    dst.len(),
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, msg),
+                ));
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

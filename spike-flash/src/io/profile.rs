@@ -246,9 +246,7 @@ pub fn measure_random(
     let mut buf = AlignedBuf::with_align(slots * chunk, offset_align.clamp(512, 4096))?;
     let blocks = (file_len - chunk as u64) / offset_align as u64 + 1;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    // Batches long enough that draining the queue at the end of one is a small part of it.
-    let per_batch = (16 * depth).max(256);
-    let mut reqs = Vec::with_capacity(per_batch);
+    let mut reqs = Vec::new();
     let mut batch = |backend: &mut dyn ReadBackend, n: usize| {
         reqs.clear();
         reqs.extend((0..n).map(|i| ReadReq {
@@ -258,7 +256,13 @@ pub fn measure_random(
         }));
         backend.read_batch(&reqs, &mut buf)
     };
-    batch(backend, per_batch / 4)?;
+    // The warm-up also sizes the batches: about 100 ms each, so that the queue draining at the end of a batch
+    // (one read's latency, under a millisecond) costs well under 1% of the measured time.
+    let warm = (16 * depth).max(64);
+    let t = Instant::now();
+    batch(backend, warm)?;
+    let rate = warm as f64 / t.elapsed().as_secs_f64().max(1e-6);
+    let per_batch = ((rate * 0.1) as usize).clamp(16 * depth, 1 << 16);
     backend.reset_stats();
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < seconds {
