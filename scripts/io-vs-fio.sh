@@ -32,18 +32,26 @@ echo "io-vs-fio: O_DIRECT for both (the page cache is not used); depth $depth; $
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
+run_fio() {
+    fio --name=randread --filename="$file" --direct=1 --ioengine=io_uring --rw=randread --iodepth="$depth" \
+        --bs="$1" --runtime="$runtime" --time_based --output-format=json 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1048576)'
+}
+run_spike() {
+    "$spike" io-bench --file "$file" --backend "$backend" --bs "$1" --depth "$depth" --seconds "$runtime" \
+        | sed -n 's/.*MiB\/s=\([0-9.]*\).*/\1/p'
+}
+
 printf '%-6s %12s %12s %8s\n' bs fio_MiB/s spike_MiB/s ratio
 for bs in $sizes; do
     f_runs=(); s_runs=()
-    for _ in $(seq "$reps"); do
-        f=$(fio --name=randread --filename="$file" --direct=1 --ioengine=io_uring --rw=randread --iodepth="$depth" \
-                --bs="$bs" --runtime="$runtime" --time_based --output-format=json 2>/dev/null \
-            | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1048576)')
-        s=$("$spike" io-bench --file "$file" --backend "$backend" --bs "$bs" --depth "$depth" --seconds "$runtime" \
-            | sed -n 's/.*MiB\/s=\([0-9.]*\).*/\1/p')
+    for rep in $(seq "$reps"); do
+        # Alternate which goes first, so that a drift in the shared device's speed hurts neither side.
+        if [ $((rep % 2)) -eq 1 ]; then f=$(run_fio "$bs"); s=$(run_spike "$bs"); else s=$(run_spike "$bs"); f=$(run_fio "$bs"); fi
         f_runs+=("$f"); s_runs+=("$s")
     done
     fm=$(printf '%s\n' "${f_runs[@]}" | median)
     sm=$(printf '%s\n' "${s_runs[@]}" | median)
     awk -v bs="$bs" -v f="$fm" -v s="$sm" 'BEGIN { printf "%-6s %12.1f %12.1f %7.1f%%\n", bs, f, s, 100 * s / f }'
+    if [ "$reps" -gt 1 ]; then echo "       runs: fio ${f_runs[*]} / spike ${s_runs[*]}" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^[0-9.]+$/) $i = sprintf("%.0f", $i); print }'; fi
 done

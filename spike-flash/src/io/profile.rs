@@ -302,7 +302,7 @@ pub fn run_profile(dir: &Path, cfg: &ProfileConfig, progress: &mut dyn FnMut(&Pr
     Ok(DeviceProfile {
         format: PROFILE_FORMAT.into(),
         version: PROFILE_VERSION,
-        dir: dir.display().to_string(),
+        dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()).display().to_string(),
         file_size: cfg.file_size,
         backend: "uring".into(),
         direct: true,
