@@ -226,8 +226,11 @@ pub struct ValidationRow {
     pub requests: usize,
     pub reads: usize,
     pub bytes: u64,
-    /// Median over repeats of the backend's wait time for the set, ms.
+    /// Median over passes of the backend's wait time for the set, ms.
     pub measured_ms: f64,
+    /// Fastest and slowest pass, ms: the device's own spread on identical work.
+    pub measured_min_ms: f64,
+    pub measured_max_ms: f64,
     pub predicted_ms: f64,
     /// (predicted - measured) / measured.
     pub rel_err: f64,
@@ -255,46 +258,108 @@ pub fn random_mixed_set(
         .collect()
 }
 
-/// Measures `sets` random read sets (sizes 4 KiB..1 MiB, 64..1024 reads each) with `backend`, each `reps`
-/// times, and compares the median wait time with `model`'s prediction at `depth` (which should be the
-/// backend's queue depth).
+/// Validates `model` against measured reads. For each `(depth, backend)` (a backend opened with that queue
+/// depth) it draws `sets_per_depth` random read sets (64..=1024 reads of log-uniform sizes 4 KiB..1 MiB at
+/// unaligned offsets). Every set is read `passes` times; each pass runs all sets of all depths in a fresh
+/// random order, so that a drift of a shared device's speed spreads over all sets instead of biasing one
+/// depth. The measured time of a set is the median of its passes' wait times.
 pub fn validate(
-    backend: &mut dyn crate::io::ReadBackend,
+    backends: &mut [(usize, Box<dyn crate::io::ReadBackend>)],
     model: &CostModel,
     file_len: u64,
-    depth: usize,
-    sets: usize,
-    reps: usize,
+    sets_per_depth: usize,
+    passes: usize,
     seed: u64,
 ) -> Result<Vec<ValidationRow>> {
+    use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut buf = crate::io::AlignedBuf::new(0)?;
-    let mut rows = Vec::with_capacity(sets);
-    for set in 0..sets {
-        let n = rng.gen_range(64..=1024);
-        let reqs = random_mixed_set(&mut rng, file_len, n, 4096, 1 << 20);
-        buf.resize(reqs.iter().map(|r| r.len).sum())?;
-        let pred = model.predict(&reqs, depth)?;
-        let mut times = Vec::with_capacity(reps.max(1));
-        for _ in 0..reps.max(1) {
-            backend.reset_stats();
-            backend.read_batch(&reqs, &mut buf)?;
-            times.push(backend.stats().wait_ns as f64 / 1e6);
+    // (backend index, depth, requests, prediction)
+    let mut sets = Vec::new();
+    for (b, &(depth, _)) in backends.iter().enumerate() {
+        for _ in 0..sets_per_depth {
+            let n = rng.gen_range(64..=1024);
+            let reqs = random_mixed_set(&mut rng, file_len, n, 4096, 1 << 20);
+            let pred = model.predict(&reqs, depth)?;
+            sets.push((b, depth, reqs, pred));
         }
-        times.sort_by(f64::total_cmp);
-        let measured_ms = times[times.len() / 2];
-        let predicted_ms = pred.seconds * 1e3;
-        rows.push(ValidationRow {
-            set,
-            depth,
-            requests: reqs.len(),
-            reads: pred.reads,
-            bytes: pred.bytes,
-            measured_ms,
-            predicted_ms,
-            rel_err: (predicted_ms - measured_ms) / measured_ms,
-        });
     }
-    Ok(rows)
+    let most = sets.iter().map(|s| s.2.iter().map(|r| r.len).sum::<usize>()).max().unwrap_or(0);
+    let mut buf = crate::io::AlignedBuf::new(most)?;
+    // One unmeasured pass of large reads per backend: it faults the buffers in (so that no measured read
+    // waits for fresh pages) and brings the device to its sustained state, as the profile's warm-up does.
+    for (_, b) in backends.iter_mut() {
+        let warm = random_mixed_set(&mut rng, file_len, most / (1 << 20), 1 << 20, 1 << 20);
+        b.read_batch(&warm, &mut buf)?;
+    }
+    let mut times = vec![Vec::with_capacity(passes); sets.len()];
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    for _ in 0..passes.max(1) {
+        order.shuffle(&mut rng);
+        for &k in &order {
+            let (b, _, reqs, _) = &sets[k];
+            let backend = &mut backends[*b].1;
+            backend.reset_stats();
+            backend.read_batch(reqs, &mut buf)?;
+            times[k].push(backend.stats().wait_ns as f64 / 1e6);
+        }
+    }
+    Ok(sets
+        .iter()
+        .zip(times.iter_mut())
+        .enumerate()
+        .map(|(set, ((_, depth, reqs, pred), t))| {
+            t.sort_by(f64::total_cmp);
+            let measured_ms = t[t.len() / 2];
+            let predicted_ms = pred.seconds * 1e3;
+            ValidationRow {
+                set,
+                depth: *depth,
+                requests: reqs.len(),
+                reads: pred.reads,
+                bytes: pred.bytes,
+                measured_ms,
+                measured_min_ms: t[0],
+                measured_max_ms: t[t.len() - 1],
+                predicted_ms,
+                rel_err: (predicted_ms - measured_ms) / measured_ms,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+    use crate::io::profile::{run_profile, ProfileConfig, ScratchFile};
+    use crate::io::{open_backend, BackendKind, IoConfig};
+
+    #[test]
+    fn validation_runs_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ProfileConfig {
+            file_size: 32 << 20,
+            chunks: vec![4096, 1 << 20],
+            depths: vec![1, 8],
+            seconds_per_point: 0.02,
+            rounds: 1,
+            seed: 3,
+        };
+        let profile = run_profile(dir.path(), &cfg, &mut |_, _| {}).unwrap();
+        let model = CostModel::new(&profile, &IoConfig::default()).unwrap();
+        let f = ScratchFile::create(dir.path(), 32 << 20).unwrap();
+        let mut backends: Vec<(usize, Box<dyn crate::io::ReadBackend>)> = [1usize, 8]
+            .iter()
+            .map(|&d| {
+                let io = IoConfig { queue_depth: d, ..IoConfig::default() };
+                (d, open_backend(BackendKind::Uring, f.path(), &io).unwrap())
+            })
+            .collect();
+        let rows = validate(&mut backends, &model, f.len(), 2, 3, 9).unwrap();
+        assert_eq!(rows.len(), 4);
+        for r in &rows {
+            assert!(r.measured_min_ms <= r.measured_ms && r.measured_ms <= r.measured_max_ms);
+            assert!(r.predicted_ms > 0.0 && r.rel_err.is_finite(), "{r:?}");
+        }
+    }
 }

@@ -118,8 +118,12 @@ pub struct ProfileConfig {
     pub chunks: Vec<usize>,
     /// Queue depths. Default 1, 2, 4, ..., 64.
     pub depths: Vec<usize>,
-    /// Measuring time per point, after a short warm-up. Default 1 s.
+    /// Measuring time per point and round, after a short warm-up. Default 1 s.
     pub seconds_per_point: f64,
+    /// Rounds over the whole grid; a point's figures are the median of its rounds. Default 3. Rounds make the
+    /// profile robust to a shared or rate-limited device whose speed drifts, or that grants bursts after a
+    /// quieter spell (a token bucket): one round's outlier is outvoted.
+    pub rounds: usize,
     /// Seed of the random offsets. Default 42.
     pub seed: u64,
 }
@@ -131,6 +135,7 @@ impl Default for ProfileConfig {
             chunks: (12..=20).map(|k| 1usize << k).collect(),
             depths: (0..=6).map(|k| 1usize << k).collect(),
             seconds_per_point: 1.0,
+            rounds: 3,
             seed: 42,
         }
     }
@@ -157,6 +162,9 @@ impl ProfileConfig {
         }
         if !(self.seconds_per_point > 0.0 && self.seconds_per_point <= 600.0) {
             return bad(format!("seconds per point {} is not in (0, 600]", self.seconds_per_point));
+        }
+        if !(1..=100).contains(&self.rounds) {
+            return bad(format!("rounds {} is not in 1..=100", self.rounds));
         }
         Ok(self)
     }
@@ -232,17 +240,22 @@ impl DeviceProfile {
 
 /// Random reads of `chunk` bytes at random multiples of `offset_align` below `file_len - chunk`, `depth` in
 /// flight, for about `seconds`, through `backend` (which must not merge). Returns the stats of the measured
-/// part. Every read lands in a buffer of `2 * depth` chunks reused round-robin: the content is not looked at.
+/// part. The reads land round-robin in a buffer of `buffer_bytes` (at least `2 * depth` chunks); the content
+/// is not looked at. The buffer's size matters on some virtual machines, where concurrent reads into the
+/// same few pages are slower than into distinct memory: fio uses `depth` chunks, an engine reading neurons
+/// into their cache slots uses distinct memory.
+#[allow(clippy::too_many_arguments)]
 pub fn measure_random(
     backend: &mut dyn ReadBackend,
     file_len: u64,
     chunk: usize,
     offset_align: usize,
     depth: usize,
+    buffer_bytes: usize,
     seconds: f64,
     seed: u64,
 ) -> Result<IoStats> {
-    let slots = 2 * depth;
+    let slots = (buffer_bytes / chunk).max(2 * depth);
     let mut buf = AlignedBuf::with_align(slots * chunk, offset_align.clamp(512, 4096))?;
     let blocks = (file_len - chunk as u64) / offset_align as u64 + 1;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -271,34 +284,62 @@ pub fn measure_random(
     Ok(backend.stats().clone())
 }
 
-/// Measures every (chunk, depth) of `cfg` over a fresh scratch file in `dir`, calling `progress` after each
-/// point.
-pub fn run_profile(dir: &Path, cfg: &ProfileConfig, progress: &mut dyn FnMut(&ProfilePoint)) -> Result<DeviceProfile> {
+/// The profile reads into this much distinct memory, as an engine filling its neuron cache does.
+pub const PROFILE_BUFFER: usize = 256 << 20;
+
+/// Measures every (chunk, depth) of `cfg` over a fresh scratch file in `dir`, `cfg.rounds` times over the
+/// whole grid, and keeps per point the round with the median throughput. Calls `progress` after each
+/// measurement with the round number (0-based) and the measured point.
+pub fn run_profile(
+    dir: &Path,
+    cfg: &ProfileConfig,
+    progress: &mut dyn FnMut(usize, &ProfilePoint),
+) -> Result<DeviceProfile> {
     let cfg = cfg.clone().validated()?;
     let scratch = ScratchFile::create(dir, cfg.file_size)?;
     let align = 4096;
-    let mut points = Vec::new();
-    for &depth in &cfg.depths {
-        let io = IoConfig { merge: false, queue_depth: depth, ..IoConfig::default() }.validated()?;
-        let mut backend = UringBackend::new(scratch.path(), &io)?;
-        for &chunk in &cfg.chunks {
-            let seed = cfg.seed ^ ((chunk as u64) << 16) ^ depth as u64;
-            let s = measure_random(&mut backend, scratch.len(), chunk, align, depth, cfg.seconds_per_point, seed)?;
-            let seconds = s.wait_ns as f64 / 1e9;
-            let p = ProfilePoint {
-                chunk_bytes: chunk,
-                queue_depth: depth,
-                reads: s.reads,
-                bytes: s.bytes_read,
-                seconds,
-                mib_s: s.throughput_mib_s(),
-                iops: s.reads as f64 / seconds,
-                mean_latency_us: s.mean_latency_us(),
-            };
-            progress(&p);
-            points.push(p);
+    let grid: Vec<(usize, usize)> = cfg.depths.iter().flat_map(|&d| cfg.chunks.iter().map(move |&c| (d, c))).collect();
+    let mut rounds: Vec<Vec<ProfilePoint>> = vec![Vec::with_capacity(cfg.rounds); grid.len()];
+    for round in 0..cfg.rounds {
+        for &depth in &cfg.depths {
+            let io = IoConfig { merge: false, queue_depth: depth, ..IoConfig::default() }.validated()?;
+            let mut backend = UringBackend::new(scratch.path(), &io)?;
+            for &chunk in &cfg.chunks {
+                let seed = cfg.seed ^ ((chunk as u64) << 16) ^ ((round as u64) << 40) ^ depth as u64;
+                let s = measure_random(
+                    &mut backend,
+                    scratch.len(),
+                    chunk,
+                    align,
+                    depth,
+                    PROFILE_BUFFER,
+                    cfg.seconds_per_point,
+                    seed,
+                )?;
+                let seconds = s.wait_ns as f64 / 1e9;
+                let p = ProfilePoint {
+                    chunk_bytes: chunk,
+                    queue_depth: depth,
+                    reads: s.reads,
+                    bytes: s.bytes_read,
+                    seconds,
+                    mib_s: s.throughput_mib_s(),
+                    iops: s.reads as f64 / seconds,
+                    mean_latency_us: s.mean_latency_us(),
+                };
+                progress(round, &p);
+                let k = grid.iter().position(|&g| g == (depth, chunk)).expect("every measured point is in the grid");
+                rounds[k].push(p);
+            }
         }
     }
+    let points = rounds
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.mib_s.total_cmp(&b.mib_s));
+            r.swap_remove(r.len() / 2)
+        })
+        .collect();
     Ok(DeviceProfile {
         format: PROFILE_FORMAT.into(),
         version: PROFILE_VERSION,
@@ -346,9 +387,12 @@ mod tests {
             chunks: vec![4096, 65536],
             depths: vec![1, 4],
             seconds_per_point: 0.02,
+            rounds: 3,
             seed: 1,
         };
-        let p = run_profile(dir.path(), &cfg, &mut |_| {}).unwrap();
+        let mut calls = 0;
+        let p = run_profile(dir.path(), &cfg, &mut |_, _| calls += 1).unwrap();
+        assert_eq!(calls, 12);
         assert_eq!(p.points.len(), 4);
         assert!(p.points.iter().all(|q| q.reads > 0 && q.mib_s > 0.0 && q.mean_latency_us > 0.0));
         let f = dir.path().join("p.json");

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use spike_flash::cost::{validate, CostModel, ValidationRow};
+use spike_flash::cost::{validate, CostModel};
 use spike_flash::io::profile::{measure_random, ScratchFile};
 use spike_flash::io::{open_backend, BackendKind, IoConfig};
 
@@ -34,6 +34,9 @@ pub struct Args {
     /// Pool threads (default: --depth).
     #[arg(long)]
     threads: Option<usize>,
+    /// Destination memory the reads cycle through (default: 2 x depth blocks, about what fio uses).
+    #[arg(long, value_parser = parse_size)]
+    buffer: Option<u64>,
     /// Measuring time, seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -55,6 +58,9 @@ pub struct Args {
     /// Cost-model validation: random read sets per depth.
     #[arg(long, default_value_t = 30)]
     sets: usize,
+    /// Cost-model validation: passes over all sets (in a fresh random order each); a set's time is the median.
+    #[arg(long, default_value_t = 3)]
+    passes: usize,
     /// Cost-model validation: CSV of the per-set rows.
     #[arg(long, default_value = "results/device/cost-model-validation.csv")]
     csv: PathBuf,
@@ -105,7 +111,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let bs = usize::try_from(args.bs)?;
             anyhow::ensure!(bs > 0 && file_len >= 2 * args.bs, "--bs must be positive and at most half the file");
             let mut b = open_backend(args.backend, &path, &cfg)?;
-            let s = measure_random(b.as_mut(), file_len, bs, bs, args.depth, args.seconds, 0x5eed)
+            let buffer = args.buffer.map_or(2 * args.depth * bs, |b| b as usize);
+            let s = measure_random(b.as_mut(), file_len, bs, bs, args.depth, buffer, args.seconds, 0x5eed)
                 .with_context(|| format!("reading {}", path.display()))?;
             println!(
                 "io-bench: backend={} bs={} depth={} file={} file_bytes={} ({cache}) seconds={:.2} reads={} \
@@ -129,24 +136,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     path.display()
                 );
             }
-            let mut rows: Vec<ValidationRow> = Vec::new();
+            let model = CostModel::load(profile, &cfg)?;
+            let mut backends = Vec::new();
             for &depth in &args.depths {
                 let cfg = IoConfig { queue_depth: depth, threads: args.threads.unwrap_or(depth), ..cfg.clone() };
-                let model = CostModel::load(profile, &cfg)?;
-                let mut b = open_backend(args.backend, &path, &cfg)?;
-                let r = validate(b.as_mut(), &model, file_len, depth, args.sets, 1, 0xc057 + depth as u64)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let mut errs: Vec<f64> = r.iter().map(|x| x.rel_err.abs()).collect();
+                backends.push((depth, open_backend(args.backend, &path, &cfg)?));
+            }
+            let name = backends.first().map_or("none", |b| b.1.name());
+            let rows = validate(&mut backends, &model, file_len, args.sets, args.passes, 0xc057)
+                .with_context(|| format!("reading {}", path.display()))?;
+            for &depth in &args.depths {
+                let mut errs: Vec<f64> = rows.iter().filter(|r| r.depth == depth).map(|x| x.rel_err.abs()).collect();
+                let mut signed: Vec<f64> = rows.iter().filter(|r| r.depth == depth).map(|x| x.rel_err).collect();
                 let worst = errs.iter().copied().fold(0.0, f64::max);
                 println!(
-                    "io-bench cost model: backend={} depth={depth} sets={} ({cache}) median |error|={:.1}% worst={:.1}%",
-                    b.name(),
-                    r.len(),
+                    "io-bench cost model: backend={name} depth={depth} sets={} ({cache}) median |error|={:.1}% \
+                     worst={:.1}% median signed={:+.1}%",
+                    errs.len(),
                     100.0 * median(&mut errs),
-                    100.0 * worst
+                    100.0 * worst,
+                    100.0 * median(&mut signed)
                 );
-                rows.extend(r);
             }
+            let mut spread: Vec<f64> = rows.iter().map(|r| r.measured_max_ms / r.measured_min_ms - 1.0).collect();
+            println!(
+                "io-bench cost model: the device's own spread (slowest / fastest of {} passes of the same set, \
+                 median over sets): {:.1}%",
+                args.passes,
+                100.0 * median(&mut spread)
+            );
             let mut errs: Vec<f64> = rows.iter().map(|x| x.rel_err.abs()).collect();
             let worst = errs.iter().copied().fold(0.0, f64::max);
             let mut signed: Vec<f64> = rows.iter().map(|x| x.rel_err).collect();

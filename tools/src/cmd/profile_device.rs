@@ -23,9 +23,12 @@ pub struct Args {
     /// Queue depths, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
     depths: Vec<usize>,
-    /// Measuring time per (chunk, depth) point, seconds.
+    /// Measuring time per (chunk, depth) point and round, seconds.
     #[arg(long, default_value_t = 1.0)]
     seconds_per_point: f64,
+    /// Rounds over the whole grid; each point keeps the median of its rounds (robust to a drifting device).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Output folder for device-profile.{json,csv,png,svg}.
     #[arg(long, default_value = "results/device")]
     out: PathBuf,
@@ -137,20 +140,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         chunks: args.chunks.iter().map(|&c| c as usize).collect(),
         depths: args.depths.clone(),
         seconds_per_point: args.seconds_per_point,
+        rounds: args.rounds,
         ..ProfileConfig::default()
     }
     .validated()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     eprintln!(
-        "profile-device: {} scratch file in {}, {} points of {} s (O_DIRECT, io_uring: the page cache is not used)",
+        "profile-device: {} scratch file in {}, {} rounds of {} points of {} s \
+         (O_DIRECT, io_uring: the page cache is not used)",
         experiments::chart::binary_label(cfg.file_size as f64),
         args.dir.display(),
+        cfg.rounds,
         cfg.chunks.len() * cfg.depths.len(),
         cfg.seconds_per_point
     );
-    let profile = run_profile(&args.dir, &cfg, &mut |q| {
+    let profile = run_profile(&args.dir, &cfg, &mut |round, q| {
         eprintln!(
-            "  chunk {:>5}  depth {:>3}  {:>8.1} MiB/s  {:>9.0} IOPS  {:>8.1} us",
+            "  round {round}  chunk {:>5}  depth {:>3}  {:>8.1} MiB/s  {:>9.0} IOPS  {:>8.1} us",
             experiments::chart::binary_label(q.chunk_bytes as f64),
             q.queue_depth,
             q.mib_s,
