@@ -31,6 +31,11 @@ pub struct IoConfig {
     /// io_uring: reads in flight at once. Default 32 (the paper's thread count; throughput has flattened by
     /// then on the reference device).
     pub queue_depth: usize,
+    /// io_uring: reads handed to the kernel per `io_uring_enter`. Default 1. On the virtio disk of the
+    /// reference machine, 32 reads submitted in one call reach the device as one batch and complete as a
+    /// convoy, so the queue empties and refills in waves: one call per read kept 4 KiB random reads at depth
+    /// 32 about 15% faster (and level with fio), at the price of one system call per read.
+    pub submit_batch: usize,
     /// io_uring: completions to wait for before the queue is topped up again; 1 keeps it fullest. Default 1.
     pub complete_batch: usize,
     /// io_uring: register the file with the ring (saves a file-table lookup per read). Default true.
@@ -51,6 +56,7 @@ impl Default for IoConfig {
             direct: true,
             queue_depth: 32,
             complete_batch: 1,
+            submit_batch: 1,
             register_file: true,
             force_fallback: false,
             threads: 32,
@@ -74,6 +80,9 @@ impl IoConfig {
         if !(1..=4096).contains(&self.queue_depth) {
             return bad(format!("io queue_depth {} is not in 1..=4096", self.queue_depth));
         }
+        if self.submit_batch == 0 || self.submit_batch > self.queue_depth {
+            return bad(format!("io submit_batch {} is not in 1..=queue_depth", self.submit_batch));
+        }
         if self.complete_batch == 0 || self.complete_batch > self.queue_depth {
             return bad(format!("io complete_batch {} is not in 1..=queue_depth", self.complete_batch));
         }
@@ -96,6 +105,7 @@ mod tests {
         let e = IoConfig { queue_depth: 0, ..IoConfig::default() }.validated().unwrap_err().to_string();
         assert!(e.contains("queue_depth"), "{e}");
         assert!(IoConfig { complete_batch: 64, ..IoConfig::default() }.validated().is_err());
+        assert!(IoConfig { submit_batch: 0, ..IoConfig::default() }.validated().is_err());
         assert!(IoConfig { threads: 0, ..IoConfig::default() }.validated().is_err());
         assert!(IoConfig { max_gap: 1 << 21, ..IoConfig::default() }.validated().is_err());
     }

@@ -110,9 +110,11 @@ impl Plan {
                 self.order.push(i);
             }
         }
-        // Already sorted is the common case (a layer's neurons in file order); sort_by_key is stable and
-        // linear on sorted input.
-        self.order.sort_by_key(|&i| reqs[i].offset);
+        // Merging needs file order. Already sorted is the common case (a layer's neurons in file order), and
+        // sort_by_key is stable and linear on sorted input. Without merging the caller's order is kept.
+        if cfg.merge {
+            self.order.sort_by_key(|&i| reqs[i].offset);
+        }
 
         let align = cfg.align as u64;
         let down = |x: u64| x & !(align - 1);

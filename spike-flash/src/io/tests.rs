@@ -104,7 +104,7 @@ fn uring_reads_exact_bytes_at_all_depths() {
             exercise(&mut b, 100 + c as u64 * 10 + qd as u64, 6);
         }
     }
-    let cfg = IoConfig { complete_batch: 8, register_file: false, ..IoConfig::default() };
+    let cfg = IoConfig { complete_batch: 8, submit_batch: 32, register_file: false, ..IoConfig::default() };
     exercise(&mut UringBackend::new(f.path(), &cfg).unwrap(), 7, 6);
 }
 

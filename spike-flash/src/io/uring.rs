@@ -1,8 +1,9 @@
 //! [`UringBackend`]: batched reads through io_uring, O_DIRECT by default.
 //!
 //! One ring per backend. A batch's device reads are pushed into the submission queue up to
-//! [`IoConfig::queue_depth`] at a time; each completion frees a slot that is refilled at once (after
-//! [`IoConfig::complete_batch`] completions), so the device sees a full queue until the batch runs out.
+//! [`IoConfig::queue_depth`] at a time and handed to the kernel [`IoConfig::submit_batch`] at a time; each
+//! completion frees a slot that is refilled at once (after [`IoConfig::complete_batch`] completions), so the
+//! device sees a full queue until the batch runs out.
 //! `user_data` is the index of the span in the batch's plan, which doubles as the slab of in-flight reads.
 //! Memory a read targets (the caller's buffer or the backend's scratch) is borrowed for the whole call and
 //! every submitted read is reaped before `read_batch` returns, on error too.
@@ -159,11 +160,18 @@ impl UringBackend {
             }
             if first_err.is_none() {
                 let now = Instant::now();
+                let mut pushed = 0;
                 while inflight < qd && next < n {
                     self.slots[next].submitted = Some(now);
                     self.push(next);
                     next += 1;
                     inflight += 1;
+                    pushed += 1;
+                    if pushed % self.cfg.submit_batch == 0 && inflight < qd && next < n {
+                        // An error here leaves the entries queued; the `submit_and_wait` below submits them
+                        // again and handles its error.
+                        let _ = self.ring.submit();
+                    }
                 }
             }
             if inflight == 0 {

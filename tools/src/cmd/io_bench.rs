@@ -43,6 +43,9 @@ pub struct Args {
     /// io_uring: completions reaped before the queue is refilled.
     #[arg(long, default_value_t = 1)]
     complete_batch: usize,
+    /// io_uring: reads handed to the kernel per system call.
+    #[arg(long, default_value_t = 1)]
+    submit_batch: usize,
     /// io_uring: do not register the file with the ring.
     #[arg(long)]
     no_register_file: bool,
@@ -100,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         queue_depth: args.depth,
         threads: args.threads.unwrap_or(args.depth),
         complete_batch: args.complete_batch,
+        submit_batch: args.submit_batch,
         register_file: !args.no_register_file,
         direct: !args.buffered,
         ..IoConfig::default()
