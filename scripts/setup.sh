@@ -13,6 +13,14 @@ if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1
     echo "setup: installing python3 and pip with apt-get"
     apt-get update -qq && apt-get install -y -qq python3 python3-pip
 fi
+# Charts need a TrueType font (plotters draws text with ab_glyph); fio is the yardstick of scripts/io-vs-fio.sh.
+need_apt=()
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+command -v fio >/dev/null || need_apt+=(fio)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${need_apt[*]}"
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
 # The reference test reads the model with llama.cpp's own GGUF package and runs a NumPy forward pass.
 python3 -c 'import gguf, numpy' 2>/dev/null || { echo "setup: pip install gguf numpy"; pip_install gguf numpy; }
 

@@ -50,6 +50,16 @@ pub enum Error {
     #[error("fetching the default model: {0}")]
     Fetch(String),
 
+    /// A read of `length` bytes at `offset` failed, came back short, or lies past the end of the file.
+    #[error("{}: read of {length} bytes at offset {offset}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        offset: u64,
+        length: u64,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// An argument or configuration value is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),

@@ -39,6 +39,10 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Write a random-weight Hugging Face checkpoint (OPT or Llama) of any shape, paper scale included.
     Synth(cmd::synth::Args),
+    /// Random-read throughput and latency of the device per chunk size and queue depth (O_DIRECT, io_uring).
+    ProfileDevice(cmd::profile_device::Args),
+    /// Random-read throughput of an I/O backend, or the cost model's error against measured reads.
+    IoBench(cmd::io_bench::Args),
 }
 
 fn parse_precision(s: &str) -> Result<ActPrecision, String> {
@@ -58,6 +62,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::ProfileDevice(a) => cmd::profile_device::run(a),
+        Command::IoBench(a) => cmd::io_bench::run(a),
     }
 }
 

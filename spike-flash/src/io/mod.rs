@@ -1,8 +1,43 @@
-//! I/O: file mapping now; the flash read backends later.
+//! I/O: file mapping, and the flash read backends behind one object-safe trait.
+//!
+//! A caller hands a backend a list of *logical* reads ([`ReadReq`]: any offset, any length, a destination in
+//! its [`AlignedBuf`]). The backend plans *device* reads (module [`plan`]): requests sorted by offset,
+//! neighbours merged when the gap between their aligned spans is at most [`IoConfig::max_gap`], spans rounded
+//! out to [`IoConfig::align`]. Each device read lands straight in the caller's buffer when it is exactly one
+//! aligned request with an aligned destination, else in the backend's scratch buffer, from which the logical
+//! requests are copied. Every backend counts the same [`IoStats`].
+//!
+//! Backends: [`UringBackend`] (io_uring, O_DIRECT), [`PoolBackend`] (threads doing `pread`, O_DIRECT),
+//! [`MmapBackend`] (copies out of the page cache, the naive baseline), and for tests [`MemBackend`] (in
+//! memory, counting) and [`FaultyBackend`] (fails chosen requests). `unsafe` in this crate lives in this
+//! module only.
+
+mod buf;
+mod config;
+mod mmap;
+pub mod plan;
+mod pool;
+pub mod profile;
+mod stats;
+mod testing;
+mod uring;
+
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use buf::{AlignedBuf, DEFAULT_ALIGN};
+pub use config::{IoConfig, MAX_READ};
+pub use mmap::MmapBackend;
+pub use pool::PoolBackend;
+pub use stats::{IoStats, HIST_BUCKETS};
+pub use testing::{Fault, FaultyBackend, MemBackend};
+pub use uring::UringBackend;
 
 use crate::{Error, Result};
-use std::fs::File;
-use std::path::Path;
 
 /// Memory-maps the whole file at `path` read-only.
 ///
@@ -18,3 +53,143 @@ pub fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(map)
 }
+
+/// One logical read: `len` bytes at file `offset`, to be placed at byte `dst` of the caller's buffer.
+/// Offsets and lengths need not be aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReadReq {
+    pub offset: u64,
+    pub len: usize,
+    pub dst: usize,
+}
+
+/// A batched reader of one file. Object safe: engines hold a `Box<dyn ReadBackend>`.
+pub trait ReadBackend: Send {
+    /// Short name: `uring`, `pool`, `mmap`, `mem`, `faulty`.
+    fn name(&self) -> &'static str;
+
+    /// The file read (named in errors).
+    fn path(&self) -> &Path;
+
+    /// Reads every request into `buf` at its `dst`, returning when all have arrived. A request past the end of
+    /// the file, a short read or an OS error is an [`Error::Read`] naming the file, offset and length; on
+    /// error the content of `buf` is unspecified (but no read into it is still in flight).
+    fn read_batch(&mut self, reqs: &[ReadReq], buf: &mut AlignedBuf) -> Result<()>;
+
+    /// Counters since opening or the last reset.
+    fn stats(&self) -> &IoStats;
+
+    /// Zeroes the counters.
+    fn reset_stats(&mut self);
+}
+
+/// Which backend [`open_backend`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Uring,
+    Pool,
+    Mmap,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [BackendKind::Uring, BackendKind::Pool, BackendKind::Mmap];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Uring => "uring",
+            BackendKind::Pool => "pool",
+            BackendKind::Mmap => "mmap",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| Error::Invalid(format!("unknown I/O backend `{s}` (expected uring, pool or mmap)")))
+    }
+}
+
+static FALLBACK_SAID: AtomicBool = AtomicBool::new(false);
+
+/// Opens a backend of `kind` over the file at `path` with a validated copy of `cfg`.
+///
+/// If the kernel refuses io_uring (ring setup fails: old kernel, seccomp, `kernel.io_uring_disabled`), or
+/// `cfg.force_fallback` is set, `Uring` falls back to the thread pool and says why on stderr, once per process.
+pub fn open_backend(kind: BackendKind, path: &Path, cfg: &IoConfig) -> Result<Box<dyn ReadBackend>> {
+    let cfg = cfg.clone().validated()?;
+    Ok(match kind {
+        BackendKind::Uring => match UringBackend::open(path, &cfg) {
+            Ok(b) => Box::new(b),
+            Err(uring::OpenError::Refused(reason)) => {
+                if !FALLBACK_SAID.swap(true, Ordering::Relaxed) {
+                    eprintln!("spike: io_uring unavailable ({reason}); using the pread thread pool instead");
+                }
+                Box::new(PoolBackend::open(path, &cfg)?)
+            }
+            Err(uring::OpenError::Other(e)) => return Err(e),
+        },
+        BackendKind::Pool => Box::new(PoolBackend::open(path, &cfg)?),
+        BackendKind::Mmap => Box::new(MmapBackend::open(path, &cfg)?),
+    })
+}
+
+/// Opens `path` read-only, with O_DIRECT when `direct`, and returns it with its length.
+fn open_read(path: &Path, direct: bool) -> Result<(File, u64)> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    let file = opts.open(path).map_err(|e| {
+        let hint = if direct && e.raw_os_error() == Some(libc::EINVAL) {
+            " (the file system refuses O_DIRECT; run without direct I/O, which uses the page cache)"
+        } else {
+            ""
+        };
+        Error::io(path, std::io::Error::new(e.kind(), format!("opening for reading: {e}{hint}")))
+    })?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    Ok((file, len))
+}
+
+/// The error for a device read that failed or came back short.
+fn read_error(path: &Path, offset: u64, length: usize, source: std::io::Error) -> Error {
+    Error::Read { path: path.to_path_buf(), offset, length: length as u64, source }
+}
+
+/// `pread`s into `dst` from `offset` until at least `need` bytes have arrived. `dst.len()` is the aligned
+/// length asked of the device; a read may end early only at the end of the file, and only past `need`.
+fn pread_span(file: &File, path: &Path, offset: u64, dst: &mut [u8], need: usize) -> Result<()> {
+    let mut got = 0;
+    while got < need {
+        match file.read_at(&mut dst[got..], offset + got as u64) {
+            Ok(0) => {
+                let msg = format!("short read: {got} of {need} bytes, then end of file");
+                return Err(read_error(
+                    path,
+                    offset,
+                    dst.len(),
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, msg),
+                ));
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error(path, offset, dst.len(), e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -3,7 +3,9 @@
 pub mod bench;
 pub mod fetch_model;
 pub mod generate;
+pub mod io_bench;
 pub mod perplexity;
+pub mod profile_device;
 pub mod synth;
 
 use std::path::{Path, PathBuf};

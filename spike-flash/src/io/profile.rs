@@ -1,0 +1,409 @@
+//! The device profiler: random O_DIRECT reads through io_uring over a scratch file, throughput and mean
+//! latency per (chunk size, queue depth). This is the curve of the paper's Figure 2b for this machine, and
+//! the table the cost model reads.
+//!
+//! The scratch file is created with `O_TMPFILE` in the chosen folder, so it never has a name: the kernel frees
+//! it when the process exits, however it exits (error, Ctrl-C, kill). Where `O_TMPFILE` is unsupported the
+//! file is created under a name and unlinked at once, leaving a window of one system call.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::{AlignedBuf, IoConfig, IoStats, ReadBackend, ReadReq, UringBackend};
+use crate::{Error, Result};
+
+/// The byte the scratch files hold at `offset`: never zero, different from block to block, so a read that
+/// returned zeros or the wrong block is caught.
+pub fn pattern_byte(offset: u64) -> u8 {
+    (splitmix64(offset >> 3) >> ((offset & 7) * 8)) as u8 | 1
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Fills `out` with [`pattern_byte`] of `offset..offset + out.len()`.
+pub fn fill_pattern(offset: u64, out: &mut [u8]) {
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = pattern_byte(offset + i as u64);
+    }
+}
+
+/// An unnamed file of pattern bytes that vanishes with the process (see the module documentation).
+pub struct ScratchFile {
+    file: File,
+    /// `/proc/self/fd/N`: a path through which the file can be opened again, with O_DIRECT.
+    path: PathBuf,
+    dir: PathBuf,
+    len: u64,
+}
+
+impl ScratchFile {
+    /// Creates a file of `len` [`pattern_byte`]s in `dir`, fsynced and dropped from the page cache.
+    pub fn create(dir: &Path, len: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let file = match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).open(dir) {
+            Ok(f) => f,
+            Err(_) => {
+                let named = dir.join(format!(".spike-scratch-{}", std::process::id()));
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&named)
+                    .map_err(|e| Error::io(&named, e))?;
+                std::fs::remove_file(&named).map_err(|e| Error::io(&named, e))?;
+                f
+            }
+        };
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let chunk = 8 << 20;
+        let mut block = vec![0u8; chunk];
+        let mut at = 0u64;
+        while at < len {
+            let n = chunk.min((len - at) as usize);
+            fill_pattern(at, &mut block[..n]);
+            file.write_all_at(&block[..n], at).map_err(|e| Error::io(dir, e))?;
+            at += n as u64;
+        }
+        file.sync_all().map_err(|e| Error::io(dir, e))?;
+        // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is open for the whole call.
+        // Dropping the cached pages is a courtesy (O_DIRECT reads bypass them anyway), so its result is ignored.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        Ok(ScratchFile { file, path, dir: dir.to_path_buf(), len })
+    }
+
+    /// A path that opens this file (valid while `self` lives, in this process only).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The folder it lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// What to measure. Build with `ProfileConfig { .., ..ProfileConfig::default() }`, check with
+/// [`ProfileConfig::validated`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileConfig {
+    /// Size of the scratch file. Default 2 GiB: large enough that the device's own cache does not serve the
+    /// random reads.
+    pub file_size: u64,
+    /// Chunk sizes in bytes, multiples of 4096. Default 4 KiB, 8 KiB, ..., 1 MiB.
+    pub chunks: Vec<usize>,
+    /// Queue depths. Default 1, 2, 4, ..., 64.
+    pub depths: Vec<usize>,
+    /// Measuring time per point and round, after a short warm-up. Default 1 s.
+    pub seconds_per_point: f64,
+    /// Rounds over the whole grid; a point's figures are the median of its rounds. Default 3. Rounds make the
+    /// profile robust to a shared or rate-limited device whose speed drifts, or that grants bursts after a
+    /// quieter spell (a token bucket): one round's outlier is outvoted.
+    pub rounds: usize,
+    /// Seed of the random offsets. Default 42.
+    pub seed: u64,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            file_size: 2 << 30,
+            chunks: (12..=20).map(|k| 1usize << k).collect(),
+            depths: (0..=6).map(|k| 1usize << k).collect(),
+            seconds_per_point: 1.0,
+            rounds: 3,
+            seed: 42,
+        }
+    }
+}
+
+impl ProfileConfig {
+    pub fn validated(self) -> Result<Self> {
+        let bad = |w: String| Err(Error::Invalid(w));
+        if self.chunks.is_empty() || self.depths.is_empty() {
+            return bad("the profile needs at least one chunk size and one queue depth".into());
+        }
+        if let Some(c) = self.chunks.iter().find(|&&c| c == 0 || c % 4096 != 0 || c > (64 << 20)) {
+            return bad(format!("chunk size {c} is not a multiple of 4096 in 4 KiB..=64 MiB"));
+        }
+        if let Some(d) = self.depths.iter().find(|&&d| d == 0 || d > 1024) {
+            return bad(format!("queue depth {d} is not in 1..=1024"));
+        }
+        let max_chunk = *self.chunks.iter().max().expect("checked non-empty") as u64;
+        if self.file_size < 16 * max_chunk || !self.file_size.is_multiple_of(4096) {
+            return bad(format!(
+                "file size {} is not a multiple of 4096 of at least 16 times the largest chunk",
+                self.file_size
+            ));
+        }
+        if !(self.seconds_per_point > 0.0 && self.seconds_per_point <= 600.0) {
+            return bad(format!("seconds per point {} is not in (0, 600]", self.seconds_per_point));
+        }
+        if !(1..=100).contains(&self.rounds) {
+            return bad(format!("rounds {} is not in 1..=100", self.rounds));
+        }
+        Ok(self)
+    }
+}
+
+/// One measured point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfilePoint {
+    pub chunk_bytes: usize,
+    pub queue_depth: usize,
+    pub reads: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Throughput, MiB/s.
+    pub mib_s: f64,
+    pub iops: f64,
+    /// Mean time from submission to completion of one read, microseconds.
+    pub mean_latency_us: f64,
+}
+
+/// A device profile: where and how it was measured, and the points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceProfile {
+    /// Always `"spike-device-profile"`.
+    pub format: String,
+    pub version: u32,
+    /// The folder the scratch file lived in (so, the file system and device measured).
+    pub dir: String,
+    pub file_size: u64,
+    /// Always `"uring"` with `direct: true` for profiles made by [`run_profile`]: reads bypassed the page cache.
+    pub backend: String,
+    pub direct: bool,
+    /// Offsets were random multiples of this.
+    pub offset_align: usize,
+    pub kernel: String,
+    pub created_unix: u64,
+    pub points: Vec<ProfilePoint>,
+}
+
+pub const PROFILE_FORMAT: &str = "spike-device-profile";
+pub const PROFILE_VERSION: u32 = 1;
+
+impl DeviceProfile {
+    /// Reads a profile written by [`DeviceProfile::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let p: DeviceProfile = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: not a device profile: {e}", path.display())))?;
+        if p.format != PROFILE_FORMAT || p.version != PROFILE_VERSION {
+            return Err(Error::Invalid(format!(
+                "{}: format {:?} version {} (expected {PROFILE_FORMAT:?} version {PROFILE_VERSION})",
+                path.display(),
+                p.format,
+                p.version
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Writes the profile as pretty JSON.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(format!("profile to JSON: {e}")))?;
+        let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+        f.write_all(text.as_bytes()).and_then(|_| f.write_all(b"\n")).map_err(|e| Error::io(path, e))?;
+        Ok(())
+    }
+
+    /// The point measured at exactly this chunk size and depth.
+    pub fn point(&self, chunk_bytes: usize, queue_depth: usize) -> Option<&ProfilePoint> {
+        self.points.iter().find(|p| p.chunk_bytes == chunk_bytes && p.queue_depth == queue_depth)
+    }
+}
+
+/// Random reads of `chunk` bytes at random multiples of `offset_align` below `file_len - chunk`, `depth` in
+/// flight, for about `seconds`, through `backend` (which must not merge). Returns the stats of the measured
+/// part. The reads land round-robin in a buffer of `buffer_bytes` (at least `2 * depth` chunks); the content
+/// is not looked at. The buffer's size matters on some virtual machines, where concurrent reads into the
+/// same few pages are slower than into distinct memory: fio uses `depth` chunks, an engine reading neurons
+/// into their cache slots uses distinct memory.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_random(
+    backend: &mut dyn ReadBackend,
+    file_len: u64,
+    chunk: usize,
+    offset_align: usize,
+    depth: usize,
+    buffer_bytes: usize,
+    seconds: f64,
+    seed: u64,
+) -> Result<IoStats> {
+    let slots = (buffer_bytes / chunk).max(2 * depth);
+    let mut buf = AlignedBuf::with_align(slots * chunk, offset_align.clamp(512, 4096))?;
+    let blocks = (file_len - chunk as u64) / offset_align as u64 + 1;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut reqs = Vec::new();
+    let mut batch = |backend: &mut dyn ReadBackend, n: usize| {
+        reqs.clear();
+        reqs.extend((0..n).map(|i| ReadReq {
+            offset: rng.gen_range(0..blocks) * offset_align as u64,
+            len: chunk,
+            dst: (i % slots) * chunk,
+        }));
+        backend.read_batch(&reqs, &mut buf)
+    };
+    // The warm-up also sizes the batches: about 100 ms each, so that the queue draining at the end of a batch
+    // (one read's latency, under a millisecond) costs well under 1% of the measured time.
+    let warm = (16 * depth).max(64);
+    let t = Instant::now();
+    batch(backend, warm)?;
+    let rate = warm as f64 / t.elapsed().as_secs_f64().max(1e-6);
+    let per_batch = ((rate * 0.1) as usize).clamp(16 * depth, 1 << 16);
+    backend.reset_stats();
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < seconds {
+        batch(backend, per_batch)?;
+    }
+    Ok(backend.stats().clone())
+}
+
+/// The profile reads into this much distinct memory, as an engine filling its neuron cache does.
+pub const PROFILE_BUFFER: usize = 256 << 20;
+
+/// Measures every (chunk, depth) of `cfg` over a fresh scratch file in `dir`, `cfg.rounds` times over the
+/// whole grid, and keeps per point the round with the median throughput. Calls `progress` after each
+/// measurement with the round number (0-based) and the measured point.
+pub fn run_profile(
+    dir: &Path,
+    cfg: &ProfileConfig,
+    progress: &mut dyn FnMut(usize, &ProfilePoint),
+) -> Result<DeviceProfile> {
+    let cfg = cfg.clone().validated()?;
+    let scratch = ScratchFile::create(dir, cfg.file_size)?;
+    let align = 4096;
+    let grid: Vec<(usize, usize)> = cfg.depths.iter().flat_map(|&d| cfg.chunks.iter().map(move |&c| (d, c))).collect();
+    let mut rounds: Vec<Vec<ProfilePoint>> = vec![Vec::with_capacity(cfg.rounds); grid.len()];
+    for round in 0..cfg.rounds {
+        for &depth in &cfg.depths {
+            let io = IoConfig { merge: false, queue_depth: depth, ..IoConfig::default() }.validated()?;
+            let mut backend = UringBackend::new(scratch.path(), &io)?;
+            for &chunk in &cfg.chunks {
+                let seed = cfg.seed ^ ((chunk as u64) << 16) ^ ((round as u64) << 40) ^ depth as u64;
+                let s = measure_random(
+                    &mut backend,
+                    scratch.len(),
+                    chunk,
+                    align,
+                    depth,
+                    PROFILE_BUFFER,
+                    cfg.seconds_per_point,
+                    seed,
+                )?;
+                let seconds = s.wait_ns as f64 / 1e9;
+                let p = ProfilePoint {
+                    chunk_bytes: chunk,
+                    queue_depth: depth,
+                    reads: s.reads,
+                    bytes: s.bytes_read,
+                    seconds,
+                    mib_s: s.throughput_mib_s(),
+                    iops: s.reads as f64 / seconds,
+                    mean_latency_us: s.mean_latency_us(),
+                };
+                progress(round, &p);
+                let k = grid.iter().position(|&g| g == (depth, chunk)).expect("every measured point is in the grid");
+                rounds[k].push(p);
+            }
+        }
+    }
+    let points = rounds
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| a.mib_s.total_cmp(&b.mib_s));
+            r.swap_remove(r.len() / 2)
+        })
+        .collect();
+    Ok(DeviceProfile {
+        format: PROFILE_FORMAT.into(),
+        version: PROFILE_VERSION,
+        dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()).display().to_string(),
+        file_size: cfg.file_size,
+        backend: "uring".into(),
+        direct: true,
+        offset_align: align,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        points,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_nonzero_and_varies() {
+        let mut v = vec![0u8; 8192];
+        fill_pattern(4096, &mut v);
+        assert!(v.iter().all(|&b| b != 0));
+        assert_eq!(v[5], pattern_byte(4101));
+        let mut w = vec![0u8; 8192];
+        fill_pattern(0, &mut w);
+        assert_ne!(v[..4096], w[..4096]);
+    }
+
+    #[test]
+    fn scratch_file_is_unnamed_and_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ScratchFile::create(dir.path(), 1 << 20).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the scratch file has no name");
+        let data = std::fs::read(s.path()).unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        assert_eq!(data[12345], pattern_byte(12345));
+    }
+
+    #[test]
+    fn tiny_profile_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ProfileConfig {
+            file_size: 4 << 20,
+            chunks: vec![4096, 65536],
+            depths: vec![1, 4],
+            seconds_per_point: 0.02,
+            rounds: 3,
+            seed: 1,
+        };
+        let mut calls = 0;
+        let p = run_profile(dir.path(), &cfg, &mut |_, _| calls += 1).unwrap();
+        assert_eq!(calls, 12);
+        assert_eq!(p.points.len(), 4);
+        assert!(p.points.iter().all(|q| q.reads > 0 && q.mib_s > 0.0 && q.mean_latency_us > 0.0));
+        let f = dir.path().join("p.json");
+        p.save(&f).unwrap();
+        // serde_json parses floats to within an ulp or so, not always bit for bit.
+        let q = DeviceProfile::load(&f).unwrap();
+        assert_eq!(q.points.len(), p.points.len());
+        for (a, b) in p.points.iter().zip(&q.points) {
+            assert_eq!((a.chunk_bytes, a.queue_depth, a.reads), (b.chunk_bytes, b.queue_depth, b.reads));
+            assert!((a.mib_s - b.mib_s).abs() <= 1e-9 * a.mib_s);
+        }
+        assert!(p.point(65536, 4).is_some());
+    }
+}

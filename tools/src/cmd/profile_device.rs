@@ -1,0 +1,195 @@
+//! `spike profile-device`: random O_DIRECT reads through io_uring over a scratch file in `--dir`, throughput and
+//! mean latency per (chunk size, queue depth); writes device-profile.json and .csv and draws the chart.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use experiments::chart::{LineChart, Series};
+use spike_flash::io::profile::{run_profile, DeviceProfile, ProfileConfig};
+
+/// Arguments of `spike profile-device`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Folder on the file system to profile (where the layout will live); the scratch file is created there
+    /// without a name and vanishes when the command ends, however it ends.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Size of the scratch file (K, M, G suffixes are powers of 1024).
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    file_size: u64,
+    /// Chunk sizes, comma separated, multiples of 4K.
+    #[arg(long, value_delimiter = ',', default_value = "4K,8K,16K,32K,64K,128K,256K,512K,1M", value_parser = parse_size)]
+    chunks: Vec<u64>,
+    /// Queue depths, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    depths: Vec<usize>,
+    /// Measuring time per (chunk, depth) point and round, seconds.
+    #[arg(long, default_value_t = 1.0)]
+    seconds_per_point: f64,
+    /// Rounds over the whole grid; each point keeps the median of its rounds (robust to a drifting device).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Output folder for device-profile.{json,csv,png,svg}.
+    #[arg(long, default_value = "results/device")]
+    out: PathBuf,
+}
+
+/// Parses a byte size: a number with an optional K/M/G/T suffix (binary, `KiB`/`KB`/`K` alike).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let num: f64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 4K, 1M, 2GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("`{s}`: unknown size unit `{unit}`")),
+    };
+    let v = num * mult as f64;
+    if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0) {
+        return Err(format!("`{s}` is not a whole number of bytes"));
+    }
+    Ok(v as u64)
+}
+
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    chunk_bytes: usize,
+    queue_depth: usize,
+    reads: u64,
+    bytes: u64,
+    seconds: f64,
+    mib_s: f64,
+    iops: f64,
+    mean_latency_us: f64,
+    backend: &'a str,
+    direct: bool,
+    dir: &'a str,
+    kernel: &'a str,
+}
+
+/// Writes the profile's CSV (long format, one row per point).
+pub fn write_csv(p: &DeviceProfile, path: &std::path::Path) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
+    for q in &p.points {
+        w.serialize(Row {
+            chunk_bytes: q.chunk_bytes,
+            queue_depth: q.queue_depth,
+            reads: q.reads,
+            bytes: q.bytes,
+            seconds: q.seconds,
+            mib_s: q.mib_s,
+            iops: q.iops,
+            mean_latency_us: q.mean_latency_us,
+            backend: &p.backend,
+            direct: p.direct,
+            dir: &p.dir,
+            kernel: &p.kernel,
+        })
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Draws throughput and latency against chunk size, one line per queue depth.
+pub fn draw(p: &DeviceProfile, out: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut depths: Vec<usize> = p.points.iter().map(|q| q.queue_depth).collect();
+    depths.sort_unstable();
+    depths.dedup();
+    let series = |f: fn(&spike_flash::io::profile::ProfilePoint) -> f64| -> Vec<Series> {
+        depths
+            .iter()
+            .map(|&d| Series {
+                label: format!("queue depth {d}"),
+                points: p.points.iter().filter(|q| q.queue_depth == d).map(|q| (q.chunk_bytes as f64, f(q))).collect(),
+            })
+            .collect()
+    };
+    let mut written = Vec::new();
+    let charts = [
+        ("device-profile", "Random O_DIRECT reads (io_uring): throughput", "MiB/s", series(|q| q.mib_s)),
+        (
+            "device-latency",
+            "Random O_DIRECT reads (io_uring): mean latency",
+            "microseconds",
+            series(|q| q.mean_latency_us),
+        ),
+    ];
+    for (name, title, y, s) in charts {
+        let chart = LineChart {
+            title: format!("{title} ({})", p.dir),
+            x_label: "chunk size (bytes, log2 scale)".into(),
+            y_label: y.into(),
+            log2_x: true,
+            series: s,
+        };
+        let (png, svg) = (out.join(format!("{name}.png")), out.join(format!("{name}.svg")));
+        chart.write(&png, &svg).with_context(|| format!("drawing {}", png.display()))?;
+        written.extend([png, svg]);
+    }
+    Ok(written)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = ProfileConfig {
+        file_size: args.file_size,
+        chunks: args.chunks.iter().map(|&c| c as usize).collect(),
+        depths: args.depths.clone(),
+        seconds_per_point: args.seconds_per_point,
+        rounds: args.rounds,
+        ..ProfileConfig::default()
+    }
+    .validated()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    eprintln!(
+        "profile-device: {} scratch file in {}, {} rounds of {} points of {} s \
+         (O_DIRECT, io_uring: the page cache is not used)",
+        experiments::chart::binary_label(cfg.file_size as f64),
+        args.dir.display(),
+        cfg.rounds,
+        cfg.chunks.len() * cfg.depths.len(),
+        cfg.seconds_per_point
+    );
+    let profile = run_profile(&args.dir, &cfg, &mut |round, q| {
+        eprintln!(
+            "  round {round}  chunk {:>5}  depth {:>3}  {:>8.1} MiB/s  {:>9.0} IOPS  {:>8.1} us",
+            experiments::chart::binary_label(q.chunk_bytes as f64),
+            q.queue_depth,
+            q.mib_s,
+            q.iops,
+            q.mean_latency_us
+        )
+    })
+    .with_context(|| format!("profiling {}", args.dir.display()))?;
+    let json = args.out.join("device-profile.json");
+    profile.save(&json)?;
+    let csv = args.out.join("device-profile.csv");
+    write_csv(&profile, &csv)?;
+    let charts = draw(&profile, &args.out)?;
+    println!("wrote {}", json.display());
+    println!("wrote {}", csv.display());
+    for c in charts {
+        println!("wrote {}", c.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert!(parse_size("4Q").is_err());
+        assert!(parse_size("x").is_err());
+    }
+}
