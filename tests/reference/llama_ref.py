@@ -29,11 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
 import numpy as np
+
+from refio import parse_tokens, write_outputs
 
 try:
     import gguf
@@ -274,34 +275,6 @@ def mean_nll(logits, tokens) -> float:
     return float(np.mean(logz - lg[np.arange(len(target)), target]))
 
 
-def write_outputs(out_path: str, logits: np.ndarray, extra: dict) -> None:
-    logits32 = np.ascontiguousarray(logits, dtype="<f4")
-    n_tokens, vocab = logits32.shape
-    tmp_bin = out_path + ".tmp"
-    tmp_json = out_path + ".json.tmp"
-    with open(tmp_bin, "wb") as f:
-        f.write(logits32.tobytes(order="C"))
-        f.flush()
-        os.fsync(f.fileno())
-    meta = {"n_tokens": int(n_tokens), "vocab": int(vocab), "argmax": [int(a) for a in logits.argmax(axis=-1)]}
-    meta.update(extra)
-    with open(tmp_json, "w") as f:
-        json.dump(meta, f)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp_bin, out_path)
-    os.replace(tmp_json, out_path + ".json")
-
-
-def parse_tokens(text: str):
-    parts = [p for p in text.replace(" ", ",").split(",") if p != ""]
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        raise SystemExit(f"llama_ref.py: --tokens must be comma-separated integers, got {text!r}")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="path of a llama-architecture GGUF file")
@@ -310,7 +283,7 @@ def main(argv=None) -> int:
     ap.add_argument("--greedy", type=int, default=0, metavar="N", help="also decode N tokens greedily")
     args = ap.parse_args(argv)
 
-    tokens = parse_tokens(args.tokens)
+    tokens = parse_tokens(args.tokens, "llama_ref.py")
     if not tokens:
         raise SystemExit("llama_ref.py: no tokens given")
 

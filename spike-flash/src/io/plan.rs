@@ -164,6 +164,17 @@ impl Plan {
         Ok(())
     }
 
+    /// Ends a batch whose device reads all completed: counts them in `stats`, then copies the scratch spans out
+    /// to the caller's buffer (timed as copy time).
+    pub fn finish(&self, reqs: &[ReadReq], scratch: &[u8], buf: &mut [u8], stats: &mut super::IoStats) {
+        for s in &self.spans {
+            stats.count_read(s.len as u64);
+        }
+        let t = std::time::Instant::now();
+        self.copy_out(reqs, scratch, buf);
+        stats.copy_ns += t.elapsed().as_nanos() as u64;
+    }
+
     /// Copies every logical request of a scratch span from `scratch` to its destination in `buf`.
     pub fn copy_out(&self, reqs: &[ReadReq], scratch: &[u8], buf: &mut [u8]) {
         for s in &self.spans {

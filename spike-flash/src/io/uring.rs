@@ -246,12 +246,7 @@ impl ReadBackend for UringBackend {
         let res = self.run();
         self.stats.wait_ns += t0.elapsed().as_nanos() as u64;
         res?;
-        for s in &self.plan.spans {
-            self.stats.count_read(s.len as u64);
-        }
-        let t1 = Instant::now();
-        self.plan.copy_out(reqs, self.scratch.as_slice(), buf.as_mut_slice());
-        self.stats.copy_ns += t1.elapsed().as_nanos() as u64;
+        self.plan.finish(reqs, self.scratch.as_slice(), buf.as_mut_slice(), &mut self.stats);
         Ok(())
     }
 
