@@ -28,12 +28,12 @@ pub struct Args {
     /// Block size of the random reads (offsets are multiples of it, as in fio).
     #[arg(long, default_value = "4K", value_parser = parse_size)]
     bs: u64,
-    /// Reads in flight (io_uring queue depth; the pool uses this many threads unless --threads is given).
+    /// Reads in flight (io_uring queue depth; the pool uses this many threads unless --pool-threads is given).
     #[arg(long, default_value_t = 32)]
     depth: usize,
     /// Pool threads (default: --depth).
     #[arg(long)]
-    threads: Option<usize>,
+    pool_threads: Option<usize>,
     /// Destination memory the reads cycle through (default: 2 x depth blocks, about what fio uses).
     #[arg(long, value_parser = parse_size)]
     buffer: Option<u64>,
@@ -101,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = IoConfig {
         merge: args.profile.is_some(),
         queue_depth: args.depth,
-        threads: args.threads.unwrap_or(args.depth),
+        threads: args.pool_threads.unwrap_or(args.depth),
         complete_batch: args.complete_batch,
         submit_batch: args.submit_batch,
         register_file: !args.no_register_file,
@@ -143,7 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let model = CostModel::load(profile, &cfg)?;
             let mut backends = Vec::new();
             for &depth in &args.depths {
-                let cfg = IoConfig { queue_depth: depth, threads: args.threads.unwrap_or(depth), ..cfg.clone() };
+                let cfg = IoConfig { queue_depth: depth, threads: args.pool_threads.unwrap_or(depth), ..cfg.clone() };
                 backends.push((depth, open_backend(args.backend, &path, &cfg)?));
             }
             let name = backends.first().map_or("none", |b| b.1.name());
