@@ -180,95 +180,126 @@ mod avx512 {
         _mm512_dpbusd_epi32(h255, z, xl)
     }
 
-    /// One Q4_1 (`Q4_1 = true`) or Q4_0 row, one block at a time: 16 packed bytes become 32 nibble bytes in a
-    /// 256-bit half, two blocks per 512-bit register.
+    /// Lanes 0..8 take lane 0 of a 4-float vector, lanes 8..16 its lane 2: one scale per block of a pair.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn pair_broadcast() -> __m512i {
+        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0)
+    }
+
+    /// One Q4_1 (`Q4_1 = true`) or Q4_0 row, two blocks per step. A block pair's four f16 weight scales
+    /// (`d0, m0, d1, m1`, or `d0, d0, d1, d1` for Q4_0) are converted at once and multiplied by the activation
+    /// pair's `(step, block sum)` values: lanes 0 and 2 scale the integer dot products, lanes 1 and 3 are the
+    /// offset terms, summed at the end.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     fn dot_q4<const Q4_1: bool>(row: &[u8], nb: usize, qh: &[i8], ql: &[i8], sc: &[f32]) -> f32 {
         let bb = if Q4_1 { 20 } else { 18 };
         let off = if Q4_1 { 4 } else { 2 };
-        assert!(row.len() == nb * bb && qh.len() >= nb * QK && ql.len() >= nb * QK && sc.len() >= nb * 2);
+        let pairs = nb.div_ceil(2);
+        assert!(
+            row.len() == nb * bb && qh.len() >= pairs * 2 * QK && ql.len() >= pairs * 2 * QK && sc.len() >= pairs * 4
+        );
+        let (rp, hp, lp, sp) = (row.as_ptr(), qh.as_ptr(), ql.as_ptr(), sc.as_ptr());
+        let nib = _mm_set1_epi8(0x0F);
+        let bidx = pair_broadcast();
         let mut acc = _mm512_setzero_ps();
-        let mut mins = 0.0f32;
+        let mut macc = _mm_setzero_ps();
         let mut b = 0;
         while b < nb {
             let two = b + 1 < nb;
-            // SAFETY: blocks `b` and (when `two`) `b + 1` lie inside `row` (asserted); values `b * 32 ..
-            // (b + 2) * 32` lie inside the padded activations (a multiple of 8 blocks, asserted >= nb, and
-            // the padding is zero); unaligned loads.
-            let (z, xh, xl, d0, d1) = unsafe {
-                let p0 = _mm_loadu_si128(row.as_ptr().add(bb * b + off).cast());
-                let p1 = if two {
-                    _mm_loadu_si128(row.as_ptr().add(bb * (b + 1) + off).cast())
-                } else {
-                    _mm_setzero_si128()
-                };
-                // Block layout: low nibbles are values 0..16, high nibbles 16..32.
-                let lo0 = _mm_and_si128(p0, _mm_set1_epi8(0x0F));
-                let hi0 = _mm_and_si128(_mm_srli_epi16::<4>(p0), _mm_set1_epi8(0x0F));
-                let lo1 = _mm_and_si128(p1, _mm_set1_epi8(0x0F));
-                let hi1 = _mm_and_si128(_mm_srli_epi16::<4>(p1), _mm_set1_epi8(0x0F));
-                let b0 = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo0), hi0);
-                let b1 = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo1), hi1);
-                let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(b0), b1);
-                let xh = _mm512_loadu_si512(qh.as_ptr().add(b * QK).cast());
-                let xl = _mm512_loadu_si512(ql.as_ptr().add(b * QK).cast());
-                let h = |k: usize| -> [f32; 2] {
-                    let p = row.as_ptr().add(bb * k);
-                    let d = half::f16::from_bits(p.cast::<u16>().read_unaligned()).to_f32();
-                    let m = if Q4_1 {
-                        half::f16::from_bits(p.add(2).cast::<u16>().read_unaligned()).to_f32()
+            // A lone last block pairs with itself; its partner half then meets the activations' zero padding
+            // (values and scales), so it adds nothing.
+            let b1 = if two { b + 1 } else { b };
+            // SAFETY: blocks `b` and `b1` are < nb, so their bytes lie inside `row` (asserted); activation values
+            // `b * 32 .. b * 32 + 64` and scales `2b .. 2b + 4` lie inside whole block pairs of the buffers
+            // (asserted; padded to a multiple of 8 blocks with zeros); unaligned loads.
+            let (p0, p1, h0, h1, xh, xl, s) = unsafe {
+                let h = |k: usize| -> u32 {
+                    if Q4_1 {
+                        rp.add(bb * k).cast::<u32>().read_unaligned()
                     } else {
-                        -8.0 * d
-                    };
-                    [d, m]
+                        let d = u32::from(rp.add(bb * k).cast::<u16>().read_unaligned());
+                        d | (d << 16)
+                    }
                 };
-                (z, xh, xl, h(b), if two { h(b + 1) } else { [0.0, 0.0] })
+                (
+                    _mm_loadu_si128(rp.add(bb * b + off).cast()),
+                    _mm_loadu_si128(rp.add(bb * b1 + off).cast()),
+                    h(b),
+                    h(b1),
+                    _mm512_loadu_si512(hp.add(b * QK).cast()),
+                    _mm512_loadu_si512(lp.add(b * QK).cast()),
+                    _mm_loadu_ps(sp.add(2 * b)),
+                )
             };
-            let dot = _mm512_cvtepi32_ps(combine(z, xh, xl));
-            let s0 = d0[0] * sc[2 * b];
-            let s1 = if two { d1[0] * sc[2 * b + 2] } else { 0.0 };
-            let scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
-            acc = _mm512_fmadd_ps(dot, scale, acc);
-            mins += d0[1] * sc[2 * b + 1] + if two { d1[1] * sc[2 * b + 3] } else { 0.0 };
+            // Low nibbles are values 0..16 of a block, high nibbles 16..32.
+            let lo0 = _mm_and_si128(p0, nib);
+            let hi0 = _mm_and_si128(_mm_srli_epi16::<4>(p0), nib);
+            let lo1 = _mm_and_si128(p1, nib);
+            let hi1 = _mm_and_si128(_mm_srli_epi16::<4>(p1), nib);
+            let z0 = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo0), hi0);
+            let z1 = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo1), hi1);
+            let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(z0), z1);
+            let f = _mm_cvtph_ps(_mm_cvtsi64_si128((u64::from(h0) | (u64::from(h1) << 32)) as i64));
+            let prod = _mm_mul_ps(f, s);
+            macc = _mm_add_ps(macc, prod);
+            let scale = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(prod));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(combine(z, xh, xl)), scale, acc);
             b += 2;
         }
-        _mm512_reduce_add_ps(acc) + mins
+        let m = _mm_blend_ps::<0b1010>(_mm_setzero_ps(), macc);
+        let m = _mm_hadd_ps(m, m);
+        let offsets = _mm_cvtss_f32(_mm_hadd_ps(m, m));
+        let sum = _mm512_reduce_add_ps(acc);
+        if Q4_1 {
+            sum + offsets
+        } else {
+            sum - 8.0 * offsets
+        }
     }
 
-    /// One Q8_0 row: `|w|` times the activations with `w`'s sign, two blocks per register.
+    /// One Q8_0 row: `|w|` times the activations with `w`'s sign, two blocks per step.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     fn dot_q8_0(row: &[u8], nb: usize, qh: &[i8], ql: &[i8], sc: &[f32]) -> f32 {
         const BB: usize = 34;
-        assert!(row.len() == nb * BB && qh.len() >= nb * QK && ql.len() >= nb * QK && sc.len() >= nb * 2);
+        let pairs = nb.div_ceil(2);
+        assert!(
+            row.len() == nb * BB && qh.len() >= pairs * 2 * QK && ql.len() >= pairs * 2 * QK && sc.len() >= pairs * 4
+        );
+        let (rp, hp, lp, sp) = (row.as_ptr(), qh.as_ptr(), ql.as_ptr(), sc.as_ptr());
+        let bidx = pair_broadcast();
+        let zero = _mm512_setzero_si512();
         let mut acc = _mm512_setzero_ps();
         let mut b = 0;
         while b < nb {
             let two = b + 1 < nb;
-            // SAFETY: as in `dot_q4`: blocks inside `row`, activations padded to a multiple of 8 blocks.
-            let (w, xh, xl, d0, d1) = unsafe {
-                let w0 = _mm256_loadu_si256(row.as_ptr().add(BB * b + 2).cast());
-                let w1 = if two {
-                    _mm256_loadu_si256(row.as_ptr().add(BB * (b + 1) + 2).cast())
+            // SAFETY: as in `dot_q4`; a lone last block's partner is zeroed below, so only block `b` is read.
+            let (w, d0, d1, xh, xl, s) = unsafe {
+                let w0 = _mm256_loadu_si256(rp.add(BB * b + 2).cast());
+                let (w, d1) = if two {
+                    let w1 = _mm256_loadu_si256(rp.add(BB * (b + 1) + 2).cast());
+                    (
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1),
+                        rp.add(BB * (b + 1)).cast::<u16>().read_unaligned(),
+                    )
                 } else {
-                    _mm256_setzero_si256()
+                    (_mm512_zextsi256_si512(w0), 0)
                 };
-                let d =
-                    |k: usize| half::f16::from_bits(row.as_ptr().add(BB * k).cast::<u16>().read_unaligned()).to_f32();
                 (
-                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(w0), w1),
-                    _mm512_loadu_si512(qh.as_ptr().add(b * QK).cast()),
-                    _mm512_loadu_si512(ql.as_ptr().add(b * QK).cast()),
-                    d(b),
-                    if two { d(b + 1) } else { 0.0 },
+                    w,
+                    rp.add(BB * b).cast::<u16>().read_unaligned(),
+                    d1,
+                    _mm512_loadu_si512(hp.add(b * QK).cast()),
+                    _mm512_loadu_si512(lp.add(b * QK).cast()),
+                    _mm_loadu_ps(sp.add(2 * b)),
                 )
             };
+            let f = _mm_cvtph_ps(_mm_cvtsi64_si128((u64::from(d0) | (u64::from(d1) << 32)) as i64));
+            let scale = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(_mm_mul_ps(f, s)));
             let neg = _mm512_movepi8_mask(w);
-            let zero = _mm512_setzero_si512();
             let xh = _mm512_mask_sub_epi8(xh, neg, zero, xh);
             let xl = _mm512_mask_sub_epi8(xl, neg, zero, xl);
             let dot = _mm512_cvtepi32_ps(combine(_mm512_abs_epi8(w), xh, xl));
-            let s1 = if two { d1 * sc[2 * b + 2] } else { 0.0 };
-            let scale = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0 * sc[2 * b]), _mm512_set1_ps(s1));
             acc = _mm512_fmadd_ps(dot, scale, acc);
             b += 2;
         }
@@ -335,7 +366,9 @@ mod tests {
     fn every_path_matches_the_fused_reference_and_the_exact_dot() {
         let mut rng = StdRng::seed_from_u64(SEED + 1);
         for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
-            for (rows, cols, n) in [(37, 32, 1), (70, 96, 1), (130, 576, 1), (65, 1536, 1), (33, 576, 3), (9, 64, 7)] {
+            for (rows, cols, n) in
+                [(37, 32, 1), (70, 96, 1), (12, 256, 1), (130, 576, 1), (65, 1536, 1), (33, 576, 3), (9, 64, 7)]
+            {
                 let data = random_matrix(&mut rng, dtype, rows, cols);
                 let w = QMatrix::new(dtype, rows, cols, &data).expect("matrix");
                 let x = random_acts(&mut rng, n * cols);
