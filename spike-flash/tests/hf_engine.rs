@@ -93,7 +93,7 @@ fn opt_matches_numpy_reference() {
         let mut st = model.new_state(tokens.len());
         let ours = model.forward(&mut st, &tokens, true).expect("forward");
         let want = opt_reference(dir.path(), &tokens);
-        let (worst, same) = compare(&ours, &want, model.cfg().vocab_size);
+        let (worst, same) = compare(&ours, &want, model.config().vocab_size);
         eprintln!(
             "post_norm={} proj={:?} gelu={gelu}: worst {worst:.2e} of range",
             spec.post_norm, spec.word_embed_proj_dim
@@ -115,7 +115,7 @@ fn hf_llama_and_gguf_conversion_give_the_same_logits() {
     let tokens: Vec<u32> = vec![1, 5, 9, 200, 201, 300, 7, 7, 7, 64];
     let a = hf.forward(&mut hf.new_state(tokens.len()), &tokens, true).expect("hf");
     let b = gg.forward(&mut gg.new_state(tokens.len()), &tokens, true).expect("gguf");
-    let (worst, same) = compare(&a, &b, hf.cfg().vocab_size);
+    let (worst, same) = compare(&a, &b, hf.config().vocab_size);
     eprintln!("HF (half rotary) vs GGUF (interleaved rotary): worst {worst:.2e} of range");
     assert!(same && worst < 1e-5, "worst {worst}, argmax same: {same}");
 }
@@ -139,14 +139,14 @@ fn relu_ffn_over_nonzero_neurons_only_equals_dense() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_hf_checkpoint(&SynthSpec::tiny_opt(SEED_OPT), dir.path()).expect("write");
     let model = load(dir.path());
-    assert_eq!(model.cfg().activation, Activation::Relu);
+    assert_eq!(model.config().activation, Activation::Relu);
     let tokens: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 320).collect();
     let mut count = Count::default();
     let dense = {
         let mut ffn = DenseFfn::with_sink(&mut count);
         model.forward_with(&mut model.new_state(tokens.len()), &tokens, 0, &mut ffn).expect("dense")
     };
-    let oracle = Oracle { act: Activation::Relu, thresholds: vec![0.0; model.cfg().n_layers] };
+    let oracle = Oracle { act: Activation::Relu, thresholds: vec![0.0; model.config().n_layers] };
     let mut sparse_ffn = SparseFfn::new(&model, oracle).expect("rows");
     let sparse = model.forward_with(&mut model.new_state(tokens.len()), &tokens, 0, &mut sparse_ffn).expect("sparse");
     let frac = 1.0 - sparse_ffn.stats.active as f64 / sparse_ffn.stats.total as f64;
@@ -160,10 +160,10 @@ fn relu_ffn_over_nonzero_neurons_only_equals_dense() {
         assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "dense {x} vs sparse {y}");
     }
     // Each layer's FFN on the same inputs: equal within 1e-6 of the output's scale.
-    let d = model.cfg().d_model;
+    let d = model.config().d_model;
     let n = 16;
     let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 1.3).collect();
-    for l in 0..model.cfg().n_layers {
+    for l in 0..model.config().n_layers {
         let (mut a, mut b) = (vec![0.0f32; n * d], vec![0.0f32; n * d]);
         use spike_flash::engine::model::FfnStep;
         DenseFfn::default().forward(&model, l, &x, n, &mut a).expect("dense");

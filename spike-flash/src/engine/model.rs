@@ -199,9 +199,9 @@ impl<'s> DenseFfn<'s> {
 
     /// The neuron activations of `n` tokens (`n x d_ffn`) into `self.h`.
     fn neurons(&mut self, model: &Model, layer: usize, x: &[f32], n: usize) {
-        let f = model.cfg().d_ffn;
+        let f = model.config().d_ffn;
         self.h.resize(n * f, 0.0);
-        let act = model.cfg().activation;
+        let act = model.config().activation;
         match &model.p.layers[layer].ffn {
             FfnWeights::Gated { gate, up, .. } => {
                 self.u.resize(n * f, 0.0);
@@ -225,7 +225,7 @@ impl FfnStep for DenseFfn<'_> {
     fn forward(&mut self, model: &Model, layer: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         self.neurons(model, layer, x, n);
         if let Some(sink) = self.sink.as_deref_mut() {
-            let (d, f) = (model.cfg().d_model, model.cfg().d_ffn);
+            let (d, f) = (model.config().d_model, model.config().d_ffn);
             for t in 0..n {
                 sink.record(layer, &x[t * d..(t + 1) * d], &self.h[t * f..(t + 1) * f]);
             }
@@ -290,11 +290,6 @@ impl Model {
     }
 
     /// The model's configuration.
-    pub fn cfg(&self) -> &ModelConfig {
-        &self.p.cfg
-    }
-
-    /// The model's configuration (same as [`Model::cfg`]).
     pub fn config(&self) -> &ModelConfig {
         &self.p.cfg
     }

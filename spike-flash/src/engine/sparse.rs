@@ -26,7 +26,7 @@ pub struct NeuronRows {
 impl NeuronRows {
     /// Dequantizes layer `l`'s FFN of `model` into neuron-major rows.
     pub fn from_model(model: &Model, l: usize) -> Result<NeuronRows> {
-        let (d, f) = (model.cfg().d_model, model.cfg().d_ffn);
+        let (d, f) = (model.config().d_model, model.config().d_ffn);
         let dense = |lin: &super::model::Linear| -> Result<Vec<f32>> {
             let m = model.matrix(&lin.w);
             let mut out = vec![0.0f32; m.rows * m.cols];
@@ -133,7 +133,7 @@ pub struct SparseFfn<S> {
 impl<S: NeuronSelector> SparseFfn<S> {
     /// Dequantizes every layer's FFN of `model` into neuron rows.
     pub fn new(model: &Model, selector: S) -> Result<Self> {
-        let layers = (0..model.cfg().n_layers).map(|l| NeuronRows::from_model(model, l)).collect::<Result<_>>()?;
+        let layers = (0..model.config().n_layers).map(|l| NeuronRows::from_model(model, l)).collect::<Result<_>>()?;
         Ok(SparseFfn { layers, selector, active: Vec::new(), stats: SparseStats::default() })
     }
 
@@ -145,8 +145,8 @@ impl<S: NeuronSelector> SparseFfn<S> {
 
 impl<S: NeuronSelector> FfnStep for SparseFfn<S> {
     fn forward(&mut self, model: &Model, layer: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-        let (d, f) = (model.cfg().d_model, model.cfg().d_ffn);
-        let act = model.cfg().activation;
+        let (d, f) = (model.config().d_model, model.config().d_ffn);
+        let act = model.config().activation;
         let rows = &self.layers[layer];
         for t in 0..n {
             let xt = &x[t * d..(t + 1) * d];
