@@ -294,3 +294,15 @@ fn hf_checkpoints_are_not_supported_yet() {
     assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
     assert!(!out.exists());
 }
+
+#[test]
+fn verify_flags_resident_tensors_the_manifest_does_not_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, out) = converted(tmp.path());
+    let mpath = out.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&mpath).unwrap()).unwrap();
+    v["resident"]["tensors"].as_object_mut().unwrap().remove("output_norm.weight").unwrap();
+    fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+    let e = Layout::open(&out).unwrap().verify().unwrap_err().to_string();
+    assert!(e.contains("tensor `output_norm.weight` is not in the manifest"), "{e}");
+}

@@ -186,7 +186,9 @@ impl Layout {
         }
         let rpath = self.dir.join(RESIDENT_FILE);
         let whole = std::fs::read(&rpath).map_err(|e| Error::io(&rpath, e))?;
-        match GgufFile::from_bytes(&rpath, whole.clone()) {
+        let crc = crc32c::crc32c(&whole);
+        report.bytes += whole.len() as u64;
+        match GgufFile::from_bytes(&rpath, whole) {
             Ok(g) => {
                 for (name, &want) in &m.resident.tensors {
                     match g.tensor_data(name) {
@@ -202,17 +204,18 @@ impl Layout {
                         Err(_) => failures.push(format!("{RESIDENT_FILE}: tensor `{name}` is missing")),
                     }
                 }
+                for t in g.tensors().iter().filter(|t| !m.resident.tensors.contains_key(&t.name)) {
+                    failures.push(format!("{RESIDENT_FILE}: tensor `{}` is not in the manifest", t.name));
+                }
             }
             Err(e) => failures.push(format!("{RESIDENT_FILE}: does not parse: {e}")),
         }
-        let crc = crc32c::crc32c(&whole);
         if crc != m.resident.crc32c {
             failures.push(format!(
                 "{RESIDENT_FILE}: whole-file crc32c {crc:08x}, the manifest says {:08x}",
                 m.resident.crc32c
             ));
         }
-        report.bytes += whole.len() as u64;
         if failures.is_empty() {
             Ok(report)
         } else {
