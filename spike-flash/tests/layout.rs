@@ -283,16 +283,66 @@ fn existing_output_is_replaced_only_when_forced() {
     assert!(names.iter().all(|n| !n.contains("partial") && !n.contains(".old-")), "{names:?}");
 }
 
+/// A tiny OPT checkpoint (f16 weights, biases) converted both ways reads back the source's neurons.
 #[test]
-fn hf_checkpoints_are_not_supported_yet() {
+fn opt_checkpoint_bundled_and_split() {
     let tmp = tempfile::tempdir().unwrap();
     let ck = tmp.path().join("opt");
-    synth::write_hf_checkpoint(&SynthSpec::tiny_opt(3), &ck).unwrap();
+    let spec = SynthSpec { shards: 2, dtype: DType::F16, ..SynthSpec::tiny_opt(3) };
+    synth::write_hf_checkpoint(&spec, &ck).unwrap();
     let model = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
-    let out = tmp.path().join("opt.spike");
-    let r = layout::write(&model, &ck, &out, &ConvertOptions::default());
-    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
-    assert!(!out.exists());
+    let (d, f) = (model.cfg().d_model, model.cfg().d_ffn);
+    for (kind, rd, want) in [
+        (LayoutKind::Bundled, RecordDType::Source, DType::F16),
+        (LayoutKind::Split, RecordDType::Source, DType::F16),
+        (LayoutKind::Bundled, RecordDType::Q8_0, DType::Q8_0),
+    ] {
+        let out = tmp.path().join(format!("opt-{kind:?}-{want}.spike"));
+        let s = layout::write(&model, &ck, &out, &opts(kind, rd)).unwrap();
+        let rb = want.bytes_for(d as u64).unwrap();
+        assert_eq!(s.neuron_bytes, 2 * rb + 4);
+        let lay = Layout::open(&out).unwrap();
+        lay.verify().unwrap();
+        lay.check_model(model.cfg(), None).unwrap();
+        assert_eq!(lay.manifest().layers[0].sections.len(), if kind == LayoutKind::Split { 2 } else { 1 });
+        for l in 0..model.cfg().n_layers {
+            let rows = NeuronRows::from_model(&model, l).unwrap();
+            let b1 = rows.b1.as_ref().expect("OPT has fc1 biases");
+            assert_eq!(b1.len(), f);
+            for (n, &bias) in b1.iter().enumerate().take(f) {
+                let got = lay.decode_neuron(&lay.neuron_record(l, n).unwrap()).unwrap();
+                let first = rows.first[n * d..(n + 1) * d].to_vec();
+                let first = if want == DType::F16 { first } else { roundtrip(want, &first) };
+                assert_eq!(bits(&got.first), bits(&first), "fc1 row, layer {l} neuron {n}");
+                assert_eq!(bits(&got.second_col), bits(&roundtrip(want, &rows.second_t[n * d..(n + 1) * d])));
+                assert_eq!(got.up, None);
+                let want_b1 = if kind == LayoutKind::Bundled { Some(bias) } else { None };
+                assert_eq!(got.b1.map(f32::to_bits), want_b1.map(f32::to_bits), "b1, layer {l} neuron {n}");
+            }
+        }
+        if want == DType::F16 {
+            assert_eq!(s.max_abs_error, 0.0, "f16 columns of an f16 source are exact");
+        }
+        // resident.bin: everything but the streamed matrices, under the checkpoint's names, with the config.
+        let res = GgufFile::open(&out.join("resident.bin")).unwrap();
+        let names: Vec<&str> = res.tensors().iter().map(|t| t.name.as_str()).collect();
+        assert!(names.iter().all(|n| !n.ends_with("fc1.weight") && !n.ends_with("fc2.weight")), "{names:?}");
+        assert!(names.iter().any(|n| n.ends_with("layers.1.fc1.bias")), "{names:?}");
+        assert!(names.iter().any(|n| n.ends_with("layers.1.fc2.bias")), "{names:?}");
+        let cfg = res.get_str(layout::HF_CONFIG_KEY).unwrap();
+        assert!(serde_json::from_str::<serde_json::Value>(cfg).is_ok());
+        assert!(res.get_str(layout::HF_TOKENIZER_KEY).is_ok());
+        assert_eq!(lay.manifest().source.len, {
+            let mut n = 0;
+            for e in fs::read_dir(&ck).unwrap() {
+                let p = e.unwrap().path();
+                if p.extension().is_some_and(|x| x == "safetensors") {
+                    n += fs::metadata(&p).unwrap().len();
+                }
+            }
+            n
+        });
+    }
 }
 
 #[test]
@@ -305,4 +355,34 @@ fn verify_flags_resident_tensors_the_manifest_does_not_list() {
     fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
     let e = Layout::open(&out).unwrap().verify().unwrap_err().to_string();
     assert!(e.contains("tensor `output_norm.weight` is not in the manifest"), "{e}");
+}
+
+#[test]
+fn llama_checkpoint_and_bf16_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("llama");
+    synth::write_hf_checkpoint(&SynthSpec::tiny_llama(4), &ck).unwrap();
+    let model = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
+    let out = tmp.path().join("llama.spike");
+    layout::write(&model, &ck, &out, &opts(LayoutKind::Split, RecordDType::Source)).unwrap();
+    let lay = Layout::open(&out).unwrap();
+    lay.verify().unwrap();
+    let d = model.cfg().d_model;
+    let rows = NeuronRows::from_model(&model, 1).unwrap();
+    let got = lay.decode_neuron(&lay.neuron_record(1, 5).unwrap()).unwrap();
+    assert_eq!(bits(&got.first), bits(&rows.first[5 * d..6 * d]));
+    assert_eq!(bits(got.up.as_deref().unwrap()), bits(&rows.up.as_deref().unwrap()[5 * d..6 * d]));
+    assert_eq!(bits(&got.second_col), bits(&rows.second_t[5 * d..6 * d]));
+    let res = GgufFile::open(&out.join("resident.bin")).unwrap();
+    assert!(res.tensors().iter().all(|t| !t.name.contains("mlp.")), "FFN matrices stay out of resident.bin");
+
+    let ck = tmp.path().join("bf16");
+    synth::write_hf_checkpoint(&SynthSpec { dtype: DType::BF16, ..SynthSpec::tiny_opt(5) }, &ck).unwrap();
+    let model = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
+    let out = tmp.path().join("bf16.spike");
+    let r = layout::write(&model, &ck, &out, &ConvertOptions::default());
+    assert!(matches!(r, Err(Error::Unsupported { .. })), "{r:?}");
+    assert!(!out.exists());
+    layout::write(&model, &ck, &out, &opts(LayoutKind::Bundled, RecordDType::F32)).unwrap();
+    assert!(layout::write(&model, &ck, &out, &opts(LayoutKind::Bundled, RecordDType::F32)).is_err());
 }

@@ -5,8 +5,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    dtype_by_name, layout_id_bytes, record_bytes, round_up, FfnHeader, Manifest, FFN_FILE, FORMAT, HEADER_USED,
-    MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
+    dtype_by_name, layout_id_bytes, record_bytes, round_up, FfnHeader, LayoutKind, Manifest, FFN_FILE, FORMAT,
+    HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
 };
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
@@ -41,7 +41,7 @@ pub struct NeuronF32 {
     pub up: Option<Vec<f32>>,
     /// Column of down / fc2.
     pub second_col: Vec<f32>,
-    /// fc1 bias (plain only).
+    /// fc1 bias (plain FFNs in bundled layouts; split layouts keep it in resident.bin only).
     pub b1: Option<f32>,
 }
 
@@ -257,7 +257,12 @@ impl Layout {
     pub fn decode_neuron(&self, bytes: &[u8]) -> Result<NeuronF32> {
         let d = self.manifest.model.d_model;
         let rb = self.dtype.bytes_for(d as u64).unwrap_or(0) as usize;
-        let want = if self.gated { 3 * rb } else { 2 * rb + 4 };
+        // Split plain (OPT) layouts keep the fc1 bias in resident.bin only: their records are 2 rows.
+        let want = match (self.gated, self.manifest.kind) {
+            (true, _) => 3 * rb,
+            (false, LayoutKind::Bundled) => 2 * rb + 4,
+            (false, LayoutKind::Split) => 2 * rb,
+        };
         if bytes.len() != want {
             return Err(Error::Invalid(format!("a neuron record is {want} bytes, got {}", bytes.len())));
         }
@@ -269,13 +274,8 @@ impl Layout {
         if self.gated {
             Ok(NeuronF32 { first: row(0)?, up: Some(row(1)?), second_col: row(2)?, b1: None })
         } else {
-            let b = &bytes[2 * rb..2 * rb + 4];
-            Ok(NeuronF32 {
-                first: row(0)?,
-                up: None,
-                second_col: row(1)?,
-                b1: Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            })
+            let b1 = bytes.get(2 * rb..2 * rb + 4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            Ok(NeuronF32 { first: row(0)?, up: None, second_col: row(1)?, b1 })
         }
     }
 }

@@ -12,9 +12,10 @@ use super::{
 use crate::engine::model::{FfnWeights, Model, WeightRef};
 use crate::engine::sparse::NeuronRows;
 use crate::model::config::ModelConfig;
-use crate::model::gguf::GgufFile;
+use crate::model::gguf::{GgufFile, MetaValue};
 use crate::model::gguf_write::GgufWriter;
 use crate::model::quant::{self, DType};
+use crate::model::safetensors::HfCheckpoint;
 use crate::{Error, Result};
 
 /// The element type of the records.
@@ -85,15 +86,109 @@ fn layout_err(path: &Path, what: impl Into<String>) -> Error {
     Error::Layout { path: path.to_path_buf(), what: what.into() }
 }
 
-/// Whether a GGUF tensor name is one of the streamed FFN matrices.
+/// Whether a tensor name (GGUF or Hugging Face spelling) is one of the streamed FFN matrices.
 fn is_streamed(name: &str) -> bool {
-    name.starts_with("blk.")
-        && [".ffn_gate.weight", ".ffn_up.weight", ".ffn_down.weight"].iter().any(|s| name.ends_with(s))
+    const GGUF: [&str; 3] = [".ffn_gate.weight", ".ffn_up.weight", ".ffn_down.weight"];
+    const HF: [&str; 5] =
+        [".mlp.gate_proj.weight", ".mlp.up_proj.weight", ".mlp.down_proj.weight", ".fc1.weight", ".fc2.weight"];
+    (name.starts_with("blk.") && GGUF.iter().any(|s| name.ends_with(s))) || HF.iter().any(|s| name.ends_with(s))
+}
+
+/// The opened source file.
+enum Src {
+    Gguf(GgufFile),
+    Hf(HfCheckpoint),
+}
+
+/// Metadata key holding a checkpoint's `config.json` in `resident.bin`.
+pub const HF_CONFIG_KEY: &str = "spike.hf.config_json";
+/// Metadata key holding a checkpoint's `tokenizer.json` in `resident.bin`.
+pub const HF_TOKENIZER_KEY: &str = "spike.hf.tokenizer_json";
+
+/// `resident.bin`'s contents: the source's metadata and every tensor but the streamed FFN matrices, with
+/// each tensor's crc32c.
+fn resident_writer(
+    src: &Src,
+    cfg: &ModelConfig,
+    gated: bool,
+    source_path: &Path,
+) -> Result<(GgufWriter, BTreeMap<String, u32>)> {
+    let mut w = GgufWriter::new();
+    let mut tensors = BTreeMap::new();
+    let mut streamed = 0usize;
+    match src {
+        Src::Gguf(gguf) => {
+            for (k, v) in gguf.metadata() {
+                w.add_meta(k, v.clone());
+            }
+            for t in gguf.tensors() {
+                if is_streamed(&t.name) {
+                    streamed += 1;
+                    continue;
+                }
+                let bytes = gguf.tensor_data(&t.name)?;
+                tensors.insert(t.name.clone(), crc32c::crc32c(bytes));
+                w.add_tensor(t.name.clone(), &t.dims, t.dtype, bytes.to_vec())?;
+            }
+        }
+        Src::Hf(ck) => {
+            let arch = if gated { "llama" } else { "opt" };
+            w.add_meta("general.architecture", MetaValue::String(arch.into()));
+            w.add_meta(HF_CONFIG_KEY, MetaValue::String(ck.raw_config().to_string()));
+            if let Some(p) = ck.tokenizer_json() {
+                let text = fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+                w.add_meta(HF_TOKENIZER_KEY, MetaValue::String(text));
+            }
+            for name in ck.names() {
+                if is_streamed(name) {
+                    streamed += 1;
+                    continue;
+                }
+                let t = ck.tensor(name)?;
+                let mut dims: Vec<u64> = t.shape.iter().rev().map(|&x| x as u64).collect();
+                if dims.is_empty() {
+                    dims.push(1);
+                }
+                tensors.insert(name.to_string(), crc32c::crc32c(t.data));
+                w.add_tensor(name, &dims, t.dtype, t.data.to_vec())?;
+            }
+        }
+    }
+    let want = cfg.n_layers * if gated { 3 } else { 2 };
+    if streamed != want {
+        return Err(Error::Invalid(format!(
+            "{}: found {streamed} FFN matrices, expected {want}",
+            source_path.display()
+        )));
+    }
+    Ok((w, tensors))
+}
+
+/// Total length and sha256 of `files` read one after the other.
+fn sha256_files<'a>(files: impl Iterator<Item = &'a Path>) -> Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for path in files {
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+    }
+    Ok((len, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// Converts `model`, read from `source_path`, into the layout directory `out_dir` (`NAME.spike`). The
 /// directory appears complete or not at all: it is written as `NAME.spike.partial-<pid>` and renamed last.
-/// Hugging Face checkpoints are not supported yet (their resident tensors would need renaming into GGUF).
+/// For a Hugging Face checkpoint (a directory), `resident.bin` keeps the tensors under their checkpoint names
+/// with `config.json` and `tokenizer.json` as metadata strings.
 pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOptions) -> Result<Summary> {
     if !opts.align.is_power_of_two() || opts.align < MIN_ALIGN {
         return Err(Error::Invalid(format!("layout alignment {} is not a power of two >= {MIN_ALIGN}", opts.align)));
@@ -101,15 +196,17 @@ pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOp
     if opts.pack != 1 && opts.pack != opts.align {
         return Err(Error::Invalid(format!("record packing {} must be 1 or the alignment {}", opts.pack, opts.align)));
     }
-    if source_path.is_dir() {
-        return Err(Error::Unsupported {
-            path: source_path.to_path_buf(),
-            what: "flash layouts of Hugging Face checkpoints (resident.bin is written for GGUF sources only)".into(),
-        });
-    }
-    let gguf = GgufFile::open(source_path)?;
+    let src = if source_path.is_dir() {
+        Src::Hf(HfCheckpoint::open(source_path)?)
+    } else {
+        Src::Gguf(GgufFile::open(source_path)?)
+    };
     let cfg = model.cfg();
-    if ModelConfig::from_gguf(&gguf)? != *cfg {
+    let src_cfg = match &src {
+        Src::Gguf(g) => ModelConfig::from_gguf(g)?,
+        Src::Hf(h) => h.config().clone(),
+    };
+    if src_cfg != *cfg {
         return Err(Error::Invalid(format!(
             "{}: the model given is not the one in this file (configurations differ)",
             source_path.display()
@@ -134,7 +231,7 @@ pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOp
         fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
     }
     fs::create_dir(&partial).map_err(|e| Error::io(&partial, e))?;
-    let written = write_into(&partial, model, &gguf, source_path, opts, &plan);
+    let written = write_into(&partial, model, &src, source_path, opts, &plan);
     let (manifest_bytes, resident_bytes, ffn_bytes, max_abs_error) = match written {
         Ok(w) => w,
         Err(e) => {
@@ -231,7 +328,7 @@ impl Plan {
 fn write_into(
     dir: &Path,
     model: &Model,
-    gguf: &GgufFile,
+    src: &Src,
     source_path: &Path,
     opts: &ConvertOptions,
     plan: &Plan,
@@ -241,28 +338,7 @@ fn write_into(
     let id_bytes = layout_id_bytes(&layout_id).ok_or_else(|| Error::Invalid("layout id".into()))?;
 
     // resident.bin
-    let mut w = GgufWriter::new();
-    for (k, v) in gguf.metadata() {
-        w.add_meta(k, v.clone());
-    }
-    let mut tensors = BTreeMap::new();
-    let mut streamed = 0usize;
-    for t in gguf.tensors() {
-        if is_streamed(&t.name) {
-            streamed += 1;
-            continue;
-        }
-        let bytes = gguf.tensor_data(&t.name)?;
-        tensors.insert(t.name.clone(), crc32c::crc32c(bytes));
-        w.add_tensor(t.name.clone(), &t.dims, t.dtype, bytes.to_vec())?;
-    }
-    if streamed != 3 * cfg.n_layers {
-        return Err(Error::Invalid(format!(
-            "{}: found {streamed} FFN matrices, expected {}",
-            source_path.display(),
-            3 * cfg.n_layers
-        )));
-    }
+    let (w, tensors) = resident_writer(src, cfg, plan.gated, source_path)?;
     let resident = w.to_bytes()?;
     let resident_path = dir.join(RESIDENT_FILE);
     write_synced(&resident_path, &resident)?;
@@ -295,7 +371,7 @@ fn write_into(
     let names = opts.kind.section_names(plan.gated);
     for l in 0..cfg.n_layers {
         let rows = NeuronRows::from_model(model, l)?;
-        let parts = neuron_parts(model, l);
+        let parts = neuron_parts(model, l, opts.kind);
         let mut bufs: Vec<Vec<u8>> = names.iter().map(|_| vec![0u8; plan.section_len as usize]).collect();
         let mut scratch = Vec::new();
         for n in 0..cfg.d_ffn {
@@ -334,17 +410,19 @@ fn write_into(
     }
 
     // manifest.json, last.
-    let source_len = fs::metadata(source_path).map_err(|e| Error::io(source_path, e))?.len();
+    let (source_len, sha256) = match src {
+        Src::Gguf(_) => (
+            fs::metadata(source_path).map_err(|e| Error::io(source_path, e))?.len(),
+            crate::model::fetch::sha256_file(source_path)?,
+        ),
+        Src::Hf(h) => sha256_files(h.files())?,
+    };
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
         layout_id,
         model: cfg.clone(),
-        source: SourceInfo {
-            path: source_path.display().to_string(),
-            len: source_len,
-            sha256: crate::model::fetch::sha256_file(source_path)?,
-        },
+        source: SourceInfo { path: source_path.display().to_string(), len: source_len, sha256 },
         kind: opts.kind,
         dtype: plan.dtype.name().into(),
         align,
@@ -380,12 +458,16 @@ enum Part {
     Bias,
 }
 
-fn neuron_parts(model: &Model, l: usize) -> Vec<Part> {
+fn neuron_parts(model: &Model, l: usize, kind: LayoutKind) -> Vec<Part> {
     match &model.layer(l).ffn {
         FfnWeights::Gated { gate, up, .. } => {
             vec![Part::Row { w: gate.w, up: false }, Part::Row { w: up.w, up: true }, Part::Column]
         }
-        FfnWeights::Plain { fc1, .. } => vec![Part::Row { w: fc1.w, up: false }, Part::Column, Part::Bias],
+        FfnWeights::Plain { fc1, .. } => match kind {
+            LayoutKind::Bundled => vec![Part::Row { w: fc1.w, up: false }, Part::Column, Part::Bias],
+            // Split layouts keep the fc1 bias in resident.bin only.
+            LayoutKind::Split => vec![Part::Row { w: fc1.w, up: false }, Part::Column],
+        },
     }
 }
 

@@ -12,7 +12,7 @@ use spike_flash::model::fetch::resolve_model;
 /// Arguments of `spike convert`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Model file (GGUF); default: the cached default model.
+    /// Model file (GGUF) or checkpoint directory; default: the cached default model.
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// Output layout directory, conventionally NAME.spike.
