@@ -60,6 +60,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A flash layout (`NAME.spike/`) is malformed, incomplete or does not match what it is used with.
+    #[error("{}: {what}", path.display())]
+    Layout { path: PathBuf, what: String },
+
     /// An argument or configuration value is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),

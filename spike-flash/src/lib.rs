@@ -5,6 +5,7 @@ pub mod cost;
 pub mod engine;
 pub mod error;
 pub mod io;
+pub mod layout;
 pub mod model;
 
 pub use error::{Error, Result};

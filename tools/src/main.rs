@@ -43,6 +43,10 @@ enum Command {
     ProfileDevice(cmd::profile_device::Args),
     /// Random-read throughput of an I/O backend, or the cost model's error against measured reads.
     IoBench(cmd::io_bench::Args),
+    /// Convert a model into a flash layout directory (NAME.spike: manifest, resident.bin, ffn.bin).
+    Convert(cmd::convert::Args),
+    /// Check a flash layout's structure and every checksum.
+    Verify(cmd::verify::Args),
 }
 
 fn parse_precision(s: &str) -> Result<ActPrecision, String> {
@@ -64,6 +68,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Synth(a) => cmd::synth::run(a),
         Command::ProfileDevice(a) => cmd::profile_device::run(a),
         Command::IoBench(a) => cmd::io_bench::run(a),
+        Command::Convert(a) => cmd::convert::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
     }
 }
 

@@ -58,3 +58,37 @@ fn a_missing_model_file_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
 }
+
+#[test]
+fn convert_then_verify_a_tiny_model() {
+    use spike_flash::model::{quant::DType, synth};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("tiny.gguf");
+    let bytes = synth::llama_gguf(&synth::LlamaShape::tiny(), DType::Q4_1, 3).expect("synth");
+    std::fs::write(&model, bytes).expect("write");
+    let out_dir = dir.path().join("tiny.spike");
+    let out = spike()
+        .arg("convert")
+        .arg("-m")
+        .arg(&model)
+        .arg("-o")
+        .arg(&out_dir)
+        .args(["--layout", "split", "--dtype", "q8_0", "--align", "512"])
+        .output()
+        .expect("run spike convert");
+    assert!(out.status.success(), "convert: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tiny.spike") && text.contains("read amplification"), "{text}");
+    let out = spike().arg("verify").arg(&out_dir).output().expect("run spike verify");
+    assert!(out.status.success(), "verify: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+
+    let mut ffn = std::fs::read(out_dir.join("ffn.bin")).expect("read");
+    let last = ffn.len() - 1;
+    ffn[last] ^= 1;
+    std::fs::write(out_dir.join("ffn.bin"), ffn).expect("write");
+    let out = spike().arg("verify").arg(&out_dir).output().expect("run spike verify");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("layer 1 section `down`"), "{err}");
+}

@@ -1,12 +1,14 @@
 //! One file per subcommand, plus the model loading they share.
 
 pub mod bench;
+pub mod convert;
 pub mod fetch_model;
 pub mod generate;
 pub mod io_bench;
 pub mod perplexity;
 pub mod profile_device;
 pub mod synth;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 

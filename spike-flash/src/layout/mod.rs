@@ -1,0 +1,254 @@
+//! The flash layout of a converted model (`NAME.spike/`): `manifest.json`, `resident.bin` (a GGUF file of the
+//! tensors that stay in DRAM) and `ffn.bin` (the FFN neurons, one record per neuron, in aligned sections).
+//! `docs/format.md` describes the format byte by byte; the constants and types here mirror it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::config::ModelConfig;
+use crate::model::quant::DType;
+
+mod read;
+mod write;
+
+pub use read::{Layout, NeuronF32, VerifyReport};
+pub use write::{write, ConvertOptions, RecordDType, Summary, HF_CONFIG_KEY, HF_TOKENIZER_KEY};
+
+/// The manifest's `format` member.
+pub const FORMAT: &str = "spike-layout";
+/// The format version this code writes and reads.
+pub const VERSION: u32 = 1;
+/// `ffn.bin`'s magic.
+pub const FFN_MAGIC: &[u8; 8] = b"SPIKEFFN";
+/// Bytes of `ffn.bin`'s header that carry data (the header occupies `align` bytes).
+pub const HEADER_USED: usize = 64;
+/// The smallest allowed alignment.
+pub const MIN_ALIGN: u64 = 512;
+/// The default alignment.
+pub const DEFAULT_ALIGN: u64 = 4096;
+/// File names inside a layout directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const RESIDENT_FILE: &str = "resident.bin";
+pub const FFN_FILE: &str = "ffn.bin";
+/// Marks a directory an unfinished conversion is writing into.
+pub const PARTIAL_MARK: &str = ".partial-";
+
+/// How a layer's neurons are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayoutKind {
+    /// One record per neuron holding all its parts: one read per neuron.
+    Bundled,
+    /// One section per matrix: one read per neuron and matrix.
+    Split,
+}
+
+impl LayoutKind {
+    /// The code in `ffn.bin`'s header.
+    pub const fn code(self) -> u32 {
+        match self {
+            LayoutKind::Bundled => 0,
+            LayoutKind::Split => 1,
+        }
+    }
+
+    /// The section names of a layer, for a gated (Llama) or plain (OPT) FFN.
+    pub fn section_names(self, gated: bool) -> &'static [&'static str] {
+        match (self, gated) {
+            (LayoutKind::Bundled, _) => &["bundle"],
+            (LayoutKind::Split, true) => &["gate", "up", "down"],
+            (LayoutKind::Split, false) => &["fc1", "fc2"],
+        }
+    }
+}
+
+/// `source` in the manifest: the converted model file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub path: String,
+    pub len: u64,
+    pub sha256: String,
+}
+
+/// `resident` in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResidentInfo {
+    pub len: u64,
+    pub crc32c: u32,
+    /// Each tensor's crc32c over its data bytes.
+    pub tensors: BTreeMap<String, u32>,
+}
+
+/// `ffn` in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FfnInfo {
+    pub len: u64,
+    pub header_crc32c: u32,
+}
+
+/// One section of `ffn.bin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    pub name: String,
+    pub offset: u64,
+    pub len: u64,
+    pub crc32c: u32,
+}
+
+/// One layer in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// `order[k]` is the neuron stored at position `k`; `None` is the identity.
+    pub order: Option<Vec<u32>>,
+    pub sections: Vec<Section>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub layout_id: String,
+    pub model: ModelConfig,
+    pub source: SourceInfo,
+    pub kind: LayoutKind,
+    /// Record element type, as ggml names it (`f32`, `f16`, `q8_0`, `q4_0`, `q4_1`).
+    pub dtype: String,
+    pub align: u64,
+    pub record_bytes: u64,
+    pub record_stride: u64,
+    pub pack: u64,
+    pub resident: ResidentInfo,
+    pub ffn: FfnInfo,
+    pub layers: Vec<LayerInfo>,
+}
+
+/// The record element type named `name`, if the format allows it.
+pub fn dtype_by_name(name: &str) -> Option<DType> {
+    [DType::F32, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_1].into_iter().find(|t| t.name() == name)
+}
+
+/// `x` rounded up to a multiple of `a` (`a > 0`).
+pub fn round_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+/// Payload bytes of one record: a whole neuron (bundled) or one row (split); `None` when `d` is not a whole
+/// number of `dtype` blocks.
+pub fn record_bytes(kind: LayoutKind, dtype: DType, d: usize, gated: bool) -> Option<u64> {
+    let rb = dtype.bytes_for(d as u64)?;
+    Some(match (kind, gated) {
+        (LayoutKind::Split, _) => rb,
+        (LayoutKind::Bundled, true) => 3 * rb,
+        (LayoutKind::Bundled, false) => 2 * rb + 4,
+    })
+}
+
+/// The 16 bytes a layout id's 32 hex digits encode.
+pub fn layout_id_bytes(id: &str) -> Option<[u8; 16]> {
+    if id.len() != 32 || !id.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&id[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The fields of `ffn.bin`'s header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FfnHeader {
+    pub version: u32,
+    pub align: u32,
+    pub n_layers: u32,
+    pub kind: u32,
+    pub dtype: u32,
+    pub record_bytes: u32,
+    pub record_stride: u64,
+    pub layout_id: [u8; 16],
+}
+
+impl FfnHeader {
+    /// The 64 used header bytes, crc included.
+    pub fn encode(&self) -> [u8; HEADER_USED] {
+        let mut h = [0u8; HEADER_USED];
+        h[0..8].copy_from_slice(FFN_MAGIC);
+        h[8..12].copy_from_slice(&self.version.to_le_bytes());
+        h[12..16].copy_from_slice(&self.align.to_le_bytes());
+        h[16..20].copy_from_slice(&self.n_layers.to_le_bytes());
+        h[20..24].copy_from_slice(&self.kind.to_le_bytes());
+        h[24..28].copy_from_slice(&self.dtype.to_le_bytes());
+        h[28..32].copy_from_slice(&self.record_bytes.to_le_bytes());
+        h[32..40].copy_from_slice(&self.record_stride.to_le_bytes());
+        h[40..56].copy_from_slice(&self.layout_id);
+        let crc = crc32c::crc32c(&h[..60]);
+        h[60..64].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Parses the 64 used header bytes: `Err` names what is wrong (magic, crc).
+    pub fn decode(h: &[u8; HEADER_USED]) -> Result<FfnHeader, String> {
+        if &h[0..8] != FFN_MAGIC {
+            return Err(format!("bad magic {:?}, expected {:?}", &h[0..8], std::str::from_utf8(FFN_MAGIC)));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        let crc = crc32c::crc32c(&h[..60]);
+        if crc != u32_at(60) {
+            return Err(format!("header crc32c is {:08x}, the header says {:08x}", crc, u32_at(60)));
+        }
+        let mut stride = [0u8; 8];
+        stride.copy_from_slice(&h[32..40]);
+        let mut layout_id = [0u8; 16];
+        layout_id.copy_from_slice(&h[40..56]);
+        Ok(FfnHeader {
+            version: u32_at(8),
+            align: u32_at(12),
+            n_layers: u32_at(16),
+            kind: u32_at(20),
+            dtype: u32_at(24),
+            record_bytes: u32_at(28),
+            record_stride: u64::from_le_bytes(stride),
+            layout_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_catches_a_flipped_bit() {
+        let h = FfnHeader {
+            version: VERSION,
+            align: 4096,
+            n_layers: 3,
+            kind: 1,
+            dtype: 3,
+            record_bytes: 1080,
+            record_stride: 4096,
+            layout_id: layout_id_bytes("00112233445566778899aabbccddeeff").expect("id"),
+        };
+        let mut b = h.encode();
+        assert_eq!(FfnHeader::decode(&b), Ok(h));
+        b[17] ^= 1;
+        assert!(FfnHeader::decode(&b).expect_err("crc").contains("crc32c"));
+        b[0] = b'X';
+        assert!(FfnHeader::decode(&b).expect_err("magic").contains("magic"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(record_bytes(LayoutKind::Bundled, DType::Q4_1, 64, true), Some(3 * 40));
+        assert_eq!(record_bytes(LayoutKind::Bundled, DType::F32, 64, false), Some(2 * 256 + 4));
+        assert_eq!(record_bytes(LayoutKind::Split, DType::Q8_0, 64, true), Some(68));
+        assert_eq!(record_bytes(LayoutKind::Split, DType::Q8_0, 48, true), None);
+        assert_eq!(round_up(1080, 4096), 4096);
+        assert_eq!(round_up(8192, 4096), 8192);
+        assert_eq!(dtype_by_name("q4_1"), Some(DType::Q4_1));
+        assert_eq!(dtype_by_name("bf16"), None);
+        assert_eq!(layout_id_bytes("zz"), None);
+    }
+}

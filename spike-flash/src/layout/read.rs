@@ -1,0 +1,362 @@
+//! Opening, validating and verifying a flash layout directory (`docs/format.md`).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{
+    dtype_by_name, layout_id_bytes, record_bytes, round_up, FfnHeader, LayoutKind, Manifest, FFN_FILE, FORMAT,
+    HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
+};
+use crate::model::config::ModelConfig;
+use crate::model::gguf::GgufFile;
+use crate::model::quant::{self, DType};
+use crate::{Error, Result};
+
+/// An opened, validated layout.
+#[derive(Debug)]
+pub struct Layout {
+    dir: PathBuf,
+    manifest: Manifest,
+    dtype: DType,
+    gated: bool,
+    /// Per layer, the position of each neuron (empty for the identity order).
+    position: Vec<Vec<u32>>,
+}
+
+/// What [`Layout::verify`] checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    pub sections: usize,
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+/// One neuron, decoded to f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeuronF32 {
+    /// Gate row (gated) or fc1 row (plain).
+    pub first: Vec<f32>,
+    /// Up row (gated only).
+    pub up: Option<Vec<f32>>,
+    /// Column of down / fc2.
+    pub second_col: Vec<f32>,
+    /// fc1 bias (plain FFNs in bundled layouts; split layouts keep it in resident.bin only).
+    pub b1: Option<f32>,
+}
+
+fn err(path: &Path, what: impl Into<String>) -> Error {
+    Error::Layout { path: path.to_path_buf(), what: what.into() }
+}
+
+impl Layout {
+    /// Opens the layout in `dir`, checking everything `docs/format.md` lists short of the checksums.
+    pub fn open(dir: &Path) -> Result<Layout> {
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.contains(PARTIAL_MARK) {
+            return Err(err(dir, "the directory of an unfinished conversion, not a layout"));
+        }
+        let mpath = dir.join(MANIFEST_FILE);
+        let text = match std::fs::read(&mpath) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(err(dir, "no manifest.json: not a layout, or an incomplete one"))
+            }
+            Err(e) => return Err(Error::io(&mpath, e)),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::json(&mpath, &e))?;
+        match value.get("format").and_then(|f| f.as_str()) {
+            Some(FORMAT) => {}
+            other => return Err(err(&mpath, format!("`format` is {other:?}, expected \"{FORMAT}\""))),
+        }
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(VERSION) => {}
+            other => {
+                return Err(err(
+                    &mpath,
+                    format!("format version {}, this reader reads version {VERSION} only", show(other)),
+                ))
+            }
+        }
+        let manifest: Manifest = serde_json::from_value(value)
+            .map_err(|e| err(&mpath, format!("does not describe a version {VERSION} layout: {e}")))?;
+        let (dtype, gated, position) = check_manifest(&mpath, &manifest)?;
+        let layout = Layout { dir: dir.to_path_buf(), manifest, dtype, gated, position };
+        layout.check_files()?;
+        Ok(layout)
+    }
+
+    /// The layout's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The record element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Checks that the layout was made from a model of configuration `cfg` and, when given, of file sha256
+    /// `sha256`.
+    pub fn check_model(&self, cfg: &ModelConfig, sha256: Option<&str>) -> Result<()> {
+        let mpath = self.dir.join(MANIFEST_FILE);
+        if self.manifest.model != *cfg {
+            return Err(err(&mpath, "was converted from a model of another configuration"));
+        }
+        if let Some(s) = sha256 {
+            if !s.eq_ignore_ascii_case(&self.manifest.source.sha256) {
+                return Err(err(
+                    &mpath,
+                    format!("was converted from a file of sha256 {}", self.manifest.source.sha256),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_files(&self) -> Result<()> {
+        let m = &self.manifest;
+        let ffn_path = self.dir.join(FFN_FILE);
+        let f = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
+        let len = f.metadata().map_err(|e| Error::io(&ffn_path, e))?.len();
+        if len != m.ffn.len {
+            return Err(err(
+                &ffn_path,
+                format!("is {len} bytes, the manifest says {}: truncated, or from another conversion", m.ffn.len),
+            ));
+        }
+        let mut h = [0u8; HEADER_USED];
+        f.read_exact_at(&mut h, 0).map_err(|e| Error::io(&ffn_path, e))?;
+        let hd = FfnHeader::decode(&h).map_err(|w| err(&ffn_path, w))?;
+        let crc = u32::from_le_bytes([h[60], h[61], h[62], h[63]]);
+        let want_id = layout_id_bytes(&m.layout_id);
+        let checks: [(&str, bool); 9] = [
+            ("version", hd.version == VERSION),
+            ("header crc32c (manifest)", crc == m.ffn.header_crc32c),
+            ("layout_id", Some(hd.layout_id) == want_id),
+            ("align", u64::from(hd.align) == m.align),
+            ("n_layers", hd.n_layers as usize == m.layers.len()),
+            ("kind", hd.kind == m.kind.code()),
+            ("dtype", hd.dtype == self.dtype.ggml_id()),
+            ("record_bytes", u64::from(hd.record_bytes) == m.record_bytes),
+            ("record_stride", hd.record_stride == m.record_stride),
+        ];
+        if let Some((what, _)) = checks.iter().find(|(_, ok)| !ok) {
+            return Err(err(
+                &ffn_path,
+                format!("header's {what} does not match the manifest: files of two conversions?"),
+            ));
+        }
+        let rpath = self.dir.join(RESIDENT_FILE);
+        let rlen = std::fs::metadata(&rpath).map_err(|e| Error::io(&rpath, e))?.len();
+        if rlen != m.resident.len {
+            return Err(err(&rpath, format!("is {rlen} bytes, the manifest says {}", m.resident.len)));
+        }
+        Ok(())
+    }
+
+    /// Checks every section's and resident tensor's crc32c; the error names each layer and section, or
+    /// tensor, that fails.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let m = &self.manifest;
+        let mut failures = Vec::new();
+        let mut report = VerifyReport { sections: 0, tensors: 0, bytes: 0 };
+        let ffn_path = self.dir.join(FFN_FILE);
+        let f = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
+        let mut buf = Vec::new();
+        for (l, layer) in m.layers.iter().enumerate() {
+            for s in &layer.sections {
+                buf.resize(s.len as usize, 0);
+                f.read_exact_at(&mut buf, s.offset).map_err(|e| Error::io(&ffn_path, e))?;
+                let crc = crc32c::crc32c(&buf);
+                if crc != s.crc32c {
+                    failures.push(format!(
+                        "{FFN_FILE}: layer {l} section `{}`: crc32c {crc:08x}, the manifest says {:08x}",
+                        s.name, s.crc32c
+                    ));
+                }
+                report.sections += 1;
+                report.bytes += s.len;
+            }
+        }
+        let rpath = self.dir.join(RESIDENT_FILE);
+        let whole = std::fs::read(&rpath).map_err(|e| Error::io(&rpath, e))?;
+        let crc = crc32c::crc32c(&whole);
+        report.bytes += whole.len() as u64;
+        match GgufFile::from_bytes(&rpath, whole) {
+            Ok(g) => {
+                for (name, &want) in &m.resident.tensors {
+                    match g.tensor_data(name) {
+                        Ok(data) => {
+                            let crc = crc32c::crc32c(data);
+                            if crc != want {
+                                failures.push(format!(
+                                    "{RESIDENT_FILE}: tensor `{name}`: crc32c {crc:08x}, the manifest says {want:08x}"
+                                ));
+                            }
+                            report.tensors += 1;
+                        }
+                        Err(_) => failures.push(format!("{RESIDENT_FILE}: tensor `{name}` is missing")),
+                    }
+                }
+                for t in g.tensors().iter().filter(|t| !m.resident.tensors.contains_key(&t.name)) {
+                    failures.push(format!("{RESIDENT_FILE}: tensor `{}` is not in the manifest", t.name));
+                }
+            }
+            Err(e) => failures.push(format!("{RESIDENT_FILE}: does not parse: {e}")),
+        }
+        if crc != m.resident.crc32c {
+            failures.push(format!(
+                "{RESIDENT_FILE}: whole-file crc32c {crc:08x}, the manifest says {:08x}",
+                m.resident.crc32c
+            ));
+        }
+        if failures.is_empty() {
+            Ok(report)
+        } else {
+            Err(err(&self.dir, format!("verification failed: {}", failures.join("; "))))
+        }
+    }
+
+    /// The payload of neuron `neuron` (original index) of `layer`, in the bundled record format whatever the
+    /// layout's kind (split layouts' rows are read from each section and concatenated).
+    pub fn neuron_record(&self, layer: usize, neuron: usize) -> Result<Vec<u8>> {
+        let m = &self.manifest;
+        let f = m.model.d_ffn;
+        let li = m.layers.get(layer).ok_or_else(|| Error::Invalid(format!("layer {layer} of {}", m.layers.len())))?;
+        if neuron >= f {
+            return Err(Error::Invalid(format!("neuron {neuron} of {f}")));
+        }
+        let k = match self.position.get(layer) {
+            Some(p) if !p.is_empty() => p[neuron] as u64,
+            _ => neuron as u64,
+        };
+        let ffn_path = self.dir.join(FFN_FILE);
+        let file = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
+        let mut out = Vec::new();
+        for s in &li.sections {
+            let start = out.len();
+            out.resize(start + m.record_bytes as usize, 0);
+            let off = s.offset + k * m.record_stride;
+            file.read_exact_at(&mut out[start..], off).map_err(|e| Error::Read {
+                path: ffn_path.clone(),
+                offset: off,
+                length: m.record_bytes,
+                source: e,
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Decodes a payload returned by [`Layout::neuron_record`].
+    pub fn decode_neuron(&self, bytes: &[u8]) -> Result<NeuronF32> {
+        let d = self.manifest.model.d_model;
+        let rb = self.dtype.bytes_for(d as u64).unwrap_or(0) as usize;
+        // Split plain (OPT) layouts keep the fc1 bias in resident.bin only: their records are 2 rows.
+        let want = match (self.gated, self.manifest.kind) {
+            (true, _) => 3 * rb,
+            (false, LayoutKind::Bundled) => 2 * rb + 4,
+            (false, LayoutKind::Split) => 2 * rb,
+        };
+        if bytes.len() != want {
+            return Err(Error::Invalid(format!("a neuron record is {want} bytes, got {}", bytes.len())));
+        }
+        let row = |i: usize| -> Result<Vec<f32>> {
+            let mut v = vec![0.0f32; d];
+            quant::dequantize(self.dtype, &bytes[i * rb..(i + 1) * rb], &mut v)?;
+            Ok(v)
+        };
+        if self.gated {
+            Ok(NeuronF32 { first: row(0)?, up: Some(row(1)?), second_col: row(2)?, b1: None })
+        } else {
+            let b1 = bytes.get(2 * rb..2 * rb + 4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            Ok(NeuronF32 { first: row(0)?, up: None, second_col: row(1)?, b1 })
+        }
+    }
+}
+
+fn show(v: Option<u64>) -> String {
+    v.map_or_else(|| "missing".to_string(), |v| v.to_string())
+}
+
+/// Checks the manifest's internal consistency; returns the record type, whether the FFN is gated, and the
+/// per-layer neuron positions.
+fn check_manifest(mpath: &Path, m: &Manifest) -> Result<(DType, bool, Vec<Vec<u32>>)> {
+    let dtype = dtype_by_name(&m.dtype).ok_or_else(|| err(mpath, format!("unknown record dtype `{}`", m.dtype)))?;
+    if !m.align.is_power_of_two() || m.align < MIN_ALIGN {
+        return Err(err(mpath, format!("align {} is not a power of two >= {MIN_ALIGN}", m.align)));
+    }
+    if m.pack != 1 && m.pack != m.align {
+        return Err(err(mpath, format!("pack {} is neither 1 nor align {}", m.pack, m.align)));
+    }
+    let gated = m.model.arch != crate::model::config::Arch::Opt;
+    let (d, f) = (m.model.d_model, m.model.d_ffn);
+    if record_bytes(m.kind, dtype, d, gated) != Some(m.record_bytes) {
+        return Err(err(mpath, format!("record_bytes {} does not fit {} rows of {d}", m.record_bytes, m.dtype)));
+    }
+    if m.record_stride != round_up(m.record_bytes, m.pack) {
+        return Err(err(mpath, format!("record_stride {} is not record_bytes rounded to pack", m.record_stride)));
+    }
+    if m.layers.len() != m.model.n_layers {
+        return Err(err(mpath, format!("{} layers listed, the model has {}", m.layers.len(), m.model.n_layers)));
+    }
+    let sec_len = round_up(f as u64 * m.record_stride, m.align);
+    let names = m.kind.section_names(gated);
+    let mut spans = Vec::new();
+    let mut positions = Vec::with_capacity(m.layers.len());
+    for (l, layer) in m.layers.iter().enumerate() {
+        let got: Vec<&str> = layer.sections.iter().map(|s| s.name.as_str()).collect();
+        if got != names {
+            return Err(err(mpath, format!("layer {l}: sections {got:?}, expected {names:?}")));
+        }
+        for s in &layer.sections {
+            let bad = if s.offset % m.align != 0 {
+                Some("is not aligned")
+            } else if s.len != sec_len {
+                Some("has the wrong length")
+            } else if s.offset < m.align || s.offset.checked_add(s.len).is_none_or(|e| e > m.ffn.len) {
+                Some("lies outside ffn.bin's data")
+            } else {
+                None
+            };
+            if let Some(bad) = bad {
+                return Err(err(
+                    mpath,
+                    format!("layer {l} section `{}` (offset {}, len {}) {bad}", s.name, s.offset, s.len),
+                ));
+            }
+            spans.push((s.offset, s.offset + s.len, l, s.name.clone()));
+        }
+        positions.push(match &layer.order {
+            None => Vec::new(),
+            Some(order) => {
+                let mut pos = vec![u32::MAX; f];
+                if order.len() != f {
+                    return Err(err(mpath, format!("layer {l}: order has {} entries, d_ffn is {f}", order.len())));
+                }
+                for (k, &n) in order.iter().enumerate() {
+                    match pos.get_mut(n as usize) {
+                        Some(p) if *p == u32::MAX => *p = k as u32,
+                        _ => return Err(err(mpath, format!("layer {l}: order is not a permutation of 0..{f}"))),
+                    }
+                }
+                pos
+            }
+        });
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        if w[0].1 > w[1].0 {
+            return Err(err(
+                mpath,
+                format!("layer {} section `{}` overlaps layer {} section `{}`", w[0].2, w[0].3, w[1].2, w[1].3),
+            ));
+        }
+    }
+    Ok((dtype, gated, positions))
+}

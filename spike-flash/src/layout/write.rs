@@ -1,0 +1,510 @@
+//! Converting a model into a flash layout directory (`docs/format.md`), atomically.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::{
+    layout_id_bytes, record_bytes, round_up, FfnHeader, FfnInfo, LayerInfo, LayoutKind, Manifest, ResidentInfo,
+    Section, SourceInfo, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
+};
+use crate::engine::model::{FfnWeights, Model, WeightRef};
+use crate::engine::sparse::NeuronRows;
+use crate::model::config::ModelConfig;
+use crate::model::gguf::{GgufFile, MetaValue};
+use crate::model::gguf_write::GgufWriter;
+use crate::model::quant::{self, DType};
+use crate::model::safetensors::HfCheckpoint;
+use crate::{Error, Result};
+
+/// The element type of the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordDType {
+    /// The source's FFN type: rows copied byte for byte, columns re-quantized.
+    #[default]
+    Source,
+    F32,
+    F16,
+    Q8_0,
+    Q4_1,
+}
+
+/// What [`write`] produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertOptions {
+    pub kind: LayoutKind,
+    pub dtype: RecordDType,
+    /// A power of two, at least 512.
+    pub align: u64,
+    /// `1` (records packed tight) or `align` (each record its own aligned span).
+    pub pack: u64,
+    /// Replace an existing output directory (removed only once the new one is complete).
+    pub force: bool,
+    /// Testing hook: fail after `ffn.bin` is written and before the manifest, as an interrupted conversion.
+    #[doc(hidden)]
+    pub fail_before_manifest: bool,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            kind: LayoutKind::Bundled,
+            dtype: RecordDType::Source,
+            align: super::DEFAULT_ALIGN,
+            pack: 1,
+            force: false,
+            fail_before_manifest: false,
+        }
+    }
+}
+
+/// What a conversion wrote.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    pub out_dir: PathBuf,
+    pub kind: LayoutKind,
+    pub dtype: String,
+    pub align: u64,
+    pub pack: u64,
+    /// Payload bytes of one neuron, all parts together.
+    pub neuron_bytes: u64,
+    /// Payload bytes of one record (a neuron when bundled, a row when split).
+    pub record_bytes: u64,
+    pub record_stride: u64,
+    /// Bytes an O_DIRECT read of one isolated record transfers per payload byte: the stride rounded up to
+    /// `align`, over `record_bytes` (a packed record straddling an `align` boundary costs one unit more).
+    pub read_amplification: f64,
+    pub ffn_bytes: u64,
+    pub resident_bytes: u64,
+    pub manifest_bytes: u64,
+    /// Largest `|stored - source|` over every FFN value not copied byte for byte (0 when all are exact).
+    pub max_abs_error: f32,
+}
+
+fn layout_err(path: &Path, what: impl Into<String>) -> Error {
+    Error::Layout { path: path.to_path_buf(), what: what.into() }
+}
+
+/// Whether a tensor name (GGUF or Hugging Face spelling) is one of the streamed FFN matrices.
+fn is_streamed(name: &str) -> bool {
+    const GGUF: [&str; 3] = [".ffn_gate.weight", ".ffn_up.weight", ".ffn_down.weight"];
+    const HF: [&str; 5] =
+        [".mlp.gate_proj.weight", ".mlp.up_proj.weight", ".mlp.down_proj.weight", ".fc1.weight", ".fc2.weight"];
+    (name.starts_with("blk.") && GGUF.iter().any(|s| name.ends_with(s))) || HF.iter().any(|s| name.ends_with(s))
+}
+
+/// The opened source file.
+enum Src {
+    Gguf(GgufFile),
+    Hf(HfCheckpoint),
+}
+
+/// Metadata key holding a checkpoint's `config.json` in `resident.bin`.
+pub const HF_CONFIG_KEY: &str = "spike.hf.config_json";
+/// Metadata key holding a checkpoint's `tokenizer.json` in `resident.bin`.
+pub const HF_TOKENIZER_KEY: &str = "spike.hf.tokenizer_json";
+
+/// `resident.bin`'s contents: the source's metadata and every tensor but the streamed FFN matrices, with
+/// each tensor's crc32c.
+fn resident_writer(
+    src: &Src,
+    cfg: &ModelConfig,
+    gated: bool,
+    source_path: &Path,
+) -> Result<(GgufWriter, BTreeMap<String, u32>)> {
+    let mut w = GgufWriter::new();
+    let mut tensors = BTreeMap::new();
+    let mut streamed = 0usize;
+    match src {
+        Src::Gguf(gguf) => {
+            for (k, v) in gguf.metadata() {
+                w.add_meta(k, v.clone());
+            }
+            for t in gguf.tensors() {
+                if is_streamed(&t.name) {
+                    streamed += 1;
+                    continue;
+                }
+                let bytes = gguf.tensor_data(&t.name)?;
+                tensors.insert(t.name.clone(), crc32c::crc32c(bytes));
+                w.add_tensor(t.name.clone(), &t.dims, t.dtype, bytes.to_vec())?;
+            }
+        }
+        Src::Hf(ck) => {
+            let arch = if gated { "llama" } else { "opt" };
+            w.add_meta("general.architecture", MetaValue::String(arch.into()));
+            w.add_meta(HF_CONFIG_KEY, MetaValue::String(ck.raw_config().to_string()));
+            if let Some(p) = ck.tokenizer_json() {
+                let text = fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+                w.add_meta(HF_TOKENIZER_KEY, MetaValue::String(text));
+            }
+            for name in ck.names() {
+                if is_streamed(name) {
+                    streamed += 1;
+                    continue;
+                }
+                let t = ck.tensor(name)?;
+                let mut dims: Vec<u64> = t.shape.iter().rev().map(|&x| x as u64).collect();
+                if dims.is_empty() {
+                    dims.push(1);
+                }
+                tensors.insert(name.to_string(), crc32c::crc32c(t.data));
+                w.add_tensor(name, &dims, t.dtype, t.data.to_vec())?;
+            }
+        }
+    }
+    let want = cfg.n_layers * if gated { 3 } else { 2 };
+    if streamed != want {
+        return Err(Error::Invalid(format!(
+            "{}: found {streamed} FFN matrices, expected {want}",
+            source_path.display()
+        )));
+    }
+    Ok((w, tensors))
+}
+
+/// Total length and sha256 of `files` read one after the other.
+fn sha256_files<'a>(files: impl Iterator<Item = &'a Path>) -> Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for path in files {
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+    }
+    Ok((len, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+/// Converts `model`, read from `source_path`, into the layout directory `out_dir` (`NAME.spike`). The
+/// directory appears complete or not at all: it is written as `NAME.spike.partial-<pid>` and renamed last.
+/// For a Hugging Face checkpoint (a directory), `resident.bin` keeps the tensors under their checkpoint names
+/// with `config.json` and `tokenizer.json` as metadata strings.
+pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOptions) -> Result<Summary> {
+    if !opts.align.is_power_of_two() || opts.align < MIN_ALIGN {
+        return Err(Error::Invalid(format!("layout alignment {} is not a power of two >= {MIN_ALIGN}", opts.align)));
+    }
+    if opts.pack != 1 && opts.pack != opts.align {
+        return Err(Error::Invalid(format!("record packing {} must be 1 or the alignment {}", opts.pack, opts.align)));
+    }
+    let src = if source_path.is_dir() {
+        Src::Hf(HfCheckpoint::open(source_path)?)
+    } else {
+        Src::Gguf(GgufFile::open(source_path)?)
+    };
+    let cfg = model.cfg();
+    let src_cfg = match &src {
+        Src::Gguf(g) => ModelConfig::from_gguf(g)?,
+        Src::Hf(h) => h.config().clone(),
+    };
+    if src_cfg != *cfg {
+        return Err(Error::Invalid(format!(
+            "{}: the model given is not the one in this file (configurations differ)",
+            source_path.display()
+        )));
+    }
+    let plan = Plan::new(model, opts)?;
+
+    let name = out_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Invalid(format!("output {}: no usable directory name", out_dir.display())))?;
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if out_dir.exists() && !opts.force {
+        return Err(layout_err(out_dir, "already exists; pass --force to replace it"));
+    }
+    fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let partial = parent.join(format!("{name}{PARTIAL_MARK}{}", std::process::id()));
+    if partial.exists() {
+        fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    fs::create_dir(&partial).map_err(|e| Error::io(&partial, e))?;
+    let written = write_into(&partial, model, &src, source_path, opts, &plan);
+    let (manifest_bytes, resident_bytes, ffn_bytes, max_abs_error) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // Best effort: the partial directory is garbage; the first error is the one to report.
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+    };
+    install(&partial, out_dir, &parent, name)?;
+
+    let isolated = round_up(plan.stride, opts.align);
+    Ok(Summary {
+        out_dir: out_dir.to_path_buf(),
+        kind: opts.kind,
+        dtype: plan.dtype.name().to_string(),
+        align: opts.align,
+        pack: opts.pack,
+        neuron_bytes: plan.neuron_bytes,
+        record_bytes: plan.record_bytes,
+        record_stride: plan.stride,
+        read_amplification: isolated as f64 / plan.record_bytes as f64,
+        ffn_bytes,
+        resident_bytes,
+        manifest_bytes,
+        max_abs_error,
+    })
+}
+
+/// Renames the finished `partial` directory to `out_dir`, replacing an old one only now.
+fn install(partial: &Path, out_dir: &Path, parent: &Path, name: &str) -> Result<()> {
+    let old = parent.join(format!("{name}.old-{}", std::process::id()));
+    let had_old = out_dir.exists();
+    if had_old {
+        fs::rename(out_dir, &old).map_err(|e| Error::io(out_dir, e))?;
+    }
+    fs::rename(partial, out_dir).map_err(|e| Error::io(out_dir, e))?;
+    File::open(parent).and_then(|d| d.sync_all()).map_err(|e| Error::io(parent, e))?;
+    if had_old {
+        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Sizes and types fixed before writing.
+struct Plan {
+    dtype: DType,
+    gated: bool,
+    neuron_bytes: u64,
+    record_bytes: u64,
+    stride: u64,
+    section_len: u64,
+}
+
+impl Plan {
+    fn new(model: &Model, opts: &ConvertOptions) -> Result<Plan> {
+        let cfg = model.cfg();
+        let label = model.parts().source.label().to_path_buf();
+        let gated = matches!(model.layer(0).ffn, FfnWeights::Gated { .. });
+        let src = model.layer(0).ffn.first().w.dtype;
+        let dtype = match opts.dtype {
+            RecordDType::Source => {
+                if (0..cfg.n_layers).any(|l| model.layer(l).ffn.first().w.dtype != src) {
+                    return Err(Error::Unsupported {
+                        path: label,
+                        what: "`--dtype source` for FFN matrices of mixed types; pick one type".into(),
+                    });
+                }
+                src
+            }
+            RecordDType::F32 => DType::F32,
+            RecordDType::F16 => DType::F16,
+            RecordDType::Q8_0 => DType::Q8_0,
+            RecordDType::Q4_1 => DType::Q4_1,
+        };
+        if super::dtype_by_name(dtype.name()).is_none() {
+            return Err(Error::Unsupported { path: label, what: format!("{dtype} layout records") });
+        }
+        let d = cfg.d_model;
+        let rec = record_bytes(opts.kind, dtype, d, gated);
+        let neuron = record_bytes(LayoutKind::Bundled, dtype, d, gated);
+        let (Some(record_bytes), Some(neuron_bytes)) = (rec, neuron) else {
+            return Err(Error::Invalid(format!(
+                "d_model {d} is not a whole number of {}-element {dtype} blocks",
+                dtype.block_len()
+            )));
+        };
+        let stride = round_up(record_bytes, opts.pack);
+        let section_len = round_up(cfg.d_ffn as u64 * stride, opts.align);
+        Ok(Plan { dtype, gated, neuron_bytes, record_bytes, stride, section_len })
+    }
+}
+
+/// Writes the three files into `dir`; returns the manifest, resident and ffn sizes and the max abs error.
+fn write_into(
+    dir: &Path,
+    model: &Model,
+    src: &Src,
+    source_path: &Path,
+    opts: &ConvertOptions,
+    plan: &Plan,
+) -> Result<(u64, u64, u64, f32)> {
+    let cfg = model.cfg();
+    let layout_id = format!("{:032x}", rand::random::<u128>());
+    let id_bytes = layout_id_bytes(&layout_id).ok_or_else(|| Error::Invalid("layout id".into()))?;
+
+    // resident.bin
+    let (w, tensors) = resident_writer(src, cfg, plan.gated, source_path)?;
+    let resident = w.to_bytes()?;
+    let resident_path = dir.join(RESIDENT_FILE);
+    write_synced(&resident_path, &resident)?;
+    let resident_info = ResidentInfo { len: resident.len() as u64, crc32c: crc32c::crc32c(&resident), tensors };
+    drop(resident);
+
+    // ffn.bin
+    let align = opts.align;
+    let header = FfnHeader {
+        version: VERSION,
+        align: u32::try_from(align).map_err(|_| Error::Invalid(format!("alignment {align} too large")))?,
+        n_layers: cfg.n_layers as u32,
+        kind: opts.kind.code(),
+        dtype: plan.dtype.ggml_id(),
+        record_bytes: u32::try_from(plan.record_bytes)
+            .map_err(|_| Error::Invalid(format!("record of {} bytes too large", plan.record_bytes)))?,
+        record_stride: plan.stride,
+        layout_id: id_bytes,
+    };
+    let hbytes = header.encode();
+    let mut head = vec![0u8; align as usize];
+    head[..HEADER_USED].copy_from_slice(&hbytes);
+    let ffn_path = dir.join(FFN_FILE);
+    let file = File::create(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&head).map_err(|e| Error::io(&ffn_path, e))?;
+    let mut offset = align;
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    let mut max_err = 0.0f32;
+    let names = opts.kind.section_names(plan.gated);
+    for l in 0..cfg.n_layers {
+        let rows = NeuronRows::from_model(model, l)?;
+        let parts = neuron_parts(model, l, opts.kind);
+        let mut bufs: Vec<Vec<u8>> = names.iter().map(|_| vec![0u8; plan.section_len as usize]).collect();
+        let mut scratch = Vec::new();
+        for n in 0..cfg.d_ffn {
+            let pos = n as u64 * plan.stride;
+            let mut at = 0usize;
+            for (pi, part) in parts.iter().enumerate() {
+                scratch.clear();
+                max_err = max_err.max(part.encode(model, &rows, n, cfg.d_model, plan.dtype, &mut scratch)?);
+                let (buf, start) = match opts.kind {
+                    LayoutKind::Bundled => (&mut bufs[0], pos as usize + at),
+                    LayoutKind::Split => (&mut bufs[pi], pos as usize),
+                };
+                buf[start..start + scratch.len()].copy_from_slice(&scratch);
+                at += scratch.len();
+            }
+        }
+        let mut sections = Vec::with_capacity(names.len());
+        for (name, buf) in names.iter().zip(&bufs) {
+            out.write_all(buf).map_err(|e| Error::io(&ffn_path, e))?;
+            sections.push(Section {
+                name: name.to_string(),
+                offset,
+                len: plan.section_len,
+                crc32c: crc32c::crc32c(buf),
+            });
+            offset += plan.section_len;
+        }
+        layers.push(LayerInfo { order: None, sections });
+    }
+    let file = out.into_inner().map_err(|e| Error::io(&ffn_path, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(&ffn_path, e))?;
+    drop(file);
+
+    if opts.fail_before_manifest {
+        return Err(layout_err(dir, "conversion interrupted before the manifest (test hook)"));
+    }
+
+    // manifest.json, last.
+    let (source_len, sha256) = match src {
+        Src::Gguf(_) => (
+            fs::metadata(source_path).map_err(|e| Error::io(source_path, e))?.len(),
+            crate::model::fetch::sha256_file(source_path)?,
+        ),
+        Src::Hf(h) => sha256_files(h.files())?,
+    };
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        layout_id,
+        model: cfg.clone(),
+        source: SourceInfo { path: source_path.display().to_string(), len: source_len, sha256 },
+        kind: opts.kind,
+        dtype: plan.dtype.name().into(),
+        align,
+        record_bytes: plan.record_bytes,
+        record_stride: plan.stride,
+        pack: opts.pack,
+        resident: resident_info.clone(),
+        ffn: FfnInfo {
+            len: offset,
+            header_crc32c: u32::from_le_bytes([hbytes[60], hbytes[61], hbytes[62], hbytes[63]]),
+        },
+        layers,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
+    write_synced(&dir.join(MANIFEST_FILE), &json)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
+    Ok((json.len() as u64, resident_info.len, offset, max_err))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// One part of a neuron record.
+enum Part {
+    /// Row `n` of a matrix (gate, up, fc1); `up` selects the up rows of [`NeuronRows`].
+    Row { w: WeightRef, up: bool },
+    /// Column `n` of the second matrix (down, fc2).
+    Column,
+    /// The fc1 bias of neuron `n`, f32.
+    Bias,
+}
+
+fn neuron_parts(model: &Model, l: usize, kind: LayoutKind) -> Vec<Part> {
+    match &model.layer(l).ffn {
+        FfnWeights::Gated { gate, up, .. } => {
+            vec![Part::Row { w: gate.w, up: false }, Part::Row { w: up.w, up: true }, Part::Column]
+        }
+        FfnWeights::Plain { fc1, .. } => match kind {
+            LayoutKind::Bundled => vec![Part::Row { w: fc1.w, up: false }, Part::Column, Part::Bias],
+            // Split layouts keep the fc1 bias in resident.bin only.
+            LayoutKind::Split => vec![Part::Row { w: fc1.w, up: false }, Part::Column],
+        },
+    }
+}
+
+impl Part {
+    /// Appends the part for neuron `n` to `out`; returns the largest error against the source's values.
+    fn encode(
+        &self,
+        model: &Model,
+        rows: &NeuronRows,
+        n: usize,
+        d: usize,
+        dtype: DType,
+        out: &mut Vec<u8>,
+    ) -> Result<f32> {
+        let exact: &[f32] = match self {
+            Part::Row { w, up } => {
+                if w.dtype == dtype {
+                    out.extend_from_slice(model.matrix(w).row(n));
+                    return Ok(0.0);
+                }
+                let m = if *up { rows.up.as_deref().unwrap_or(&[]) } else { &rows.first };
+                &m[n * d..(n + 1) * d]
+            }
+            Part::Column => &rows.second_t[n * d..(n + 1) * d],
+            Part::Bias => {
+                let b = rows.b1.as_ref().and_then(|b| b.get(n)).copied().unwrap_or(0.0);
+                out.extend_from_slice(&b.to_le_bytes());
+                return Ok(0.0);
+            }
+        };
+        let start = out.len();
+        quant::quantize(dtype, exact, out)?;
+        if dtype == DType::F32 {
+            return Ok(0.0);
+        }
+        let mut back = vec![0.0f32; d];
+        quant::dequantize(dtype, &out[start..], &mut back)?;
+        Ok(back.iter().zip(exact).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max))
+    }
+}

@@ -1,0 +1,83 @@
+//! `spike convert`: a model file into a flash layout directory (`docs/format.md`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use spike_flash::engine::model::Model;
+use spike_flash::layout::{self, ConvertOptions, LayoutKind, RecordDType};
+use spike_flash::model::bind::Source;
+use spike_flash::model::fetch::resolve_model;
+
+/// Arguments of `spike convert`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model file (GGUF) or checkpoint directory; default: the cached default model.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Output layout directory, conventionally NAME.spike.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// bundled (one record per neuron) or split (one section per matrix).
+    #[arg(long, default_value = "bundled", value_parser = parse_kind)]
+    layout: LayoutKind,
+    /// Record element type: source (rows copied, columns re-quantized), f32, f16, q8_0 or q4_1.
+    #[arg(long, default_value = "source", value_parser = parse_dtype)]
+    dtype: RecordDType,
+    /// Alignment of sections (a power of two >= 512).
+    #[arg(long, default_value_t = 4096)]
+    align: u64,
+    /// Give each record its own aligned span instead of packing records tight.
+    #[arg(long)]
+    pad_records: bool,
+    /// Replace an existing output directory (only once the new one is complete).
+    #[arg(long)]
+    force: bool,
+}
+
+fn parse_kind(s: &str) -> Result<LayoutKind, String> {
+    match s {
+        "bundled" => Ok(LayoutKind::Bundled),
+        "split" => Ok(LayoutKind::Split),
+        _ => Err(format!("`{s}` is not bundled or split")),
+    }
+}
+
+fn parse_dtype(s: &str) -> Result<RecordDType, String> {
+    Ok(match s {
+        "source" => RecordDType::Source,
+        "f32" => RecordDType::F32,
+        "f16" => RecordDType::F16,
+        "q8_0" => RecordDType::Q8_0,
+        "q4_1" => RecordDType::Q4_1,
+        _ => return Err(format!("`{s}` is not source, f32, f16, q8_0 or q4_1")),
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let start = Instant::now();
+    // No tokenizer needed: the layout copies the source's metadata as it is.
+    let path = resolve_model(args.model.as_deref())?;
+    let source = Source::open(&path).with_context(|| format!("opening model {}", path.display()))?;
+    let model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
+    let opts = ConvertOptions {
+        kind: args.layout,
+        dtype: args.dtype,
+        align: args.align,
+        pack: if args.pad_records { args.align } else { 1 },
+        force: args.force,
+        ..Default::default()
+    };
+    let s = layout::write(&model, &path, &args.out, &opts)
+        .with_context(|| format!("converting {} into {}", path.display(), args.out.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    println!("converted {} into {} in {secs:.2} s", path.display(), s.out_dir.display());
+    println!("  layout {:?}, records {}, align {}, pack {}", s.kind, s.dtype, s.align, s.pack);
+    println!(
+        "  neuron {} B, record {} B, stride {} B, read amplification of one isolated record {:.2}x",
+        s.neuron_bytes, s.record_bytes, s.record_stride, s.read_amplification
+    );
+    println!("  ffn.bin {} B, resident.bin {} B, manifest.json {} B", s.ffn_bytes, s.resident_bytes, s.manifest_bytes);
+    println!("  max abs error of re-encoded FFN values: {:e}", s.max_abs_error);
+    Ok(())
+}
