@@ -48,16 +48,16 @@ fn check_round_trip(src: DType, kind: LayoutKind, rd: RecordDType, want: DType) 
     let summary = layout::write(&model, &path, &out, &opts(kind, rd)).unwrap();
     let lay = Layout::open(&out).unwrap();
     assert_eq!(lay.dtype(), want);
-    lay.check_model(model.cfg(), Some(&spike_flash::model::fetch::sha256_file(&path).unwrap())).unwrap();
+    lay.check_model(model.config(), Some(&spike_flash::model::fetch::sha256_file(&path).unwrap())).unwrap();
     let report = lay.verify().unwrap();
-    assert_eq!(report.sections, model.cfg().n_layers * if kind == LayoutKind::Split { 3 } else { 1 });
+    assert_eq!(report.sections, model.config().n_layers * if kind == LayoutKind::Split { 3 } else { 1 });
     assert!(report.tensors > 0);
-    let (d, f) = (model.cfg().d_model, model.cfg().d_ffn);
+    let (d, f) = (model.config().d_model, model.config().d_ffn);
     let rb = want.bytes_for(d as u64).unwrap() as usize;
     assert_eq!(summary.neuron_bytes as usize, 3 * rb);
     assert_eq!(summary.record_bytes as usize, if kind == LayoutKind::Split { rb } else { 3 * rb });
     let mut worst = 0.0f32;
-    for l in 0..model.cfg().n_layers {
+    for l in 0..model.config().n_layers {
         let rows = NeuronRows::from_model(&model, l).unwrap();
         let FfnWeights::Gated { gate, up, .. } = &model.layer(l).ffn else { panic!("gated") };
         for n in 0..f {
@@ -117,7 +117,7 @@ fn packing_and_summary() {
     let s = layout::write(&model, &path, &tmp.path().join("a.spike"), &o).unwrap();
     assert_eq!((s.record_bytes, s.record_stride), (120, 512));
     assert!((s.read_amplification - 512.0 / 120.0).abs() < 1e-9);
-    let f = model.cfg().d_ffn as u64;
+    let f = model.config().d_ffn as u64;
     assert_eq!(s.ffn_bytes, 512 + 2 * f * 512);
     assert_eq!(fs::metadata(tmp.path().join("a.spike/ffn.bin")).unwrap().len(), s.ffn_bytes);
     let lay = Layout::open(&tmp.path().join("a.spike")).unwrap();
@@ -291,7 +291,7 @@ fn opt_checkpoint_bundled_and_split() {
     let spec = SynthSpec { shards: 2, dtype: DType::F16, ..SynthSpec::tiny_opt(3) };
     synth::write_hf_checkpoint(&spec, &ck).unwrap();
     let model = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
-    let (d, f) = (model.cfg().d_model, model.cfg().d_ffn);
+    let (d, f) = (model.config().d_model, model.config().d_ffn);
     for (kind, rd, want) in [
         (LayoutKind::Bundled, RecordDType::Source, DType::F16),
         (LayoutKind::Split, RecordDType::Source, DType::F16),
@@ -303,9 +303,9 @@ fn opt_checkpoint_bundled_and_split() {
         assert_eq!(s.neuron_bytes, 2 * rb + 4);
         let lay = Layout::open(&out).unwrap();
         lay.verify().unwrap();
-        lay.check_model(model.cfg(), None).unwrap();
+        lay.check_model(model.config(), None).unwrap();
         assert_eq!(lay.manifest().layers[0].sections.len(), if kind == LayoutKind::Split { 2 } else { 1 });
-        for l in 0..model.cfg().n_layers {
+        for l in 0..model.config().n_layers {
             let rows = NeuronRows::from_model(&model, l).unwrap();
             let b1 = rows.b1.as_ref().expect("OPT has fc1 biases");
             assert_eq!(b1.len(), f);
@@ -367,7 +367,7 @@ fn llama_checkpoint_and_bf16_sources() {
     layout::write(&model, &ck, &out, &opts(LayoutKind::Split, RecordDType::Source)).unwrap();
     let lay = Layout::open(&out).unwrap();
     lay.verify().unwrap();
-    let d = model.cfg().d_model;
+    let d = model.config().d_model;
     let rows = NeuronRows::from_model(&model, 1).unwrap();
     let got = lay.decode_neuron(&lay.neuron_record(1, 5).unwrap()).unwrap();
     assert_eq!(bits(&got.first), bits(&rows.first[5 * d..6 * d]));

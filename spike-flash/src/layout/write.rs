@@ -201,7 +201,7 @@ pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOp
     } else {
         Src::Gguf(GgufFile::open(source_path)?)
     };
-    let cfg = model.cfg();
+    let cfg = model.config();
     let src_cfg = match &src {
         Src::Gguf(g) => ModelConfig::from_gguf(g)?,
         Src::Hf(h) => h.config().clone(),
@@ -287,7 +287,7 @@ struct Plan {
 
 impl Plan {
     fn new(model: &Model, opts: &ConvertOptions) -> Result<Plan> {
-        let cfg = model.cfg();
+        let cfg = model.config();
         let label = model.parts().source.label().to_path_buf();
         let gated = matches!(model.layer(0).ffn, FfnWeights::Gated { .. });
         let src = model.layer(0).ffn.first().w.dtype;
@@ -333,7 +333,7 @@ fn write_into(
     opts: &ConvertOptions,
     plan: &Plan,
 ) -> Result<(u64, u64, u64, f32)> {
-    let cfg = model.cfg();
+    let cfg = model.config();
     let layout_id = format!("{:032x}", rand::random::<u128>());
     let id_bytes = layout_id_bytes(&layout_id).ok_or_else(|| Error::Invalid("layout id".into()))?;
 
