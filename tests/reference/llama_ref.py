@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from refio import parse_tokens, write_outputs
+from refio import mean_nll, parse_tokens, write_outputs
 
 try:
     import gguf
@@ -261,18 +261,6 @@ def _unicode_to_byte():
             cs.append(256 + n)
             n += 1
     return {chr(c): b for b, c in zip(bs, cs)}
-
-
-def mean_nll(logits, tokens) -> float:
-    """Mean next-token negative log-likelihood (nats) of tokens[1:] given the logits of tokens[:-1]."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if len(tokens) < 2:
-        return float("nan")
-    lg = logits[:-1]
-    m = lg.max(axis=-1, keepdims=True)
-    logz = (m + np.log(np.exp(lg - m).sum(axis=-1, keepdims=True)))[:, 0]
-    target = np.asarray(tokens[1:], dtype=np.int64)
-    return float(np.mean(logz - lg[np.arange(len(target)), target]))
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,7 @@ import time
 
 import numpy as np
 
-from refio import parse_tokens, write_outputs
+from refio import mean_nll, parse_tokens, write_outputs
 
 LN_EPS = 1e-5
 POSITION_OFFSET = 2
@@ -274,17 +274,6 @@ class OptRef:
 # --------------------------------------------------------------------------------------------------
 # Output, as llama_ref.py writes it
 # --------------------------------------------------------------------------------------------------
-
-
-def mean_nll(logits, tokens) -> float:
-    """Mean next-token negative log-likelihood (nats) of tokens[1:] given the logits of tokens[:-1]."""
-    if len(tokens) < 2:
-        return float("nan")
-    lg = np.asarray(logits, dtype=np.float64)[:-1]
-    m = lg.max(axis=-1, keepdims=True)
-    logz = (m + np.log(np.exp(lg - m).sum(axis=-1, keepdims=True)))[:, 0]
-    target = np.asarray(tokens[1:], dtype=np.int64)
-    return float(np.mean(logz - lg[np.arange(len(target)), target]))
 
 
 def main(argv=None) -> int:

@@ -37,3 +37,14 @@ def parse_tokens(text: str, prog: str) -> list[int]:
         return [int(p) for p in parts]
     except ValueError:
         raise SystemExit(f"{prog}: --tokens must be comma-separated integers, got {text!r}")
+
+
+def mean_nll(logits, tokens) -> float:
+    """Mean next-token negative log-likelihood (nats) of tokens[1:] given the logits of tokens[:-1]."""
+    if len(tokens) < 2:
+        return float("nan")
+    lg = np.asarray(logits, dtype=np.float64)[:-1]
+    m = lg.max(axis=-1, keepdims=True)
+    logz = (m + np.log(np.exp(lg - m).sum(axis=-1, keepdims=True)))[:, 0]
+    target = np.asarray(tokens[1:], dtype=np.int64)
+    return float(np.mean(logz - lg[np.arange(len(target)), target]))

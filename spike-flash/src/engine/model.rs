@@ -136,6 +136,8 @@ pub struct State {
     k_cache: Vec<f32>,
     v_cache: Vec<f32>,
     scratch: Scratch,
+    /// The dense FFN's buffers, reused by [`Model::forward`] from token to token.
+    dense: DenseFfn<'static>,
 }
 
 #[derive(Default)]
@@ -363,14 +365,24 @@ impl Model {
     /// A fresh state holding up to `max_seq` tokens.
     pub fn new_state(&self, max_seq: usize) -> State {
         let len = self.p.cfg.n_layers * max_seq * self.p.cfg.kv_dim();
-        State { pos: 0, max_seq, k_cache: vec![0.0; len], v_cache: vec![0.0; len], scratch: Scratch::default() }
+        State {
+            pos: 0,
+            max_seq,
+            k_cache: vec![0.0; len],
+            v_cache: vec![0.0; len],
+            scratch: Scratch::default(),
+            dense: DenseFfn::default(),
+        }
     }
 
     /// Runs `tokens` through the model with the dense FFN and returns the logits of every new position
     /// (`tokens.len() x vocab`, row-major) when `all_logits`, else of the last one only.
     pub fn forward(&self, state: &mut State, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         let first = if all_logits { 0 } else { tokens.len().saturating_sub(1) };
-        self.forward_with(state, tokens, first, &mut DenseFfn::default())
+        let mut ffn = std::mem::take(&mut state.dense);
+        let logits = self.forward_with(state, tokens, first, &mut ffn);
+        state.dense = ffn;
+        logits
     }
 
     /// Appends `tokens` to the sequence in `state`, computing each layer's FFN with `ffn`, and returns the

@@ -39,6 +39,37 @@ pub use uring::UringBackend;
 
 use crate::{Error, Result};
 
+/// A temporary name beside `path` (same folder, so a rename is atomic): `.NAME.PID.tmp`.
+pub fn temp_path(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Writes `path` atomically: `fill` writes a temporary file beside it, which is synced and renamed over
+/// `path`, and the folder is synced; `path` then holds the old contents or the whole new ones, never a part.
+/// On any error the temporary file is removed.
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| -> Result<()> {
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::new(file);
+        fill(&mut w).map_err(|e| Error::io(&tmp, e))?;
+        let file = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    })();
+    if result.is_err() {
+        // Best effort: the temporary file is garbage either way, and the first error is the one to report.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Memory-maps the whole file at `path` read-only.
 ///
 /// The map stays valid after the `File` is dropped. Contract: the file is not truncated or rewritten in

@@ -12,6 +12,7 @@ use super::{
 use crate::engine::model::{FfnWeights, Model, WeightRef};
 use crate::engine::sparse::NeuronRows;
 use crate::model::config::ModelConfig;
+use crate::model::fetch::sha256_files;
 use crate::model::gguf::{GgufFile, MetaValue};
 use crate::model::gguf_write::GgufWriter;
 use crate::model::quant::{self, DType};
@@ -162,27 +163,6 @@ fn resident_writer(
         )));
     }
     Ok((w, tensors))
-}
-
-/// Total length and sha256 of `files` read one after the other.
-fn sha256_files<'a>(files: impl Iterator<Item = &'a Path>) -> Result<(u64, String)> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut h = Sha256::new();
-    let mut len = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    for path in files {
-        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-        loop {
-            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            len += n as u64;
-        }
-    }
-    Ok((len, h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// Converts `model`, read from `source_path`, into the layout directory `out_dir` (`NAME.spike`). The
@@ -411,10 +391,7 @@ fn write_into(
 
     // manifest.json, last.
     let (source_len, sha256) = match src {
-        Src::Gguf(_) => (
-            fs::metadata(source_path).map_err(|e| Error::io(source_path, e))?.len(),
-            crate::model::fetch::sha256_file(source_path)?,
-        ),
+        Src::Gguf(_) => sha256_files([source_path])?,
         Src::Hf(h) => sha256_files(h.files())?,
     };
     let manifest = Manifest {

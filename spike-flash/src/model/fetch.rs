@@ -44,17 +44,26 @@ pub fn default_model_path() -> PathBuf {
 
 /// Hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(sha256_files(std::iter::once(path))?.1)
+}
+
+/// Total length and hex sha256 of `files` read one after the other (a sharded checkpoint, say).
+pub fn sha256_files<'a>(files: impl IntoIterator<Item = &'a Path>) -> Result<(u64, String)> {
     let mut h = Sha256::new();
+    let mut len = 0u64;
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
+    for path in files {
+        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            len += n as u64;
         }
-        h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
+    Ok((len, hex(&h.finalize())))
 }
 
 fn hex(bytes: &[u8]) -> String {

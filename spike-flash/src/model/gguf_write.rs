@@ -8,9 +8,8 @@
 use super::gguf::{meta_type, MetaValue, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use super::quant::{self, DType};
 use crate::{Error, Result};
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 /// The version this writer produces.
 pub const WRITE_VERSION: u32 = 3;
@@ -127,29 +126,7 @@ impl GgufWriter {
     /// one. Nothing is created when the contents are rejected.
     pub fn write(&self, path: &Path) -> Result<()> {
         let (alignment, offsets) = self.plan()?;
-        let tmp = temp_path(path);
-        let result = self.write_tmp_and_rename(&tmp, path, alignment, &offsets);
-        if result.is_err() {
-            // Best effort: the temporary file is garbage either way, and the first error is the one to report.
-            let _ = fs::remove_file(&tmp);
-        }
-        result
-    }
-
-    fn write_tmp_and_rename(&self, tmp: &Path, path: &Path, alignment: u64, offsets: &[u64]) -> Result<()> {
-        let file = File::create(tmp).map_err(|e| Error::io(tmp, e))?;
-        let mut w = BufWriter::new(file);
-        self.write_to(&mut w, alignment, offsets).map_err(|e| Error::io(tmp, e))?;
-        let file = w.into_inner().map_err(|e| Error::io(tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(tmp, e))?;
-        drop(file);
-        fs::rename(tmp, path).map_err(|e| Error::io(path, e))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
-        Ok(())
+        crate::io::write_atomic(path, |w| self.write_to(w, alignment, &offsets))
     }
 
     /// Checks everything and returns the alignment and each tensor's data offset.
@@ -171,7 +148,7 @@ impl GgufWriter {
     }
 
     /// Streams the file into `w`, with the alignment and offsets from [`plan`](Self::plan).
-    fn write_to<W: Write>(&self, w: &mut W, alignment: u64, offsets: &[u64]) -> std::io::Result<()> {
+    fn write_to<W: Write + ?Sized>(&self, w: &mut W, alignment: u64, offsets: &[u64]) -> std::io::Result<()> {
         let mut buf = Vec::new();
         buf.extend_from_slice(&GGUF_MAGIC);
         buf.extend_from_slice(&WRITE_VERSION.to_le_bytes());
@@ -205,7 +182,7 @@ impl GgufWriter {
 }
 
 /// Writes `n` zero bytes.
-fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> std::io::Result<()> {
+fn write_zeros<W: Write + ?Sized>(w: &mut W, mut n: u64) -> std::io::Result<()> {
     const ZEROS: [u8; 4096] = [0; 4096];
     while n > 0 {
         let k = n.min(ZEROS.len() as u64);
@@ -216,11 +193,6 @@ fn write_zeros<W: Write>(w: &mut W, mut n: u64) -> std::io::Result<()> {
 }
 
 /// A temporary name beside `path`: same directory, so the rename cannot cross file systems.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
 /// Checks a tensor shape and returns its element count.
 fn check_shape(name: &str, dims: &[u64], dtype: DType) -> Result<u64> {
     if dims.is_empty() || dims.len() > MAX_DIMS {

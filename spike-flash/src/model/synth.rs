@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -386,7 +386,7 @@ pub fn write_hf_checkpoint_with_progress(
             format!("model-{:05}-of-{:05}.safetensors", gi + 1, spec.shards)
         };
         let path = dir.join(&file);
-        let tmp = tmp_path(&path);
+        let tmp = crate::io::temp_path(&path);
         let views: Vec<(&str, LazyTensor)> = group
             .iter()
             .map(|p| (p.name.as_str(), LazyTensor { plan: p, dtype: spec.dtype, st_dtype, ctx: &ctx }))
@@ -545,22 +545,14 @@ pub fn synth_values(seed: u64, n: usize, (lo, hi): (f32, f32), dtype: DType) -> 
     out
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
 fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(|e| Error::io(to, e))
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let tmp = tmp_path(path);
     let mut text = serde_json::to_string_pretty(v).map_err(|e| Error::Invalid(format!("serializing JSON: {e}")))?;
     text.push('\n');
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    rename(&tmp, path)
+    crate::io::write_atomic(path, |w| w.write_all(text.as_bytes()))
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use spike_flash::engine::kernels;
 use spike_flash::engine::sampler::argmax;
@@ -90,16 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
 
-    super::ensure_parent(&args.csv)?;
-    let tmp = args.csv.with_extension("csv.tmp");
-    {
-        let mut w = csv::Writer::from_path(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        for r in &rows {
-            w.serialize(r)?;
-        }
-        w.flush().with_context(|| format!("writing {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, &args.csv).with_context(|| format!("renaming to {}", args.csv.display()))?;
+    super::write_csv(&args.csv, &rows)?;
 
     println!(
         "model: {}  threads: {threads}  isa: {isa}  activations: {precision}  repeats: {}",

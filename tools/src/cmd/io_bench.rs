@@ -179,13 +179,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 100.0 * worst,
                 100.0 * median(&mut signed)
             );
-            super::ensure_parent(&args.csv)?;
-            let mut w =
-                csv::Writer::from_path(&args.csv).with_context(|| format!("creating {}", args.csv.display()))?;
-            for r in &rows {
-                w.serialize(r).with_context(|| format!("writing {}", args.csv.display()))?;
-            }
-            w.flush().with_context(|| format!("writing {}", args.csv.display()))?;
+            super::write_csv(&args.csv, &rows)?;
             println!("wrote {}", args.csv.display());
         }
     }

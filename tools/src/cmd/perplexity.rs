@@ -73,7 +73,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "result": result,
             "seconds": secs,
         });
-        super::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        let text = serde_json::to_string_pretty(&v)?;
+        super::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

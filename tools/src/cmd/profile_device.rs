@@ -73,9 +73,9 @@ struct Row<'a> {
 
 /// Writes the profile's CSV (long format, one row per point).
 pub fn write_csv(p: &DeviceProfile, path: &std::path::Path) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
-    for q in &p.points {
-        w.serialize(Row {
+    super::write_csv(
+        path,
+        p.points.iter().map(|q| Row {
             chunk_bytes: q.chunk_bytes,
             queue_depth: q.queue_depth,
             reads: q.reads,
@@ -88,11 +88,8 @@ pub fn write_csv(p: &DeviceProfile, path: &std::path::Path) -> anyhow::Result<()
             direct: p.direct,
             dir: &p.dir,
             kernel: &p.kernel,
-        })
-        .with_context(|| format!("writing {}", path.display()))?;
-    }
-    w.flush().with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+        }),
+    )
 }
 
 /// Draws throughput and latency against chunk size, one line per queue depth.
