@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use spike_flash::engine::model::{ActivationSink, DenseFfn, Model};
-use spike_flash::engine::sparse::{Oracle, SparseFfn};
+use spike_flash::engine::sparse::{all_rows, Oracle, SparseFfn};
 use spike_flash::model::bind::Source;
 use spike_flash::model::config::Activation;
 use spike_flash::model::gguf::GgufFile;
@@ -146,8 +146,9 @@ fn relu_ffn_over_nonzero_neurons_only_equals_dense() {
         let mut ffn = DenseFfn::with_sink(&mut count);
         model.forward_with(&mut model.new_state(tokens.len()), &tokens, 0, &mut ffn).expect("dense")
     };
-    let oracle = Oracle { act: Activation::Relu, thresholds: vec![0.0; model.config().n_layers] };
-    let mut sparse_ffn = SparseFfn::new(&model, oracle).expect("rows");
+    let rows = all_rows(&model).expect("rows");
+    let oracle = Oracle::new(&model, rows.clone(), vec![0.0; model.config().n_layers]).expect("oracle");
+    let mut sparse_ffn = SparseFfn::with_rows(rows, oracle);
     let sparse = model.forward_with(&mut model.new_state(tokens.len()), &tokens, 0, &mut sparse_ffn).expect("sparse");
     let frac = 1.0 - sparse_ffn.stats.active as f64 / sparse_ffn.stats.total as f64;
     let dense_zero = count.zero as f64 / count.all as f64;

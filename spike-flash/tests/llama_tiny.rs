@@ -209,7 +209,7 @@ fn sparse_ffn_with_every_neuron_equals_dense() {
     let tokens: Vec<u32> = vec![4, 8, 15, 16, 23, 42];
     let mut a = model.new_state(tokens.len());
     let dense = model.forward(&mut a, &tokens, true).expect("dense");
-    let mut sparse_ffn = SparseFfn::new(&model, AllNeurons).expect("rows");
+    let mut sparse_ffn = SparseFfn::new(&model, AllNeurons { d_ffn: model.config().d_ffn }).expect("rows");
     let mut b = model.new_state(tokens.len());
     let sparse = model.forward_with(&mut b, &tokens, 0, &mut sparse_ffn).expect("sparse");
     assert_eq!(sparse_ffn.stats.active, sparse_ffn.stats.total);

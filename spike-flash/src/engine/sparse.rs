@@ -3,6 +3,8 @@
 //! neuron-major rows in DRAM, which is what the flash layout stores per record. Which neurons are active is a
 //! [`NeuronSelector`]'s decision: all of them, the truly active ones (an oracle), or a predictor's guess.
 
+use std::sync::Arc;
+
 use super::model::{activate, FfnStep, FfnWeights, Model};
 use super::ops;
 use crate::model::quant;
@@ -68,20 +70,36 @@ impl NeuronRows {
     }
 }
 
-/// Chooses the active neurons of one token at one layer.
+/// Dequantizes every layer's FFN of `model` into neuron rows, shared between a [`SparseFfn`] and an [`Oracle`].
+pub fn all_rows(model: &Model) -> Result<Arc<Vec<NeuronRows>>> {
+    let rows = (0..model.config().n_layers).map(|l| NeuronRows::from_model(model, l)).collect::<Result<_>>()?;
+    Ok(Arc::new(rows))
+}
+
+/// Chooses the active neurons of one token at one layer, from the FFN's input alone (the hidden state after
+/// the FFN norm): what a predictor sees before any FFN weight is loaded.
 pub trait NeuronSelector {
-    /// Fills `active` (cleared first) with neuron indices, ascending, for the FFN input `x` at `layer`.
-    fn select(&mut self, layer: usize, rows: &NeuronRows, x: &[f32], active: &mut Vec<u32>) -> Result<()>;
+    /// Fills `active` (cleared first) with neuron indices (original numbering), ascending, for the FFN input `x`
+    /// at `layer`.
+    fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> Result<()>;
+}
+
+impl<T: NeuronSelector + ?Sized> NeuronSelector for Box<T> {
+    fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
+        (**self).select(layer, x, active)
+    }
 }
 
 /// Every neuron: the sparse path must then equal the dense one.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct AllNeurons;
+#[derive(Debug, Clone, Copy)]
+pub struct AllNeurons {
+    pub d_ffn: usize,
+}
 
 impl NeuronSelector for AllNeurons {
-    fn select(&mut self, _layer: usize, rows: &NeuronRows, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
+    fn select(&mut self, _layer: usize, _x: &[f32], active: &mut Vec<u32>) -> Result<()> {
         active.clear();
-        active.extend(0..(rows.first.len() / x.len()) as u32);
+        active.extend(0..self.d_ffn as u32);
         Ok(())
     }
 }
@@ -91,17 +109,37 @@ impl NeuronSelector for AllNeurons {
 /// sparsity costs in quality, not what it saves in time.
 #[derive(Debug, Clone)]
 pub struct Oracle {
-    pub act: crate::model::config::Activation,
+    act: crate::model::config::Activation,
+    rows: Arc<Vec<NeuronRows>>,
     /// Per layer: a neuron is active when `|h| > threshold`.
-    pub thresholds: Vec<f32>,
+    thresholds: Vec<f32>,
+}
+
+impl Oracle {
+    /// An oracle over `rows` (from [`all_rows`]) with one threshold per layer.
+    pub fn new(model: &Model, rows: Arc<Vec<NeuronRows>>, thresholds: Vec<f32>) -> Result<Oracle> {
+        let n = model.config().n_layers;
+        if rows.len() != n || thresholds.len() != n {
+            return Err(Error::Invalid(format!(
+                "an oracle needs {n} layers of rows and thresholds, got {} and {}",
+                rows.len(),
+                thresholds.len()
+            )));
+        }
+        Ok(Oracle { act: model.config().activation, rows, thresholds })
+    }
+
+    /// The per-layer thresholds.
+    pub fn thresholds(&self) -> &[f32] {
+        &self.thresholds
+    }
 }
 
 impl NeuronSelector for Oracle {
-    fn select(&mut self, layer: usize, rows: &NeuronRows, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
-        let thr = *self
-            .thresholds
-            .get(layer)
-            .ok_or_else(|| Error::Invalid(format!("no oracle threshold for layer {layer}")))?;
+    fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
+        let (Some(&thr), Some(rows)) = (self.thresholds.get(layer), self.rows.get(layer)) else {
+            return Err(Error::Invalid(format!("no oracle threshold for layer {layer}")));
+        };
         active.clear();
         let f = rows.first.len() / x.len();
         for i in 0..f {
@@ -124,7 +162,7 @@ pub struct SparseStats {
 
 /// An FFN step computing only the selected neurons from DRAM-resident neuron rows.
 pub struct SparseFfn<S> {
-    layers: Vec<NeuronRows>,
+    layers: Arc<Vec<NeuronRows>>,
     selector: S,
     active: Vec<u32>,
     pub stats: SparseStats,
@@ -133,8 +171,12 @@ pub struct SparseFfn<S> {
 impl<S: NeuronSelector> SparseFfn<S> {
     /// Dequantizes every layer's FFN of `model` into neuron rows.
     pub fn new(model: &Model, selector: S) -> Result<Self> {
-        let layers = (0..model.config().n_layers).map(|l| NeuronRows::from_model(model, l)).collect::<Result<_>>()?;
-        Ok(SparseFfn { layers, selector, active: Vec::new(), stats: SparseStats::default() })
+        Ok(Self::with_rows(all_rows(model)?, selector))
+    }
+
+    /// A sparse FFN over rows from [`all_rows`] (which an [`Oracle`] may share).
+    pub fn with_rows(layers: Arc<Vec<NeuronRows>>, selector: S) -> Self {
+        SparseFfn { layers, selector, active: Vec::new(), stats: SparseStats::default() }
     }
 
     /// The neuron rows of layer `l`.
@@ -151,7 +193,7 @@ impl<S: NeuronSelector> FfnStep for SparseFfn<S> {
         for t in 0..n {
             let xt = &x[t * d..(t + 1) * d];
             let o = &mut out[t * d..(t + 1) * d];
-            self.selector.select(layer, rows, xt, &mut self.active)?;
+            self.selector.select(layer, xt, &mut self.active)?;
             match &rows.b2 {
                 Some(b) => o.copy_from_slice(b),
                 None => o.fill(0.0),
