@@ -64,6 +64,10 @@ pub enum Error {
     #[error("{}: {what}", path.display())]
     Layout { path: PathBuf, what: String },
 
+    /// Something failed while computing a layer (a flash read, say): the layer, then the cause.
+    #[error("layer {layer}: {source}")]
+    InLayer { layer: usize, source: Box<Error> },
+
     /// An argument or configuration value is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),

@@ -2,6 +2,7 @@
 //! with its KV cache, dense and sparse FFN steps, sampling and evaluation.
 
 pub mod eval;
+pub mod flash;
 pub mod input;
 pub mod kernels;
 pub mod model;

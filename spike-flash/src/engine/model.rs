@@ -67,21 +67,35 @@ pub enum FfnWeights {
     Gated { gate: Linear, up: Linear, down: Linear },
     /// `fc2(act(fc1 x + b1)) + b2` (OPT).
     Plain { fc1: Linear, fc2: Linear },
+    /// The matrices stay on flash (a layout's `ffn.bin`); only the biases are in DRAM. An FFN step that reads
+    /// the layout computes it.
+    Streamed { b1: Option<Vec<f32>>, b2: Option<Vec<f32>> },
 }
 
 impl FfnWeights {
-    /// The projection that maps the hidden state to the neurons (gate or fc1), one row per neuron.
-    pub fn first(&self) -> &Linear {
+    /// The projection that maps the hidden state to the neurons (gate or fc1), one row per neuron; `None` when
+    /// streamed.
+    pub fn first(&self) -> Option<&Linear> {
         match self {
-            FfnWeights::Gated { gate, .. } => gate,
-            FfnWeights::Plain { fc1, .. } => fc1,
+            FfnWeights::Gated { gate, .. } => Some(gate),
+            FfnWeights::Plain { fc1, .. } => Some(fc1),
+            FfnWeights::Streamed { .. } => None,
         }
     }
-    /// The projection that maps neurons back to the hidden state (down or fc2), one column per neuron.
-    pub fn second(&self) -> &Linear {
+    /// The projection that maps neurons back to the hidden state (down or fc2), one column per neuron; `None`
+    /// when streamed.
+    pub fn second(&self) -> Option<&Linear> {
         match self {
-            FfnWeights::Gated { down, .. } => down,
-            FfnWeights::Plain { fc2, .. } => fc2,
+            FfnWeights::Gated { down, .. } => Some(down),
+            FfnWeights::Plain { fc2, .. } => Some(fc2),
+            FfnWeights::Streamed { .. } => None,
+        }
+    }
+    /// The biases of the first projection (per neuron) and of the second (per output dimension).
+    pub fn biases(&self) -> (Option<&[f32]>, Option<&[f32]>) {
+        match self {
+            FfnWeights::Streamed { b1, b2 } => (b1.as_deref(), b2.as_deref()),
+            w => (w.first().and_then(|l| l.b.as_deref()), w.second().and_then(|l| l.b.as_deref())),
         }
     }
 }
@@ -200,7 +214,7 @@ impl<'s> DenseFfn<'s> {
     }
 
     /// The neuron activations of `n` tokens (`n x d_ffn`) into `self.h`.
-    fn neurons(&mut self, model: &Model, layer: usize, x: &[f32], n: usize) {
+    fn neurons(&mut self, model: &Model, layer: usize, x: &[f32], n: usize) -> Result<()> {
         let f = model.config().d_ffn;
         self.h.resize(n * f, 0.0);
         let act = model.config().activation;
@@ -219,20 +233,29 @@ impl<'s> DenseFfn<'s> {
                     *g = activate(act, *g);
                 }
             }
+            FfnWeights::Streamed { .. } => return Err(streamed_err(model, layer)),
         }
+        Ok(())
     }
+}
+
+fn streamed_err(model: &Model, layer: usize) -> Error {
+    Error::Invalid(format!(
+        "{}: layer {layer}'s FFN is on flash; the dense in-memory FFN cannot run it (use a flash FFN step)",
+        model.p.source.label().display()
+    ))
 }
 
 impl FfnStep for DenseFfn<'_> {
     fn forward(&mut self, model: &Model, layer: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-        self.neurons(model, layer, x, n);
+        self.neurons(model, layer, x, n)?;
         if let Some(sink) = self.sink.as_deref_mut() {
             let (d, f) = (model.config().d_model, model.config().d_ffn);
             for t in 0..n {
                 sink.record(layer, &x[t * d..(t + 1) * d], &self.h[t * f..(t + 1) * f]);
             }
         }
-        let second = model.p.layers[layer].ffn.second();
+        let second = model.p.layers[layer].ffn.second().ok_or_else(|| streamed_err(model, layer))?;
         model.linear(second, &self.h, n, &mut self.acts, out);
         Ok(())
     }
@@ -278,8 +301,8 @@ impl Model {
             return bad(format!("{} layers bound, config says {}", self.p.layers.len(), c.n_layers));
         }
         for src in [self.p.tok_embd, self.p.output].into_iter().chain(self.p.layers.iter().flat_map(|l| {
-            let (a, b) = (l.ffn.first().w, l.ffn.second().w);
-            [l.q.w, l.k.w, l.v.w, l.o.w, a, b]
+            let ffn = [l.ffn.first(), l.ffn.second()].into_iter().flatten().map(|lin| lin.w);
+            [l.q.w, l.k.w, l.v.w, l.o.w].into_iter().chain(ffn)
         })) {
             let bytes = self.p.source.shard_bytes(src.shard);
             if src.offset.checked_add(src.len).is_none_or(|e| e > bytes.len())
@@ -308,12 +331,7 @@ impl Model {
 
     /// A view of a weight matrix.
     pub fn matrix(&self, w: &WeightRef) -> QMatrix<'_> {
-        QMatrix {
-            dtype: w.dtype,
-            rows: w.rows,
-            cols: w.cols,
-            data: &self.p.source.shard_bytes(w.shard)[w.offset..w.offset + w.len],
-        }
+        QMatrix::trusted(w.dtype, w.rows, w.cols, &self.p.source.shard_bytes(w.shard)[w.offset..w.offset + w.len])
     }
 
     /// `out = x W^T + b` for `n` rows of `x`.

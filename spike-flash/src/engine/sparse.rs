@@ -36,11 +36,13 @@ impl NeuronRows {
             Ok(out)
         };
         let lw = model.layer(l);
-        let (first, up) = match &lw.ffn {
-            FfnWeights::Gated { gate, up, .. } => (dense(gate)?, Some(dense(up)?)),
-            FfnWeights::Plain { fc1, .. } => (dense(fc1)?, None),
+        let (first, up, second) = match &lw.ffn {
+            FfnWeights::Gated { gate, up, down } => (dense(gate)?, Some(dense(up)?), down),
+            FfnWeights::Plain { fc1, fc2 } => (dense(fc1)?, None, fc2),
+            FfnWeights::Streamed { .. } => {
+                return Err(Error::Invalid(format!("layer {l}'s FFN is on flash, not in the model's memory")))
+            }
         };
-        let second = lw.ffn.second();
         let s = dense(second)?;
         if s.len() != d * f || first.len() != d * f {
             return Err(Error::Invalid(format!("layer {l}: FFN matrices are not {f} x {d}")));
@@ -51,7 +53,8 @@ impl NeuronRows {
                 second_t[i * d + j] = s[j * f + i];
             }
         }
-        Ok(NeuronRows { first, up, second_t, b1: lw.ffn.first().b.clone(), b2: second.b.clone() })
+        let (b1, b2) = lw.ffn.biases();
+        Ok(NeuronRows { first, up, second_t, b1: b1.map(<[f32]>::to_vec), b2: b2.map(<[f32]>::to_vec) })
     }
 
     /// Activation of neuron `i` for input `x`.

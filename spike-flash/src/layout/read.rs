@@ -226,31 +226,120 @@ impl Layout {
     /// The payload of neuron `neuron` (original index) of `layer`, in the bundled record format whatever the
     /// layout's kind (split layouts' rows are read from each section and concatenated).
     pub fn neuron_record(&self, layer: usize, neuron: usize) -> Result<Vec<u8>> {
-        let m = &self.manifest;
-        let f = m.model.d_ffn;
-        let li = m.layers.get(layer).ok_or_else(|| Error::Invalid(format!("layer {layer} of {}", m.layers.len())))?;
-        if neuron >= f {
-            return Err(Error::Invalid(format!("neuron {neuron} of {f}")));
-        }
-        let k = match self.position.get(layer) {
-            Some(p) if !p.is_empty() => p[neuron] as u64,
-            _ => neuron as u64,
-        };
+        let rb = self.manifest.record_bytes;
         let ffn_path = self.dir.join(FFN_FILE);
         let file = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
         let mut out = Vec::new();
-        for s in &li.sections {
+        for off in self.record_offsets(layer, neuron)? {
             let start = out.len();
-            out.resize(start + m.record_bytes as usize, 0);
-            let off = s.offset + k * m.record_stride;
+            out.resize(start + rb as usize, 0);
             file.read_exact_at(&mut out[start..], off).map_err(|e| Error::Read {
                 path: ffn_path.clone(),
                 offset: off,
-                length: m.record_bytes,
+                length: rb,
                 source: e,
             })?;
         }
         Ok(out)
+    }
+
+    /// `ffn.bin`'s path.
+    pub fn ffn_path(&self) -> PathBuf {
+        self.dir.join(FFN_FILE)
+    }
+
+    /// Whether the FFN is gated (Llama family: gate, up and down parts) rather than plain (OPT: fc1, fc2).
+    pub fn gated(&self) -> bool {
+        self.gated
+    }
+
+    /// Bytes of one row of a part (gate, up, fc1 row; down, fc2 column) in the record type.
+    pub fn part_bytes(&self) -> usize {
+        self.dtype.bytes_for(self.manifest.model.d_model as u64).unwrap_or(0) as usize
+    }
+
+    /// Bytes of a neuron in the bundled record format ([`Layout::neuron_record`]'s payload): what
+    /// [`Layout::neuron_reads`] places at its destination, whatever the layout's kind.
+    pub fn payload_bytes(&self) -> usize {
+        let parts = if self.gated { 3 } else { 2 };
+        let bias = if !self.gated && self.manifest.kind == LayoutKind::Bundled { 4 } else { 0 };
+        parts * self.part_bytes() + bias
+    }
+
+    /// Where neuron `neuron` (original numbering) of `layer` is stored: the file offset of its record in each
+    /// section (one for bundled layouts; one per matrix for split ones).
+    fn record_offsets(&self, layer: usize, neuron: usize) -> Result<impl Iterator<Item = u64> + '_> {
+        let m = &self.manifest;
+        let li = m.layers.get(layer).ok_or_else(|| Error::Invalid(format!("layer {layer} of {}", m.layers.len())))?;
+        if neuron >= m.model.d_ffn {
+            return Err(Error::Invalid(format!("neuron {neuron} of {}", m.model.d_ffn)));
+        }
+        let k = match self.position.get(layer) {
+            Some(p) if !p.is_empty() => u64::from(p[neuron]),
+            _ => neuron as u64,
+        };
+        Ok(li.sections.iter().map(move |s| s.offset + k * m.record_stride))
+    }
+
+    /// Appends the reads that place neuron `neuron` of `layer` at byte `dst` of a buffer, in the bundled
+    /// payload format (gate | up | down, or fc1 | fc2 | fc1 bias; a split layout's parts land one after the
+    /// other, and its plain records carry no bias).
+    pub fn neuron_reads(
+        &self,
+        layer: usize,
+        neuron: usize,
+        dst: usize,
+        out: &mut Vec<crate::io::ReadReq>,
+    ) -> Result<()> {
+        let len = self.manifest.record_bytes as usize;
+        for (i, offset) in self.record_offsets(layer, neuron)?.enumerate() {
+            out.push(crate::io::ReadReq { offset, len, dst: dst + i * len });
+        }
+        Ok(())
+    }
+
+    /// The model that stays in DRAM: `resident.bin` read into memory (not mapped: under a memory budget its
+    /// pages must not be evicted and re-read), every tensor's crc32c checked, bound with the FFN left on flash.
+    pub fn load_model(&self) -> Result<crate::engine::model::Model> {
+        let rpath = self.dir.join(RESIDENT_FILE);
+        let bytes = std::fs::read(&rpath).map_err(|e| Error::io(&rpath, e))?;
+        let g = GgufFile::from_bytes(&rpath, bytes)?;
+        for (name, &want) in &self.manifest.resident.tensors {
+            let crc = crc32c::crc32c(g.tensor_data(name)?);
+            if crc != want {
+                return Err(err(
+                    &rpath,
+                    format!("tensor `{name}`: crc32c {crc:08x}, the manifest says {want:08x}: the file is damaged"),
+                ));
+            }
+        }
+        let hf = g.get(super::HF_CONFIG_KEY).is_some();
+        if !hf {
+            let cfg = ModelConfig::from_gguf(&g)?;
+            if cfg != self.manifest.model {
+                return Err(err(&rpath, "its metadata describes another model than the manifest"));
+            }
+        }
+        let parts = crate::model::bind::resident(std::sync::Arc::new(g), self.manifest.model.clone(), hf)?;
+        crate::engine::model::Model::new(parts)
+    }
+
+    /// The model's tokenizer, from `resident.bin`'s metadata.
+    pub fn tokenizer(&self) -> Result<crate::model::tokenizer::Tokenizer> {
+        let rpath = self.dir.join(RESIDENT_FILE);
+        let g = GgufFile::open(&rpath)?;
+        match g.get(super::HF_TOKENIZER_KEY) {
+            Some(_) => {
+                let json = g.get_str(super::HF_TOKENIZER_KEY)?;
+                let config = g.get_str(super::HF_CONFIG_KEY)?;
+                let config: serde_json::Value = serde_json::from_str(config).map_err(|e| Error::json(&rpath, &e))?;
+                crate::model::tokenizer::Tokenizer::from_json(&rpath, json, Some(config), None)
+            }
+            None if g.get(super::HF_CONFIG_KEY).is_some() => {
+                Err(err(&rpath, "the checkpoint this layout was converted from had no tokenizer.json"))
+            }
+            None => crate::model::tokenizer::Tokenizer::from_gguf(&g),
+        }
     }
 
     /// Decodes a payload returned by [`Layout::neuron_record`].

@@ -270,10 +270,16 @@ impl Plan {
         let cfg = model.config();
         let label = model.parts().source.label().to_path_buf();
         let gated = matches!(model.layer(0).ffn, FfnWeights::Gated { .. });
-        let src = model.layer(0).ffn.first().w.dtype;
+        let first_dtype = |l: usize| model.layer(l).ffn.first().map(|lin| lin.w.dtype);
+        let Some(src) = first_dtype(0) else {
+            return Err(Error::Unsupported {
+                path: label,
+                what: "converting a model whose FFN is already on flash".into(),
+            });
+        };
         let dtype = match opts.dtype {
             RecordDType::Source => {
-                if (0..cfg.n_layers).any(|l| model.layer(l).ffn.first().w.dtype != src) {
+                if (0..cfg.n_layers).any(|l| first_dtype(l) != Some(src)) {
                     return Err(Error::Unsupported {
                         path: label,
                         what: "`--dtype source` for FFN matrices of mixed types; pick one type".into(),
@@ -437,6 +443,8 @@ enum Part {
 
 fn neuron_parts(model: &Model, l: usize, kind: LayoutKind) -> Vec<Part> {
     match &model.layer(l).ffn {
+        // Refused by `Plan::new`.
+        FfnWeights::Streamed { .. } => Vec::new(),
         FfnWeights::Gated { gate, up, .. } => {
             vec![Part::Row { w: gate.w, up: false }, Part::Row { w: up.w, up: true }, Part::Column]
         }

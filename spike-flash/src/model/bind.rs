@@ -29,54 +29,70 @@ fn gguf_matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<
     Ok(WeightRef { dtype: info.dtype, rows, cols, shard: 0, offset: offset as usize, len: len as usize })
 }
 
-/// A 1-D float tensor of `len` values (norm weights, biases).
-fn gguf_vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
-    let w = gguf_matrix(file, name, 1, len)?;
-    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return Err(tensor_err(file, name, format!("a vector of type {}, expected a float type", w.dtype)));
-    }
-    file.tensor_f32(name)
+/// Named tensors a binder reads: a GGUF file (the source's, or a layout's `resident.bin`, which keeps the
+/// source's tensor names) or a Hugging Face checkpoint.
+trait Tensors {
+    fn contains(&self, name: &str) -> bool;
+    /// A `rows x cols` matrix (`cols` contiguous), shape and size checked.
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightRef>;
+    /// A float vector of `len` values (norm weights, biases).
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>>;
+    /// The number of rows of a 2-D tensor.
+    fn rows(&self, name: &str) -> Result<usize>;
 }
 
-/// The parts of a Llama-architecture GGUF model.
-pub fn gguf_llama(file: Arc<GgufFile>) -> Result<ModelParts> {
-    let cfg = ModelConfig::from_gguf(&file)?;
-    let (d, f, kv, v) = (cfg.d_model, cfg.d_ffn, cfg.kv_dim(), cfg.vocab_size);
-    let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
-        Ok(Linear { w: gguf_matrix(&file, name, rows, cols)?, b: None })
-    };
-    let rms = |name: &str| -> Result<Norm> { Ok(Norm::Rms { w: gguf_vector(&file, name, d)? }) };
-    let tok_embd = gguf_matrix(&file, "token_embd.weight", v, d)?;
-    let output = if cfg.tied_embeddings { tok_embd } else { gguf_matrix(&file, "output.weight", v, d)? };
-    let output_norm = Some(rms("output_norm.weight")?);
-    let mut layers = Vec::with_capacity(cfg.n_layers);
-    for l in 0..cfg.n_layers {
-        let n = |s: &str| format!("blk.{l}.{s}.weight");
-        layers.push(LayerWeights {
-            attn_norm: rms(&n("attn_norm"))?,
-            q: lin(&n("attn_q"), d, d)?,
-            k: lin(&n("attn_k"), kv, d)?,
-            v: lin(&n("attn_v"), kv, d)?,
-            o: lin(&n("attn_output"), d, d)?,
-            ffn_norm: rms(&n("ffn_norm"))?,
-            ffn: FfnWeights::Gated {
-                gate: lin(&n("ffn_gate"), f, d)?,
-                up: lin(&n("ffn_up"), f, d)?,
-                down: lin(&n("ffn_down"), d, f)?,
-            },
-        });
+impl Tensors for GgufFile {
+    fn contains(&self, name: &str) -> bool {
+        self.tensor(name).is_ok()
     }
-    Ok(ModelParts {
-        source: file.clone(),
-        cfg,
-        tok_embd,
-        project_in: None,
-        project_out: None,
-        positions: Positions::Rope,
-        output_norm,
-        output,
-        layers,
-    })
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightRef> {
+        gguf_matrix(self, name, rows, cols)
+    }
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let info = self.tensor(name)?;
+        if info.n_elements() != len as u64 {
+            return Err(tensor_err(self, name, format!("{} values, expected {len}", info.n_elements())));
+        }
+        if !matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(tensor_err(self, name, format!("a vector of type {}, expected a float type", info.dtype)));
+        }
+        self.tensor_f32(name)
+    }
+    fn rows(&self, name: &str) -> Result<usize> {
+        Ok(self.tensor(name)?.rows() as usize)
+    }
+}
+
+impl Tensors for HfCheckpoint {
+    fn contains(&self, name: &str) -> bool {
+        HfCheckpoint::contains(self, name)
+    }
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<WeightRef> {
+        let t = self.tensor(name)?;
+        if t.shape != [rows, cols] {
+            return Err(Error::Tensor {
+                path: t.file.to_path_buf(),
+                name: name.to_string(),
+                what: format!("shape {:?}, expected [{rows}, {cols}]", t.shape),
+            });
+        }
+        let (shard, range) = self.location(name)?;
+        Ok(WeightRef { dtype: t.dtype, rows, cols, shard, offset: range.start, len: range.len() })
+    }
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let v = self.tensor_f32(name)?;
+        if v.len() != len {
+            return Err(Error::Tensor {
+                path: self.dir().to_path_buf(),
+                name: name.into(),
+                what: format!("{} values, expected {len}", v.len()),
+            });
+        }
+        Ok(v)
+    }
+    fn rows(&self, name: &str) -> Result<usize> {
+        Ok(self.tensor(name)?.rows())
+    }
 }
 
 impl crate::engine::model::WeightSource for HfCheckpoint {
@@ -88,41 +104,97 @@ impl crate::engine::model::WeightSource for HfCheckpoint {
     }
 }
 
-/// A 2-D checkpoint tensor of `rows x cols` (PyTorch `[out, in]`).
-fn hf_matrix(ck: &HfCheckpoint, name: &str, rows: usize, cols: usize) -> Result<WeightRef> {
-    let t = ck.tensor(name)?;
-    if t.shape != [rows, cols] {
-        return Err(Error::Tensor {
-            path: t.file.to_path_buf(),
-            name: name.to_string(),
-            what: format!("shape {:?}, expected [{rows}, {cols}]", t.shape),
-        });
-    }
-    let (shard, range) = ck.location(name)?;
-    Ok(WeightRef { dtype: t.dtype, rows, cols, shard, offset: range.start, len: range.len() })
+/// Whether the FFN matrices are bound from the tensors or stay on flash (a layout's `resident.bin`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ffn {
+    Bound,
+    Streamed,
 }
 
-fn hf_vector(ck: &HfCheckpoint, name: &str, len: usize) -> Result<Vec<f32>> {
-    let v = ck.tensor_f32(name)?;
-    if v.len() != len {
-        return Err(Error::Tensor {
-            path: ck.dir().to_path_buf(),
-            name: name.into(),
-            what: format!("{} values, expected {len}", v.len()),
+/// The parts of a Llama-architecture GGUF model.
+pub fn gguf_llama(file: Arc<GgufFile>) -> Result<ModelParts> {
+    let cfg = ModelConfig::from_gguf(&file)?;
+    llama_gguf_names(&*file, file.clone(), cfg, Ffn::Bound)
+}
+
+/// Llama-family tensors under llama.cpp's GGUF names.
+fn llama_gguf_names(
+    t: &dyn Tensors,
+    source: Arc<dyn crate::engine::model::WeightSource>,
+    cfg: ModelConfig,
+    ffn: Ffn,
+) -> Result<ModelParts> {
+    let (d, f, kv, v) = (cfg.d_model, cfg.d_ffn, cfg.kv_dim(), cfg.vocab_size);
+    let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
+        Ok(Linear { w: t.matrix(name, rows, cols)?, b: None })
+    };
+    let rms = |name: &str| -> Result<Norm> { Ok(Norm::Rms { w: t.vector(name, d)? }) };
+    let tok_embd = t.matrix("token_embd.weight", v, d)?;
+    let output = if cfg.tied_embeddings { tok_embd } else { t.matrix("output.weight", v, d)? };
+    let output_norm = Some(rms("output_norm.weight")?);
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        layers.push(LayerWeights {
+            attn_norm: rms(&n("attn_norm"))?,
+            q: lin(&n("attn_q"), d, d)?,
+            k: lin(&n("attn_k"), kv, d)?,
+            v: lin(&n("attn_v"), kv, d)?,
+            o: lin(&n("attn_output"), d, d)?,
+            ffn_norm: rms(&n("ffn_norm"))?,
+            ffn: match ffn {
+                Ffn::Streamed => FfnWeights::Streamed { b1: None, b2: None },
+                Ffn::Bound => FfnWeights::Gated {
+                    gate: lin(&n("ffn_gate"), f, d)?,
+                    up: lin(&n("ffn_up"), f, d)?,
+                    down: lin(&n("ffn_down"), d, f)?,
+                },
+            },
         });
     }
-    Ok(v)
+    Ok(ModelParts {
+        source,
+        cfg,
+        tok_embd,
+        project_in: None,
+        project_out: None,
+        positions: Positions::Rope,
+        output_norm,
+        output,
+        layers,
+    })
 }
 
 /// The parts of a Hugging Face checkpoint (OPT or Llama family).
 pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
     let cfg = ck.config().clone();
+    hf_names(&*ck, ck.clone(), cfg, Ffn::Bound)
+}
+
+/// OPT or Llama-family tensors under their Hugging Face names.
+fn hf_names(
+    t: &dyn Tensors,
+    source: Arc<dyn crate::engine::model::WeightSource>,
+    cfg: ModelConfig,
+    ffn: Ffn,
+) -> Result<ModelParts> {
     let (d, f, kv, v) = (cfg.d_model, cfg.d_ffn, cfg.kv_dim(), cfg.vocab_size);
     let q_dim = cfg.n_heads * cfg.head_dim;
     let lin = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {
-        let w = hf_matrix(&ck, &format!("{name}.weight"), rows, cols)?;
-        let b = if bias { Some(hf_vector(&ck, &format!("{name}.bias"), rows)?) } else { None };
+        let w = t.matrix(&format!("{name}.weight"), rows, cols)?;
+        let b = if bias { Some(t.vector(&format!("{name}.bias"), rows)?) } else { None };
         Ok(Linear { w, b })
+    };
+    // A streamed FFN keeps only its biases: `first` and `second` name the two projections.
+    let streamed = |first: &str, second: &str| -> Result<FfnWeights> {
+        let bias = |name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+            if cfg.ffn_bias {
+                Ok(Some(t.vector(&format!("{name}.bias"), len)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(FfnWeights::Streamed { b1: bias(first, f)?, b2: bias(second, d)? })
     };
     match cfg.arch {
         Arch::Opt => {
@@ -131,17 +203,17 @@ pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
             let ln = |name: &str| -> Result<Norm> {
                 if cfg.norm_affine {
                     Ok(Norm::Layer {
-                        w: hf_vector(&ck, &format!("{name}.weight"), d)?,
-                        b: hf_vector(&ck, &format!("{name}.bias"), d)?,
+                        w: t.vector(&format!("{name}.weight"), d)?,
+                        b: t.vector(&format!("{name}.bias"), d)?,
                     })
                 } else {
                     Ok(Norm::Layer { w: vec![1.0; d], b: vec![0.0; d] })
                 }
             };
-            let tok_embd = hf_matrix(&ck, &format!("{p}.embed_tokens.weight"), v, e)?;
+            let tok_embd = t.matrix(&format!("{p}.embed_tokens.weight"), v, e)?;
             let pos_name = format!("{p}.embed_positions.weight");
-            let pos_rows = ck.tensor(&pos_name)?.rows();
-            let table = hf_vector(&ck, &pos_name, pos_rows * d)?;
+            let pos_rows = t.rows(&pos_name)?;
+            let table = t.vector(&pos_name, pos_rows * d)?;
             let (project_in, project_out) = if e != d {
                 (
                     Some(lin(&format!("{p}.project_in"), d, e, false)?),
@@ -150,7 +222,7 @@ pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
             } else {
                 (None, None)
             };
-            let output = if ck.contains("lm_head.weight") { hf_matrix(&ck, "lm_head.weight", v, e)? } else { tok_embd };
+            let output = if t.contains("lm_head.weight") { t.matrix("lm_head.weight", v, e)? } else { tok_embd };
             let output_norm = if cfg.final_norm { Some(ln(&format!("{p}.final_layer_norm"))?) } else { None };
             let mut layers = Vec::with_capacity(cfg.n_layers);
             for l in 0..cfg.n_layers {
@@ -162,14 +234,17 @@ pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
                     v: lin(&n("self_attn.v_proj"), kv, d, cfg.qkv_bias)?,
                     o: lin(&n("self_attn.out_proj"), d, q_dim, cfg.out_bias)?,
                     ffn_norm: ln(&n("final_layer_norm"))?,
-                    ffn: FfnWeights::Plain {
-                        fc1: lin(&n("fc1"), f, d, cfg.ffn_bias)?,
-                        fc2: lin(&n("fc2"), d, f, cfg.ffn_bias)?,
+                    ffn: match ffn {
+                        Ffn::Streamed => streamed(&n("fc1"), &n("fc2"))?,
+                        Ffn::Bound => FfnWeights::Plain {
+                            fc1: lin(&n("fc1"), f, d, cfg.ffn_bias)?,
+                            fc2: lin(&n("fc2"), d, f, cfg.ffn_bias)?,
+                        },
                     },
                 });
             }
             Ok(ModelParts {
-                source: ck.clone(),
+                source,
                 cfg,
                 tok_embd,
                 project_in,
@@ -181,9 +256,9 @@ pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
             })
         }
         Arch::Llama => {
-            let rms = |name: &str| -> Result<Norm> { Ok(Norm::Rms { w: hf_vector(&ck, name, d)? }) };
-            let tok_embd = hf_matrix(&ck, "model.embed_tokens.weight", v, d)?;
-            let output = if ck.contains("lm_head.weight") { hf_matrix(&ck, "lm_head.weight", v, d)? } else { tok_embd };
+            let rms = |name: &str| -> Result<Norm> { Ok(Norm::Rms { w: t.vector(name, d)? }) };
+            let tok_embd = t.matrix("model.embed_tokens.weight", v, d)?;
+            let output = if t.contains("lm_head.weight") { t.matrix("lm_head.weight", v, d)? } else { tok_embd };
             let mut layers = Vec::with_capacity(cfg.n_layers);
             for l in 0..cfg.n_layers {
                 let n = |s: &str| format!("model.layers.{l}.{s}");
@@ -194,15 +269,18 @@ pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
                     v: lin(&n("self_attn.v_proj"), kv, d, cfg.qkv_bias)?,
                     o: lin(&n("self_attn.o_proj"), d, q_dim, cfg.out_bias)?,
                     ffn_norm: rms(&n("post_attention_layernorm.weight"))?,
-                    ffn: FfnWeights::Gated {
-                        gate: lin(&n("mlp.gate_proj"), f, d, cfg.ffn_bias)?,
-                        up: lin(&n("mlp.up_proj"), f, d, cfg.ffn_bias)?,
-                        down: lin(&n("mlp.down_proj"), d, f, cfg.ffn_bias)?,
+                    ffn: match ffn {
+                        Ffn::Streamed => streamed(&n("mlp.gate_proj"), &n("mlp.down_proj"))?,
+                        Ffn::Bound => FfnWeights::Gated {
+                            gate: lin(&n("mlp.gate_proj"), f, d, cfg.ffn_bias)?,
+                            up: lin(&n("mlp.up_proj"), f, d, cfg.ffn_bias)?,
+                            down: lin(&n("mlp.down_proj"), d, f, cfg.ffn_bias)?,
+                        },
                     },
                 });
             }
             Ok(ModelParts {
-                source: ck.clone(),
+                source,
                 cfg,
                 tok_embd,
                 project_in: None,
@@ -213,6 +291,17 @@ pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
                 layers,
             })
         }
+    }
+}
+
+/// The parts of a layout's resident model: `resident.bin` (opened by the caller) bound with the FFN matrices
+/// left on flash. `cfg` is the manifest's configuration; `hf_names` says whether the tensors carry Hugging Face
+/// checkpoint names (a checkpoint's layout) or llama.cpp's GGUF names.
+pub fn resident(file: Arc<GgufFile>, cfg: ModelConfig, hf_tensor_names: bool) -> Result<ModelParts> {
+    if hf_tensor_names {
+        hf_names(&*file, file.clone(), cfg, Ffn::Streamed)
+    } else {
+        llama_gguf_names(&*file, file.clone(), cfg, Ffn::Streamed)
     }
 }
 

@@ -148,8 +148,7 @@ impl Tokenizer {
     /// prepended when `tokenizer_config.json` says `add_bos_token: true`, or, without that key, when the
     /// tokenizer's own post-processor prepends it.
     pub fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::Tokenizer(format!("{}: loading: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
         let side = |name: &str| -> Result<Option<Value>> {
             let p = dir.join(name);
@@ -161,6 +160,20 @@ impl Tokenizer {
         };
         let config = side("config.json")?;
         let tok_config = side("tokenizer_config.json")?;
+        Self::from_json(path, &text, config, tok_config)
+    }
+
+    /// A Hugging Face `tokenizer.json` given as text, with the `config.json` and `tokenizer_config.json`
+    /// that would sit beside it (see [`Tokenizer::from_file`]); `path` names the source in errors.
+    pub fn from_json(
+        path: &std::path::Path,
+        json: &str,
+        config: Option<Value>,
+        tok_config: Option<Value>,
+    ) -> Result<Tokenizer> {
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Tokenizer(format!("{}: loading: {e}", path.display())))?;
 
         let config_id = |key: &str| -> Option<u32> {
             let v = config.as_ref()?.get(key)?;

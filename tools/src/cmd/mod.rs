@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod convert;
 pub mod fetch_model;
+pub mod flash;
 pub mod generate;
 pub mod io_bench;
 pub mod perplexity;
@@ -33,13 +34,18 @@ pub fn set_act_precision(p: ActPrecision) {
     let _ = ACT_PRECISION.set(p);
 }
 
+/// The activation precision set by the global `--act-precision`.
+pub fn act_precision() -> ActPrecision {
+    ACT_PRECISION.get().copied().unwrap_or_default()
+}
+
 /// Loads `-m/--model` (or the default model) with its tokenizer.
 pub fn load_model(arg: Option<&Path>) -> anyhow::Result<Loaded> {
     let path = resolve_model(arg)?;
     let source = Source::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let tokenizer = source.tokenizer().with_context(|| format!("reading the tokenizer of {}", path.display()))?;
     let mut model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
-    model.set_precision(ACT_PRECISION.get().copied().unwrap_or_default());
+    model.set_precision(act_precision());
     Ok(Loaded { path, model, tokenizer })
 }
 

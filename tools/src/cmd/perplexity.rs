@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use spike_flash::engine::eval::perplexity;
-use spike_flash::engine::model::DenseFfn;
+use spike_flash::engine::model::{DenseFfn, FfnStep};
 
 /// Arguments of `spike perplexity`.
 #[derive(clap::Args, Debug)]
@@ -26,11 +26,22 @@ pub struct Args {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    flash: super::flash::FlashArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let loaded = super::load_model(args.model.as_deref())?;
+    let (loaded, mut ffn): (super::Loaded, Box<dyn FfnStep>) = match &args.flash.layout {
+        None => (super::load_model(args.model.as_deref())?, Box::new(DenseFfn::default())),
+        Some(dir) => {
+            anyhow::ensure!(args.model.is_none(), "give either --model or --layout, not both");
+            let fm = super::flash::FlashModel::open(dir)?;
+            let ffn = fm.ffn(args.flash.backend, None)?;
+            eprintln!("flash mode: {} ({} backend), every neuron read per chunk", dir.display(), args.flash.backend);
+            (super::Loaded { path: dir.clone(), model: fm.model, tokenizer: fm.tokenizer }, Box::new(ffn))
+        }
+    };
     let mut tokens = loaded.tokenizer.encode(&text).with_context(|| format!("tokenizing {}", args.file.display()))?;
     if let Some(c) = args.chunks {
         tokens.truncate(c.saturating_mul(args.ctx));
@@ -50,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .expect("the template is valid"),
     );
     let t0 = Instant::now();
-    let result = perplexity(&loaded.model, &tokens, args.ctx, &mut DenseFfn::default(), &mut |_, _, ppl| {
+    let result = perplexity(&loaded.model, &tokens, args.ctx, &mut *ffn, &mut |_, _, ppl| {
         bar.inc(1);
         bar.set_message(format!("ppl {ppl:.4}"));
     })?;

@@ -73,14 +73,16 @@ pub const MIN_ROWS_PER_TASK: usize = 64;
 /// The smallest number of tokens one task takes when [`matmul`] splits tokens over threads.
 const MIN_TOKENS_PER_TASK: usize = 16;
 
-/// A read-only weight matrix in ggml layout: `rows` rows of `cols` elements, row-major, each row
-/// `dtype.bytes_for(cols)` bytes.
+/// A read-only weight matrix in ggml layout: `rows` rows of `cols` elements, each row
+/// `dtype.bytes_for(cols)` bytes, row `r` starting at byte `r * stride` of `data` (`stride` is the row size for a
+/// plain matrix, larger for rows interleaved with other data, such as the gate rows of neuron records).
 #[derive(Clone, Copy, Debug)]
 pub struct QMatrix<'a> {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    stride: usize,
 }
 
 impl<'a> QMatrix<'a> {
@@ -103,7 +105,39 @@ impl<'a> QMatrix<'a> {
                 data.len()
             )));
         }
-        Ok(QMatrix { dtype, rows, cols, data })
+        Ok(QMatrix { dtype, rows, cols, data, stride: row_bytes })
+    }
+
+    /// Rows of `dtype` interleaved with other bytes: row `r` is the `dtype.bytes_for(cols)` bytes at
+    /// `r * stride` of `data`. `data` must reach the end of the last row.
+    pub fn strided(dtype: DType, rows: usize, cols: usize, data: &'a [u8], stride: usize) -> Result<Self> {
+        if !cols.is_multiple_of(dtype.block_len()) {
+            return Err(Error::Invalid(format!(
+                "matrix of {dtype}: {cols} columns is not a multiple of the block length {}",
+                dtype.block_len()
+            )));
+        }
+        let row_bytes = cols / dtype.block_len() * dtype.block_bytes();
+        if stride < row_bytes {
+            return Err(Error::Invalid(format!("matrix of {dtype}: stride {stride} below the row size {row_bytes}")));
+        }
+        let need = match rows {
+            0 => Some(0),
+            r => (r - 1).checked_mul(stride).and_then(|x| x.checked_add(row_bytes)),
+        }
+        .ok_or_else(|| Error::Invalid(format!("matrix of {dtype}: {rows} rows of stride {stride} overflow")))?;
+        if data.len() < need {
+            return Err(Error::Invalid(format!(
+                "matrix of {dtype}: {rows} rows of stride {stride} need {need} bytes, found {}",
+                data.len()
+            )));
+        }
+        Ok(QMatrix { dtype, rows, cols, data, stride })
+    }
+
+    /// A plain matrix over bytes already checked to hold `rows` rows (the engine's bound weights).
+    pub(crate) fn trusted(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Self {
+        QMatrix { dtype, rows, cols, data, stride: cols / dtype.block_len() * dtype.block_bytes() }
     }
 
     /// Bytes per row.
@@ -117,8 +151,8 @@ impl<'a> QMatrix<'a> {
     /// When `r >= rows`.
     pub fn row(&self, r: usize) -> &'a [u8] {
         assert!(r < self.rows, "row {r} of a matrix with {} rows", self.rows);
-        let rb = self.row_bytes();
-        &self.data[r * rb..(r + 1) * rb]
+        let start = r * self.stride;
+        &self.data[start..start + self.row_bytes()]
     }
 }
 

@@ -1,0 +1,146 @@
+//! The flash-backed FFN against the dense engine on tiny synthetic models: a layout's resident model plus its
+//! records read through a backend computes what the source model computes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use spike_flash::engine::flash::FlashFfn;
+use spike_flash::engine::model::Model;
+use spike_flash::engine::sparse::{all_rows, AllNeurons, NeuronSelector, Oracle};
+use spike_flash::io::{open_backend, BackendKind, Fault, FaultyBackend, IoConfig};
+use spike_flash::layout::{self, ConvertOptions, Layout, LayoutKind, RecordDType};
+use spike_flash::model::bind::Source;
+use spike_flash::model::quant::DType;
+use spike_flash::model::synth::{self, LlamaShape, SynthSpec};
+
+fn convert(src: &Path, model: &Model, out: &Path, kind: LayoutKind, dtype: RecordDType) -> Arc<Layout> {
+    layout::write(model, src, out, &ConvertOptions { kind, dtype, ..Default::default() }).unwrap();
+    Arc::new(Layout::open(out).unwrap())
+}
+
+fn flash(lay: &Arc<Layout>, backend: BackendKind, selector: Box<dyn NeuronSelector + Send>) -> (Model, FlashFfn) {
+    let model = lay.load_model().unwrap();
+    let io = open_backend(backend, &lay.ffn_path(), &IoConfig::default()).unwrap();
+    let ffn = FlashFfn::new(&model, lay.clone(), io, selector).unwrap();
+    (model, ffn)
+}
+
+/// Largest logit difference relative to the logit range.
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let (lo, hi) = b.iter().fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / (hi - lo)
+}
+
+const TOKENS: [u32; 12] = [1, 5, 9, 2, 33, 7, 7, 18, 3, 40, 11, 6];
+
+/// Prompt (many tokens at once) and decode (one at a time) logits of `ffn` and of the dense engine.
+fn compare(dense: &Model, model: &Model, ffn: &mut FlashFfn) -> (f32, f32) {
+    let mut s1 = dense.new_state(32);
+    let want = dense.forward(&mut s1, &TOKENS, true).unwrap();
+    let mut s2 = model.new_state(32);
+    let got = model.forward_with(&mut s2, &TOKENS, 0, ffn).unwrap();
+    let prompt = rel_diff(&got, &want);
+    let mut s3 = model.new_state(32);
+    let mut decode = 0.0f32;
+    let v = dense.config().vocab_size;
+    for (i, &t) in TOKENS.iter().enumerate() {
+        let g = model.forward_with(&mut s3, &[t], 0, ffn).unwrap();
+        decode = decode.max(rel_diff(&g, &want[i * v..(i + 1) * v]));
+    }
+    (prompt, decode)
+}
+
+/// A Llama model with f32 weights: records hold the exact values, so flash equals dense up to summation order,
+/// for bundled and split layouts and every backend.
+#[test]
+fn llama_f32_layout_all_neurons_equals_dense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 11).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let f = dense.config().d_ffn;
+    for kind in [LayoutKind::Bundled, LayoutKind::Split] {
+        let lay = convert(&src, &dense, &tmp.path().join(format!("{kind:?}.spike")), kind, RecordDType::Source);
+        for backend in BackendKind::ALL {
+            let (model, mut ffn) = flash(&lay, backend, Box::new(AllNeurons { d_ffn: f }));
+            let (p, d) = compare(&dense, &model, &mut ffn);
+            assert!(p < 1e-5 && d < 1e-5, "{kind:?} {backend}: prompt {p}, decode {d}");
+            assert_eq!(ffn.stats.neurons_read, ffn.stats.calls * f as u64, "all records read once per call");
+            assert!(ffn.backend().stats().bytes_read > 0);
+        }
+    }
+}
+
+/// Q4_1 records: gate and up rows are the source's bytes; down columns are re-quantized along the other axis,
+/// so flash differs from dense by that error only: small against the logit range.
+#[test]
+fn llama_q4_1_layout_stays_close_to_dense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q4_1, 12).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let f = dense.config().d_ffn;
+    let lay = convert(&src, &dense, &tmp.path().join("q.spike"), LayoutKind::Bundled, RecordDType::Source);
+    let (model, mut ffn) = flash(&lay, BackendKind::Pool, Box::new(AllNeurons { d_ffn: f }));
+    let (p, d) = compare(&dense, &model, &mut ffn);
+    assert!(p < 0.05 && d < 0.05, "prompt {p}, decode {d}");
+}
+
+/// OPT (ReLU) with the oracle's active sets (threshold 0): the skipped neurons are exactly zero, so flash mode
+/// equals the dense engine within 1e-5, while reading only the active neurons' records.
+#[test]
+fn opt_relu_oracle_flash_equals_dense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("opt");
+    synth::write_hf_checkpoint(&SynthSpec::tiny_opt(5), &ck).unwrap();
+    let dense = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
+    let n_layers = dense.config().n_layers;
+    for kind in [LayoutKind::Bundled, LayoutKind::Split] {
+        let lay = convert(&ck, &dense, &tmp.path().join(format!("{kind:?}.spike")), kind, RecordDType::F32);
+        let oracle = Oracle::new(&dense, all_rows(&dense).unwrap(), vec![0.0; n_layers]).unwrap();
+        let (model, mut ffn) = flash(&lay, BackendKind::Uring, Box::new(oracle));
+        let (p, d) = compare(&dense, &model, &mut ffn);
+        assert!(p < 1e-5 && d < 1e-5, "{kind:?}: prompt {p}, decode {d}");
+        let s = ffn.stats;
+        assert!(s.neurons_active < s.token_layers * dense.config().d_ffn as u64, "ReLU leaves neurons inactive");
+    }
+}
+
+/// A failing read surfaces as an error naming the layer and the file offset, not as zeros.
+#[test]
+fn a_failing_read_names_layer_and_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 13).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let f = dense.config().d_ffn;
+    let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
+    let model = lay.load_model().unwrap();
+    // Neuron 3 of layer 1.
+    let mut reqs = Vec::new();
+    lay.neuron_reads(1, 3, 0, &mut reqs).unwrap();
+    let at = reqs[0].offset;
+    let inner = open_backend(BackendKind::Pool, &lay.ffn_path(), &IoConfig::default()).unwrap();
+    let io = Box::new(FaultyBackend::new(inner, Fault::Covering(at)));
+    let mut ffn = FlashFfn::new(&model, lay.clone(), io, Box::new(AllNeurons { d_ffn: f })).unwrap();
+    let mut state = model.new_state(8);
+    let e = model.forward_with(&mut state, &[1, 2], 0, &mut ffn).unwrap_err().to_string();
+    assert!(e.contains("layer 1") && e.contains(&format!("offset {at}")), "{e}");
+}
+
+/// The resident model refuses to run its FFN in DRAM: it is not there.
+#[test]
+fn the_resident_model_has_no_dense_ffn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 14).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
+    let model = lay.load_model().unwrap();
+    let mut state = model.new_state(8);
+    let e = model.forward(&mut state, &[1], false).unwrap_err().to_string();
+    assert!(e.contains("on flash"), "{e}");
+}
