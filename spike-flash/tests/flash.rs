@@ -144,3 +144,57 @@ fn the_resident_model_has_no_dense_ffn() {
     let e = model.forward(&mut state, &[1], false).unwrap_err().to_string();
     assert!(e.contains("on flash"), "{e}");
 }
+
+/// A neuron order (here a seeded shuffle per layer) is stored in the manifest; every neuron reads back the same
+/// bytes as without it, and flash mode over the reordered layout still equals dense.
+#[test]
+fn reordered_layouts_read_the_same_neurons() {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 15).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let (n_layers, f) = (dense.config().n_layers, dense.config().d_ffn);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let order: Vec<Vec<u32>> = (0..n_layers)
+        .map(|_| {
+            let mut o: Vec<u32> = (0..f as u32).collect();
+            o.shuffle(&mut rng);
+            o
+        })
+        .collect();
+    let plain = convert(&src, &dense, &tmp.path().join("plain.spike"), LayoutKind::Bundled, RecordDType::Source);
+    for kind in [LayoutKind::Bundled, LayoutKind::Split] {
+        let out = tmp.path().join(format!("ordered-{kind:?}.spike"));
+        let opts = ConvertOptions { kind, order: Some(order.clone()), ..Default::default() };
+        layout::write(&dense, &src, &out, &opts).unwrap();
+        let lay = Arc::new(Layout::open(&out).unwrap());
+        lay.verify().unwrap();
+        assert_eq!(lay.manifest().layers[1].order.as_ref(), Some(&order[1]));
+        for l in 0..n_layers {
+            for n in 0..f {
+                let a = plain.decode_neuron(&plain.neuron_record(l, n).unwrap()).unwrap();
+                let b = lay.decode_neuron(&lay.neuron_record(l, n).unwrap()).unwrap();
+                assert_eq!(a, b, "{kind:?} layer {l} neuron {n}");
+            }
+        }
+        // Position 0 of layer 0 holds neuron order[0][0].
+        let mut reqs = Vec::new();
+        lay.neuron_reads(0, order[0][0] as usize, 0, &mut reqs).unwrap();
+        assert_eq!(reqs[0].offset, lay.manifest().layers[0].sections[0].offset);
+        let (model, mut ffn) = flash(&lay, BackendKind::Pool, Box::new(AllNeurons { d_ffn: f }));
+        let (p, d) = compare(&dense, &model, &mut ffn);
+        assert!(p < 1e-5 && d < 1e-5, "{kind:?}: prompt {p}, decode {d}");
+    }
+    // Not a permutation, or the wrong number of layers: refused before anything is written.
+    let mut bad = order.clone();
+    bad[1][0] = bad[1][1];
+    for (o, want) in [(bad, "not a permutation"), (order[..1].to_vec(), "lists 1 layers")] {
+        let out = tmp.path().join("bad.spike");
+        let opts = ConvertOptions { order: Some(o), ..Default::default() };
+        let e = layout::write(&dense, &src, &out, &opts).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        assert!(!out.exists());
+    }
+}

@@ -13,7 +13,7 @@ mod read;
 mod write;
 
 pub use read::{Layout, NeuronF32, VerifyReport};
-pub use write::{write, ConvertOptions, RecordDType, Summary, HF_CONFIG_KEY, HF_TOKENIZER_KEY};
+pub use write::{check_order, write, ConvertOptions, RecordDType, Summary, HF_CONFIG_KEY, HF_TOKENIZER_KEY};
 
 /// The manifest's `format` member.
 pub const FORMAT: &str = "spike-layout";

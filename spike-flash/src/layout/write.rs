@@ -42,6 +42,9 @@ pub struct ConvertOptions {
     pub pack: u64,
     /// Replace an existing output directory (removed only once the new one is complete).
     pub force: bool,
+    /// Per layer, the neuron stored at each position (`order[l][k]` is stored at position `k`): a permutation
+    /// of `0..d_ffn`, e.g. hot neurons first. `None` keeps the model's order.
+    pub order: Option<Vec<Vec<u32>>>,
     /// Testing hook: fail after `ffn.bin` is written and before the manifest, as an interrupted conversion.
     #[doc(hidden)]
     pub fail_before_manifest: bool,
@@ -55,6 +58,7 @@ impl Default for ConvertOptions {
             align: super::DEFAULT_ALIGN,
             pack: 1,
             force: false,
+            order: None,
             fail_before_manifest: false,
         }
     }
@@ -269,6 +273,9 @@ impl Plan {
     fn new(model: &Model, opts: &ConvertOptions) -> Result<Plan> {
         let cfg = model.config();
         let label = model.parts().source.label().to_path_buf();
+        if let Some(order) = &opts.order {
+            check_order(order, cfg.n_layers, cfg.d_ffn)?;
+        }
         let gated = matches!(model.layer(0).ffn, FfnWeights::Gated { .. });
         let first_dtype = |l: usize| model.layer(l).ffn.first().map(|lin| lin.w.dtype);
         let Some(src) = first_dtype(0) else {
@@ -308,6 +315,34 @@ impl Plan {
         let section_len = round_up(cfg.d_ffn as u64 * stride, opts.align);
         Ok(Plan { dtype, gated, neuron_bytes, record_bytes, stride, section_len })
     }
+}
+
+/// Checks that `order` holds one permutation of `0..d_ffn` per layer.
+pub fn check_order(order: &[Vec<u32>], n_layers: usize, d_ffn: usize) -> Result<()> {
+    if order.len() != n_layers {
+        return Err(Error::Invalid(format!("the neuron order lists {} layers, the model has {n_layers}", order.len())));
+    }
+    let mut seen = vec![false; d_ffn];
+    for (l, o) in order.iter().enumerate() {
+        if o.len() != d_ffn {
+            return Err(Error::Invalid(format!(
+                "layer {l}: the neuron order has {} entries, d_ffn is {d_ffn}",
+                o.len()
+            )));
+        }
+        seen.fill(false);
+        for &n in o {
+            match seen.get_mut(n as usize) {
+                Some(s) if !*s => *s = true,
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "layer {l}: the neuron order is not a permutation of 0..{d_ffn}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes the three files into `dir`; returns the manifest, resident and ffn sizes and the max abs error.
@@ -360,8 +395,10 @@ fn write_into(
         let parts = neuron_parts(model, l, opts.kind);
         let mut bufs: Vec<Vec<u8>> = names.iter().map(|_| vec![0u8; plan.section_len as usize]).collect();
         let mut scratch = Vec::new();
-        for n in 0..cfg.d_ffn {
-            let pos = n as u64 * plan.stride;
+        let order = opts.order.as_ref().map(|o| &o[l]);
+        for k in 0..cfg.d_ffn {
+            let n = order.map_or(k, |o| o[k] as usize);
+            let pos = k as u64 * plan.stride;
             let mut at = 0usize;
             for (pi, part) in parts.iter().enumerate() {
                 scratch.clear();
@@ -385,7 +422,7 @@ fn write_into(
             });
             offset += plan.section_len;
         }
-        layers.push(LayerInfo { order: None, sections });
+        layers.push(LayerInfo { order: order.cloned(), sections });
     }
     let file = out.into_inner().map_err(|e| Error::io(&ffn_path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(&ffn_path, e))?;

@@ -33,6 +33,20 @@ pub struct Args {
     /// Replace an existing output directory (only once the new one is complete).
     #[arg(long)]
     force: bool,
+    /// Store neurons in this order: a JSON file holding, per layer, a permutation of the neuron ids (position k
+    /// holds the k-th id), as an array of arrays or under the key "order" (e.g. hot neurons first, from
+    /// `spike trace-stats`). Stored in the manifest; readers map neuron ids to positions.
+    #[arg(long)]
+    order: Option<PathBuf>,
+}
+
+/// Reads a neuron order file: `[[...], ...]` or `{"order": [[...], ...]}`.
+fn read_order(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let v = v.get("order").cloned().unwrap_or(v);
+    serde_json::from_value(v)
+        .with_context(|| format!("{}: expected an array of per-layer neuron id arrays", path.display()))
 }
 
 fn parse_kind(s: &str) -> Result<LayoutKind, String> {
@@ -60,7 +74,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let path = resolve_model(args.model.as_deref())?;
     let source = Source::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
+    let order = args.order.as_deref().map(read_order).transpose()?;
     let opts = ConvertOptions {
+        order,
         kind: args.layout,
         dtype: args.dtype,
         align: args.align,
