@@ -19,7 +19,8 @@ use super::input::Input;
 use super::kernels::QMatrix;
 use super::model::{activate, FfnStep, Model};
 use super::sparse::NeuronSelector;
-use crate::io::{AlignedBuf, ReadBackend, ReadReq};
+use crate::cost::CostModel;
+use crate::io::{AlignedBuf, IoStats, ReadBackend, ReadReq};
 use crate::layout::Layout;
 use crate::model::config::Activation;
 use crate::model::quant::{self, DType};
@@ -46,6 +47,85 @@ pub struct FlashStats {
     pub mm_ns: u64,
     /// Time computing the FFN over the rows.
     pub compute_ns: u64,
+    /// The cost model's predicted time for the same reads (0 without a cost model).
+    pub predicted_io_ns: u64,
+}
+
+/// A snapshot of a flash FFN's counters; two snapshots bracket the work between them.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub flash: FlashStats,
+    pub io: IoStats,
+}
+
+/// What one step (a token, or a prompt) cost in flash mode: the row of `--trace-out`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TokenRecord {
+    /// Step number (0 is the prompt when the prompt is recorded as one step).
+    pub step: usize,
+    /// Tokens in the step.
+    pub tokens: usize,
+    /// Wall time of the step, ms.
+    pub total_ms: f64,
+    pub bytes_requested: u64,
+    pub bytes_read: u64,
+    /// Device reads issued.
+    pub reads: u64,
+    /// Mean device read, bytes.
+    pub mean_chunk: f64,
+    /// Wall time of the batched reads, ms.
+    pub io_ms: f64,
+    /// The cost model's prediction for the same reads, ms (0 without a device profile).
+    pub predicted_io_ms: f64,
+    /// Memory management (read lists, cache bookkeeping, row copies), ms.
+    pub mm_ms: f64,
+    /// FFN compute over the rows, ms.
+    pub ffn_compute_ms: f64,
+    /// Choosing the active neurons (predictor or oracle), ms.
+    pub select_ms: f64,
+    /// Everything else: attention, norms, embeddings, logits, ms.
+    pub other_ms: f64,
+    /// Active neurons, summed over the step's layers and tokens.
+    pub neurons_active: u64,
+    /// Neurons whose records were read from flash.
+    pub neurons_read: u64,
+    /// Share of the active neurons that did not have to be read.
+    pub hit_rate: f64,
+    /// Model bytes in DRAM (resident tensors, predictor, neuron caches).
+    pub dram_bytes: u64,
+}
+
+impl TokenRecord {
+    /// The record of the work between snapshots `a` and `b`, which took `total_ms` of wall time.
+    pub fn between(step: usize, tokens: usize, total_ms: f64, a: &Snapshot, b: &Snapshot, dram_bytes: u64) -> Self {
+        let (f, g) = (&a.flash, &b.flash);
+        let ms = |x: u64, y: u64| y.saturating_sub(x) as f64 / 1e6;
+        let reads = b.io.reads - a.io.reads;
+        let bytes_read = b.io.bytes_read - a.io.bytes_read;
+        let active = g.neurons_active - f.neurons_active;
+        let read = g.neurons_read - f.neurons_read;
+        let (io_ms, mm_ms, compute_ms, select_ms) =
+            (ms(f.io_ns, g.io_ns), ms(f.mm_ns, g.mm_ns), ms(f.compute_ns, g.compute_ns), ms(f.select_ns, g.select_ns));
+        TokenRecord {
+            step,
+            tokens,
+            total_ms,
+            bytes_requested: b.io.bytes_requested - a.io.bytes_requested,
+            bytes_read,
+            reads,
+            mean_chunk: if reads == 0 { 0.0 } else { bytes_read as f64 / reads as f64 },
+            io_ms,
+            predicted_io_ms: ms(f.predicted_io_ns, g.predicted_io_ns),
+            mm_ms,
+            ffn_compute_ms: compute_ms,
+            select_ms,
+            other_ms: (total_ms - io_ms - mm_ms - compute_ms - select_ms).max(0.0),
+            neurons_active: active,
+            neurons_read: read,
+            hit_rate: if active == 0 { 1.0 } else { 1.0 - (read.min(active) as f64 / active as f64) },
+            dram_bytes,
+        }
+    }
 }
 
 /// How a record's bytes are laid out, from the layout's manifest.
@@ -83,6 +163,7 @@ pub struct FlashFfn {
     u: Vec<f32>,
     col: Vec<f32>,
     dense_down: Vec<f32>,
+    cost: Option<(CostModel, usize)>,
     pub stats: FlashStats,
 }
 
@@ -126,8 +207,19 @@ impl FlashFfn {
             u: Vec::new(),
             col: Vec::new(),
             dense_down: Vec::new(),
+            cost: None,
             stats: FlashStats::default(),
         })
+    }
+
+    /// Predicts every batch's I/O time with `cost` at queue depth `depth`, beside the measured time.
+    pub fn set_cost_model(&mut self, cost: CostModel, depth: usize) {
+        self.cost = Some((cost, depth));
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { flash: self.stats, io: self.backend.stats().clone() }
     }
 
     /// The read backend (for its I/O counters).
@@ -178,6 +270,9 @@ impl FlashFfn {
         }
         self.staging.resize(self.fetch.len() * payload)?;
         self.stats.mm_ns += nanos(t0);
+        if let Some((cost, depth)) = &self.cost {
+            self.stats.predicted_io_ns += (cost.predict(&self.reqs, *depth)?.seconds * 1e9) as u64;
+        }
         let t1 = Instant::now();
         self.backend
             .read_batch(&self.reqs, &mut self.staging)
@@ -215,21 +310,83 @@ fn accumulate_down(
         ndarray::linalg::general_mat_mul(1.0, &hv, &dv, 1.0, &mut ov);
         return Ok(());
     }
-    col.resize(d, 0.0);
-    for j in 0..k {
-        if (0..n).all(|t| h[t * k + j] == 0.0) {
-            continue;
-        }
-        let src = &rows[j * payload + off..j * payload + off + part];
-        quant::dequantize(fmt.dtype, src, col)?;
-        for t in 0..n {
+    let _ = col;
+    let bl = fmt.dtype.block_len();
+    let bb = fmt.dtype.block_bytes();
+    let blocks = d / bl;
+    // One token: split the output dimensions (whole blocks) over the pool; every task walks all k columns.
+    let tasks = if n == 1 && k >= 64 { rayon::current_num_threads().min(blocks).max(1) } else { 1 };
+    let per = blocks.div_ceil(tasks);
+    let run = |b0: usize, o: &mut [f32], t: usize| {
+        let nb = o.len() / bl;
+        for j in 0..k {
             let a = h[t * k + j];
             if a != 0.0 {
-                super::ops::axpy(a, col, &mut out[t * d..(t + 1) * d]);
+                let start = j * payload + off + b0 * bb;
+                axpy_row(fmt.dtype, &rows[start..start + nb * bb], a, o);
             }
+        }
+    };
+    if tasks > 1 {
+        use rayon::prelude::*;
+        out[..d].par_chunks_mut(per * bl).enumerate().for_each(|(i, o)| run(i * per, o, 0));
+    } else {
+        for t in 0..n {
+            run(0, &mut out[t * d..(t + 1) * d], t);
         }
     }
     Ok(())
+}
+
+/// `out += a * row`, `row` being `out.len()` values of `dtype`, decoded on the fly.
+#[inline]
+fn axpy_row(dtype: DType, row: &[u8], a: f32, out: &mut [f32]) {
+    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    match dtype {
+        DType::Q8_0 => {
+            for (b, y) in row.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+                let s = a * f16(&b[0..2]);
+                for (yj, &q) in y.iter_mut().zip(&b[2..34]) {
+                    *yj += s * f32::from(q as i8);
+                }
+            }
+        }
+        DType::Q4_1 => {
+            for (b, y) in row.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
+                let (s, c) = (a * f16(&b[0..2]), a * f16(&b[2..4]));
+                let (lo, hi) = y.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
+                    *l += s * f32::from(q & 0x0F) + c;
+                    *h += s * f32::from(q >> 4) + c;
+                }
+            }
+        }
+        DType::Q4_0 => {
+            for (b, y) in row.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+                let s = a * f16(&b[0..2]);
+                let (lo, hi) = y.split_at_mut(16);
+                for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..18]) {
+                    *l += s * (f32::from(q & 0x0F) - 8.0);
+                    *h += s * (f32::from(q >> 4) - 8.0);
+                }
+            }
+        }
+        DType::F32 => {
+            for (b, y) in row.chunks_exact(4).zip(out.iter_mut()) {
+                *y += a * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::F16 => {
+            for (b, y) in row.chunks_exact(2).zip(out.iter_mut()) {
+                *y += a * f16(b);
+            }
+        }
+        _ => {
+            let mut tmp = vec![0.0f32; out.len()];
+            quant::dequantize(dtype, row, &mut tmp).expect("a layout's record type is one `axpy_row` decodes");
+            super::ops::axpy(a, &tmp, out);
+        }
+    }
 }
 
 impl FfnStep for FlashFfn {

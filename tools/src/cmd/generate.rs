@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use spike_flash::engine::flash::TokenRecord;
 use spike_flash::engine::sampler::{Sampler, SamplerConfig};
 
 /// Arguments of `spike generate`.
@@ -36,6 +37,12 @@ pub struct Args {
     /// Output: the text as it is generated, or one JSON object at the end.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    #[command(flatten)]
+    flash: super::flash::FlashArgs,
+    /// Flash mode: write one CSV row per step (the prompt, then each generated token) with its I/O, memory
+    /// management and compute times, bytes, cache hit rate and the cost model's prediction.
+    #[arg(long)]
+    trace_out: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,16 +68,36 @@ struct Report<'a> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let sampler_cfg = SamplerConfig { temperature: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     let mut sampler = Sampler::new(sampler_cfg)?;
-    let loaded = super::load_model(args.model.as_deref())?;
+    let (loaded, mut flash) = match &args.flash.layout {
+        None => {
+            anyhow::ensure!(args.trace_out.is_none(), "--trace-out needs flash mode (--layout)");
+            (super::load_model(args.model.as_deref())?, None)
+        }
+        Some(dir) => {
+            anyhow::ensure!(args.model.is_none(), "give either --model or --layout, not both");
+            let fm = super::flash::FlashModel::open(dir)?;
+            let ffn = fm.ffn(args.flash.backend, None)?;
+            (super::Loaded { path: dir.clone(), model: fm.model, tokenizer: fm.tokenizer }, Some(ffn))
+        }
+    };
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let prompt = tok.encode(&args.prompt)?;
     anyhow::ensure!(!prompt.is_empty(), "the prompt encodes to no tokens");
     let mut state = model.new_state(prompt.len() + args.n);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let mut records = Vec::new();
+    let mut step = |state: &mut spike_flash::engine::model::State, tokens: &[u32]| -> anyhow::Result<Vec<f32>> {
+        let Some(ffn) = flash.as_mut() else { return Ok(model.forward(state, tokens, false)?) };
+        let (a, t) = (ffn.snapshot(), Instant::now());
+        let logits = model.forward_with(state, tokens, tokens.len() - 1, ffn)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        records.push(TokenRecord::between(records.len(), tokens.len(), ms, &a, &ffn.snapshot(), 0));
+        Ok(logits)
+    };
 
     let t0 = Instant::now();
-    let mut logits = model.forward(&mut state, &prompt, false)?;
+    let mut logits = step(&mut state, &prompt)?;
     let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let t1 = Instant::now();
@@ -92,10 +119,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         if i + 1 < args.n {
-            logits = model.forward(&mut state, &[next], false)?;
+            logits = step(&mut state, &[next])?;
         }
     }
     let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+    drop(step);
+    if let Some(path) = &args.trace_out {
+        super::write_csv(path, &records)?;
+        eprintln!("wrote {} step records to {}", records.len(), path.display());
+    }
     let text = tok.decode(&generated)?;
     // Decode speed counts the forward passes made after the prompt: one per generated token but the last.
     let decode_steps = generated.len().saturating_sub(1).max(1);
