@@ -123,7 +123,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-    drop(step);
     if let Some(path) = &args.trace_out {
         super::write_csv(path, &records)?;
         eprintln!("wrote {} step records to {}", records.len(), path.display());
