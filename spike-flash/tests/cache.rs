@@ -414,6 +414,7 @@ fn hot_keeps_exactly_the_pinned_set() {
     // Prefilled: the pinned set from the start, and only its neurons hit.
     let mut cache = LayerCache::new(spec("hot:0.25"), n, 16, 300, Some(&hot)).unwrap();
     assert_eq!(cache.pinned(), &hot[..100]);
+    assert_eq!(cache.capacity(), 100, "hot:F without a window allocates only the pinned rows");
     cache
         .fill_all(|neuron, row| {
             row.copy_from_slice(&record(neuron, 16));

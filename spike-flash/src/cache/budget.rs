@@ -106,7 +106,7 @@ impl fmt::Display for Budget {
 /// (attention and embedding tensors, norms, the predictor, ...). Each layer's cache gets an equal share, and
 /// its maps and policy state count against it: with the returned slots,
 /// `resident_bytes + layers * LayerCache::footprint(spec, n_neurons, record_bytes, slots) <= budget_bytes`.
-/// More than `n_neurons` slots are never needed; `none` gets 0.
+/// No more slots than the policy can use ([`PolicySpec::max_slots`]): `none` gets 0, `hot:F` its pinned set.
 ///
 /// Errors, saying by how many bytes the budget falls short: a budget below the resident part; a budget that
 /// cannot hold the policy's static set (every neuron for `all`, the hot set for `hot:F`) or the maps.
@@ -147,7 +147,7 @@ pub fn slots_per_layer(
         return Ok(0);
     }
     // per_layer >= min_layer >= fixed: checked above.
-    Ok(((per_layer - fixed) / per_slot).min(n_neurons as u64) as usize)
+    Ok(((per_layer - fixed) / per_slot).min(spec.max_slots(n_neurons) as u64) as usize)
 }
 
 #[cfg(test)]
@@ -213,7 +213,7 @@ mod tests {
                 let Ok(slots) = slots else { continue };
                 let used = 5_000_000 + 30 * LayerCache::footprint(&spec, 1536, 1080, slots);
                 assert!(used <= budget, "{spec} {budget}: {used}");
-                if slots < 1536 {
+                if slots < spec.max_slots(1536) {
                     let more = 5_000_000 + 30 * LayerCache::footprint(&spec, 1536, 1080, slots + 1);
                     assert!(more > budget, "{spec} {budget}: one more slot would fit");
                 }

@@ -137,15 +137,12 @@ pub struct LayerCache {
 
 /// The row slots a policy allocates out of `capacity_slots` for a layer of `n_neurons`.
 fn slots_for(spec: &PolicySpec, n_neurons: usize, capacity_slots: usize) -> usize {
-    match spec {
-        PolicySpec::None => 0,
-        _ => capacity_slots.min(n_neurons),
-    }
+    capacity_slots.min(spec.max_slots(n_neurons))
 }
 
 impl LayerCache {
-    /// A cache of `capacity_slots` rows (at most one per neuron; none for `none`) of `record_bytes` each, for a
-    /// layer of `n_neurons`. `hot` lists the layer's neurons by descending activation frequency (from trace
+    /// A cache of `capacity_slots` rows of `record_bytes` each, for a layer of `n_neurons` (no more rows than the
+    /// policy can use: [`PolicySpec::max_slots`]). `hot` lists the layer's neurons by descending activation frequency (from trace
     /// statistics); `hot:F` pins its first `round(F * n_neurons)` entries, the other policies ignore it.
     ///
     /// Errors: `all` with fewer slots than neurons; `hot:F` without a list, with a list too short, naming a

@@ -11,14 +11,17 @@ use crate::{Error, Result};
 /// |---|---|
 /// | `none` | nothing: every needed neuron is read every token (the naive baseline). No rows are allocated. |
 /// | `all` | every neuron of the layer (the all-resident upper bound); needs a slot per neuron. |
-/// | `window:K` | the neurons active in the last `K` tokens of this layer, the current one included (the paper's window); `K = 0` keeps nothing beyond the current token. |
+/// | `window:K` | the neurons active in the last `K` tokens of this layer, the current one included (the paper's window); `K = 0` keeps nothing beyond the current token. When they outnumber the slots, a new neuron replaces the least recently used one (LRU within the window). |
 /// | `lru` | as many as fit; a full cache replaces the least recently used neuron. |
 /// | `lfu` | as many as fit; a full cache replaces its least frequently active neuron, and only for a neuron active more often. |
 /// | `hot:F` | a static pinned set: the fraction `F` (0..=1) of the layer's neurons that a trace found most often active; nothing else. With every neuron requested each token this is the paper's hybrid mode. |
 /// | `hot:F+window:K` | the pinned set, plus `window:K` over the other neurons in the remaining slots. |
 ///
 /// Recency and frequency count tokens of one layer's cache: a neuron's frequency is the number of tokens it was
-/// active in since the cache was built, cached or not.
+/// active in since the cache was built, cached or not. Recency orders touches: at `begin_token` the cached
+/// active neurons in ascending order, then the inserts in call order; `lfu` breaks frequency ties by recency.
+/// No policy evicts a neuron active in the current token: when that is the only way to make room, the new
+/// neuron is declined.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PolicySpec {
     /// Keep nothing.
@@ -45,6 +48,16 @@ impl PolicySpec {
             PolicySpec::All => n_neurons,
             PolicySpec::Hot { fraction, .. } => ((fraction * n_neurons as f64).round() as usize).min(n_neurons),
             _ => 0,
+        }
+    }
+
+    /// The most row slots the policy can use in a layer of `n_neurons`: none for `none`, the pinned set for
+    /// `hot:F` without a window, every neuron otherwise.
+    pub fn max_slots(&self, n_neurons: usize) -> usize {
+        match *self {
+            PolicySpec::None => 0,
+            PolicySpec::Hot { window: None, .. } => self.pinned_count(n_neurons),
+            _ => n_neurons,
         }
     }
 
@@ -180,5 +193,8 @@ mod tests {
         assert_eq!(PolicySpec::All.pinned_count(1536), 1536);
         assert_eq!(PolicySpec::Window(5).pinned_count(1536), 0);
         assert_eq!(PolicySpec::Hot { fraction: 1.0, window: Some(1) }.pinned_count(7), 7);
+        assert_eq!(hot.max_slots(1536), 768);
+        assert_eq!(PolicySpec::Hot { fraction: 0.5, window: Some(1) }.max_slots(1536), 1536);
+        assert_eq!(PolicySpec::None.max_slots(1536), 0);
     }
 }
