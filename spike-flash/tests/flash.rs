@@ -198,3 +198,85 @@ fn reordered_layouts_read_the_same_neurons() {
         assert!(!out.exists());
     }
 }
+
+fn caches(spec: &str, lay: &Layout, slots: usize) -> Vec<spike_flash::cache::LayerCache> {
+    let spec: spike_flash::cache::PolicySpec = spec.parse().unwrap();
+    let m = lay.manifest();
+    let hot: Vec<u32> = (0..m.model.d_ffn as u32).rev().collect();
+    (0..m.layers.len())
+        .map(|_| {
+            spike_flash::cache::LayerCache::new(spec, m.model.d_ffn, lay.payload_bytes(), slots, Some(&hot)).unwrap()
+        })
+        .collect()
+}
+
+/// OPT (ReLU) with the oracle's active sets through every cache policy, small and large: the logits equal the
+/// dense engine's within 1e-5, token by token; the caches save reads.
+#[test]
+fn opt_relu_oracle_with_every_cache_policy_equals_dense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("opt");
+    synth::write_hf_checkpoint(&SynthSpec::tiny_opt(6), &ck).unwrap();
+    let dense = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
+    let (n_layers, f) = (dense.config().n_layers, dense.config().d_ffn);
+    let lay = convert(&ck, &dense, &tmp.path().join("opt.spike"), LayoutKind::Bundled, RecordDType::F32);
+    let rows = all_rows(&dense).unwrap();
+    let specs = ["none", "window:0", "window:1", "window:8", "lru", "lfu", "all", "hot:0.25", "hot:0.25+window:2"];
+    for spec in specs {
+        for slots in [f / 4, f] {
+            let oracle = Oracle::new(&dense, rows.clone(), vec![0.0; n_layers]).unwrap();
+            let (model, mut ffn) = flash(&lay, BackendKind::Pool, Box::new(oracle));
+            ffn.set_caches(caches(spec, &lay, if spec == "all" { f } else { slots })).unwrap();
+            for all_cached in [false, true] {
+                ffn.set_options(spike_flash::engine::flash::FlashOptions { compute_all_cached: all_cached });
+                let (p, d) = compare(&dense, &model, &mut ffn);
+                assert!(p < 1e-5 && d < 1e-5, "{spec} slots {slots} all_cached {all_cached}: prompt {p}, decode {d}");
+            }
+            let s = ffn.cache_stats();
+            match spec {
+                "none" => assert_eq!(s.hits, 0, "{spec}"),
+                "all" => assert_eq!(s.misses, 0, "{spec}: everything was loaded up front"),
+                "window:0" => {}
+                _ => assert!(s.hits > 0, "{spec} slots {slots}: {s:?}"),
+            }
+        }
+    }
+}
+
+/// Greedy decoding of a SwiGLU model with a calibrated-threshold oracle: the window length changes what is
+/// read, never the tokens.
+#[test]
+fn window_sizes_change_reads_not_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q8_0, 16).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let (n_layers, f) = (dense.config().n_layers, dense.config().d_ffn);
+    let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
+    let rows = all_rows(&dense).unwrap();
+    let mut runs = Vec::new();
+    for spec in ["window:0", "window:1", "window:8"] {
+        // Threshold 0.01 leaves a fraction of each layer's neurons inactive.
+        let oracle = Oracle::new(&dense, rows.clone(), vec![0.01; n_layers]).unwrap();
+        let (model, mut ffn) = flash(&lay, BackendKind::Uring, Box::new(oracle));
+        ffn.set_caches(caches(spec, &lay, f)).unwrap();
+        let mut state = model.new_state(64);
+        let mut logits = model.forward_with(&mut state, &TOKENS[..4], 3, &mut ffn).unwrap();
+        let mut toks = Vec::new();
+        for _ in 0..40 {
+            let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            toks.push(next);
+            logits = model.forward_with(&mut state, &[next], 0, &mut ffn).unwrap();
+        }
+        let s = ffn.stats;
+        assert!(s.neurons_active < s.token_layers * f as u64, "the oracle leaves neurons out");
+        runs.push((spec, toks, s.neurons_read));
+    }
+    assert_eq!(runs[0].1, runs[1].1, "window:0 vs window:1");
+    assert_eq!(runs[0].1, runs[2].1, "window:0 vs window:8");
+    assert!(
+        runs[2].2 < runs[1].2 && runs[1].2 < runs[0].2,
+        "longer windows read less: {:?}",
+        runs.iter().map(|r| r.2).collect::<Vec<_>>()
+    );
+}

@@ -19,6 +19,7 @@ use super::input::Input;
 use super::kernels::QMatrix;
 use super::model::{activate, FfnStep, Model};
 use super::sparse::NeuronSelector;
+use crate::cache::{CacheStats, LayerCache};
 use crate::cost::CostModel;
 use crate::io::{AlignedBuf, IoStats, ReadBackend, ReadReq};
 use crate::layout::Layout;
@@ -156,15 +157,34 @@ pub struct FlashFfn {
     mask: Vec<bool>,
     /// Whether every token of the batch selected every neuron (no masking needed).
     all_active: bool,
+    /// Of `fetch`, the neurons not cached (all of `fetch` without caches), ascending.
+    missing: Vec<u32>,
+    /// Per row of `staging`: whether the cache declined it (so it is computed from `staging`).
+    declined: Vec<bool>,
     reqs: Vec<ReadReq>,
     staging: AlignedBuf,
+    caches: Option<Vec<LayerCache>>,
+    opts: FlashOptions,
+    scratch: Scratch,
+    cost: Option<(CostModel, usize)>,
+    pub stats: FlashStats,
+}
+
+/// Choices of the flash loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlashOptions {
+    /// Compute over every cached neuron, not only the selected ones: more compute, and cached neurons the
+    /// selector missed still contribute.
+    pub compute_all_cached: bool,
+}
+
+/// Buffers of the FFN computation, reused from call to call.
+#[derive(Default)]
+struct Scratch {
     input: Input,
     g: Vec<f32>,
     u: Vec<f32>,
-    col: Vec<f32>,
     dense_down: Vec<f32>,
-    cost: Option<(CostModel, usize)>,
-    pub stats: FlashStats,
 }
 
 fn nanos(t: Instant) -> u64 {
@@ -200,16 +220,77 @@ impl FlashFfn {
             fetch: Vec::new(),
             mask: Vec::new(),
             all_active: false,
+            missing: Vec::new(),
+            declined: Vec::new(),
             reqs: Vec::new(),
-            staging: AlignedBuf::new(0)?,
-            input: Input::default(),
-            g: Vec::new(),
-            u: Vec::new(),
-            col: Vec::new(),
-            dense_down: Vec::new(),
+            // Room for a whole layer, so the buffer never grows while decoding.
+            staging: AlignedBuf::new(fmt.f * fmt.payload)?,
+            caches: None,
+            opts: FlashOptions::default(),
+            scratch: Scratch::default(),
             cost: None,
             stats: FlashStats::default(),
         })
+    }
+
+    /// Keeps neurons in `caches` (one per layer, rows of [`Layout::payload_bytes`]) and fills the rows each
+    /// policy pins (every neuron for `all`, the hot set for `hot:F`) from flash now.
+    pub fn set_caches(&mut self, mut caches: Vec<LayerCache>) -> Result<()> {
+        let (f, payload) = (self.fmt.f, self.fmt.payload);
+        if caches.len() != self.layout.manifest().layers.len() {
+            return Err(Error::Invalid(format!(
+                "{} neuron caches for {} layers",
+                caches.len(),
+                self.layout.manifest().layers.len()
+            )));
+        }
+        for (l, c) in caches.iter_mut().enumerate() {
+            if c.record_bytes() != payload || c.n_neurons() != f {
+                return Err(Error::Invalid(format!(
+                    "layer {l}: a cache of {} neurons x {} bytes for records of {f} x {payload}",
+                    c.n_neurons(),
+                    c.record_bytes()
+                )));
+            }
+            let mut pinned = c.pinned().to_vec();
+            pinned.sort_unstable();
+            if pinned.is_empty() {
+                continue;
+            }
+            self.fetch.clear();
+            self.fetch.extend_from_slice(&pinned);
+            c.begin_token(&pinned, &mut self.missing);
+            self.missing.clone_from(&self.fetch);
+            self.read(l)?;
+            for (k, &n) in self.fetch.iter().enumerate() {
+                c.insert(n, &self.staging.as_slice()[k * payload..(k + 1) * payload]);
+            }
+            c.end_token();
+            c.reset_stats();
+        }
+        self.caches = Some(caches);
+        self.reset_stats();
+        Ok(())
+    }
+
+    /// Sets the loop's options.
+    pub fn set_options(&mut self, opts: FlashOptions) {
+        self.opts = opts;
+    }
+
+    /// The caches' counters, summed over layers.
+    pub fn cache_stats(&self) -> CacheStats {
+        let mut s = CacheStats::default();
+        for c in self.caches.iter().flatten() {
+            s.add(&c.stats());
+        }
+        s
+    }
+
+    /// DRAM this FFN holds for weights: the caches' rows and maps, and the staging buffer for one layer.
+    pub fn dram_bytes(&self) -> u64 {
+        let caches: u64 = self.caches.iter().flatten().map(LayerCache::bytes).sum();
+        caches + self.staging.capacity() as u64
     }
 
     /// Predicts every batch's I/O time with `cost` at queue depth `depth`, beside the measured time.
@@ -260,15 +341,15 @@ impl FlashFfn {
         Ok(())
     }
 
-    /// Reads the records of `self.fetch` into `self.staging`, one payload after another.
+    /// Reads the records of `self.missing` into `self.staging`, one payload after another.
     fn read(&mut self, layer: usize) -> Result<()> {
         let t0 = Instant::now();
         self.reqs.clear();
         let payload = self.fmt.payload;
-        for (k, &i) in self.fetch.iter().enumerate() {
+        for (k, &i) in self.missing.iter().enumerate() {
             self.layout.neuron_reads(layer, i as usize, k * payload, &mut self.reqs)?;
         }
-        self.staging.resize(self.fetch.len() * payload)?;
+        self.staging.resize(self.missing.len() * payload)?;
         self.stats.mm_ns += nanos(t0);
         if let Some((cost, depth)) = &self.cost {
             self.stats.predicted_io_ns += (cost.predict(&self.reqs, *depth)?.seconds * 1e9) as u64;
@@ -278,7 +359,7 @@ impl FlashFfn {
             .read_batch(&self.reqs, &mut self.staging)
             .map_err(|e| Error::InLayer { layer, source: Box::new(e) })?;
         self.stats.io_ns += nanos(t1);
-        self.stats.neurons_read += self.fetch.len() as u64;
+        self.stats.neurons_read += self.missing.len() as u64;
         Ok(())
     }
 }
@@ -291,7 +372,6 @@ fn accumulate_down(
     k: usize,
     h: &[f32],
     n: usize,
-    col: &mut Vec<f32>,
     dense: &mut Vec<f32>,
     out: &mut [f32],
 ) -> Result<()> {
@@ -310,7 +390,6 @@ fn accumulate_down(
         ndarray::linalg::general_mat_mul(1.0, &hv, &dv, 1.0, &mut ov);
         return Ok(());
     }
-    let _ = col;
     let bl = fmt.dtype.block_len();
     let bb = fmt.dtype.block_bytes();
     let blocks = d / bl;
@@ -389,19 +468,79 @@ fn axpy_row(dtype: DType, row: &[u8], a: f32, out: &mut [f32]) {
     }
 }
 
+/// The FFN over `k` rows side by side (`rows`, stride `fmt.payload`) whose neurons are `ids`, for the `n`
+/// tokens prepared in `sc.input`, added to `out`. `keep(t, j)` says whether row `j` counts for token `t`.
+#[allow(clippy::too_many_arguments)]
+fn compute_rows(
+    fmt: &RowFormat,
+    sc: &mut Scratch,
+    rows: &[u8],
+    ids: &[u32],
+    n: usize,
+    b1: Option<&[f32]>,
+    keep: &dyn Fn(usize, usize) -> bool,
+    out: &mut [f32],
+) -> Result<u64> {
+    let (d, k) = (fmt.d, ids.len());
+    if k == 0 {
+        return Ok(0);
+    }
+    let rows = &rows[..(k - 1) * fmt.payload + fmt.payload];
+    sc.g.resize(n * k, 0.0);
+    let first = QMatrix::strided(fmt.dtype, k, d, rows, fmt.payload)?;
+    sc.input.matmul(&first, &mut sc.g);
+    if fmt.gated {
+        sc.u.resize(n * k, 0.0);
+        let up = QMatrix::strided(fmt.dtype, k, d, &rows[fmt.part..], fmt.payload)?;
+        sc.input.matmul(&up, &mut sc.u);
+    }
+    for t in 0..n {
+        for (j, &i) in ids.iter().enumerate() {
+            let g = &mut sc.g[t * k + j];
+            if !keep(t, j) {
+                *g = 0.0;
+                continue;
+            }
+            let a = activate(fmt.act, *g + b1.map_or(0.0, |b| b[i as usize]));
+            *g = if fmt.gated { a * sc.u[t * k + j] } else { a };
+        }
+    }
+    accumulate_down(fmt, rows, k, &sc.g, n, &mut sc.dense_down, out)?;
+    Ok((n * k) as u64)
+}
+
 impl FfnStep for FlashFfn {
     fn forward(&mut self, model: &Model, layer: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         let fmt = self.fmt;
-        let (d, f) = (fmt.d, fmt.f);
+        let (d, f, payload) = (fmt.d, fmt.f, fmt.payload);
         self.stats.calls += 1;
         self.stats.token_layers += n as u64;
         let t0 = Instant::now();
         self.select(layer, x, n)?;
         self.stats.select_ns += nanos(t0);
-        self.read(layer)?;
 
         let t1 = Instant::now();
-        let k = self.fetch.len();
+        match self.caches.as_mut() {
+            Some(c) => c[layer].begin_token(&self.fetch, &mut self.missing),
+            None => self.missing.clone_from(&self.fetch),
+        }
+        self.stats.mm_ns += nanos(t1);
+        self.read(layer)?;
+        let t2 = Instant::now();
+        self.declined.clear();
+        match self.caches.as_mut() {
+            Some(c) => {
+                let c = &mut c[layer];
+                for (k, &i) in self.missing.iter().enumerate() {
+                    let row = &self.staging.as_slice()[k * payload..(k + 1) * payload];
+                    self.declined.push(c.insert(i, row).is_none());
+                }
+            }
+            None => self.declined.resize(self.missing.len(), true),
+        }
+        self.stats.mm_ns += nanos(t2);
+
+        let t3 = Instant::now();
         let (b1, b2) = model.layer(layer).ffn.biases();
         for t in 0..n {
             let o = &mut out[t * d..(t + 1) * d];
@@ -410,34 +549,29 @@ impl FfnStep for FlashFfn {
                 None => o.fill(0.0),
             }
         }
-        if k > 0 {
-            let rows = &self.staging.as_slice()[..k * fmt.payload];
-            self.input.prepare(fmt.dtype, x, n, d, model.precision());
-            self.g.resize(n * k, 0.0);
-            let first = QMatrix::strided(fmt.dtype, k, d, rows, fmt.payload)?;
-            self.input.matmul(&first, &mut self.g);
-            if fmt.gated {
-                self.u.resize(n * k, 0.0);
-                let up = QMatrix::strided(fmt.dtype, k, d, &rows[fmt.part..], fmt.payload)?;
-                self.input.matmul(&up, &mut self.u);
-            }
-            for t in 0..n {
-                let m = &self.mask[t * f..(t + 1) * f];
-                for (j, &i) in self.fetch.iter().enumerate() {
-                    let g = &mut self.g[t * k + j];
-                    if !self.all_active && !m[i as usize] {
-                        *g = 0.0;
-                        continue;
-                    }
-                    let pre = *g + b1.map_or(0.0, |b| b[i as usize]);
-                    let a = activate(fmt.act, pre);
-                    *g = if fmt.gated { a * self.u[t * k + j] } else { a };
-                }
-            }
-            accumulate_down(&fmt, rows, k, &self.g, n, &mut self.col, &mut self.dense_down, out)?;
+        self.scratch.input.prepare(fmt.dtype, x, n, d, model.precision());
+        let (mask, all_active) = (&self.mask, self.all_active);
+        let active = |t: usize, i: u32| all_active || mask[t * f + i as usize];
+        let mut computed = 0;
+        if let Some(c) = self.caches.as_ref() {
+            let c = &c[layer];
+            let ids = c.neurons();
+            let all_cached = self.opts.compute_all_cached;
+            let keep = |t: usize, j: usize| all_cached || active(t, ids[j]);
+            computed += compute_rows(&fmt, &mut self.scratch, c.rows(), ids, n, b1, &keep, out)?;
         }
-        self.stats.neurons_computed += (n * k) as u64;
-        self.stats.compute_ns += nanos(t1);
+        let (ids, declined) = (&self.missing, &self.declined);
+        let keep = |t: usize, j: usize| declined[j] && active(t, ids[j]);
+        if declined.iter().any(|&x| x) {
+            computed += compute_rows(&fmt, &mut self.scratch, self.staging.as_slice(), ids, n, b1, &keep, out)?;
+        }
+        self.stats.neurons_computed += computed;
+        self.stats.compute_ns += nanos(t3);
+        if let Some(c) = self.caches.as_mut() {
+            let t4 = Instant::now();
+            c[layer].end_token();
+            self.stats.mm_ns += nanos(t4);
+        }
         Ok(())
     }
 }
