@@ -85,6 +85,16 @@ pub fn map_file(path: &Path) -> Result<memmap2::Mmap> {
     Ok(map)
 }
 
+/// Returns freed heap memory to the operating system (glibc's `malloc_trim`), so that what a loader built and
+/// dropped no longer counts against a memory limit. A no-op elsewhere.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's arenas; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// One logical read: `len` bytes at file `offset`, to be placed at byte `dst` of the caller's buffer.
 /// Offsets and lengths need not be aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,10 +1,13 @@
-//! Options shared by the commands that run a model from a flash layout (`--layout NAME.spike`).
+//! Options shared by the commands that run a model from a flash layout (`--layout NAME.spike`): the I/O
+//! backend, the neuron cache and its DRAM budget, the neuron selector, the cost model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use spike_flash::engine::flash::FlashFfn;
+use spike_flash::cache::{slots_per_layer, Budget, LayerCache, PolicySpec};
+use spike_flash::cost::CostModel;
+use spike_flash::engine::flash::{FlashFfn, FlashOptions};
 use spike_flash::engine::model::Model;
 use spike_flash::engine::sparse::{AllNeurons, NeuronSelector};
 use spike_flash::io::{open_backend, BackendKind, IoConfig};
@@ -22,6 +25,24 @@ pub struct FlashArgs {
     /// cache).
     #[arg(long, default_value = "uring")]
     pub backend: BackendKind,
+    /// Neuron cache policy: none (read every needed neuron every token), all, window:K, lru, lfu, hot:F,
+    /// hot:F+window:K.
+    #[arg(long, default_value = "none")]
+    pub cache: PolicySpec,
+    /// DRAM budget for the model's memory (resident tensors, predictor, caches, staging buffer): a share of
+    /// the model file (65%) or a size (64MiB). The caches get what the rest leaves. Default: no limit.
+    #[arg(long)]
+    pub budget: Option<Budget>,
+    /// Neurons by descending activation frequency, per layer (JSON array of arrays, or under "order"; e.g.
+    /// `hot.json` from `spike trace-stats`): the pinned set of `hot:F`.
+    #[arg(long)]
+    pub hot: Option<PathBuf>,
+    /// Compute over every cached neuron, not only the selected ones.
+    #[arg(long)]
+    pub compute_all_cached: bool,
+    /// Device profile (from `spike profile-device`) for the cost model's predicted I/O time per step.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
 }
 
 /// A layout opened for flash mode.
@@ -31,28 +52,111 @@ pub struct FlashModel {
     pub tokenizer: Tokenizer,
 }
 
+/// Where the model's DRAM goes in flash mode, bytes.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Dram {
+    pub resident: u64,
+    pub selector: u64,
+    pub caches: u64,
+    pub staging: u64,
+    pub total: u64,
+    pub budget: Option<u64>,
+    pub slots_per_layer: usize,
+}
+
+impl std::fmt::Display for Dram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "model DRAM {:.1} MiB = resident {:.1} + selector {:.1} + caches {:.1} ({} rows per layer) + staging {:.1}",
+            mib(self.total),
+            mib(self.resident),
+            mib(self.selector),
+            mib(self.caches),
+            self.slots_per_layer,
+            mib(self.staging)
+        )?;
+        if let Some(b) = self.budget {
+            write!(f, ", budget {:.1} MiB", mib(b))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a per-layer list of neuron ids: `[[...], ...]` or `{"order": [[...], ...]}`.
+pub fn read_neuron_lists(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let v = v.get("order").cloned().unwrap_or(v);
+    serde_json::from_value(v)
+        .with_context(|| format!("{}: expected an array of per-layer neuron id arrays", path.display()))
+}
+
 impl FlashModel {
     /// Opens the layout `dir` and loads its resident model and tokenizer.
-    pub fn open(dir: &std::path::Path) -> anyhow::Result<FlashModel> {
+    pub fn open(dir: &Path) -> anyhow::Result<FlashModel> {
         let layout = Arc::new(Layout::open(dir)?);
+        let tokenizer = layout.tokenizer().with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
         let mut model =
             layout.load_model().with_context(|| format!("loading the resident model of {}", dir.display()))?;
         model.set_precision(super::act_precision());
-        let tokenizer = layout.tokenizer().with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
+        // Building the tokenizer leaves freed heap behind; under a memory cgroup it would count.
+        spike_flash::io::trim_heap();
         Ok(FlashModel { layout, model, tokenizer })
     }
 
-    /// A flash FFN reading this layout with `backend`, over the neurons `selector` picks (all of them when
-    /// `None`).
+    /// A flash FFN reading this layout as `args` say, over the neurons `selector` picks (all of them when
+    /// `None`; `selector_bytes` is its DRAM), with its caches sized from the budget. Prints the DRAM split.
     pub fn ffn(
         &self,
-        backend: BackendKind,
-        selector: Option<Box<dyn NeuronSelector + Send>>,
-    ) -> anyhow::Result<FlashFfn> {
+        args: &FlashArgs,
+        selector: Option<(Box<dyn NeuronSelector + Send>, u64)>,
+    ) -> anyhow::Result<(FlashFfn, Dram)> {
         let path = self.layout.ffn_path();
+        let backend = args.backend;
         let io = open_backend(backend, &path, &IoConfig::default())
             .with_context(|| format!("opening {} with the {backend} backend", path.display()))?;
-        let selector = selector.unwrap_or_else(|| Box::new(AllNeurons { d_ffn: self.model.config().d_ffn }));
-        Ok(FlashFfn::new(&self.model, self.layout.clone(), io, selector)?)
+        let (selector, selector_bytes) =
+            selector.unwrap_or_else(|| (Box::new(AllNeurons { d_ffn: self.model.config().d_ffn }), 0));
+        let mut ffn = FlashFfn::new(&self.model, self.layout.clone(), io, selector)?;
+        ffn.set_options(FlashOptions { compute_all_cached: args.compute_all_cached });
+        if let Some(p) = &args.profile {
+            let cost = CostModel::load(p, &IoConfig::default())
+                .with_context(|| format!("loading the device profile {}", p.display()))?;
+            ffn.set_cost_model(cost, IoConfig::default().queue_depth);
+        }
+        let m = self.layout.manifest();
+        let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, self.layout.payload_bytes());
+        let mut dram =
+            Dram { resident: m.resident.len, selector: selector_bytes, staging: ffn.dram_bytes(), ..Dram::default() };
+        let fixed = dram.resident + dram.selector + dram.staging;
+        let slots = match args.budget {
+            None => args.cache.max_slots(f),
+            Some(b) => {
+                let bytes = b.resolve(m.source.len);
+                dram.budget = Some(bytes);
+                slots_per_layer(bytes, fixed, &args.cache, layers, f, payload)
+                    .with_context(|| format!("DRAM budget {b} of the {}-byte model file", m.source.len))?
+            }
+        };
+        dram.slots_per_layer = slots;
+        if args.cache != PolicySpec::None {
+            let hot = match &args.hot {
+                Some(p) => Some(read_neuron_lists(p)?),
+                None if args.cache.needs_hot_list() => anyhow::bail!("cache policy `{}` needs --hot FILE", args.cache),
+                None => None,
+            };
+            if let Some(h) = &hot {
+                anyhow::ensure!(h.len() == layers, "--hot lists {} layers, the model has {layers}", h.len());
+            }
+            let caches = (0..layers)
+                .map(|l| LayerCache::new(args.cache, f, payload, slots, hot.as_ref().map(|h| &h[l][..])))
+                .collect::<spike_flash::Result<Vec<_>>>()?;
+            ffn.set_caches(caches)?;
+        }
+        dram.caches = ffn.dram_bytes() - dram.staging;
+        dram.total = fixed + dram.caches;
+        Ok((ffn, dram))
     }
 }

@@ -68,6 +68,7 @@ struct Report<'a> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let sampler_cfg = SamplerConfig { temperature: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     let mut sampler = Sampler::new(sampler_cfg)?;
+    let mut dram_total = 0;
     let (loaded, mut flash) = match &args.flash.layout {
         None => {
             anyhow::ensure!(args.trace_out.is_none(), "--trace-out needs flash mode (--layout)");
@@ -76,7 +77,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(dir) => {
             anyhow::ensure!(args.model.is_none(), "give either --model or --layout, not both");
             let fm = super::flash::FlashModel::open(dir)?;
-            let ffn = fm.ffn(args.flash.backend, None)?;
+            let (ffn, dram) = fm.ffn(&args.flash, None)?;
+            eprintln!(
+                "flash mode: {} ({} backend, cache {}); {dram}",
+                dir.display(),
+                args.flash.backend,
+                args.flash.cache
+            );
+            dram_total = dram.total;
             (super::Loaded { path: dir.clone(), model: fm.model, tokenizer: fm.tokenizer }, Some(ffn))
         }
     };
@@ -92,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (a, t) = (ffn.snapshot(), Instant::now());
         let logits = model.forward_with(state, tokens, tokens.len() - 1, ffn)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        records.push(TokenRecord::between(records.len(), tokens.len(), ms, &a, &ffn.snapshot(), 0));
+        records.push(TokenRecord::between(records.len(), tokens.len(), ms, &a, &ffn.snapshot(), dram_total));
         Ok(logits)
     };
 

@@ -37,8 +37,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(dir) => {
             anyhow::ensure!(args.model.is_none(), "give either --model or --layout, not both");
             let fm = super::flash::FlashModel::open(dir)?;
-            let ffn = fm.ffn(args.flash.backend, None)?;
-            eprintln!("flash mode: {} ({} backend), every neuron read per chunk", dir.display(), args.flash.backend);
+            let (ffn, dram) = fm.ffn(&args.flash, None)?;
+            eprintln!(
+                "flash mode: {} ({} backend, cache {}); {dram}",
+                dir.display(),
+                args.flash.backend,
+                args.flash.cache
+            );
             (super::Loaded { path: dir.clone(), model: fm.model, tokenizer: fm.tokenizer }, Box::new(ffn))
         }
     };
