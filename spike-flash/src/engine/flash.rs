@@ -62,6 +62,10 @@ pub struct Snapshot {
 /// What one step (a token, or a prompt) cost in flash mode: the row of `--trace-out`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct TokenRecord {
+    /// What produced the step (a bench row's name, `prompt` or `decode`).
+    pub label: String,
+    /// Sequence (prompt) number.
+    pub seq: usize,
     /// Step number (0 is the prompt when the prompt is recorded as one step).
     pub step: usize,
     /// Tokens in the step.
@@ -108,6 +112,8 @@ impl TokenRecord {
         let (io_ms, mm_ms, compute_ms, select_ms) =
             (ms(f.io_ns, g.io_ns), ms(f.mm_ns, g.mm_ns), ms(f.compute_ns, g.compute_ns), ms(f.select_ns, g.select_ns));
         TokenRecord {
+            label: String::new(),
+            seq: 0,
             step,
             tokens,
             total_ms,

@@ -4,9 +4,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use spike_flash::cache::PolicySpec;
 use spike_flash::engine::kernels;
 use spike_flash::engine::sampler::argmax;
+
+use super::flash_bench::{FlashBench, RowSpec};
 
 /// Arguments of `spike bench`.
 #[derive(clap::Args, Debug)]
@@ -23,9 +27,29 @@ pub struct Args {
     /// Repeats; the median is reported.
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// CSV file for the per-repeat rows.
-    #[arg(long, default_value = "results/bench/dense.csv")]
-    csv: PathBuf,
+    /// CSV file for the per-repeat rows (flash mode: per-token rows; default results/bench/flash.csv).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    #[command(flatten)]
+    flash: super::flash::FlashArgs,
+    /// Flash mode: the rows of the table, comma-separated, from naive (every neuron read every token), hybrid
+    /// (the hottest neurons the budget holds stay resident, the rest is read every token), all (everything
+    /// resident: the upper bound), predictor, predictor+window (window of --window tokens); with
+    /// --split-layout, every row again on the split layout.
+    #[arg(long, default_value = "naive,hybrid,predictor,predictor+window", value_delimiter = ',')]
+    rows: Vec<String>,
+    /// Flash mode: window length of the window rows.
+    #[arg(long, default_value_t = 5)]
+    window: u32,
+    /// Flash mode: a split layout of the same model, to isolate what bundling buys.
+    #[arg(long)]
+    split_layout: Option<PathBuf>,
+    /// Flash mode: text whose tokens make the prompts.
+    #[arg(long, default_value = "/usr/share/common-licenses/GPL-3")]
+    text: PathBuf,
+    /// Flash mode: number of prompts (each --prompt tokens, then --gen decoded tokens).
+    #[arg(long, default_value_t = 2)]
+    prompts: usize,
 }
 
 #[derive(serde::Serialize)]
@@ -53,6 +77,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.reps > 0 && args.prompt > 0 && args.gen > 0, "--reps, --prompt and --gen must be positive");
+    if args.flash.layout.is_some() {
+        return run_flash(&args);
+    }
+    let csv = args.csv.clone().unwrap_or_else(|| PathBuf::from("results/bench/dense.csv"));
     let loaded = super::load_model(args.model.as_deref())?;
     let model = &loaded.model;
     let vocab = model.config().vocab_size as u64;
@@ -89,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
 
-    super::write_csv(&args.csv, &rows)?;
+    super::write_csv(&csv, &rows)?;
 
     println!(
         "model: {}  threads: {threads}  isa: {isa}  activations: {precision}  repeats: {}",
@@ -102,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (lo, hi) = tps.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
         println!("{:<6} {:>8} {:>12.1} {:>12.1} {:>12.1}", format!("{test}{tokens}"), tokens, median(tps), lo, hi);
     }
-    println!("rows written to {}", args.csv.display());
+    println!("rows written to {}", csv.display());
     Ok(())
 }
 
@@ -126,4 +154,71 @@ fn row(
         act_precision: precision.to_string(),
         model: model.display().to_string(),
     }
+}
+
+/// The rows of `--rows` for one layout.
+fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Result<Vec<RowSpec>> {
+    let hybrid = hybrid_policy(args, layout)?;
+    args.rows
+        .iter()
+        .map(|r| {
+            let (cache, predictor) = match r.as_str() {
+                "naive" => (PolicySpec::None, false),
+                "hybrid" => (hybrid, false),
+                "all" => (PolicySpec::All, false),
+                "predictor" => (PolicySpec::None, true),
+                "predictor+window" => (PolicySpec::Window(args.window), true),
+                "window" => (PolicySpec::Window(args.window), false),
+                other => anyhow::bail!(
+                    "unknown bench row `{other}` (naive, hybrid, all, predictor, predictor+window, window)"
+                ),
+            };
+            Ok(RowSpec { name: format!("{r}{suffix}"), layout: layout.to_path_buf(), cache, predictor })
+        })
+        .collect()
+}
+
+/// `hot:F` with the largest F whose pinned rows fit the budget (every neuron without a budget).
+fn hybrid_policy(args: &Args, layout: &std::path::Path) -> anyhow::Result<PolicySpec> {
+    let Some(budget) = args.flash.budget else { return Ok(PolicySpec::Hot { fraction: 1.0, window: None }) };
+    let lay = spike_flash::layout::Layout::open(layout)?;
+    let m = lay.manifest();
+    let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, lay.payload_bytes());
+    let fixed = m.resident.len + (f * payload) as u64;
+    let bytes = budget.resolve(m.source.len);
+    // The pinned set's rows and maps cost what an lru cache of that many rows costs, or less.
+    let slots = spike_flash::cache::slots_per_layer(bytes, fixed, &PolicySpec::Lru, layers, f, payload)?;
+    Ok(PolicySpec::Hot { fraction: (slots as f64 - 0.5).max(0.0) / f as f64, window: None })
+}
+
+fn run_flash(args: &Args) -> anyhow::Result<()> {
+    let layout = args.flash.layout.clone().expect("flash mode has a layout");
+    let mut rows = flash_rows(args, &layout, "")?;
+    if let Some(split) = &args.split_layout {
+        rows.extend(flash_rows(args, split, " (split)")?);
+    }
+    let fm = super::flash::FlashModel::open(&layout)?;
+    let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
+    let tokens = fm.tokenizer.encode(&text)?;
+    drop(fm);
+    let prompts = super::flash_bench::prompts_from(&tokens, args.prompts, args.prompt, &args.text)?;
+    let bench = FlashBench {
+        flash: &args.flash,
+        rows,
+        prompts,
+        gen: args.gen,
+        csv: args.csv.clone().unwrap_or_else(|| PathBuf::from("results/bench/flash.csv")),
+        predictor: None,
+    };
+    eprintln!(
+        "flash bench: {} rows x {} prompts of {} tokens, {} decoded each; backend {}, budget {}",
+        bench.rows.len(),
+        args.prompts,
+        args.prompt,
+        args.gen,
+        args.flash.backend,
+        args.flash.budget.map_or("none".to_string(), |b| b.to_string())
+    );
+    super::flash_bench::run(&bench)?;
+    Ok(())
 }

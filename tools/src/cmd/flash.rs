@@ -144,7 +144,13 @@ impl FlashModel {
         if args.cache != PolicySpec::None {
             let hot = match &args.hot {
                 Some(p) => Some(read_neuron_lists(p)?),
-                None if args.cache.needs_hot_list() => anyhow::bail!("cache policy `{}` needs --hot FILE", args.cache),
+                None if args.cache.needs_hot_list() => {
+                    eprintln!(
+                        "note: cache policy `{}` without --hot pins the lowest-numbered neurons, not the most active",
+                        args.cache
+                    );
+                    Some(vec![(0..f as u32).collect(); layers])
+                }
                 None => None,
             };
             if let Some(h) = &hot {

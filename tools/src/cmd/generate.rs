@@ -100,7 +100,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (a, t) = (ffn.snapshot(), Instant::now());
         let logits = model.forward_with(state, tokens, tokens.len() - 1, ffn)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        records.push(TokenRecord::between(records.len(), tokens.len(), ms, &a, &ffn.snapshot(), dram_total));
+        let mut rec = TokenRecord::between(records.len(), tokens.len(), ms, &a, &ffn.snapshot(), dram_total);
+        rec.label = if records.is_empty() { "prompt" } else { "decode" }.to_string();
+        records.push(rec);
         Ok(logits)
     };
 

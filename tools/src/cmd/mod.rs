@@ -4,6 +4,7 @@ pub mod bench;
 pub mod convert;
 pub mod fetch_model;
 pub mod flash;
+pub mod flash_bench;
 pub mod generate;
 pub mod io_bench;
 pub mod perplexity;

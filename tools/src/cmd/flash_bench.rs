@@ -1,0 +1,175 @@
+//! `spike bench --layout`: the paper's Table 3 on this machine. Each row is one flash configuration (naive,
+//! hybrid, predictor, predictor + window, the same on a split layout, ...), run on the same prompts under the
+//! same DRAM budget; per decoded token the time splits into I/O, memory management, FFN compute and the rest,
+//! and the table shows medians beside the bytes read per token.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use spike_flash::cache::PolicySpec;
+use spike_flash::engine::flash::TokenRecord;
+use spike_flash::engine::sampler::argmax;
+
+use super::flash::{FlashArgs, FlashModel};
+
+/// One configuration of the table.
+#[derive(Debug, Clone)]
+pub struct RowSpec {
+    pub name: String,
+    pub layout: PathBuf,
+    pub cache: PolicySpec,
+    /// Select with the predictor (else every neuron).
+    pub predictor: bool,
+}
+
+/// Settings of a flash bench run.
+pub struct FlashBench<'a> {
+    pub flash: &'a FlashArgs,
+    pub rows: Vec<RowSpec>,
+    /// Prompt token sequences (each decoded from an empty state).
+    pub prompts: Vec<Vec<u32>>,
+    pub gen: usize,
+    pub csv: PathBuf,
+    /// Builds the predictor selector for rows that use it: (selector, its DRAM bytes).
+    #[allow(clippy::type_complexity)]
+    pub predictor:
+        Option<&'a dyn Fn() -> anyhow::Result<(Box<dyn spike_flash::engine::sparse::NeuronSelector + Send>, u64)>>,
+}
+
+/// Medians of one row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RowSummary {
+    pub row: String,
+    pub tokens: usize,
+    pub io_ms: f64,
+    pub predicted_io_ms: f64,
+    pub mm_ms: f64,
+    pub compute_ms: f64,
+    pub total_ms: f64,
+    pub tokens_per_s: f64,
+    pub mb_per_token: f64,
+    pub reads_per_token: f64,
+    pub hit_rate: f64,
+    pub active_share: f64,
+    pub dram_mib: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs every row; prints the table and writes the per-token CSV; returns the summaries.
+pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
+    let mut all: Vec<TokenRecord> = Vec::new();
+    let mut summaries = Vec::new();
+    let steps = (b.rows.len() * b.prompts.len() * b.gen) as u64;
+    let bar = ProgressBar::new(steps);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {msg}").expect("the template is valid"));
+    for row in &b.rows {
+        bar.set_message(row.name.clone());
+        let fm = FlashModel::open(&row.layout)?;
+        let args = FlashArgs { layout: Some(row.layout.clone()), cache: row.cache, ..b.flash.clone() };
+        let selector = if row.predictor {
+            let make = b.predictor.context("a predictor row needs --predictor")?;
+            Some(make()?)
+        } else {
+            None
+        };
+        let (mut ffn, dram) = fm.ffn(&args, selector).with_context(|| format!("row {}", row.name))?;
+        let (model, f) = (&fm.model, fm.model.config().d_ffn as f64);
+        let n_layers = fm.model.config().n_layers as f64;
+        let mut recs = Vec::new();
+        for (pi, prompt) in b.prompts.iter().enumerate() {
+            let mut state = model.new_state(prompt.len() + b.gen + 1);
+            let mut logits = model.forward_with(&mut state, prompt, prompt.len() - 1, &mut ffn)?;
+            for _ in 0..b.gen {
+                let next = argmax(&logits);
+                let a = ffn.snapshot();
+                let t = Instant::now();
+                logits = model.forward_with(&mut state, &[next], 0, &mut ffn)?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                let mut rec = TokenRecord::between(recs.len(), 1, ms, &a, &ffn.snapshot(), dram.total);
+                rec.label.clone_from(&row.name);
+                rec.seq = pi;
+                all.push(rec.clone());
+                recs.push(rec);
+                bar.inc(1);
+            }
+        }
+        let m = |g: &dyn Fn(&TokenRecord) -> f64| median(recs.iter().map(g).collect());
+        let total = m(&|r| r.total_ms);
+        summaries.push(RowSummary {
+            row: row.name.clone(),
+            tokens: recs.len(),
+            io_ms: m(&|r| r.io_ms),
+            predicted_io_ms: m(&|r| r.predicted_io_ms),
+            mm_ms: m(&|r| r.mm_ms),
+            compute_ms: m(&|r| r.ffn_compute_ms + r.select_ms + r.other_ms),
+            total_ms: total,
+            tokens_per_s: 1e3 / total,
+            mb_per_token: m(&|r| r.bytes_read as f64 / 1e6),
+            reads_per_token: m(&|r| r.reads as f64),
+            hit_rate: m(&|r| r.hit_rate),
+            active_share: m(&|r| r.neurons_active as f64 / (f * n_layers)),
+            dram_mib: dram.total as f64 / (1 << 20) as f64,
+        });
+    }
+    bar.finish_and_clear();
+    super::write_csv(&b.csv, &all)?;
+    print_table(&summaries);
+    let summary_path = b.csv.with_extension("summary.csv");
+    super::write_csv(&summary_path, &summaries)?;
+    eprintln!("wrote per-token rows to {} and the table to {}", b.csv.display(), summary_path.display());
+    Ok(summaries)
+}
+
+fn print_table(rows: &[RowSummary]) {
+    println!(
+        "| row | I/O ms | predicted I/O ms | mem ms | compute ms | total ms | tok/s | MB read/token | reads/token | \
+         hit rate | active | model DRAM MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} | {:.3} | {:.3} | {:.1} |",
+            r.row,
+            r.io_ms,
+            r.predicted_io_ms,
+            r.mm_ms,
+            r.compute_ms,
+            r.total_ms,
+            r.tokens_per_s,
+            r.mb_per_token,
+            r.reads_per_token,
+            r.hit_rate,
+            r.active_share,
+            r.dram_mib
+        );
+    }
+    println!(
+        "paper, OPT 6.7B on CPU (ms/token, I/O / mem / compute / total): naive 2196 / 0 / 986 / 3182; \
+         all techniques 105 / 58 / 506 / 669 (Table 3)"
+    );
+}
+
+/// Prompts: `n` consecutive pieces of `len` tokens from the start of `text`'s tokens.
+pub fn prompts_from(tokens: &[u32], n: usize, len: usize, path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
+    anyhow::ensure!(
+        tokens.len() >= n * len,
+        "{}: {} tokens, fewer than {n} prompts of {len}",
+        path.display(),
+        tokens.len()
+    );
+    Ok(tokens.chunks_exact(len).take(n).map(<[u32]>::to_vec).collect())
+}
