@@ -8,6 +8,7 @@ use spike_flash::engine::sparse::NeuronSelector;
 
 use crate::file::ModelIdentity;
 use crate::lowrank::{CompactLowRank, Scratch};
+use crate::metrics::Confusion;
 use crate::{Error, Result};
 
 /// One layer of a predictor.
@@ -141,5 +142,84 @@ impl NeuronSelector for Predictor {
         active.clear();
         active.extend(self.z.iter().enumerate().filter(|(_, &z)| z > thr).map(|(i, _)| i as u32));
         Ok(())
+    }
+}
+
+/// A selector checked against the truth while it runs: every token's choice of `selector` is compared with
+/// that of `truth` (an oracle at the activation thresholds the predictor was trained for) and counted per
+/// layer. The FFN then computes what `selector` chose. The oracle computes every neuron, so this costs a
+/// dense FFN per token on top: a measurement, not a way to run.
+pub struct Audited<S, T> {
+    pub selector: S,
+    truth: T,
+    true_set: Vec<u32>,
+    d_ffn: usize,
+    /// Per layer, (token, neuron) pairs compared so far.
+    pub counts: Vec<Confusion>,
+}
+
+impl<S: NeuronSelector, T: NeuronSelector> Audited<S, T> {
+    /// Audits `selector` against `truth` on a model of `n_layers` layers of `d_ffn` neurons.
+    pub fn new(selector: S, truth: T, n_layers: usize, d_ffn: usize) -> Self {
+        Audited { selector, truth, true_set: Vec::new(), d_ffn, counts: vec![Confusion::default(); n_layers] }
+    }
+}
+
+/// Adds the comparison of ascending id lists `chosen` and `truth` out of `n` neurons to `c`.
+fn count_sets(chosen: &[u32], truth: &[u32], n: usize, c: &mut Confusion) {
+    let (mut i, mut j, mut tp) = (0, 0, 0u64);
+    while i < chosen.len() && j < truth.len() {
+        match chosen[i].cmp(&truth[j]) {
+            std::cmp::Ordering::Equal => {
+                tp += 1;
+                i += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+        }
+    }
+    let (p, t) = (chosen.len() as u64, truth.len() as u64);
+    c.tp += tp;
+    c.fp += p - tp;
+    c.fn_ += t - tp;
+    c.tn += n as u64 - (p + t - tp);
+}
+
+impl<S: NeuronSelector, T: NeuronSelector> NeuronSelector for Audited<S, T> {
+    fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> spike_flash::Result<()> {
+        self.selector.select(layer, x, active)?;
+        self.truth.select(layer, x, &mut self.true_set)?;
+        let n_layers = self.counts.len();
+        let c = self.counts.get_mut(layer).ok_or_else(|| {
+            spike_flash::Error::Invalid(format!("audit of {n_layers} layers asked for layer {layer}"))
+        })?;
+        count_sets(active, &self.true_set, self.d_ffn, c);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Selects a fixed list whatever the input.
+    struct Fixed(Vec<u32>);
+    impl NeuronSelector for Fixed {
+        fn select(&mut self, _: usize, _: &[f32], active: &mut Vec<u32>) -> spike_flash::Result<()> {
+            active.clone_from(&self.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn audit_counts_agreement_of_the_two_sets() {
+        let mut a = Audited::new(Fixed(vec![0, 2, 3, 7]), Fixed(vec![2, 4, 7]), 2, 10);
+        let mut active = Vec::new();
+        a.select(1, &[0.0], &mut active).unwrap();
+        assert_eq!(active, vec![0, 2, 3, 7]);
+        assert_eq!(a.counts[1], Confusion { tp: 2, fp: 2, fn_: 1, tn: 5 });
+        assert_eq!(a.counts[0], Confusion::default());
+        assert!(a.select(2, &[0.0], &mut active).is_err());
     }
 }
