@@ -8,6 +8,11 @@
 //! Throughput is in bytes the cache copies per token (inserted records and rows moved by deletions); the
 //! per-token counts of one steady-state pass are printed to stderr before each benchmark.
 //!
+//! On a busy machine wall time counts the time the benchmark waits for a CPU, so before each benchmark the
+//! thread's own CPU time per iteration is also printed: from `/proc/thread-self/schedstat` (Linux only), over
+//! at least one second of CPU time (the kernel updates the counter at scheduler ticks, so a shorter span would
+//! be off by up to a tick).
+//!
 //! Groups:
 //! - `cache_token_layer`: one layer's cache, whose 1.6 MiB of rows stay in the CPU caches between tokens.
 //!   Policies: `window:5` (the paper's), `window:1`, and `lru` / `lfu` with 1000 slots (65% of the neurons).
@@ -74,6 +79,33 @@ impl<'a> Run<'a> {
     }
 }
 
+/// CPU time of the calling thread, in nanoseconds (0 where `/proc/thread-self/schedstat` is absent).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Mean CPU time of `run.step()` in nanoseconds, over at least one second of CPU time.
+fn cpu_ns_per_step(run: &mut Run) -> Option<f64> {
+    let start = thread_cpu_ns();
+    let mut steps = 0u64;
+    loop {
+        for _ in 0..256 {
+            run.step();
+        }
+        steps += 256;
+        let spent = thread_cpu_ns().saturating_sub(start);
+        if start == 0 {
+            return None;
+        }
+        if spent >= 1_000_000_000 {
+            return Some(spent as f64 / steps as f64);
+        }
+    }
+}
+
 fn describe(what: &str, s: &CacheStats) {
     let per = |x: u64| x as f64 / s.tokens as f64;
     eprintln!(
@@ -102,6 +134,9 @@ fn bench(c: &mut Criterion) {
         let mut run = Run::new(spec, slots, 1, &tokens);
         let s = run.warm_up();
         describe(policy, &s);
+        if let Some(ns) = cpu_ns_per_step(&mut run) {
+            eprintln!("{policy}: {ns:.0} ns of CPU time per token-layer");
+        }
         group.throughput(Throughput::Bytes(s.bytes_copied / s.tokens));
         group.bench_function(BenchmarkId::from_parameter(policy), |b| b.iter(|| run.step()));
     }
@@ -112,6 +147,9 @@ fn bench(c: &mut Criterion) {
     let mut run = Run::new("window:5".parse().expect("bench policy"), N_NEURONS, 30, &tokens);
     let s = run.warm_up();
     describe("window:5, 30 layers", &s);
+    if let Some(ns) = cpu_ns_per_step(&mut run) {
+        eprintln!("window:5, 30 layers: {:.0} us of CPU time per token, {:.0} ns per token-layer", ns / 1e3, ns / 30.0);
+    }
     group.throughput(Throughput::Bytes(s.bytes_copied / s.tokens * 30));
     group.bench_function(BenchmarkId::from_parameter("window:5"), |b| b.iter(|| run.step()));
     group.finish();
