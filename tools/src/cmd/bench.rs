@@ -208,7 +208,7 @@ fn run_flash(args: &Args) -> anyhow::Result<()> {
         prompts,
         gen: args.gen,
         csv: args.csv.clone().unwrap_or_else(|| PathBuf::from("results/bench/flash.csv")),
-        predictor: None,
+        predictor: args.flash.predictor.clone(),
     };
     eprintln!(
         "flash bench: {} rows x {} prompts of {} tokens, {} decoded each; backend {}, budget {}",

@@ -43,6 +43,9 @@ pub struct FlashArgs {
     /// Device profile (from `spike profile-device`) for the cost model's predicted I/O time per step.
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// Select the neurons with this predictor (from `spike train-predictor`) instead of reading them all.
+    #[arg(long)]
+    pub predictor: Option<PathBuf>,
 }
 
 /// A layout opened for flash mode.
@@ -94,6 +97,16 @@ pub fn read_neuron_lists(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
 }
 
 impl FlashModel {
+    /// The predictor at `path`, checked against this layout's model: a selector and its DRAM bytes.
+    pub fn predictor(&self, path: &Path) -> anyhow::Result<(Box<dyn NeuronSelector + Send>, u64)> {
+        let p = predictor::file::read(path).with_context(|| format!("reading the predictor {}", path.display()))?;
+        let m = self.layout.manifest();
+        let id = predictor::file::ModelIdentity::with_sha(m.source.sha256.clone(), &m.model);
+        p.check_model(path, &id)?;
+        let bytes = p.dram_bytes() as u64;
+        Ok((Box::new(p), bytes))
+    }
+
     /// Opens the layout `dir` and loads its resident model and tokenizer.
     pub fn open(dir: &Path) -> anyhow::Result<FlashModel> {
         let layout = Arc::new(Layout::open(dir)?);
@@ -117,6 +130,11 @@ impl FlashModel {
         let backend = args.backend;
         let io = open_backend(backend, &path, &IoConfig::default())
             .with_context(|| format!("opening {} with the {backend} backend", path.display()))?;
+        let selector = match (selector, &args.predictor) {
+            (Some(s), _) => Some(s),
+            (None, Some(p)) => Some(self.predictor(p)?),
+            (None, None) => None,
+        };
         let (selector, selector_bytes) =
             selector.unwrap_or_else(|| (Box::new(AllNeurons { d_ffn: self.model.config().d_ffn }), 0));
         let mut ffn = FlashFfn::new(&self.model, self.layout.clone(), io, selector)?;

@@ -32,10 +32,8 @@ pub struct FlashBench<'a> {
     pub prompts: Vec<Vec<u32>>,
     pub gen: usize,
     pub csv: PathBuf,
-    /// Builds the predictor selector for rows that use it: (selector, its DRAM bytes).
-    #[allow(clippy::type_complexity)]
-    pub predictor:
-        Option<&'a dyn Fn() -> anyhow::Result<(Box<dyn spike_flash::engine::sparse::NeuronSelector + Send>, u64)>>,
+    /// The predictor of the rows that use one.
+    pub predictor: Option<PathBuf>,
 }
 
 /// Medians of one row.
@@ -79,14 +77,12 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
     for row in &b.rows {
         bar.set_message(row.name.clone());
         let fm = FlashModel::open(&row.layout)?;
-        let args = FlashArgs { layout: Some(row.layout.clone()), cache: row.cache, ..b.flash.clone() };
-        let selector = if row.predictor {
-            let make = b.predictor.context("a predictor row needs --predictor")?;
-            Some(make()?)
-        } else {
-            None
+        let predictor = match row.predictor {
+            true => Some(b.predictor.clone().context("a predictor row needs --predictor")?),
+            false => None,
         };
-        let (mut ffn, dram) = fm.ffn(&args, selector).with_context(|| format!("row {}", row.name))?;
+        let args = FlashArgs { layout: Some(row.layout.clone()), cache: row.cache, predictor, ..b.flash.clone() };
+        let (mut ffn, dram) = fm.ffn(&args, None).with_context(|| format!("row {}", row.name))?;
         let (model, f) = (&fm.model, fm.model.config().d_ffn as f64);
         let n_layers = fm.model.config().n_layers as f64;
         let mut recs = Vec::new();
