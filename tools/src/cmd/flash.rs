@@ -46,6 +46,11 @@ pub struct FlashArgs {
     /// Select the neurons with this predictor (from `spike train-predictor`) instead of reading them all.
     #[arg(long)]
     pub predictor: Option<PathBuf>,
+    /// Select the truly active neurons (magnitude above the per-layer thresholds of this file, from `spike
+    /// calibrate`): the quality bound of a perfect predictor. The oracle computes every neuron from the
+    /// source model (memory-mapped), outside the DRAM budget: for quality, not speed.
+    #[arg(long, conflicts_with = "predictor")]
+    pub oracle: Option<PathBuf>,
 }
 
 /// A layout opened for flash mode.
@@ -97,6 +102,31 @@ pub fn read_neuron_lists(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
 }
 
 impl FlashModel {
+    /// An oracle over the layout's source model with the per-layer thresholds in `path` (JSON with a
+    /// `thresholds` array, as `spike calibrate` writes).
+    pub fn oracle(&self, path: &Path) -> anyhow::Result<Box<dyn NeuronSelector + Send>> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let thresholds: Vec<f32> = serde_json::from_value(v.get("thresholds").cloned().unwrap_or(v))
+            .with_context(|| format!("{}: expected per-layer thresholds", path.display()))?;
+        let m = self.layout.manifest();
+        let src = PathBuf::from(&m.source.path);
+        let source = spike_flash::model::bind::Source::open(&src)
+            .with_context(|| format!("the oracle needs the layout's source model {}", src.display()))?;
+        let dense = Model::from_source(&source)?;
+        self.layout.check_model(dense.config(), None)?;
+        let rows = spike_flash::engine::sparse::all_rows(&dense)?;
+        anyhow::ensure!(
+            thresholds.len() == m.layers.len(),
+            "{}: {} thresholds for {} layers",
+            path.display(),
+            thresholds.len(),
+            m.layers.len()
+        );
+        Ok(Box::new(spike_flash::engine::sparse::Oracle::new(&dense, rows, thresholds)?))
+    }
+
     /// The predictor at `path`, checked against this layout's model: a selector and its DRAM bytes.
     pub fn predictor(&self, path: &Path) -> anyhow::Result<(Box<dyn NeuronSelector + Send>, u64)> {
         let p = predictor::file::read(path).with_context(|| format!("reading the predictor {}", path.display()))?;
@@ -130,10 +160,11 @@ impl FlashModel {
         let backend = args.backend;
         let io = open_backend(backend, &path, &IoConfig::default())
             .with_context(|| format!("opening {} with the {backend} backend", path.display()))?;
-        let selector = match (selector, &args.predictor) {
-            (Some(s), _) => Some(s),
-            (None, Some(p)) => Some(self.predictor(p)?),
-            (None, None) => None,
+        let selector = match (selector, &args.predictor, &args.oracle) {
+            (Some(s), _, _) => Some(s),
+            (None, Some(p), _) => Some(self.predictor(p)?),
+            (None, None, Some(t)) => Some((self.oracle(t)?, 0)),
+            (None, None, None) => None,
         };
         let (selector, selector_bytes) =
             selector.unwrap_or_else(|| (Box::new(AllNeurons { d_ffn: self.model.config().d_ffn }), 0));
