@@ -227,10 +227,11 @@ fn opt_relu_oracle_with_every_cache_policy_equals_dense() {
             let oracle = Oracle::new(&dense, rows.clone(), vec![0.0; n_layers]).unwrap();
             let (model, mut ffn) = flash(&lay, BackendKind::Pool, Box::new(oracle));
             ffn.set_caches(caches(spec, &lay, if spec == "all" { f } else { slots })).unwrap();
-            for all_cached in [false, true] {
-                ffn.set_options(spike_flash::engine::flash::FlashOptions { compute_all_cached: all_cached });
+            for (all_cached, overlap) in [(false, false), (true, false), (false, true)] {
+                let opts = spike_flash::engine::flash::FlashOptions { compute_all_cached: all_cached, overlap };
+                ffn.set_options(opts).unwrap();
                 let (p, d) = compare(&dense, &model, &mut ffn);
-                assert!(p < 1e-5 && d < 1e-5, "{spec} slots {slots} all_cached {all_cached}: prompt {p}, decode {d}");
+                assert!(p < 1e-5 && d < 1e-5, "{spec} slots {slots} {opts:?}: prompt {p}, decode {d}");
             }
             let s = ffn.cache_stats();
             match spec {
@@ -279,4 +280,37 @@ fn window_sizes_change_reads_not_tokens() {
         "longer windows read less: {:?}",
         runs.iter().map(|r| r.2).collect::<Vec<_>>()
     );
+}
+
+/// Overlapped reads (the next layer's neurons predicted from this layer's input, read on a second thread)
+/// change what is read when, never the result: same tokens as without; a failing prefetch still names its
+/// layer.
+#[test]
+fn overlapped_reads_keep_the_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q8_0, 17).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let (n_layers, f) = (dense.config().n_layers, dense.config().d_ffn);
+    let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
+    let rows = all_rows(&dense).unwrap();
+    let mut runs = Vec::new();
+    for (spec, overlap) in [("none", false), ("none", true), ("window:2", true)] {
+        let oracle = Oracle::new(&dense, rows.clone(), vec![0.01; n_layers]).unwrap();
+        let (model, mut ffn) = flash(&lay, BackendKind::Uring, Box::new(oracle));
+        ffn.set_caches(caches(spec, &lay, f)).unwrap();
+        ffn.set_options(spike_flash::engine::flash::FlashOptions { overlap, ..Default::default() }).unwrap();
+        let mut state = model.new_state(64);
+        let mut logits = model.forward_with(&mut state, &TOKENS[..4], 3, &mut ffn).unwrap();
+        let mut toks = Vec::new();
+        for _ in 0..30 {
+            let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            toks.push(next);
+            logits = model.forward_with(&mut state, &[next], 0, &mut ffn).unwrap();
+        }
+        runs.push((spec, overlap, toks, ffn.snapshot().io.requests));
+    }
+    assert_eq!(runs[0].2, runs[1].2, "overlap changed the tokens");
+    assert_eq!(runs[0].2, runs[2].2, "overlap with a window changed the tokens");
+    assert!(runs[1].3 > 0);
 }

@@ -173,6 +173,8 @@ pub struct FlashFfn {
     opts: FlashOptions,
     scratch: Scratch,
     cost: Option<(CostModel, usize)>,
+    prefetch: Option<Prefetcher>,
+    next: Vec<u32>,
     pub stats: FlashStats,
 }
 
@@ -182,6 +184,93 @@ pub struct FlashOptions {
     /// Compute over every cached neuron, not only the selected ones: more compute, and cached neurons the
     /// selector missed still contribute.
     pub compute_all_cached: bool,
+    /// While a layer computes (one-token steps), read the records the selector predicts, from this layer's
+    /// FFN input, for the next layer, on a second backend and thread; the next layer reads only what that
+    /// prediction missed.
+    pub overlap: bool,
+}
+
+/// A read job for the prefetch thread.
+struct Job {
+    reqs: Vec<ReadReq>,
+    buf: AlignedBuf,
+}
+
+/// A finished prefetch: the job's buffers back, the outcome and the backend's counters for it.
+struct Done {
+    reqs: Vec<ReadReq>,
+    buf: AlignedBuf,
+    result: Result<()>,
+    io: IoStats,
+}
+
+/// Reads of the next layer's predicted neurons on their own thread and backend.
+struct Prefetcher {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    done: std::sync::mpsc::Receiver<Done>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Buffers when no job is in flight.
+    idle: Option<(Vec<ReadReq>, AlignedBuf)>,
+    /// The layer and the neurons (ascending) of the job in flight.
+    pending: Option<(usize, Vec<u32>)>,
+    /// Counters of the prefetch backend, summed over finished jobs.
+    io: IoStats,
+}
+
+impl Prefetcher {
+    fn new(mut backend: Box<dyn ReadBackend>, buf_len: usize) -> Result<Prefetcher> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (tx, done) = std::sync::mpsc::channel::<Done>();
+        let thread = std::thread::Builder::new()
+            .name("spike-prefetch".into())
+            .spawn(move || {
+                for mut job in rx {
+                    backend.reset_stats();
+                    let result = backend.read_batch(&job.reqs, &mut job.buf);
+                    let io = backend.stats().clone();
+                    if tx.send(Done { reqs: job.reqs, buf: job.buf, result, io }).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Invalid(format!("starting the prefetch thread: {e}")))?;
+        Ok(Prefetcher {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            idle: Some((Vec::new(), AlignedBuf::new(buf_len)?)),
+            pending: None,
+            io: IoStats::default(),
+        })
+    }
+
+    /// Waits for the job in flight, if any; returns its layer, neurons and buffer (which the caller gives
+    /// back with [`Prefetcher::give_back`]).
+    fn wait(&mut self) -> Result<Option<(usize, Vec<u32>, Vec<ReadReq>, AlignedBuf)>> {
+        let Some((layer, neurons)) = self.pending.take() else { return Ok(None) };
+        let d = self.done.recv().map_err(|_| Error::Invalid("the prefetch thread stopped".into()))?;
+        self.io.add(&d.io);
+        match d.result {
+            Ok(()) => Ok(Some((layer, neurons, d.reqs, d.buf))),
+            Err(e) => {
+                self.idle = Some((d.reqs, d.buf));
+                Err(Error::InLayer { layer, source: Box::new(e) })
+            }
+        }
+    }
+
+    fn give_back(&mut self, reqs: Vec<ReadReq>, buf: AlignedBuf) {
+        self.idle = Some((reqs, buf));
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Buffers of the FFN computation, reused from call to call.
@@ -235,6 +324,8 @@ impl FlashFfn {
             opts: FlashOptions::default(),
             scratch: Scratch::default(),
             cost: None,
+            prefetch: None,
+            next: Vec::new(),
             stats: FlashStats::default(),
         })
     }
@@ -267,7 +358,7 @@ impl FlashFfn {
             self.fetch.extend_from_slice(&pinned);
             c.begin_token(&pinned, &mut self.missing);
             self.missing.clone_from(&self.fetch);
-            self.read(l)?;
+            self.read(l, self.missing.len())?;
             for (k, &n) in self.fetch.iter().enumerate() {
                 c.insert(n, &self.staging.as_slice()[k * payload..(k + 1) * payload]);
             }
@@ -279,9 +370,20 @@ impl FlashFfn {
         Ok(())
     }
 
-    /// Sets the loop's options.
-    pub fn set_options(&mut self, opts: FlashOptions) {
+    /// Sets the loop's options; overlapping reads opens a second backend of the same kind with `cfg`.
+    pub fn set_options(&mut self, opts: FlashOptions) -> Result<()> {
         self.opts = opts;
+        self.prefetch = None;
+        if opts.overlap {
+            let kind = match self.backend.name() {
+                "uring" => crate::io::BackendKind::Uring,
+                "mmap" => crate::io::BackendKind::Mmap,
+                _ => crate::io::BackendKind::Pool,
+            };
+            let b = crate::io::open_backend(kind, &self.layout.ffn_path(), &crate::io::IoConfig::default())?;
+            self.prefetch = Some(Prefetcher::new(b, self.fmt.f * self.fmt.payload)?);
+        }
+        Ok(())
     }
 
     /// The caches' counters, summed over layers.
@@ -306,7 +408,11 @@ impl FlashFfn {
 
     /// The counters now.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { flash: self.stats, io: self.backend.stats().clone() }
+        let mut io = self.backend.stats().clone();
+        if let Some(p) = &self.prefetch {
+            io.add(&p.io);
+        }
+        Snapshot { flash: self.stats, io }
     }
 
     /// The read backend (for its I/O counters).
@@ -318,6 +424,78 @@ impl FlashFfn {
     pub fn reset_stats(&mut self) {
         self.stats = FlashStats::default();
         self.backend.reset_stats();
+        if let Some(p) = self.prefetch.as_mut() {
+            p.io = IoStats::default();
+        }
+    }
+
+    /// Takes the records of a finished prefetch for `layer` into `staging`: the missing neurons it holds go
+    /// to the end of `self.missing` (after those still to read), their rows copied in place after the read.
+    /// Returns how many of `self.missing` (its first ones) must still be read.
+    fn use_prefetch(&mut self, layer: usize) -> Result<usize> {
+        let Some(p) = self.prefetch.as_mut() else { return Ok(self.missing.len()) };
+        let t0 = Instant::now();
+        let got = p.wait()?;
+        self.stats.io_ns += nanos(t0);
+        let Some((pl, neurons, reqs, buf)) = got else { return Ok(self.missing.len()) };
+        let t1 = Instant::now();
+        let payload = self.fmt.payload;
+        // Split missing into (not prefetched) ++ (prefetched), remembering where each prefetched row is.
+        let mut from = Vec::new();
+        if pl == layer {
+            let mut rest = Vec::with_capacity(self.missing.len());
+            for &m in &self.missing {
+                match neurons.binary_search(&m) {
+                    Ok(k) => from.push((m, k)),
+                    Err(_) => rest.push(m),
+                }
+            }
+            let n_rest = rest.len();
+            rest.extend(from.iter().map(|&(m, _)| m));
+            self.missing = rest;
+            self.staging.resize(self.missing.len() * payload)?;
+            let dst = self.staging.as_mut_slice();
+            for (i, &(_, k)) in from.iter().enumerate() {
+                let at = (n_rest + i) * payload;
+                dst[at..at + payload].copy_from_slice(&buf.as_slice()[k * payload..(k + 1) * payload]);
+            }
+        }
+        p.give_back(reqs, buf);
+        self.stats.mm_ns += nanos(t1);
+        Ok(self.missing.len() - from.len())
+    }
+
+    /// Starts reading, for layer `layer`, the neurons the selector predicts from `x` (this layer's FFN input)
+    /// that the next layer's cache does not hold.
+    fn start_prefetch(&mut self, layer: usize, x: &[f32]) -> Result<()> {
+        let Some(p) = self.prefetch.as_mut() else { return Ok(()) };
+        let Some((mut reqs, mut buf)) = p.idle.take() else { return Ok(()) };
+        let t0 = Instant::now();
+        self.selector.select(layer, x, &mut self.next)?;
+        self.stats.select_ns += nanos(t0);
+        let t1 = Instant::now();
+        if let Some(c) = self.caches.as_ref() {
+            let c = &c[layer];
+            self.next.retain(|&n| !c.contains(n));
+        }
+        let payload = self.fmt.payload;
+        reqs.clear();
+        for (k, &i) in self.next.iter().enumerate() {
+            self.layout.neuron_reads(layer, i as usize, k * payload, &mut reqs)?;
+        }
+        buf.resize(self.next.len() * payload)?;
+        if let Some((cost, depth)) = &self.cost {
+            self.stats.predicted_io_ns += (cost.predict(&reqs, *depth)?.seconds * 1e9) as u64;
+        }
+        self.stats.neurons_read += self.next.len() as u64;
+        p.pending = Some((layer, self.next.clone()));
+        p.jobs
+            .as_ref()
+            .expect("the job channel lives as long as the prefetcher")
+            .send(Job { reqs, buf })
+            .map_err(|_| Error::Invalid("the prefetch thread stopped".into()))?;
+        self.stats.mm_ns += nanos(t1);
+        Ok(())
     }
 
     /// Picks each token's active neurons and their union.
@@ -347,12 +525,13 @@ impl FlashFfn {
         Ok(())
     }
 
-    /// Reads the records of `self.missing` into `self.staging`, one payload after another.
-    fn read(&mut self, layer: usize) -> Result<()> {
+    /// Reads the records of the first `count` neurons of `self.missing` into `self.staging`, one payload after
+    /// another (the staging buffer is sized for all of `self.missing`).
+    fn read(&mut self, layer: usize, count: usize) -> Result<()> {
         let t0 = Instant::now();
         self.reqs.clear();
         let payload = self.fmt.payload;
-        for (k, &i) in self.missing.iter().enumerate() {
+        for (k, &i) in self.missing[..count].iter().enumerate() {
             self.layout.neuron_reads(layer, i as usize, k * payload, &mut self.reqs)?;
         }
         self.staging.resize(self.missing.len() * payload)?;
@@ -365,7 +544,7 @@ impl FlashFfn {
             .read_batch(&self.reqs, &mut self.staging)
             .map_err(|e| Error::InLayer { layer, source: Box::new(e) })?;
         self.stats.io_ns += nanos(t1);
-        self.stats.neurons_read += self.missing.len() as u64;
+        self.stats.neurons_read += count as u64;
         Ok(())
     }
 }
@@ -531,7 +710,11 @@ impl FfnStep for FlashFfn {
             None => self.missing.clone_from(&self.fetch),
         }
         self.stats.mm_ns += nanos(t1);
-        self.read(layer)?;
+        let to_read = self.use_prefetch(layer)?;
+        self.read(layer, to_read)?;
+        if n == 1 && layer + 1 < self.layout.manifest().layers.len() {
+            self.start_prefetch(layer + 1, x)?;
+        }
         let t2 = Instant::now();
         self.declined.clear();
         match self.caches.as_mut() {

@@ -40,6 +40,10 @@ pub struct FlashArgs {
     /// Compute over every cached neuron, not only the selected ones.
     #[arg(long)]
     pub compute_all_cached: bool,
+    /// While a layer computes, read the next layer's neurons as predicted from this layer's input (second
+    /// backend and thread); the next layer reads only what that missed.
+    #[arg(long)]
+    pub overlap: bool,
     /// Device profile (from `spike profile-device`) for the cost model's predicted I/O time per step.
     #[arg(long)]
     pub profile: Option<PathBuf>,
@@ -169,7 +173,7 @@ impl FlashModel {
         let (selector, selector_bytes) =
             selector.unwrap_or_else(|| (Box::new(AllNeurons { d_ffn: self.model.config().d_ffn }), 0));
         let mut ffn = FlashFfn::new(&self.model, self.layout.clone(), io, selector)?;
-        ffn.set_options(FlashOptions { compute_all_cached: args.compute_all_cached });
+        ffn.set_options(FlashOptions { compute_all_cached: args.compute_all_cached, overlap: args.overlap })?;
         if let Some(p) = &args.profile {
             let cost = CostModel::load(p, &IoConfig::default())
                 .with_context(|| format!("loading the device profile {}", p.display()))?;
