@@ -204,6 +204,9 @@ struct Done {
     io: IoStats,
 }
 
+/// A finished prefetch handed to the loop: layer, neurons (ascending), the job's requests and buffer.
+type Fetched = (usize, Vec<u32>, Vec<ReadReq>, AlignedBuf);
+
 /// Reads of the next layer's predicted neurons on their own thread and backend.
 struct Prefetcher {
     jobs: Option<std::sync::mpsc::Sender<Job>>,
@@ -246,7 +249,7 @@ impl Prefetcher {
 
     /// Waits for the job in flight, if any; returns its layer, neurons and buffer (which the caller gives
     /// back with [`Prefetcher::give_back`]).
-    fn wait(&mut self) -> Result<Option<(usize, Vec<u32>, Vec<ReadReq>, AlignedBuf)>> {
+    fn wait(&mut self) -> Result<Option<Fetched>> {
         let Some((layer, neurons)) = self.pending.take() else { return Ok(None) };
         let d = self.done.recv().map_err(|_| Error::Invalid("the prefetch thread stopped".into()))?;
         self.io.add(&d.io);
