@@ -197,9 +197,11 @@ fn run_flash(args: &Args) -> anyhow::Result<()> {
     if let Some(split) = &args.split_layout {
         rows.extend(flash_rows(args, split, " (split)")?);
     }
-    let fm = super::flash::FlashModel::open(&layout)?;
+    let (fm, model) = super::flash::FlashModel::open(&layout)?;
+    drop(model);
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
-    let tokens = fm.tokenizer.encode(&text)?;
+    let tok = fm.tokenizer.as_ref().expect("a freshly opened layout has its tokenizer");
+    let tokens = tok.encode(&text)?;
     drop(fm);
     let prompts = super::flash_bench::prompts_from(&tokens, args.prompts, args.prompt, &args.text)?;
     let bench = FlashBench {

@@ -60,8 +60,8 @@ pub struct FlashArgs {
 /// A layout opened for flash mode.
 pub struct FlashModel {
     pub layout: Arc<Layout>,
-    pub model: Model,
-    pub tokenizer: Tokenizer,
+    /// The tokenizer, until a caller takes it.
+    pub tokenizer: Option<Tokenizer>,
 }
 
 /// Where the model's DRAM goes in flash mode, bytes.
@@ -142,7 +142,7 @@ impl FlashModel {
     }
 
     /// Opens the layout `dir` and loads its resident model and tokenizer.
-    pub fn open(dir: &Path) -> anyhow::Result<FlashModel> {
+    pub fn open(dir: &Path) -> anyhow::Result<(FlashModel, Model)> {
         let layout = Arc::new(Layout::open(dir)?);
         let tokenizer = layout.tokenizer().with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
         let mut model =
@@ -150,13 +150,14 @@ impl FlashModel {
         model.set_precision(super::act_precision());
         // Building the tokenizer leaves freed heap behind; under a memory cgroup it would count.
         spike_flash::io::trim_heap();
-        Ok(FlashModel { layout, model, tokenizer })
+        Ok((FlashModel { layout, tokenizer: Some(tokenizer) }, model))
     }
 
     /// A flash FFN reading this layout as `args` say, over the neurons `selector` picks (all of them when
     /// `None`; `selector_bytes` is its DRAM), with its caches sized from the budget. Prints the DRAM split.
     pub fn ffn(
         &self,
+        model: &Model,
         args: &FlashArgs,
         selector: Option<(Box<dyn NeuronSelector + Send>, u64)>,
     ) -> anyhow::Result<(FlashFfn, Dram)> {
@@ -171,8 +172,8 @@ impl FlashModel {
             (None, None, None) => None,
         };
         let (selector, selector_bytes) =
-            selector.unwrap_or_else(|| (Box::new(AllNeurons { d_ffn: self.model.config().d_ffn }), 0));
-        let mut ffn = FlashFfn::new(&self.model, self.layout.clone(), io, selector)?;
+            selector.unwrap_or_else(|| (Box::new(AllNeurons { d_ffn: model.config().d_ffn }), 0));
+        let mut ffn = FlashFfn::new(model, self.layout.clone(), io, selector)?;
         ffn.set_options(FlashOptions { compute_all_cached: args.compute_all_cached, overlap: args.overlap })?;
         if let Some(p) = &args.profile {
             let cost = CostModel::load(p, &IoConfig::default())

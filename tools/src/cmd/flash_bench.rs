@@ -76,15 +76,15 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {msg}").expect("the template is valid"));
     for row in &b.rows {
         bar.set_message(row.name.clone());
-        let fm = FlashModel::open(&row.layout)?;
+        let (fm, model) = FlashModel::open(&row.layout)?;
         let predictor = match row.predictor {
             true => Some(b.predictor.clone().context("a predictor row needs --predictor")?),
             false => None,
         };
         let args = FlashArgs { layout: Some(row.layout.clone()), cache: row.cache, predictor, ..b.flash.clone() };
-        let (mut ffn, dram) = fm.ffn(&args, None).with_context(|| format!("row {}", row.name))?;
-        let (model, f) = (&fm.model, fm.model.config().d_ffn as f64);
-        let n_layers = fm.model.config().n_layers as f64;
+        let (mut ffn, dram) = fm.ffn(&model, &args, None).with_context(|| format!("row {}", row.name))?;
+        let (model, f) = (&model, model.config().d_ffn as f64);
+        let n_layers = model.config().n_layers as f64;
         let mut recs = Vec::new();
         for (pi, prompt) in b.prompts.iter().enumerate() {
             let mut state = model.new_state(prompt.len() + b.gen + 1);

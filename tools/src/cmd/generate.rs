@@ -76,8 +76,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(dir) => {
             anyhow::ensure!(args.model.is_none(), "give either --model or --layout, not both");
-            let fm = super::flash::FlashModel::open(dir)?;
-            let (ffn, dram) = fm.ffn(&args.flash, None)?;
+            let (mut fm, model) = super::flash::FlashModel::open(dir)?;
+            let (ffn, dram) = fm.ffn(&model, &args.flash, None)?;
             eprintln!(
                 "flash mode: {} ({} backend, cache {}); {dram}",
                 dir.display(),
@@ -85,7 +85,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.flash.cache
             );
             dram_total = dram.total;
-            (super::Loaded { path: dir.clone(), model: fm.model, tokenizer: fm.tokenizer }, Some(ffn))
+            (
+                super::Loaded {
+                    path: dir.clone(),
+                    model,
+                    tokenizer: fm.tokenizer.take().expect("a freshly opened layout has its tokenizer"),
+                },
+                Some(ffn),
+            )
         }
     };
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
