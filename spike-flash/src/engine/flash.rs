@@ -566,16 +566,21 @@ fn accumulate_down(
     let (d, part, payload) = (fmt.d, fmt.part, fmt.payload);
     let off = if fmt.gated { 2 * part } else { part };
     if n >= 8 {
-        // A batch: dequantize the columns once and multiply as f32 matrices.
-        dense.resize(k * d, 0.0);
-        for j in 0..k {
-            let src = &rows[j * payload + off..j * payload + off + part];
-            quant::dequantize(fmt.dtype, src, &mut dense[j * d..(j + 1) * d])?;
-        }
+        // A batch: dequantize the columns, a bounded block of rows at a time, and multiply as f32 matrices.
+        const BLOCK: usize = 256;
         let hv = ArrayView2::from_shape((n, k), h).map_err(|e| Error::Invalid(e.to_string()))?;
-        let dv = ArrayView2::from_shape((k, d), &dense[..]).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut ov = ArrayViewMut2::from_shape((n, d), out).map_err(|e| Error::Invalid(e.to_string()))?;
-        ndarray::linalg::general_mat_mul(1.0, &hv, &dv, 1.0, &mut ov);
+        for j0 in (0..k).step_by(BLOCK) {
+            let kb = BLOCK.min(k - j0);
+            dense.resize(kb * d, 0.0);
+            for j in 0..kb {
+                let at = (j0 + j) * payload + off;
+                quant::dequantize(fmt.dtype, &rows[at..at + part], &mut dense[j * d..(j + 1) * d])?;
+            }
+            let dv = ArrayView2::from_shape((kb, d), &dense[..]).map_err(|e| Error::Invalid(e.to_string()))?;
+            let hb = hv.slice(ndarray::s![.., j0..j0 + kb]);
+            ndarray::linalg::general_mat_mul(1.0, &hb, &dv, 1.0, &mut ov);
+        }
         return Ok(());
     }
     let bl = fmt.dtype.block_len();

@@ -303,7 +303,9 @@ impl Layout {
     pub fn load_model(&self) -> Result<crate::engine::model::Model> {
         let rpath = self.dir.join(RESIDENT_FILE);
         let bytes = std::fs::read(&rpath).map_err(|e| Error::io(&rpath, e))?;
-        let g = GgufFile::from_bytes(&rpath, bytes)?;
+        let mut g = GgufFile::from_bytes(&rpath, bytes)?;
+        // The tokenizer's vocabulary is most of the metadata; the model does not need it (see `tokenizer`).
+        g.retain_metadata(|k| !k.starts_with("tokenizer.") && k != super::HF_TOKENIZER_KEY);
         for (name, &want) in &self.manifest.resident.tensors {
             let crc = crc32c::crc32c(g.tensor_data(name)?);
             if crc != want {

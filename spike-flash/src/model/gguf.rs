@@ -351,6 +351,14 @@ impl GgufFile {
         })
     }
 
+    /// Forgets the metadata entries `keep` rejects (the tokenizer's vocabulary of a model whose tokenizer was
+    /// built elsewhere, say), freeing their memory; tensors are untouched.
+    pub fn retain_metadata(&mut self, keep: impl Fn(&str) -> bool) {
+        self.kvs.retain(|(k, _)| keep(k));
+        self.kvs.shrink_to_fit();
+        self.key_index = self.kvs.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+    }
+
     /// The path the file was opened from (or the label given to [`GgufFile::from_bytes`]).
     pub fn path(&self) -> &Path {
         &self.path

@@ -197,12 +197,10 @@ fn run_flash(args: &Args) -> anyhow::Result<()> {
     if let Some(split) = &args.split_layout {
         rows.extend(flash_rows(args, split, " (split)")?);
     }
-    let (fm, model) = super::flash::FlashModel::open(&layout)?;
-    drop(model);
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
-    let tok = fm.tokenizer.as_ref().expect("a freshly opened layout has its tokenizer");
-    let tokens = tok.encode(&text)?;
-    drop(fm);
+    let tokens = spike_flash::layout::Layout::open(&layout)?.tokenizer()?.encode(&text)?;
+    // The tokenizer is gone; give its heap back before the rows load their models.
+    spike_flash::io::trim_heap();
     let prompts = super::flash_bench::prompts_from(&tokens, args.prompts, args.prompt, &args.text)?;
     let bench = FlashBench {
         flash: &args.flash,

@@ -40,15 +40,6 @@ pub struct Args {
     order: Option<PathBuf>,
 }
 
-/// Reads a neuron order file: `[[...], ...]` or `{"order": [[...], ...]}`.
-fn read_order(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u32>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let v = v.get("order").cloned().unwrap_or(v);
-    serde_json::from_value(v)
-        .with_context(|| format!("{}: expected an array of per-layer neuron id arrays", path.display()))
-}
-
 fn parse_kind(s: &str) -> Result<LayoutKind, String> {
     match s {
         "bundled" => Ok(LayoutKind::Bundled),
@@ -74,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let path = resolve_model(args.model.as_deref())?;
     let source = Source::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
-    let order = args.order.as_deref().map(read_order).transpose()?;
+    let order = args.order.as_deref().map(super::flash::read_neuron_lists).transpose()?;
     let opts = ConvertOptions {
         order,
         kind: args.layout,

@@ -96,11 +96,18 @@ impl std::fmt::Display for Dram {
     }
 }
 
-/// Reads a per-layer list of neuron ids: `[[...], ...]` or `{"order": [[...], ...]}`.
+/// Reads a per-layer list of neuron ids: `[[...], ...]`, `{"order": [[...], ...]}`, or a hot-neuron file of
+/// `spike trace-stats` (`{"layers": [{"neurons": [...]}, ...]}`).
 pub fn read_neuron_lists(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let v = v.get("order").cloned().unwrap_or(v);
+    let v = match (v.get("order"), v.get("layers")) {
+        (Some(o), _) => o.clone(),
+        (None, Some(serde_json::Value::Array(layers))) => {
+            serde_json::Value::Array(layers.iter().map(|l| l.get("neurons").cloned().unwrap_or_default()).collect())
+        }
+        _ => v,
+    };
     serde_json::from_value(v)
         .with_context(|| format!("{}: expected an array of per-layer neuron id arrays", path.display()))
 }
@@ -143,14 +150,23 @@ impl FlashModel {
 
     /// Opens the layout `dir` and loads its resident model and tokenizer.
     pub fn open(dir: &Path) -> anyhow::Result<(FlashModel, Model)> {
+        Self::open_with(dir, true)
+    }
+
+    /// Opens the layout `dir` and loads its resident model, and its tokenizer when `tokenizer` (it takes
+    /// about 13 MiB of heap).
+    pub fn open_with(dir: &Path, tokenizer: bool) -> anyhow::Result<(FlashModel, Model)> {
         let layout = Arc::new(Layout::open(dir)?);
-        let tokenizer = layout.tokenizer().with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
+        let tokenizer = match tokenizer {
+            true => Some(layout.tokenizer().with_context(|| format!("reading the tokenizer of {}", dir.display()))?),
+            false => None,
+        };
         let mut model =
             layout.load_model().with_context(|| format!("loading the resident model of {}", dir.display()))?;
         model.set_precision(super::act_precision());
         // Building the tokenizer leaves freed heap behind; under a memory cgroup it would count.
         spike_flash::io::trim_heap();
-        Ok((FlashModel { layout, tokenizer: Some(tokenizer) }, model))
+        Ok((FlashModel { layout, tokenizer }, model))
     }
 
     /// A flash FFN reading this layout as `args` say, over the neurons `selector` picks (all of them when
@@ -217,6 +233,8 @@ impl FlashModel {
         }
         dram.caches = ffn.dram_bytes() - dram.staging;
         dram.total = fixed + dram.caches;
+        // Parsing the hot list and the predictor left freed heap behind.
+        spike_flash::io::trim_heap();
         Ok((ffn, dram))
     }
 }

@@ -76,7 +76,7 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {msg}").expect("the template is valid"));
     for row in &b.rows {
         bar.set_message(row.name.clone());
-        let (fm, model) = FlashModel::open(&row.layout)?;
+        let (fm, model) = FlashModel::open_with(&row.layout, false)?;
         let predictor = match row.predictor {
             true => Some(b.predictor.clone().context("a predictor row needs --predictor")?),
             false => None,
