@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use spike_flash::engine::eval::perplexity;
 use predictor::calibrate::Thresholds;
 use predictor::trace::{ModelIdentity, Trace};
+use spike_flash::engine::eval::perplexity;
 use spike_flash::engine::model::{DenseFfn, FfnStep};
 use spike_flash::engine::sparse::{all_rows, Oracle, SparseFfn, SparseStats};
 use spike_flash::model::config::Activation;
@@ -71,7 +71,8 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 /// The thresholds an oracle run uses, and where they came from.
 fn oracle_thresholds(args: &Args, loaded: &super::Loaded, target: Option<f64>) -> anyhow::Result<(Thresholds, String)> {
     let cfg = loaded.model.config();
-    let identity = ModelIdentity::of(&loaded.path, cfg).with_context(|| format!("hashing {}", loaded.path.display()))?;
+    let identity =
+        ModelIdentity::of(&loaded.path, cfg).with_context(|| format!("hashing {}", loaded.path.display()))?;
     let relu = cfg.activation == Activation::Relu;
     let Some(s) = target else {
         anyhow::ensure!(
@@ -135,7 +136,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut thresholds = None;
     if let Mode::Oracle(target) = args.sparsity {
         let (t, from) = oracle_thresholds(&args, &loaded, target)?;
-        let rows = all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
+        let rows =
+            all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
         let selector = Oracle::new(&loaded.model, rows.clone(), t.thresholds.clone())?;
         oracle = Some(SparseFfn::with_rows(rows, selector));
         origin = from;
