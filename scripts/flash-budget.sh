@@ -24,15 +24,17 @@ window=${WINDOW:-5}
 gpl3=/usr/share/common-licenses/GPL-3
 mkdir -p "$out" "$cache/layouts"
 [ -f "$model" ] || "$spike" fetch-model
-layout=$cache/layouts/smol-$dtype.spike
-if ! "$spike" verify "$layout" >/dev/null 2>&1; then
-    "$spike" convert -m "$model" -o "$layout" --dtype "$dtype" --force
-fi
 thr=results/traces/thresholds-s$s.json
 trace=results/traces/scratch/train.trace
 hot=results/traces/stats/hot-thresholds-s$s.json
 if [ ! -f "$trace" ] || [ ! -f "$thr" ] || [ ! -f "$hot" ]; then
     bash scripts/traces.sh
+fi
+# Hot neurons first (--order): a pinned hot set is then one contiguous run of records per layer, and the
+# neurons streamed around it are read in long spans.
+layout=$cache/layouts/smol-$dtype-hotfirst.spike
+if ! "$spike" verify "$layout" >/dev/null 2>&1; then
+    "$spike" convert -m "$model" -o "$layout" --dtype "$dtype" --order "$hot" --force
 fi
 pred=$out/predictor-s$s-r$rank.pred
 if [ ! -f "$pred" ]; then
