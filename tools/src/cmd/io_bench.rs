@@ -40,6 +40,10 @@ pub struct Args {
     /// Measuring time, seconds.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Seed of the random offsets (throughput mode). Give each run its own seed so that no run re-reads the
+    /// offsets of the one before (a host-side cache of a virtual disk would serve them).
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
     /// io_uring: completions reaped before the queue is refilled.
     #[arg(long, default_value_t = 1)]
     complete_batch: usize,
@@ -116,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             anyhow::ensure!(bs > 0 && file_len >= 2 * args.bs, "--bs must be positive and at most half the file");
             let mut b = open_backend(args.backend, &path, &cfg)?;
             let buffer = args.buffer.map_or(2 * args.depth * bs, |b| b as usize);
-            let s = measure_random(b.as_mut(), file_len, bs, bs, args.depth, buffer, args.seconds, 0x5eed)
+            let s = measure_random(b.as_mut(), file_len, bs, bs, args.depth, buffer, args.seconds, args.seed)
                 .with_context(|| format!("reading {}", path.display()))?;
             println!(
                 "io-bench: backend={} bs={} depth={} file={} file_bytes={} ({cache}) seconds={:.2} reads={} \
