@@ -6,6 +6,7 @@ pub mod fetch_model;
 pub mod flash;
 pub mod generate;
 pub mod io_bench;
+pub mod layout_bench;
 pub mod perplexity;
 pub mod profile_device;
 pub mod synth;
