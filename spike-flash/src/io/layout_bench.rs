@@ -14,6 +14,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use serde::Serialize;
 
+use super::plan::Plan;
 use super::{drop_page_cache, open_backend, process_read_bytes, AlignedBuf, BackendKind, IoConfig, ReadBackend};
 use crate::cost::{neuron_read_set, random_neurons, CostModel};
 use crate::layout::{Layout, FFN_FILE};
@@ -90,7 +91,8 @@ pub struct LayoutBenchRow {
     pub bytes_read: u64,
     /// `bytes_read / bytes_useful`.
     pub read_amplification: f64,
-    /// Mean device read, bytes (`bytes_read / reads`; mmap: the planned spans' mean, for comparison).
+    /// Mean device read, bytes (`bytes_read / reads`; mmap: the mean of the spans an O_DIRECT backend would
+    /// read, for comparison: the kernel's readahead decides mmap's real reads).
     pub mean_chunk_bytes: f64,
     /// The process's `read_bytes` over the O_DIRECT backends' batches: an independent count of `bytes_read`.
     pub os_read_bytes: u64,
@@ -100,7 +102,7 @@ pub struct LayoutBenchRow {
     pub token_ms_median: f64,
     pub useful_mib_s: f64,
     pub read_mib_s: f64,
-    /// The device profile's throughput for reads of `mean_chunk_bytes` at the backend's depth (mmap: depth 1).
+    /// The device profile's throughput for reads of `mean_chunk_bytes` at the backend's depth; none for mmap.
     pub profile_mib_s: Option<f64>,
     /// The cost model's time for the same batches (planned as the O_DIRECT backends plan them), seconds; none
     /// for mmap, whose device reads are the kernel's.
@@ -159,6 +161,7 @@ pub fn run_layout_bench(
         })
         .collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let mut plan = Plan::default();
     let nb = cfg.backends.len();
     for token in 0..cfg.tokens {
         for (fi, &count) in counts.iter().enumerate() {
@@ -192,15 +195,12 @@ pub fn run_layout_bench(
                 a.os_read += os;
                 a.ns += if kind == BackendKind::Mmap { token_ns } else { s.wait_ns };
                 a.token_ms.push(if kind == BackendKind::Mmap { token_ns } else { s.wait_ns } as f64 / 1e6);
-                if let Some(model) = model {
-                    // mmap is costed too (at depth 1, as planned O_DIRECT reads), for the chunk size only: the
-                    // kernel's faults and readahead, not these reads, reach its device.
-                    let depth = if kind == BackendKind::Mmap { 1 } else { cfg.depth };
-                    for reqs in &sets {
-                        let p = model.predict(reqs, depth)?;
-                        a.predicted += p.seconds;
-                        a.planned_reads += p.reads as u64;
-                        a.planned_bytes += p.bytes;
+                for reqs in &sets {
+                    plan.build(reqs, &cfg.io, u64::MAX, &path, None)?;
+                    a.planned_reads += plan.spans.len() as u64;
+                    a.planned_bytes += plan.spans.iter().map(|s| s.len as u64).sum::<u64>();
+                    if let Some(model) = model.filter(|_| kind != BackendKind::Mmap) {
+                        a.predicted += model.predict(reqs, cfg.depth)?.seconds;
                     }
                 }
             }
@@ -240,7 +240,9 @@ pub fn run_layout_bench(
                 token_ms_median: a.token_ms[a.token_ms.len() / 2],
                 useful_mib_s: a.useful as f64 / mib / seconds,
                 read_mib_s: a.read as f64 / mib / seconds,
-                profile_mib_s: model.map(|m| mean_chunk / m.chunk_seconds(mean_chunk.round() as usize, depth) / mib),
+                profile_mib_s: model
+                    .filter(|_| !mmap)
+                    .map(|m| mean_chunk / m.chunk_seconds(mean_chunk.round() as usize, depth) / mib),
                 predicted_seconds: model.filter(|_| !mmap).map(|_| a.predicted),
             });
         }

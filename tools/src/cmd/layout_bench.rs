@@ -124,7 +124,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "(useful/s: record bytes asked for per second of waiting; read/s: bytes the device transferred; mmap's \
          read bytes are the process's read_bytes, readahead included, and its time is the copying time, faults \
-         included; profile/s: the device profile at the mean chunk size and the backend's depth, mmap at depth 1)"
+         included; profile/s: the device profile at the mean chunk size and the backend's depth; mmap's chunk_B is what \
+         O_DIRECT would read, its real reads are the kernel's readahead)"
     );
     super::write_csv(&args.csv, &rows)?;
     println!("wrote {}", args.csv.display());
