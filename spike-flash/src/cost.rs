@@ -14,6 +14,16 @@
 //!    in `log2 q` between the two nearest measured depths. Below the smallest measured size a read costs what
 //!    the smallest costs (a read is dominated by its fixed cost there); above the largest, the throughput stays
 //!    that of the largest size. Depths outside the measured range are clamped.
+//!
+//! # Where it holds
+//! Validated ([`validate_layout`], `spike io-bench --layout`) on the flash loop's own batches: one layer's
+//! records (1 to all neurons) of a converted layout, merged and aligned, at depths 1 to 32. Measured batches of
+//! `n` 4 KiB reads at depth 32 take what the profile's depth-`min(n, 32)` point says (no separate per-batch
+//! term was needed: a lone read costs the depth-1 latency, which the profile measures). The model is only as
+//! current as its profile: on a virtual disk whose speed drifts (the reference machine's depth-1 latency moved
+//! between 39 and 55 us within minutes, and large reads between 1.0 and 2.3 GiB/s), profile and prediction
+//! must come from the same sitting, and CPU contention from other processes delays completions by tens of
+//! microseconds per read (results/device/NOTES.md).
 
 use std::path::Path;
 
@@ -22,6 +32,7 @@ use serde::Serialize;
 use crate::io::plan::Plan;
 use crate::io::profile::DeviceProfile;
 use crate::io::{IoConfig, ReadReq};
+use crate::layout::Layout;
 use crate::{Error, Result};
 
 /// Throughput as a function of size, at one measured depth.
@@ -171,6 +182,7 @@ mod tests {
             format: PROFILE_FORMAT.into(),
             version: PROFILE_VERSION,
             dir: "/x".into(),
+            file: None,
             file_size: 1 << 30,
             backend: "uring".into(),
             direct: true,
@@ -218,7 +230,7 @@ mod tests {
     }
 }
 
-/// One random read set measured against its prediction (see [`validate`]).
+/// One read set measured against its prediction (see [`validate_sets`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct ValidationRow {
     pub set: usize,
@@ -228,6 +240,8 @@ pub struct ValidationRow {
     pub bytes: u64,
     /// Median over passes of the backend's wait time for the set, ms.
     pub measured_ms: f64,
+    /// The first pass alone, ms: the set's reads had not been read before (within this validation).
+    pub first_ms: f64,
     /// Fastest and slowest pass, ms: the device's own spread on identical work.
     pub measured_min_ms: f64,
     pub measured_max_ms: f64,
@@ -258,11 +272,39 @@ pub fn random_mixed_set(
         .collect()
 }
 
-/// Validates `model` against measured reads. For each `(depth, backend)` (a backend opened with that queue
-/// depth) it draws `sets_per_depth` random read sets (64..=1024 reads of log-uniform sizes 4 KiB..1 MiB at
-/// unaligned offsets). Every set is read `passes` times; each pass runs all sets of all depths in a fresh
-/// random order, so that a drift of a shared device's speed spreads over all sets instead of biasing one
-/// depth. The measured time of a set is the median of its passes' wait times.
+/// The reads the flash loop issues for `neurons` (original ids, ascending) of `layer`: each neuron's records,
+/// placed one payload after another (as `FlashFfn` stages them).
+pub fn neuron_read_set(layout: &Layout, layer: usize, neurons: &[u32]) -> Result<Vec<ReadReq>> {
+    let payload = layout.payload_bytes();
+    let mut reqs = Vec::with_capacity(neurons.len() * layout.manifest().layers[layer].sections.len());
+    for (k, &n) in neurons.iter().enumerate() {
+        layout.neuron_reads(layer, n as usize, k * payload, &mut reqs)?;
+    }
+    Ok(reqs)
+}
+
+/// `count` distinct neuron ids below `d_ffn`, drawn uniformly, ascending.
+pub fn random_neurons(rng: &mut impl rand::Rng, d_ffn: usize, count: usize) -> Vec<u32> {
+    let mut v: Vec<u32> =
+        rand::seq::index::sample(rng, d_ffn, count.min(d_ffn)).into_iter().map(|i| i as u32).collect();
+    v.sort_unstable();
+    v
+}
+
+/// A random read set of a layout, as one layer's batch of the flash loop: a random layer and a random subset
+/// of its neurons whose size is log-uniform between 1 and all of them, so that the device reads range from
+/// isolated 4 KiB spans (a few neurons) to whole-layer merges of `max_merge` bytes.
+pub fn random_layout_set(rng: &mut impl rand::Rng, layout: &Layout) -> Result<Vec<ReadReq>> {
+    let m = layout.manifest();
+    let f = m.model.d_ffn;
+    let layer = rng.gen_range(0..m.layers.len());
+    let count = (rng.gen_range(0.0..=(f as f64).ln()).exp().round() as usize).clamp(1, f);
+    neuron_read_set(layout, layer, &random_neurons(rng, f, count))
+}
+
+/// Validates `model` against measured reads of random mixed sets of a file of `file_len` bytes: per
+/// `(depth, backend)`, `sets_per_depth` sets of 64..=1024 reads of log-uniform sizes 4 KiB..1 MiB at unaligned
+/// offsets. See [`validate_sets`] for how they are measured.
 pub fn validate(
     backends: &mut [(usize, Box<dyn crate::io::ReadBackend>)],
     model: &CostModel,
@@ -271,33 +313,76 @@ pub fn validate(
     passes: usize,
     seed: u64,
 ) -> Result<Vec<ValidationRow>> {
-    use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    // (backend index, depth, requests, prediction)
     let mut sets = Vec::new();
-    for (b, &(depth, _)) in backends.iter().enumerate() {
+    for b in 0..backends.len() {
         for _ in 0..sets_per_depth {
             let n = rng.gen_range(64..=1024);
-            let reqs = random_mixed_set(&mut rng, file_len, n, 4096, 1 << 20);
-            let pred = model.predict(&reqs, depth)?;
-            sets.push((b, depth, reqs, pred));
+            sets.push((b, random_mixed_set(&mut rng, file_len, n, 4096, 1 << 20)));
         }
     }
-    let most = sets.iter().map(|s| s.2.iter().map(|r| r.len).sum::<usize>()).max().unwrap_or(0);
-    let mut buf = crate::io::AlignedBuf::new(most)?;
-    // One unmeasured pass of large reads per backend: it faults the buffers in (so that no measured read
+    validate_sets(backends, model, file_len, sets, passes, &mut rng)
+}
+
+/// Validates `model` against measured reads of `layout`'s `ffn.bin` (the backends must read that file): per
+/// `(depth, backend)`, `sets_per_depth` sets from [`random_layout_set`]. See [`validate_sets`].
+pub fn validate_layout(
+    backends: &mut [(usize, Box<dyn crate::io::ReadBackend>)],
+    model: &CostModel,
+    layout: &Layout,
+    sets_per_depth: usize,
+    passes: usize,
+    seed: u64,
+) -> Result<Vec<ValidationRow>> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut sets = Vec::new();
+    for b in 0..backends.len() {
+        for _ in 0..sets_per_depth {
+            sets.push((b, random_layout_set(&mut rng, layout)?));
+        }
+    }
+    validate_sets(backends, model, layout.manifest().ffn.len, sets, passes, &mut rng)
+}
+
+/// Measures each `(backend index, reads)` set with its backend (`backends[i] = (queue depth, backend)`) and
+/// compares with `model`'s prediction at that depth. Every set is read `passes` times; each pass runs all sets
+/// in a fresh random order, so that a drift of a shared device's speed spreads over all sets instead of
+/// biasing one depth. The measured time of a set is the median of its passes' wait times (the backend's
+/// [`IoStats::wait_ns`](crate::io::IoStats): planning and copying are not included).
+pub fn validate_sets(
+    backends: &mut [(usize, Box<dyn crate::io::ReadBackend>)],
+    model: &CostModel,
+    file_len: u64,
+    sets: Vec<(usize, Vec<ReadReq>)>,
+    passes: usize,
+    rng: &mut impl rand::Rng,
+) -> Result<Vec<ValidationRow>> {
+    use rand::seq::SliceRandom;
+    let mut preds = Vec::with_capacity(sets.len());
+    for (b, reqs) in &sets {
+        let depth = backends
+            .get(*b)
+            .ok_or_else(|| Error::Invalid(format!("read set for backend {b} of {}", backends.len())))?
+            .0;
+        preds.push(model.predict(reqs, depth)?);
+    }
+    let most = sets.iter().map(|s| s.1.iter().map(|r| r.dst + r.len).max().unwrap_or(0)).max().unwrap_or(0);
+    let mut buf = crate::io::AlignedBuf::new(most.max(1 << 20))?;
+    // One unmeasured batch of large reads per backend: it faults the buffer in (so that no measured read
     // waits for fresh pages) and brings the device to its sustained state, as the profile's warm-up does.
+    let warm_len = (1usize << 20).min(file_len as usize);
     for (_, b) in backends.iter_mut() {
-        let warm = random_mixed_set(&mut rng, file_len, most / (1 << 20), 1 << 20, 1 << 20);
+        let warm = random_mixed_set(rng, file_len, buf.len() / warm_len, warm_len, warm_len);
         b.read_batch(&warm, &mut buf)?;
     }
     let mut times = vec![Vec::with_capacity(passes); sets.len()];
     let mut order: Vec<usize> = (0..sets.len()).collect();
     for _ in 0..passes.max(1) {
-        order.shuffle(&mut rng);
+        order.shuffle(rng);
         for &k in &order {
-            let (b, _, reqs, _) = &sets[k];
+            let (b, reqs) = &sets[k];
             let backend = &mut backends[*b].1;
             backend.reset_stats();
             backend.read_batch(reqs, &mut buf)?;
@@ -306,19 +391,22 @@ pub fn validate(
     }
     Ok(sets
         .iter()
+        .zip(preds)
         .zip(times.iter_mut())
         .enumerate()
-        .map(|(set, ((_, depth, reqs, pred), t))| {
+        .map(|(set, (((b, reqs), pred), t))| {
+            let first_ms = t[0];
             t.sort_by(f64::total_cmp);
             let measured_ms = t[t.len() / 2];
             let predicted_ms = pred.seconds * 1e3;
             ValidationRow {
                 set,
-                depth: *depth,
+                depth: backends[*b].0,
                 requests: reqs.len(),
                 reads: pred.reads,
                 bytes: pred.bytes,
                 measured_ms,
+                first_ms,
                 measured_min_ms: t[0],
                 measured_max_ms: t[t.len() - 1],
                 predicted_ms,

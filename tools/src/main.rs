@@ -43,6 +43,8 @@ enum Command {
     ProfileDevice(cmd::profile_device::Args),
     /// Random-read throughput of an I/O backend, or the cost model's error against measured reads.
     IoBench(cmd::io_bench::Args),
+    /// Read a layout's neuron records in random per-layer subsets with each I/O backend: bytes/s, amplification.
+    LayoutBench(cmd::layout_bench::Args),
     /// Convert a model into a flash layout directory (NAME.spike: manifest, resident.bin, ffn.bin).
     Convert(cmd::convert::Args),
     /// Check a flash layout's structure and every checksum.
@@ -74,6 +76,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Synth(a) => cmd::synth::run(a),
         Command::ProfileDevice(a) => cmd::profile_device::run(a),
         Command::IoBench(a) => cmd::io_bench::run(a),
+        Command::LayoutBench(a) => cmd::layout_bench::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Trace(a) => cmd::trace::run(a),

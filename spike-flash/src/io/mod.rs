@@ -14,6 +14,7 @@
 
 mod buf;
 mod config;
+pub mod layout_bench;
 mod mmap;
 pub mod plan;
 mod pool;
@@ -183,6 +184,28 @@ pub fn open_backend(kind: BackendKind, path: &Path, cfg: &IoConfig) -> Result<Bo
         BackendKind::Pool => Box::new(PoolBackend::open(path, &cfg)?),
         BackendKind::Mmap => Box::new(MmapBackend::open(path, &cfg)?),
     })
+}
+
+/// Evicts `path`'s clean pages from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)` over the whole
+/// file), so that the next buffered or mapped read of it reaches the device. Pages still mapped by a process
+/// (an open [`MmapBackend`]) are not evicted: drop the map first.
+pub fn drop_page_cache(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is open for the whole call.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        let e = std::io::Error::from_raw_os_error(rc);
+        return Err(Error::io(path, std::io::Error::new(e.kind(), format!("dropping cached pages: {e}"))));
+    }
+    Ok(())
+}
+
+/// Bytes this process has caused to be fetched from storage so far (`read_bytes` of `/proc/self/io`: page-cache
+/// misses, readahead and direct reads of every thread), or `None` where the kernel does not report it.
+pub fn process_read_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/io").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("read_bytes:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// Opens `path` read-only, with O_DIRECT when `direct`, and returns it with its length.

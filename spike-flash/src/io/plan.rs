@@ -126,9 +126,13 @@ impl Plan {
             if let Some(last) = self.spans.last_mut() {
                 let last_end = last.offset + last.len as u64;
                 let merged_len = end.max(last_end) - last.offset;
-                let overlaps = start < last_end;
+                // A request inside the last span costs nothing to add; one that extends it is added only while
+                // the span stays within `max_merge`. Past it a new span starts, which may re-read the block the
+                // two share: packed records that straddle block boundaries would otherwise chain a whole layer
+                // into one read, leaving the queue empty.
+                let inside = end <= last_end;
                 let near = start <= last_end + cfg.max_gap as u64 && merged_len <= cfg.max_merge as u64;
-                if cfg.merge && (overlaps || near) && merged_len <= MAX_READ as u64 {
+                if cfg.merge && (inside || near) && merged_len <= MAX_READ as u64 {
                     last.len = merged_len as usize;
                     last.need = last.need.max((need_end - last.offset) as usize);
                     last.end = k + 1;
@@ -231,8 +235,23 @@ mod tests {
         assert_eq!(plan(&reqs, &cfg).spans.len(), 2);
         let gap = IoConfig { max_gap: 4096, ..cfg.clone() };
         assert_eq!(plan(&reqs, &gap).spans.len(), 1);
-        let small = IoConfig { max_gap: 4096, max_merge: 8192, ..cfg };
+        let small = IoConfig { max_gap: 4096, max_merge: 8192, ..cfg.clone() };
         assert_eq!(plan(&reqs, &small).spans.len(), 2, "a merge may not exceed max_merge");
+
+        // Packed 1080-byte records share blocks with their neighbours: a run of them is cut into spans of at
+        // most max_merge bytes (a shared block then belongs to two spans), each request whole in one span.
+        let reqs: Vec<ReadReq> = (0..100).map(|i| req(i * 1080, 1080, i as usize * 1080)).collect();
+        assert_eq!(plan(&reqs, &cfg).spans.len(), 1, "108000 bytes fit in one 1 MiB read");
+        let cut = IoConfig { max_merge: 16384, ..cfg };
+        let p = plan(&reqs, &cut);
+        assert!(p.spans.len() >= 108_000 / 16384, "{} spans", p.spans.len());
+        for s in &p.spans {
+            assert!(s.len <= 16384 + 4096, "span of {} bytes", s.len);
+            for &i in &p.order[s.first..s.end] {
+                let r = reqs[i];
+                assert!(r.offset >= s.offset && r.offset + r.len as u64 <= s.offset + s.need as u64);
+            }
+        }
     }
 
     #[test]

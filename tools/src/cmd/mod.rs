@@ -8,6 +8,7 @@ pub mod flash;
 pub mod flash_bench;
 pub mod generate;
 pub mod io_bench;
+pub mod layout_bench;
 pub mod perplexity;
 pub mod profile_device;
 pub mod synth;

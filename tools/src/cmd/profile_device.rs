@@ -5,15 +5,19 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use experiments::chart::{LineChart, Series};
-use spike_flash::io::profile::{run_profile, DeviceProfile, ProfileConfig};
+use spike_flash::io::profile::{run_profile, run_profile_file, DeviceProfile, ProfileConfig};
 
 /// Arguments of `spike profile-device`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Folder on the file system to profile (where the layout will live); the scratch file is created there
     /// without a name and vanishes when the command ends, however it ends.
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    dir: Option<PathBuf>,
+    /// Instead of --dir: read this existing file (for example a layout's ffn.bin), which is left as it is.
+    /// It must be at least 16 times the largest chunk.
     #[arg(long)]
-    dir: PathBuf,
+    file: Option<PathBuf>,
     /// Size of the scratch file (K, M, G suffixes are powers of 1024).
     #[arg(long, default_value = "2GiB", value_parser = parse_size)]
     file_size: u64,
@@ -142,16 +146,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     .validated()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let what = match (&args.file, &args.dir) {
+        (Some(f), _) => format!("the existing file {}", f.display()),
+        (None, Some(d)) => {
+            format!("a {} scratch file in {}", experiments::chart::binary_label(cfg.file_size as f64), d.display())
+        }
+        (None, None) => anyhow::bail!("give --dir or --file"),
+    };
     eprintln!(
-        "profile-device: {} scratch file in {}, {} rounds of {} points of {} s \
-         (O_DIRECT, io_uring: the page cache is not used)",
-        experiments::chart::binary_label(cfg.file_size as f64),
-        args.dir.display(),
+        "profile-device: {what}, {} rounds of {} points of {} s (O_DIRECT, io_uring: the page cache is not used)",
         cfg.rounds,
         cfg.chunks.len() * cfg.depths.len(),
         cfg.seconds_per_point
     );
-    let profile = run_profile(&args.dir, &cfg, &mut |round, q| {
+    let mut show = |round: usize, q: &spike_flash::io::profile::ProfilePoint| {
         eprintln!(
             "  round {round}  chunk {:>5}  depth {:>3}  {:>8.1} MiB/s  {:>9.0} IOPS  {:>8.1} us",
             experiments::chart::binary_label(q.chunk_bytes as f64),
@@ -160,8 +168,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             q.iops,
             q.mean_latency_us
         )
-    })
-    .with_context(|| format!("profiling {}", args.dir.display()))?;
+    };
+    let profile = match (&args.file, &args.dir) {
+        (Some(f), _) => run_profile_file(f, &cfg, &mut show).with_context(|| format!("profiling {}", f.display())),
+        (None, Some(d)) => run_profile(d, &cfg, &mut show).with_context(|| format!("profiling {}", d.display())),
+        (None, None) => Err(anyhow::anyhow!("give --dir or --file")),
+    }?;
     let json = args.out.join("device-profile.json");
     profile.save(&json)?;
     let csv = args.out.join("device-profile.csv");
