@@ -138,12 +138,17 @@ impl TokenRecord {
 /// How a record's bytes are laid out, from the layout's manifest.
 #[derive(Debug, Clone, Copy)]
 struct RowFormat {
+    /// Element type of the rows (gate, up, fc1).
     dtype: DType,
+    /// Element type of the down (fc2) column.
+    column_dtype: DType,
     d: usize,
     f: usize,
     gated: bool,
-    /// Bytes of one part (a row or column of `d` values).
+    /// Bytes of one row (gate, up, fc1) of `d` values.
     part: usize,
+    /// Bytes of the down (fc2) column of `d` values, which follows the rows.
+    column: usize,
     /// Bytes of a whole payload (the stride of rows side by side).
     payload: usize,
     act: Activation,
@@ -210,10 +215,12 @@ impl FlashFfn {
         let cfg = model.config();
         let fmt = RowFormat {
             dtype: layout.dtype(),
+            column_dtype: layout.column_dtype(),
             d: cfg.d_model,
             f: cfg.d_ffn,
             gated: layout.gated(),
-            part: layout.part_bytes(),
+            part: layout.row_bytes(),
+            column: layout.column_bytes(),
             payload: layout.payload_bytes(),
             act: cfg.activation,
         };
@@ -381,14 +388,14 @@ fn accumulate_down(
     dense: &mut Vec<f32>,
     out: &mut [f32],
 ) -> Result<()> {
-    let (d, part, payload) = (fmt.d, fmt.part, fmt.payload);
-    let off = if fmt.gated { 2 * part } else { part };
+    let (d, column, payload, dtype) = (fmt.d, fmt.column, fmt.payload, fmt.column_dtype);
+    let off = if fmt.gated { 2 * fmt.part } else { fmt.part };
     if n >= 8 {
         // A batch: dequantize the columns once and multiply as f32 matrices.
         dense.resize(k * d, 0.0);
         for j in 0..k {
-            let src = &rows[j * payload + off..j * payload + off + part];
-            quant::dequantize(fmt.dtype, src, &mut dense[j * d..(j + 1) * d])?;
+            let src = &rows[j * payload + off..j * payload + off + column];
+            quant::dequantize(dtype, src, &mut dense[j * d..(j + 1) * d])?;
         }
         let hv = ArrayView2::from_shape((n, k), h).map_err(|e| Error::Invalid(e.to_string()))?;
         let dv = ArrayView2::from_shape((k, d), &dense[..]).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -396,8 +403,8 @@ fn accumulate_down(
         ndarray::linalg::general_mat_mul(1.0, &hv, &dv, 1.0, &mut ov);
         return Ok(());
     }
-    let bl = fmt.dtype.block_len();
-    let bb = fmt.dtype.block_bytes();
+    let bl = dtype.block_len();
+    let bb = dtype.block_bytes();
     let blocks = d / bl;
     // One token: split the output dimensions (whole blocks) over the pool; every task walks all k columns.
     let tasks = if n == 1 && k >= 64 { rayon::current_num_threads().min(blocks).max(1) } else { 1 };
@@ -408,7 +415,7 @@ fn accumulate_down(
             let a = h[t * k + j];
             if a != 0.0 {
                 let start = j * payload + off + b0 * bb;
-                axpy_row(fmt.dtype, &rows[start..start + nb * bb], a, o);
+                axpy_row(dtype, &rows[start..start + nb * bb], a, o);
             }
         }
     };
