@@ -74,8 +74,8 @@ fn llama_f32_layout_all_neurons_equals_dense() {
     }
 }
 
-/// Q4_1 records: gate and up rows are the source's bytes; down columns are re-quantized along the other axis,
-/// so flash differs from dense by that error only: small against the logit range.
+/// Q4_1 records: gate and up rows are the source's bytes; down columns are re-quantized to Q4_1 along the other
+/// axis, so flash differs from dense by that error only: small against the logit range.
 #[test]
 fn llama_q4_1_layout_stays_close_to_dense() {
     let tmp = tempfile::tempdir().unwrap();
@@ -83,10 +83,47 @@ fn llama_q4_1_layout_stays_close_to_dense() {
     fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q4_1, 12).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let f = dense.config().d_ffn;
-    let lay = convert(&src, &dense, &tmp.path().join("q.spike"), LayoutKind::Bundled, RecordDType::Source);
+    let out = tmp.path().join("q.spike");
+    let opts = ConvertOptions { column_dtype: Some(RecordDType::Q4_1), ..Default::default() };
+    layout::write(&dense, &src, &out, &opts).unwrap();
+    let lay = Arc::new(Layout::open(&out).unwrap());
+    assert_eq!(lay.column_dtype(), DType::Q4_1);
     let (model, mut ffn) = flash(&lay, BackendKind::Pool, Box::new(AllNeurons { d_ffn: f }));
     let (p, d) = compare(&dense, &model, &mut ffn);
     assert!(p < 0.05 && d < 0.05, "prompt {p}, decode {d}");
+}
+
+/// The default for a Q4_1 source: Q4_1 rows (the source's bytes) and q8_0 down columns, bundled and split
+/// (sections with 40- and 68-byte records). Flash reads each part in its own type and stays close to dense,
+/// several times closer than with Q4_1 columns, for prompts (batched columns) and decoding (one token).
+#[test]
+fn llama_q4_1_rows_q8_0_columns_stay_close_to_dense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q4_1, 12).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let f = dense.config().d_ffn;
+    let q4 = tmp.path().join("q4.spike");
+    layout::write(&dense, &src, &q4, &ConvertOptions { column_dtype: Some(RecordDType::Q4_1), ..Default::default() })
+        .unwrap();
+    let (model, mut ffn) =
+        flash(&Arc::new(Layout::open(&q4).unwrap()), BackendKind::Pool, Box::new(AllNeurons { d_ffn: f }));
+    let (p4, d4) = compare(&dense, &model, &mut ffn);
+    for kind in [LayoutKind::Bundled, LayoutKind::Split] {
+        let lay = convert(&src, &dense, &tmp.path().join(format!("{kind:?}.spike")), kind, RecordDType::Source);
+        assert_eq!((lay.dtype(), lay.column_dtype()), (DType::Q4_1, DType::Q8_0));
+        assert_eq!((lay.row_bytes(), lay.column_bytes(), lay.payload_bytes()), (40, 68, 148));
+        let (model, mut ffn) = flash(&lay, BackendKind::Pool, Box::new(AllNeurons { d_ffn: f }));
+        let (p, d) = compare(&dense, &model, &mut ffn);
+        assert!(p < 0.05 && d < 0.05, "{kind:?}: prompt {p}, decode {d}");
+        // A q8_0 step is 1/127 of a block's range, a Q4_1 step 1/15: the column error shrinks several times.
+        assert!(4.0 * p < p4 && 4.0 * d < d4, "{kind:?}: q8_0 columns {p}/{d} vs q4_1 columns {p4}/{d4}");
+        // Every neuron once per call: 148 bytes, in one request (bundled) or three (split).
+        let (io, calls) = (ffn.backend().stats(), ffn.stats.calls);
+        let per_neuron = if kind == LayoutKind::Split { 3 } else { 1 };
+        assert_eq!(io.bytes_requested, calls * f as u64 * 148, "{kind:?}");
+        assert_eq!(io.requests, calls * f as u64 * per_neuron, "{kind:?}");
+    }
 }
 
 /// OPT (ReLU) with the oracle's active sets (threshold 0): the skipped neurons are exactly zero, so flash mode

@@ -40,91 +40,166 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// Converts and checks every neuron of every layer against the source.
-fn check_round_trip(src: DType, kind: LayoutKind, rd: RecordDType, want: DType) {
+/// Converts a tiny Llama model with `src` matrices, rows as `rd` and columns as `cd`, and checks the types
+/// (`want_row`, `want_col`), every size, and every neuron of every layer against the source: rows copied byte
+/// for byte when they keep the source's type, everything else equal to the source's values stored in the
+/// wanted type, and the reported errors equal to the largest errors found.
+fn check_round_trip(
+    src: DType,
+    kind: LayoutKind,
+    rd: RecordDType,
+    cd: Option<RecordDType>,
+    want_row: DType,
+    want_col: DType,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let (path, model) = tiny_gguf(tmp.path(), src);
     let out = tmp.path().join("tiny.spike");
-    let summary = layout::write(&model, &path, &out, &opts(kind, rd)).unwrap();
+    let o = ConvertOptions { column_dtype: cd, ..opts(kind, rd) };
+    let summary = layout::write(&model, &path, &out, &o).unwrap();
     let lay = Layout::open(&out).unwrap();
-    assert_eq!(lay.dtype(), want);
+    let case = format!("{src} source, {kind:?}, rows {rd:?} columns {cd:?}");
+    assert_eq!((lay.dtype(), lay.column_dtype()), (want_row, want_col), "{case}");
+    assert_eq!(
+        (lay.manifest().dtype.as_str(), lay.manifest().column_dtype.as_str()),
+        (want_row.name(), want_col.name())
+    );
+    assert_eq!((summary.dtype.as_str(), summary.column_dtype.as_str()), (want_row.name(), want_col.name()));
     lay.check_model(model.config(), Some(&spike_flash::model::fetch::sha256_file(&path).unwrap())).unwrap();
     let report = lay.verify().unwrap();
     assert_eq!(report.sections, model.config().n_layers * if kind == LayoutKind::Split { 3 } else { 1 });
     assert!(report.tensors > 0);
     let (d, f) = (model.config().d_model, model.config().d_ffn);
-    let rb = want.bytes_for(d as u64).unwrap() as usize;
-    assert_eq!(summary.neuron_bytes as usize, 3 * rb);
-    assert_eq!(summary.record_bytes as usize, if kind == LayoutKind::Split { rb } else { 3 * rb });
-    let mut worst = 0.0f32;
+    let rb = want_row.bytes_for(d as u64).unwrap() as usize;
+    let cb = want_col.bytes_for(d as u64).unwrap() as usize;
+    assert_eq!((lay.row_bytes(), lay.column_bytes(), lay.payload_bytes()), (rb, cb, 2 * rb + cb), "{case}");
+    assert_eq!(summary.neuron_bytes as usize, 2 * rb + cb);
+    let sections: Vec<u64> = match kind {
+        LayoutKind::Bundled => vec![(2 * rb + cb) as u64],
+        LayoutKind::Split => vec![rb as u64, rb as u64, cb as u64],
+    };
+    assert_eq!(summary.record_bytes, sections[0], "{case}");
+    assert_eq!(summary.sections.iter().map(|s| s.record_bytes).collect::<Vec<_>>(), sections, "{case}");
+    let m = lay.manifest();
+    assert_eq!((m.record_bytes, m.record_stride), (sections[0], sections[0]));
+    for layer in &m.layers {
+        for (s, &want) in layer.sections.iter().zip(&sections) {
+            assert_eq!((s.record_bytes, s.record_stride), (want, want), "{case}: section {}", s.name);
+            assert_eq!(s.len, (f as u64 * want).div_ceil(4096) * 4096, "{case}: section {}", s.name);
+        }
+    }
+    let (mut worst_rows, mut worst_cols) = (0.0f32, 0.0f32);
+    let rows_copied = rd == RecordDType::Source;
     for l in 0..model.config().n_layers {
         let rows = NeuronRows::from_model(&model, l).unwrap();
         let FfnWeights::Gated { gate, up, .. } = &model.layer(l).ffn else { panic!("gated") };
         for n in 0..f {
             let rec = lay.neuron_record(l, n).unwrap();
-            if rd == RecordDType::Source {
+            assert_eq!(rec.len(), 2 * rb + cb);
+            if rows_copied {
                 assert_eq!(&rec[..rb], model.matrix(&gate.w).row(n), "gate row bytes, layer {l} neuron {n}");
                 assert_eq!(&rec[rb..2 * rb], model.matrix(&up.w).row(n), "up row bytes, layer {l} neuron {n}");
             }
             let got = lay.decode_neuron(&rec).unwrap();
             let row = |m: &[f32]| m[n * d..(n + 1) * d].to_vec();
-            let expect = |exact: Vec<f32>, copied: bool| if copied { exact } else { roundtrip(want, &exact) };
-            let copied = want == src;
-            assert_eq!(bits(&got.first), bits(&expect(row(&rows.first), copied)), "gate, layer {l} neuron {n}");
-            let up_rows = rows.up.as_deref().unwrap();
-            assert_eq!(bits(got.up.as_deref().unwrap()), bits(&expect(row(up_rows), copied)), "up {l}/{n}");
+            let expect = |exact: Vec<f32>| if rows_copied { exact } else { roundtrip(want_row, &exact) };
+            let (gate_exact, up_exact) = (row(&rows.first), row(rows.up.as_deref().unwrap()));
+            assert_eq!(bits(&got.first), bits(&expect(gate_exact.clone())), "gate, layer {l} neuron {n}");
+            assert_eq!(bits(got.up.as_deref().unwrap()), bits(&expect(up_exact.clone())), "up {l}/{n}");
+            for (a, b) in got.first.iter().chain(got.up.as_deref().unwrap()).zip(gate_exact.iter().chain(&up_exact)) {
+                worst_rows = worst_rows.max((a - b).abs());
+            }
             let col = row(&rows.second_t);
-            assert_eq!(bits(&got.second_col), bits(&roundtrip(want, &col)), "down, layer {l} neuron {n}");
+            assert_eq!(bits(&got.second_col), bits(&roundtrip(want_col, &col)), "down, layer {l} neuron {n}");
             for (a, b) in got.second_col.iter().zip(&col) {
-                worst = worst.max((a - b).abs());
-                assert!((a - b).abs() <= summary.max_abs_error, "down error {} > reported", (a - b).abs());
+                worst_cols = worst_cols.max((a - b).abs());
             }
             assert_eq!(got.b1, None);
         }
     }
-    if want == DType::F32 {
-        assert_eq!(summary.max_abs_error, 0.0);
-    } else {
-        assert!(worst > 0.0 && worst <= summary.max_abs_error);
-    }
+    assert_eq!(summary.max_abs_error_rows, worst_rows, "{case}: reported row error");
+    assert_eq!(summary.max_abs_error_columns, worst_cols, "{case}: reported column error");
+    assert_eq!(worst_rows == 0.0, rows_copied || want_row == DType::F32, "{case}: row error {worst_rows}");
+    assert_eq!(worst_cols == 0.0, want_col == DType::F32, "{case}: column error {worst_cols}");
 }
 
+/// `--dtype source` of a 4-bit source: rows byte for byte, q8_0 columns by default; explicit Q4_1 columns are
+/// the source's type re-quantized along the other axis.
 #[test]
 fn q4_1_source_bundled_and_split_read_back_the_source() {
-    check_round_trip(DType::Q4_1, LayoutKind::Bundled, RecordDType::Source, DType::Q4_1);
-    check_round_trip(DType::Q4_1, LayoutKind::Split, RecordDType::Source, DType::Q4_1);
+    use RecordDType::{Source, Q4_1};
+    for kind in [LayoutKind::Bundled, LayoutKind::Split] {
+        check_round_trip(DType::Q4_1, kind, Source, None, DType::Q4_1, DType::Q8_0);
+        check_round_trip(DType::Q4_1, kind, Source, Some(Q4_1), DType::Q4_1, DType::Q4_1);
+        check_round_trip(DType::Q4_1, kind, Source, Some(Source), DType::Q4_1, DType::Q4_1);
+    }
+    check_round_trip(DType::Q4_0, LayoutKind::Split, Source, None, DType::Q4_0, DType::Q8_0);
+    check_round_trip(DType::Q4_0, LayoutKind::Bundled, Source, Some(Source), DType::Q4_0, DType::Q4_0);
 }
 
 #[test]
-fn f32_source_bundled_and_split_are_exact() {
-    check_round_trip(DType::F32, LayoutKind::Bundled, RecordDType::Source, DType::F32);
-    check_round_trip(DType::F32, LayoutKind::Split, RecordDType::Source, DType::F32);
+fn f32_and_q8_0_sources_keep_one_type_by_default() {
+    check_round_trip(DType::F32, LayoutKind::Bundled, RecordDType::Source, None, DType::F32, DType::F32);
+    check_round_trip(DType::F32, LayoutKind::Split, RecordDType::Source, None, DType::F32, DType::F32);
+    check_round_trip(DType::Q8_0, LayoutKind::Bundled, RecordDType::Source, None, DType::Q8_0, DType::Q8_0);
 }
 
 #[test]
 fn other_record_types() {
-    check_round_trip(DType::Q4_1, LayoutKind::Bundled, RecordDType::F32, DType::F32);
-    check_round_trip(DType::Q4_1, LayoutKind::Split, RecordDType::F16, DType::F16);
-    check_round_trip(DType::F32, LayoutKind::Bundled, RecordDType::Q8_0, DType::Q8_0);
-    check_round_trip(DType::F32, LayoutKind::Split, RecordDType::Q4_1, DType::Q4_1);
+    use RecordDType::{Source, F16, F32, Q4_1, Q8_0};
+    check_round_trip(DType::Q4_1, LayoutKind::Bundled, F32, None, DType::F32, DType::F32);
+    check_round_trip(DType::Q4_1, LayoutKind::Split, F16, None, DType::F16, DType::F16);
+    check_round_trip(DType::F32, LayoutKind::Bundled, Q8_0, None, DType::Q8_0, DType::Q8_0);
+    check_round_trip(DType::F32, LayoutKind::Split, Q4_1, None, DType::Q4_1, DType::Q4_1);
+    // Rows and columns of different types.
+    check_round_trip(DType::Q4_1, LayoutKind::Split, F16, Some(Q4_1), DType::F16, DType::Q4_1);
+    check_round_trip(DType::F32, LayoutKind::Bundled, Q8_0, Some(F16), DType::Q8_0, DType::F16);
+    check_round_trip(DType::Q4_1, LayoutKind::Split, Source, Some(F32), DType::Q4_1, DType::F32);
+    check_round_trip(DType::F32, LayoutKind::Split, Q4_1, Some(Source), DType::Q4_1, DType::F32);
 }
 
 #[test]
 fn packing_and_summary() {
     let tmp = tempfile::tempdir().unwrap();
     let (path, model) = tiny_gguf(tmp.path(), DType::Q4_1);
+    // The default for a Q4_1 source: two Q4_1 rows of 64 values (40 B each) and a q8_0 column (68 B).
     let o = ConvertOptions { align: 512, pack: 512, ..Default::default() };
     let s = layout::write(&model, &path, &tmp.path().join("a.spike"), &o).unwrap();
-    assert_eq!((s.record_bytes, s.record_stride), (120, 512));
-    assert!((s.read_amplification - 512.0 / 120.0).abs() < 1e-9);
+    assert_eq!((s.record_bytes, s.record_stride), (148, 512));
+    assert!((s.read_amplification - 512.0 / 148.0).abs() < 1e-9);
     let f = model.config().d_ffn as u64;
     assert_eq!(s.ffn_bytes, 512 + 2 * f * 512);
     assert_eq!(fs::metadata(tmp.path().join("a.spike/ffn.bin")).unwrap().len(), s.ffn_bytes);
     let lay = Layout::open(&tmp.path().join("a.spike")).unwrap();
     lay.verify().unwrap();
     let s = layout::write(&model, &path, &tmp.path().join("b.spike"), &ConvertOptions::default()).unwrap();
-    assert_eq!((s.record_bytes, s.record_stride), (120, 120));
-    assert_eq!(s.ffn_bytes, 4096 + 2 * (f * 120).div_ceil(4096) * 4096);
+    assert_eq!((s.record_bytes, s.record_stride), (148, 148));
+    assert_eq!(s.ffn_bytes, 4096 + 2 * (f * 148).div_ceil(4096) * 4096);
+    let o = ConvertOptions { column_dtype: Some(RecordDType::Q4_1), ..Default::default() };
+    let s = layout::write(&model, &path, &tmp.path().join("b4.spike"), &o).unwrap();
+    assert_eq!((s.record_bytes, s.record_stride, s.neuron_bytes), (120, 120, 120));
+    // Split: the rows' sections have 40-byte records, the columns' 68-byte ones, each section its own length.
+    let o = ConvertOptions { kind: LayoutKind::Split, align: 512, ..Default::default() };
+    let s = layout::write(&model, &path, &tmp.path().join("s.spike"), &o).unwrap();
+    let strides: Vec<(u64, u64)> = s.sections.iter().map(|r| (r.record_bytes, r.record_stride)).collect();
+    assert_eq!(strides, [(40, 40), (40, 40), (68, 68)]);
+    assert_eq!((s.record_bytes, s.record_stride, s.neuron_bytes), (40, 40, 148));
+    let (rows, cols) = ((f * 40).div_ceil(512) * 512, (f * 68).div_ceil(512) * 512);
+    assert_eq!(s.ffn_bytes, 512 + 2 * (2 * rows + cols));
+    assert!((s.read_amplification - 3.0 * 512.0 / 148.0).abs() < 1e-9);
+    let lay = Layout::open(&tmp.path().join("s.spike")).unwrap();
+    lay.verify().unwrap();
+    let m = lay.manifest();
+    let lens: Vec<u64> = m.layers[1].sections.iter().map(|s| s.len).collect();
+    assert_eq!(lens, [rows, rows, cols]);
+    // Neuron 5 of layer 1: one read per section, placed one after the other in the bundled payload format.
+    let mut reqs = Vec::new();
+    lay.neuron_reads(1, 5, 1000, &mut reqs).unwrap();
+    let got: Vec<(u64, usize, usize)> = reqs.iter().map(|r| (r.offset, r.len, r.dst)).collect();
+    let sec = &m.layers[1].sections;
+    let want =
+        [(sec[0].offset + 5 * 40, 40, 1000), (sec[1].offset + 5 * 40, 40, 1040), (sec[2].offset + 5 * 68, 68, 1080)];
+    assert_eq!(got, want);
     for bad in [ConvertOptions { align: 1000, ..Default::default() }, ConvertOptions { pack: 8, ..Default::default() }]
     {
         assert!(matches!(layout::write(&model, &path, &tmp.path().join("c.spike"), &bad), Err(Error::Invalid(_))));
@@ -217,11 +292,13 @@ fn open_refuses_another_version_and_format() {
     let mpath = out.join("manifest.json");
     let text = fs::read_to_string(&mpath).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for old in [1, 3] {
+        v["version"] = old.into();
+        fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+        let e = Layout::open(&out).unwrap_err().to_string();
+        assert!(e.contains("manifest.json") && e.contains(&format!("version {old}")) && e.contains("version 2"), "{e}");
+    }
     v["version"] = 2.into();
-    fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
-    let e = Layout::open(&out).unwrap_err().to_string();
-    assert!(e.contains("manifest.json") && e.contains("version 2") && e.contains("version 1"), "{e}");
-    v["version"] = 1.into();
     v["format"] = "other".into();
     fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
     let e = Layout::open(&out).unwrap_err().to_string();
@@ -236,6 +313,55 @@ fn open_refuses_another_version_and_format() {
     fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
     let e = Layout::open(&out).unwrap_err().to_string();
     assert!(e.contains("overlaps"), "{e}");
+}
+
+/// The column type and the per-section record sizes are checked against each other and against `ffn.bin`'s
+/// header, by name.
+#[test]
+fn open_checks_column_types_and_section_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, model) = tiny_gguf(tmp.path(), DType::Q4_1);
+    let out = tmp.path().join("s.spike");
+    layout::write(&model, &path, &out, &opts(LayoutKind::Split, RecordDType::Source)).unwrap();
+    let mpath = out.join("manifest.json");
+    let good: serde_json::Value = serde_json::from_str(&fs::read_to_string(&mpath).unwrap()).unwrap();
+    assert_eq!((good["dtype"].as_str(), good["column_dtype"].as_str()), (Some("q4_1"), Some("q8_0")));
+    assert_eq!(good["layers"][0]["sections"][2]["record_bytes"], 68);
+    let ffn = out.join("ffn.bin");
+    let header = fs::read(&ffn).unwrap()[..64].to_vec();
+    assert_eq!(&header[8..12], &2u32.to_le_bytes(), "version 2");
+    assert_eq!(&header[24..28], &3u32.to_le_bytes(), "rows: ggml q4_1");
+    assert_eq!(&header[28..32], &40u32.to_le_bytes(), "record_bytes: a row");
+    assert_eq!(&header[56..60], &8u32.to_le_bytes(), "columns: ggml q8_0");
+
+    let open_with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = good.clone();
+        edit(&mut v);
+        fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+        Layout::open(&out).unwrap_err().to_string()
+    };
+    let e = open_with(&|v| v["column_dtype"] = "bf16".into());
+    assert!(e.contains("unknown column dtype `bf16`"), "{e}");
+    // q4_1 columns would make the down records 40 bytes: the sections say 68.
+    let e = open_with(&|v| v["column_dtype"] = "q4_1".into());
+    assert!(e.contains("layer 0 section `down`") && e.contains("record_bytes 68"), "{e}");
+    let e = open_with(&|v| v["layers"][1]["sections"][2]["record_stride"] = 72.into());
+    assert!(e.contains("layer 1 section `down`") && e.contains("record_stride"), "{e}");
+    let e = open_with(&|v| v["layers"][1]["sections"][0]["record_bytes"] = 68.into());
+    assert!(e.contains("layer 1 section `gate`") && e.contains("record_bytes"), "{e}");
+    let e = open_with(&|v| v["record_bytes"] = 68.into());
+    assert!(e.contains("record_bytes 68 does not fit q4_1 rows and q8_0 columns"), "{e}");
+
+    // A header with a valid crc that names other columns than the manifest: refused by name.
+    let mut h = header.clone();
+    h[56..60].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..60]);
+    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    let mut bytes = fs::read(&ffn).unwrap();
+    bytes[..64].copy_from_slice(&h);
+    fs::write(&ffn, bytes).unwrap();
+    let e = open_with(&|v| v["ffn"]["header_crc32c"] = crc.into());
+    assert!(e.contains("ffn.bin") && e.contains("column_dtype does not match the manifest"), "{e}");
 }
 
 #[test]
@@ -292,16 +418,25 @@ fn opt_checkpoint_bundled_and_split() {
     synth::write_hf_checkpoint(&spec, &ck).unwrap();
     let model = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
     let (d, f) = (model.config().d_model, model.config().d_ffn);
-    for (kind, rd, want) in [
-        (LayoutKind::Bundled, RecordDType::Source, DType::F16),
-        (LayoutKind::Split, RecordDType::Source, DType::F16),
-        (LayoutKind::Bundled, RecordDType::Q8_0, DType::Q8_0),
+    for (kind, rd, cd, want, want_col) in [
+        (LayoutKind::Bundled, RecordDType::Source, None, DType::F16, DType::F16),
+        (LayoutKind::Split, RecordDType::Source, None, DType::F16, DType::F16),
+        (LayoutKind::Bundled, RecordDType::Q8_0, None, DType::Q8_0, DType::Q8_0),
+        (LayoutKind::Bundled, RecordDType::Source, Some(RecordDType::Q8_0), DType::F16, DType::Q8_0),
+        (LayoutKind::Split, RecordDType::Source, Some(RecordDType::Q4_1), DType::F16, DType::Q4_1),
+        (LayoutKind::Split, RecordDType::Q8_0, Some(RecordDType::F32), DType::Q8_0, DType::F32),
     ] {
-        let out = tmp.path().join(format!("opt-{kind:?}-{want}.spike"));
-        let s = layout::write(&model, &ck, &out, &opts(kind, rd)).unwrap();
+        let out = tmp.path().join(format!("opt-{kind:?}-{want}-{want_col}.spike"));
+        let s = layout::write(&model, &ck, &out, &ConvertOptions { column_dtype: cd, ..opts(kind, rd) }).unwrap();
         let rb = want.bytes_for(d as u64).unwrap();
-        assert_eq!(s.neuron_bytes, 2 * rb + 4);
+        let cb = want_col.bytes_for(d as u64).unwrap();
+        assert_eq!(s.neuron_bytes, rb + cb + 4);
         let lay = Layout::open(&out).unwrap();
+        assert_eq!((lay.dtype(), lay.column_dtype()), (want, want_col));
+        let bias = if kind == LayoutKind::Bundled { 4 } else { 0 };
+        assert_eq!(lay.payload_bytes() as u64, rb + cb + bias, "split OPT records carry no bias");
+        let records: Vec<u64> = s.sections.iter().map(|r| r.record_bytes).collect();
+        assert_eq!(records, if kind == LayoutKind::Bundled { vec![rb + cb + 4] } else { vec![rb, cb] });
         lay.verify().unwrap();
         lay.check_model(model.config(), None).unwrap();
         assert_eq!(lay.manifest().layers[0].sections.len(), if kind == LayoutKind::Split { 2 } else { 1 });
@@ -314,14 +449,19 @@ fn opt_checkpoint_bundled_and_split() {
                 let first = rows.first[n * d..(n + 1) * d].to_vec();
                 let first = if want == DType::F16 { first } else { roundtrip(want, &first) };
                 assert_eq!(bits(&got.first), bits(&first), "fc1 row, layer {l} neuron {n}");
-                assert_eq!(bits(&got.second_col), bits(&roundtrip(want, &rows.second_t[n * d..(n + 1) * d])));
+                assert_eq!(bits(&got.second_col), bits(&roundtrip(want_col, &rows.second_t[n * d..(n + 1) * d])));
                 assert_eq!(got.up, None);
                 let want_b1 = if kind == LayoutKind::Bundled { Some(bias) } else { None };
                 assert_eq!(got.b1.map(f32::to_bits), want_b1.map(f32::to_bits), "b1, layer {l} neuron {n}");
             }
         }
         if want == DType::F16 {
-            assert_eq!(s.max_abs_error, 0.0, "f16 columns of an f16 source are exact");
+            assert_eq!(s.max_abs_error_rows, 0.0, "f16 rows of an f16 source are copied");
+        }
+        if matches!(want_col, DType::F16 | DType::F32) {
+            assert_eq!(s.max_abs_error_columns, 0.0, "{want_col} columns of an f16 source are exact");
+        } else {
+            assert!(s.max_abs_error_columns > 0.0);
         }
         // resident.bin: everything but the streamed matrices, under the checkpoint's names, with the config.
         let res = GgufFile::open(&out.join("resident.bin")).unwrap();

@@ -73,12 +73,13 @@ fn convert_then_verify_a_tiny_model() {
         .arg(&model)
         .arg("-o")
         .arg(&out_dir)
-        .args(["--layout", "split", "--dtype", "q8_0", "--align", "512"])
+        .args(["--layout", "split", "--dtype", "q8_0", "--column-dtype", "f16", "--align", "512"])
         .output()
         .expect("run spike convert");
     assert!(out.status.success(), "convert: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("tiny.spike") && text.contains("read amplification"), "{text}");
+    assert!(text.contains("rows q8_0, columns f16"), "{text}");
     let out = spike().arg("verify").arg(&out_dir).output().expect("run spike verify");
     assert!(out.status.success(), "verify: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));

@@ -138,12 +138,17 @@ impl TokenRecord {
 /// How a record's bytes are laid out, from the layout's manifest.
 #[derive(Debug, Clone, Copy)]
 struct RowFormat {
+    /// Element type of the rows (gate, up, fc1).
     dtype: DType,
+    /// Element type of the down (fc2) column.
+    column_dtype: DType,
     d: usize,
     f: usize,
     gated: bool,
-    /// Bytes of one part (a row or column of `d` values).
+    /// Bytes of one row (gate, up, fc1) of `d` values.
     part: usize,
+    /// Bytes of the down (fc2) column of `d` values, which follows the rows.
+    column: usize,
     /// Bytes of a whole payload (the stride of rows side by side).
     payload: usize,
     act: Activation,
@@ -302,10 +307,12 @@ impl FlashFfn {
         let cfg = model.config();
         let fmt = RowFormat {
             dtype: layout.dtype(),
+            column_dtype: layout.column_dtype(),
             d: cfg.d_model,
             f: cfg.d_ffn,
             gated: layout.gated(),
-            part: layout.part_bytes(),
+            part: layout.row_bytes(),
+            column: layout.column_bytes(),
             payload: layout.payload_bytes(),
             act: cfg.activation,
         };
@@ -563,8 +570,8 @@ fn accumulate_down(
     dense: &mut Vec<f32>,
     out: &mut [f32],
 ) -> Result<()> {
-    let (d, part, payload) = (fmt.d, fmt.part, fmt.payload);
-    let off = if fmt.gated { 2 * part } else { part };
+    let (d, column, payload, dtype) = (fmt.d, fmt.column, fmt.payload, fmt.column_dtype);
+    let off = if fmt.gated { 2 * fmt.part } else { fmt.part };
     if n >= 8 {
         // A batch: dequantize the columns, a bounded block of rows at a time, and multiply as f32 matrices.
         const BLOCK: usize = 256;
@@ -575,7 +582,7 @@ fn accumulate_down(
             dense.resize(kb * d, 0.0);
             for j in 0..kb {
                 let at = (j0 + j) * payload + off;
-                quant::dequantize(fmt.dtype, &rows[at..at + part], &mut dense[j * d..(j + 1) * d])?;
+                quant::dequantize(dtype, &rows[at..at + column], &mut dense[j * d..(j + 1) * d])?;
             }
             let dv = ArrayView2::from_shape((kb, d), &dense[..]).map_err(|e| Error::Invalid(e.to_string()))?;
             let hb = hv.slice(ndarray::s![.., j0..j0 + kb]);
@@ -583,8 +590,8 @@ fn accumulate_down(
         }
         return Ok(());
     }
-    let bl = fmt.dtype.block_len();
-    let bb = fmt.dtype.block_bytes();
+    let bl = dtype.block_len();
+    let bb = dtype.block_bytes();
     let blocks = d / bl;
     // One token: split the output dimensions (whole blocks) over the pool; every task walks all k columns.
     let tasks = if n == 1 && k >= 64 { rayon::current_num_threads().min(blocks).max(1) } else { 1 };
@@ -595,7 +602,7 @@ fn accumulate_down(
             let a = h[t * k + j];
             if a != 0.0 {
                 let start = j * payload + off + b0 * bb;
-                axpy_row(fmt.dtype, &rows[start..start + nb * bb], a, o);
+                axpy_row(dtype, &rows[start..start + nb * bb], a, o);
             }
         }
     };

@@ -13,12 +13,14 @@ mod read;
 mod write;
 
 pub use read::{Layout, NeuronF32, VerifyReport};
-pub use write::{check_order, write, ConvertOptions, RecordDType, Summary, HF_CONFIG_KEY, HF_TOKENIZER_KEY};
+pub use write::{
+    check_order, write, ConvertOptions, RecordDType, SectionRecords, Summary, HF_CONFIG_KEY, HF_TOKENIZER_KEY,
+};
 
 /// The manifest's `format` member.
 pub const FORMAT: &str = "spike-layout";
 /// The format version this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// `ffn.bin`'s magic.
 pub const FFN_MAGIC: &[u8; 8] = b"SPIKEFFN";
 /// Bytes of `ffn.bin`'s header that carry data (the header occupies `align` bytes).
@@ -93,6 +95,10 @@ pub struct Section {
     pub name: String,
     pub offset: u64,
     pub len: u64,
+    /// Payload bytes of one record of this section (a neuron when bundled; a row or a column when split).
+    pub record_bytes: u64,
+    /// Distance between consecutive records of this section: `record_bytes` rounded up to `pack`.
+    pub record_stride: u64,
     pub crc32c: u32,
 }
 
@@ -113,10 +119,14 @@ pub struct Manifest {
     pub model: ModelConfig,
     pub source: SourceInfo,
     pub kind: LayoutKind,
-    /// Record element type, as ggml names it (`f32`, `f16`, `q8_0`, `q4_0`, `q4_1`).
+    /// Element type of the rows (gate, up, fc1), as ggml names it (`f32`, `f16`, `q8_0`, `q4_0`, `q4_1`).
     pub dtype: String,
+    /// Element type of the columns (down, fc2), named like `dtype`.
+    pub column_dtype: String,
     pub align: u64,
+    /// Payload bytes of one record of a layer's first section: a neuron (bundled) or a row (split).
     pub record_bytes: u64,
+    /// `record_bytes` rounded up to `pack`.
     pub record_stride: u64,
     pub pack: u64,
     pub resident: ResidentInfo,
@@ -134,15 +144,25 @@ pub fn round_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
 
-/// Payload bytes of one record: a whole neuron (bundled) or one row (split); `None` when `d` is not a whole
-/// number of `dtype` blocks.
-pub fn record_bytes(kind: LayoutKind, dtype: DType, d: usize, gated: bool) -> Option<u64> {
-    let rb = dtype.bytes_for(d as u64)?;
+/// Payload bytes of one record of each section of a layer, in the order of [`LayoutKind::section_names`]:
+/// bundled, one neuron (gate row | up row | down column, or fc1 row | fc2 column | fc1 bias f32); split, a row
+/// of `row` elements (gate, up, fc1) or a column of `column` elements (down, fc2). `None` when `d` is not a
+/// whole number of blocks of either type.
+pub fn section_record_bytes(kind: LayoutKind, row: DType, column: DType, d: usize, gated: bool) -> Option<Vec<u64>> {
+    let rb = row.bytes_for(d as u64)?;
+    let cb = column.bytes_for(d as u64)?;
     Some(match (kind, gated) {
-        (LayoutKind::Split, _) => rb,
-        (LayoutKind::Bundled, true) => 3 * rb,
-        (LayoutKind::Bundled, false) => 2 * rb + 4,
+        (LayoutKind::Bundled, true) => vec![2 * rb + cb],
+        (LayoutKind::Bundled, false) => vec![rb + cb + 4],
+        (LayoutKind::Split, true) => vec![rb, rb, cb],
+        (LayoutKind::Split, false) => vec![rb, cb],
     })
+}
+
+/// Payload bytes of one record of a layer's first section (the manifest's and header's `record_bytes`): a
+/// whole neuron (bundled) or one row (split); `None` when `d` is not a whole number of blocks of either type.
+pub fn record_bytes(kind: LayoutKind, row: DType, column: DType, d: usize, gated: bool) -> Option<u64> {
+    section_record_bytes(kind, row, column, d, gated).and_then(|v| v.first().copied())
 }
 
 /// The 16 bytes a layout id's 32 hex digits encode.
@@ -168,6 +188,7 @@ pub struct FfnHeader {
     pub record_bytes: u32,
     pub record_stride: u64,
     pub layout_id: [u8; 16],
+    pub column_dtype: u32,
 }
 
 impl FfnHeader {
@@ -183,6 +204,7 @@ impl FfnHeader {
         h[28..32].copy_from_slice(&self.record_bytes.to_le_bytes());
         h[32..40].copy_from_slice(&self.record_stride.to_le_bytes());
         h[40..56].copy_from_slice(&self.layout_id);
+        h[56..60].copy_from_slice(&self.column_dtype.to_le_bytes());
         let crc = crc32c::crc32c(&h[..60]);
         h[60..64].copy_from_slice(&crc.to_le_bytes());
         h
@@ -211,6 +233,7 @@ impl FfnHeader {
             record_bytes: u32_at(28),
             record_stride: u64::from_le_bytes(stride),
             layout_id,
+            column_dtype: u32_at(56),
         })
     }
 }
@@ -227,11 +250,13 @@ mod tests {
             n_layers: 3,
             kind: 1,
             dtype: 3,
-            record_bytes: 1080,
+            record_bytes: 1332,
             record_stride: 4096,
             layout_id: layout_id_bytes("00112233445566778899aabbccddeeff").expect("id"),
+            column_dtype: 8,
         };
         let mut b = h.encode();
+        assert_eq!(&b[56..60], &[8, 0, 0, 0]);
         assert_eq!(FfnHeader::decode(&b), Ok(h));
         b[17] ^= 1;
         assert!(FfnHeader::decode(&b).expect_err("crc").contains("crc32c"));
@@ -241,10 +266,19 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(record_bytes(LayoutKind::Bundled, DType::Q4_1, 64, true), Some(3 * 40));
-        assert_eq!(record_bytes(LayoutKind::Bundled, DType::F32, 64, false), Some(2 * 256 + 4));
-        assert_eq!(record_bytes(LayoutKind::Split, DType::Q8_0, 64, true), Some(68));
-        assert_eq!(record_bytes(LayoutKind::Split, DType::Q8_0, 48, true), None);
+        use LayoutKind::{Bundled, Split};
+        assert_eq!(record_bytes(Bundled, DType::Q4_1, DType::Q4_1, 64, true), Some(3 * 40));
+        assert_eq!(record_bytes(Bundled, DType::Q4_1, DType::Q8_0, 64, true), Some(2 * 40 + 68));
+        assert_eq!(record_bytes(Bundled, DType::F32, DType::F32, 64, false), Some(2 * 256 + 4));
+        assert_eq!(record_bytes(Bundled, DType::F16, DType::Q8_0, 64, false), Some(128 + 68 + 4));
+        assert_eq!(record_bytes(Split, DType::Q8_0, DType::Q8_0, 64, true), Some(68));
+        assert_eq!(record_bytes(Split, DType::Q8_0, DType::Q8_0, 48, true), None);
+        assert_eq!(record_bytes(Split, DType::F32, DType::Q8_0, 48, true), None, "48 is not a whole q8_0 block");
+        assert_eq!(section_record_bytes(Split, DType::Q4_1, DType::Q8_0, 64, true), Some(vec![40, 40, 68]));
+        assert_eq!(section_record_bytes(Split, DType::F16, DType::Q4_1, 64, false), Some(vec![128, 40]));
+        // The default model: d_model 576, Q4_1 rows and q8_0 columns.
+        assert_eq!(record_bytes(Bundled, DType::Q4_1, DType::Q8_0, 576, true), Some(1332));
+        assert_eq!(record_bytes(Bundled, DType::Q4_1, DType::Q4_1, 576, true), Some(1080));
         assert_eq!(round_up(1080, 4096), 4096);
         assert_eq!(round_up(8192, 4096), 8192);
         assert_eq!(dtype_by_name("q4_1"), Some(DType::Q4_1));

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    dtype_by_name, layout_id_bytes, record_bytes, round_up, FfnHeader, LayoutKind, Manifest, FFN_FILE, FORMAT,
+    dtype_by_name, layout_id_bytes, round_up, section_record_bytes, FfnHeader, LayoutKind, Manifest, FFN_FILE, FORMAT,
     HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
 };
 use crate::model::config::ModelConfig;
@@ -18,7 +18,10 @@ use crate::{Error, Result};
 pub struct Layout {
     dir: PathBuf,
     manifest: Manifest,
+    /// Element type of the rows (gate, up, fc1).
     dtype: DType,
+    /// Element type of the columns (down, fc2).
+    column_dtype: DType,
     gated: bool,
     /// Per layer, the position of each neuron (empty for the identity order).
     position: Vec<Vec<u32>>,
@@ -80,8 +83,8 @@ impl Layout {
         }
         let manifest: Manifest = serde_json::from_value(value)
             .map_err(|e| err(&mpath, format!("does not describe a version {VERSION} layout: {e}")))?;
-        let (dtype, gated, position) = check_manifest(&mpath, &manifest)?;
-        let layout = Layout { dir: dir.to_path_buf(), manifest, dtype, gated, position };
+        let Checked { dtype, column_dtype, gated, position } = check_manifest(&mpath, &manifest)?;
+        let layout = Layout { dir: dir.to_path_buf(), manifest, dtype, column_dtype, gated, position };
         layout.check_files()?;
         Ok(layout)
     }
@@ -96,9 +99,14 @@ impl Layout {
         &self.manifest
     }
 
-    /// The record element type.
+    /// The element type of the rows (gate, up, fc1).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The element type of the columns (down, fc2).
+    pub fn column_dtype(&self) -> DType {
+        self.column_dtype
     }
 
     /// Checks that the layout was made from a model of configuration `cfg` and, when given, of file sha256
@@ -135,7 +143,7 @@ impl Layout {
         let hd = FfnHeader::decode(&h).map_err(|w| err(&ffn_path, w))?;
         let crc = u32::from_le_bytes([h[60], h[61], h[62], h[63]]);
         let want_id = layout_id_bytes(&m.layout_id);
-        let checks: [(&str, bool); 9] = [
+        let checks: [(&str, bool); 10] = [
             ("version", hd.version == VERSION),
             ("header crc32c (manifest)", crc == m.ffn.header_crc32c),
             ("layout_id", Some(hd.layout_id) == want_id),
@@ -143,6 +151,7 @@ impl Layout {
             ("n_layers", hd.n_layers as usize == m.layers.len()),
             ("kind", hd.kind == m.kind.code()),
             ("dtype", hd.dtype == self.dtype.ggml_id()),
+            ("column_dtype", hd.column_dtype == self.column_dtype.ggml_id()),
             ("record_bytes", u64::from(hd.record_bytes) == m.record_bytes),
             ("record_stride", hd.record_stride == m.record_stride),
         ];
@@ -226,17 +235,16 @@ impl Layout {
     /// The payload of neuron `neuron` (original index) of `layer`, in the bundled record format whatever the
     /// layout's kind (split layouts' rows are read from each section and concatenated).
     pub fn neuron_record(&self, layer: usize, neuron: usize) -> Result<Vec<u8>> {
-        let rb = self.manifest.record_bytes;
         let ffn_path = self.dir.join(FFN_FILE);
         let file = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
-        let mut out = Vec::new();
-        for off in self.record_offsets(layer, neuron)? {
+        let mut out = Vec::with_capacity(self.payload_bytes());
+        for (off, len) in self.record_spans(layer, neuron)? {
             let start = out.len();
-            out.resize(start + rb as usize, 0);
+            out.resize(start + len as usize, 0);
             file.read_exact_at(&mut out[start..], off).map_err(|e| Error::Read {
                 path: ffn_path.clone(),
                 offset: off,
-                length: rb,
+                length: len,
                 source: e,
             })?;
         }
@@ -253,22 +261,28 @@ impl Layout {
         self.gated
     }
 
-    /// Bytes of one row of a part (gate, up, fc1 row; down, fc2 column) in the record type.
-    pub fn part_bytes(&self) -> usize {
+    /// Bytes of one row (gate, up, fc1) of `d_model` values in the rows' type.
+    pub fn row_bytes(&self) -> usize {
+        // `check_manifest` made sure `d_model` is a whole number of blocks.
         self.dtype.bytes_for(self.manifest.model.d_model as u64).unwrap_or(0) as usize
+    }
+
+    /// Bytes of one column (down, fc2) of `d_model` values in the columns' type.
+    pub fn column_bytes(&self) -> usize {
+        self.column_dtype.bytes_for(self.manifest.model.d_model as u64).unwrap_or(0) as usize
     }
 
     /// Bytes of a neuron in the bundled record format ([`Layout::neuron_record`]'s payload): what
     /// [`Layout::neuron_reads`] places at its destination, whatever the layout's kind.
     pub fn payload_bytes(&self) -> usize {
-        let parts = if self.gated { 3 } else { 2 };
+        let rows = if self.gated { 2 } else { 1 };
         let bias = if !self.gated && self.manifest.kind == LayoutKind::Bundled { 4 } else { 0 };
-        parts * self.part_bytes() + bias
+        rows * self.row_bytes() + self.column_bytes() + bias
     }
 
-    /// Where neuron `neuron` (original numbering) of `layer` is stored: the file offset of its record in each
-    /// section (one for bundled layouts; one per matrix for split ones).
-    fn record_offsets(&self, layer: usize, neuron: usize) -> Result<impl Iterator<Item = u64> + '_> {
+    /// Where neuron `neuron` (original numbering) of `layer` is stored: the file offset and payload length of
+    /// its record in each section (one for bundled layouts; one per matrix for split ones).
+    fn record_spans(&self, layer: usize, neuron: usize) -> Result<impl Iterator<Item = (u64, u64)> + '_> {
         let m = &self.manifest;
         let li = m.layers.get(layer).ok_or_else(|| Error::Invalid(format!("layer {layer} of {}", m.layers.len())))?;
         if neuron >= m.model.d_ffn {
@@ -278,7 +292,7 @@ impl Layout {
             Some(p) if !p.is_empty() => u64::from(p[neuron]),
             _ => neuron as u64,
         };
-        Ok(li.sections.iter().map(move |s| s.offset + k * m.record_stride))
+        Ok(li.sections.iter().map(move |s| (s.offset + k * s.record_stride, s.record_bytes)))
     }
 
     /// Appends the reads that place neuron `neuron` of `layer` at byte `dst` of a buffer, in the bundled
@@ -291,9 +305,11 @@ impl Layout {
         dst: usize,
         out: &mut Vec<crate::io::ReadReq>,
     ) -> Result<()> {
-        let len = self.manifest.record_bytes as usize;
-        for (i, offset) in self.record_offsets(layer, neuron)?.enumerate() {
-            out.push(crate::io::ReadReq { offset, len, dst: dst + i * len });
+        let mut at = dst;
+        for (offset, len) in self.record_spans(layer, neuron)? {
+            let len = len as usize;
+            out.push(crate::io::ReadReq { offset, len, dst: at });
+            at += len;
         }
         Ok(())
     }
@@ -347,26 +363,28 @@ impl Layout {
     /// Decodes a payload returned by [`Layout::neuron_record`].
     pub fn decode_neuron(&self, bytes: &[u8]) -> Result<NeuronF32> {
         let d = self.manifest.model.d_model;
-        let rb = self.dtype.bytes_for(d as u64).unwrap_or(0) as usize;
-        // Split plain (OPT) layouts keep the fc1 bias in resident.bin only: their records are 2 rows.
-        let want = match (self.gated, self.manifest.kind) {
-            (true, _) => 3 * rb,
-            (false, LayoutKind::Bundled) => 2 * rb + 4,
-            (false, LayoutKind::Split) => 2 * rb,
-        };
+        let (rb, cb) = (self.row_bytes(), self.column_bytes());
+        // Split plain (OPT) layouts keep the fc1 bias in resident.bin only: their records are a row and a column.
+        let want = self.payload_bytes();
         if bytes.len() != want {
             return Err(Error::Invalid(format!("a neuron record is {want} bytes, got {}", bytes.len())));
         }
-        let row = |i: usize| -> Result<Vec<f32>> {
+        let decode = |dtype: DType, at: usize, len: usize| -> Result<Vec<f32>> {
             let mut v = vec![0.0f32; d];
-            quant::dequantize(self.dtype, &bytes[i * rb..(i + 1) * rb], &mut v)?;
+            quant::dequantize(dtype, &bytes[at..at + len], &mut v)?;
             Ok(v)
         };
         if self.gated {
-            Ok(NeuronF32 { first: row(0)?, up: Some(row(1)?), second_col: row(2)?, b1: None })
+            let (first, up) = (decode(self.dtype, 0, rb)?, decode(self.dtype, rb, rb)?);
+            Ok(NeuronF32 { first, up: Some(up), second_col: decode(self.column_dtype, 2 * rb, cb)?, b1: None })
         } else {
-            let b1 = bytes.get(2 * rb..2 * rb + 4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            Ok(NeuronF32 { first: row(0)?, up: None, second_col: row(1)?, b1 })
+            let b1 = bytes.get(rb + cb..rb + cb + 4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            Ok(NeuronF32 {
+                first: decode(self.dtype, 0, rb)?,
+                up: None,
+                second_col: decode(self.column_dtype, rb, cb)?,
+                b1,
+            })
         }
     }
 }
@@ -375,10 +393,21 @@ fn show(v: Option<u64>) -> String {
     v.map_or_else(|| "missing".to_string(), |v| v.to_string())
 }
 
-/// Checks the manifest's internal consistency; returns the record type, whether the FFN is gated, and the
-/// per-layer neuron positions.
-fn check_manifest(mpath: &Path, m: &Manifest) -> Result<(DType, bool, Vec<Vec<u32>>)> {
+/// What [`check_manifest`] derives from a consistent manifest.
+struct Checked {
+    dtype: DType,
+    column_dtype: DType,
+    gated: bool,
+    /// Per layer, the position of each neuron (empty for the identity order).
+    position: Vec<Vec<u32>>,
+}
+
+/// Checks the manifest's internal consistency; returns the row and column types, whether the FFN is gated,
+/// and the per-layer neuron positions.
+fn check_manifest(mpath: &Path, m: &Manifest) -> Result<Checked> {
     let dtype = dtype_by_name(&m.dtype).ok_or_else(|| err(mpath, format!("unknown record dtype `{}`", m.dtype)))?;
+    let column_dtype = dtype_by_name(&m.column_dtype)
+        .ok_or_else(|| err(mpath, format!("unknown column dtype `{}`", m.column_dtype)))?;
     if !m.align.is_power_of_two() || m.align < MIN_ALIGN {
         return Err(err(mpath, format!("align {} is not a power of two >= {MIN_ALIGN}", m.align)));
     }
@@ -387,8 +416,20 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<(DType, bool, Vec<Vec<u3
     }
     let gated = m.model.arch != crate::model::config::Arch::Opt;
     let (d, f) = (m.model.d_model, m.model.d_ffn);
-    if record_bytes(m.kind, dtype, d, gated) != Some(m.record_bytes) {
-        return Err(err(mpath, format!("record_bytes {} does not fit {} rows of {d}", m.record_bytes, m.dtype)));
+    let Some(recs) = section_record_bytes(m.kind, dtype, column_dtype, d, gated) else {
+        return Err(err(
+            mpath,
+            format!("d_model {d} is not a whole number of {} blocks and {} blocks", m.dtype, m.column_dtype),
+        ));
+    };
+    if recs.first() != Some(&m.record_bytes) {
+        return Err(err(
+            mpath,
+            format!(
+                "record_bytes {} does not fit {} rows and {} columns of {d}",
+                m.record_bytes, m.dtype, m.column_dtype
+            ),
+        ));
     }
     if m.record_stride != round_up(m.record_bytes, m.pack) {
         return Err(err(mpath, format!("record_stride {} is not record_bytes rounded to pack", m.record_stride)));
@@ -396,7 +437,6 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<(DType, bool, Vec<Vec<u3
     if m.layers.len() != m.model.n_layers {
         return Err(err(mpath, format!("{} layers listed, the model has {}", m.layers.len(), m.model.n_layers)));
     }
-    let sec_len = round_up(f as u64 * m.record_stride, m.align);
     let names = m.kind.section_names(gated);
     let mut spans = Vec::new();
     let mut positions = Vec::with_capacity(m.layers.len());
@@ -405,10 +445,15 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<(DType, bool, Vec<Vec<u3
         if got != names {
             return Err(err(mpath, format!("layer {l}: sections {got:?}, expected {names:?}")));
         }
-        for s in &layer.sections {
-            let bad = if s.offset % m.align != 0 {
+        for (s, &rb) in layer.sections.iter().zip(&recs) {
+            let stride = round_up(rb, m.pack);
+            let bad = if s.record_bytes != rb {
+                Some("has the wrong record_bytes for its rows' or columns' type")
+            } else if s.record_stride != stride {
+                Some("has a record_stride that is not record_bytes rounded to pack")
+            } else if s.offset % m.align != 0 {
                 Some("is not aligned")
-            } else if s.len != sec_len {
+            } else if s.len != round_up(f as u64 * stride, m.align) {
                 Some("has the wrong length")
             } else if s.offset < m.align || s.offset.checked_add(s.len).is_none_or(|e| e > m.ffn.len) {
                 Some("lies outside ffn.bin's data")
@@ -418,7 +463,10 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<(DType, bool, Vec<Vec<u3
             if let Some(bad) = bad {
                 return Err(err(
                     mpath,
-                    format!("layer {l} section `{}` (offset {}, len {}) {bad}", s.name, s.offset, s.len),
+                    format!(
+                        "layer {l} section `{}` (offset {}, len {}, record_bytes {}, record_stride {}) {bad}",
+                        s.name, s.offset, s.len, s.record_bytes, s.record_stride
+                    ),
                 ));
             }
             spans.push((s.offset, s.offset + s.len, l, s.name.clone()));
@@ -449,5 +497,5 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<(DType, bool, Vec<Vec<u3
             ));
         }
     }
-    Ok((dtype, gated, positions))
+    Ok(Checked { dtype, column_dtype, gated, position: positions })
 }

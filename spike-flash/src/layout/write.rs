@@ -6,8 +6,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{
-    layout_id_bytes, record_bytes, round_up, FfnHeader, FfnInfo, LayerInfo, LayoutKind, Manifest, ResidentInfo,
-    Section, SourceInfo, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
+    layout_id_bytes, record_bytes, round_up, section_record_bytes, FfnHeader, FfnInfo, LayerInfo, LayoutKind, Manifest,
+    ResidentInfo, Section, SourceInfo, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK,
+    RESIDENT_FILE, VERSION,
 };
 use crate::engine::model::{FfnWeights, Model, WeightRef};
 use crate::engine::sparse::NeuronRows;
@@ -19,10 +20,11 @@ use crate::model::quant::{self, DType};
 use crate::model::safetensors::HfCheckpoint;
 use crate::{Error, Result};
 
-/// The element type of the records.
+/// An element type of the records' rows or columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecordDType {
-    /// The source's FFN type: rows copied byte for byte, columns re-quantized.
+    /// The source's type of the matrix: rows (gate, up, fc1) are copied byte for byte; columns (down, fc2)
+    /// are re-quantized along the other axis.
     #[default]
     Source,
     F32,
@@ -35,7 +37,12 @@ pub enum RecordDType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertOptions {
     pub kind: LayoutKind,
+    /// Element type of the rows (gate, up, fc1).
     pub dtype: RecordDType,
+    /// Element type of the columns (down, fc2). `None` picks the default: `Q8_0` when `dtype` is `Source` and
+    /// the source's rows are 4-bit (`Q4_0`, `Q4_1`), since 4-bit columns re-quantized along the other axis
+    /// cost perplexity; otherwise the rows' type.
+    pub column_dtype: Option<RecordDType>,
     /// A power of two, at least 512.
     pub align: u64,
     /// `1` (records packed tight) or `align` (each record its own aligned span).
@@ -55,6 +62,7 @@ impl Default for ConvertOptions {
         ConvertOptions {
             kind: LayoutKind::Bundled,
             dtype: RecordDType::Source,
+            column_dtype: None,
             align: super::DEFAULT_ALIGN,
             pack: 1,
             force: false,
@@ -64,27 +72,46 @@ impl Default for ConvertOptions {
     }
 }
 
+/// The records of one section of a layer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SectionRecords {
+    pub name: String,
+    /// Payload bytes of one record.
+    pub record_bytes: u64,
+    /// Distance between consecutive records.
+    pub record_stride: u64,
+}
+
 /// What a conversion wrote.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Summary {
     pub out_dir: PathBuf,
     pub kind: LayoutKind,
+    /// Element type of the rows (gate, up, fc1).
     pub dtype: String,
+    /// Element type of the columns (down, fc2).
+    pub column_dtype: String,
     pub align: u64,
     pub pack: u64,
-    /// Payload bytes of one neuron, all parts together.
+    /// Payload bytes of one neuron, all parts together (the bundled record).
     pub neuron_bytes: u64,
-    /// Payload bytes of one record (a neuron when bundled, a row when split).
+    /// Payload bytes of one record of a layer's first section (a neuron when bundled, a row when split).
     pub record_bytes: u64,
     pub record_stride: u64,
-    /// Bytes an O_DIRECT read of one isolated record transfers per payload byte: the stride rounded up to
-    /// `align`, over `record_bytes` (a packed record straddling an `align` boundary costs one unit more).
+    /// Every section's records, in layer order (one section when bundled).
+    pub sections: Vec<SectionRecords>,
+    /// Bytes O_DIRECT reads of one isolated neuron (its record in every section) transfer per payload byte:
+    /// each stride rounded up to `align`, over the payload (a packed record straddling an `align` boundary
+    /// costs one unit more).
     pub read_amplification: f64,
     pub ffn_bytes: u64,
     pub resident_bytes: u64,
     pub manifest_bytes: u64,
-    /// Largest `|stored - source|` over every FFN value not copied byte for byte (0 when all are exact).
-    pub max_abs_error: f32,
+    /// Largest `|stored - source|` over every row value (gate, up, fc1) not copied byte for byte (0 when all
+    /// are exact).
+    pub max_abs_error_rows: f32,
+    /// Largest `|stored - source|` over every column value (down, fc2).
+    pub max_abs_error_columns: f32,
 }
 
 fn layout_err(path: &Path, what: impl Into<String>) -> Error {
@@ -216,7 +243,7 @@ pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOp
     }
     fs::create_dir(&partial).map_err(|e| Error::io(&partial, e))?;
     let written = write_into(&partial, model, &src, source_path, opts, &plan);
-    let (manifest_bytes, resident_bytes, ffn_bytes, max_abs_error) = match written {
+    let (manifest_bytes, resident_bytes, ffn_bytes, errors) = match written {
         Ok(w) => w,
         Err(e) => {
             // Best effort: the partial directory is garbage; the first error is the one to report.
@@ -226,21 +253,30 @@ pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOp
     };
     install(&partial, out_dir, &parent, name)?;
 
-    let isolated = round_up(plan.stride, opts.align);
+    let isolated: u64 = plan.sections.iter().map(|s| round_up(s.stride, opts.align)).sum();
+    let payload: u64 = plan.sections.iter().map(|s| s.record_bytes).sum();
+    let names = opts.kind.section_names(plan.gated);
     Ok(Summary {
         out_dir: out_dir.to_path_buf(),
         kind: opts.kind,
-        dtype: plan.dtype.name().to_string(),
+        dtype: plan.row.name().to_string(),
+        column_dtype: plan.column.name().to_string(),
         align: opts.align,
         pack: opts.pack,
         neuron_bytes: plan.neuron_bytes,
-        record_bytes: plan.record_bytes,
-        record_stride: plan.stride,
-        read_amplification: isolated as f64 / plan.record_bytes as f64,
+        record_bytes: plan.sections[0].record_bytes,
+        record_stride: plan.sections[0].stride,
+        sections: names
+            .iter()
+            .zip(&plan.sections)
+            .map(|(n, s)| SectionRecords { name: n.to_string(), record_bytes: s.record_bytes, record_stride: s.stride })
+            .collect(),
+        read_amplification: isolated as f64 / payload as f64,
         ffn_bytes,
         resident_bytes,
         manifest_bytes,
-        max_abs_error,
+        max_abs_error_rows: errors.rows,
+        max_abs_error_columns: errors.columns,
     })
 }
 
@@ -261,12 +297,34 @@ fn install(partial: &Path, out_dir: &Path, parent: &Path, name: &str) -> Result<
 
 /// Sizes and types fixed before writing.
 struct Plan {
-    dtype: DType,
+    /// Element type of the rows (gate, up, fc1).
+    row: DType,
+    /// Element type of the columns (down, fc2).
+    column: DType,
     gated: bool,
+    /// Payload bytes of a bundled record.
     neuron_bytes: u64,
+    /// Per section of a layer, in the order of [`LayoutKind::section_names`].
+    sections: Vec<SectionPlan>,
+}
+
+/// The records of one section.
+struct SectionPlan {
     record_bytes: u64,
     stride: u64,
-    section_len: u64,
+    /// The section's length: `d_ffn` strides rounded up to `align`.
+    len: u64,
+}
+
+/// The fixed element type `r` names; `None` for `Source`.
+fn fixed_dtype(r: RecordDType) -> Option<DType> {
+    match r {
+        RecordDType::Source => None,
+        RecordDType::F32 => Some(DType::F32),
+        RecordDType::F16 => Some(DType::F16),
+        RecordDType::Q8_0 => Some(DType::Q8_0),
+        RecordDType::Q4_1 => Some(DType::Q4_1),
+    }
 }
 
 impl Plan {
@@ -277,43 +335,63 @@ impl Plan {
             check_order(order, cfg.n_layers, cfg.d_ffn)?;
         }
         let gated = matches!(model.layer(0).ffn, FfnWeights::Gated { .. });
-        let first_dtype = |l: usize| model.layer(l).ffn.first().map(|lin| lin.w.dtype);
-        let Some(src) = first_dtype(0) else {
+        if model.layer(0).ffn.first().is_none() {
             return Err(Error::Unsupported {
                 path: label,
                 what: "converting a model whose FFN is already on flash".into(),
             });
-        };
-        let dtype = match opts.dtype {
-            RecordDType::Source => {
-                if (0..cfg.n_layers).any(|l| first_dtype(l) != Some(src)) {
-                    return Err(Error::Unsupported {
-                        path: label,
-                        what: "`--dtype source` for FFN matrices of mixed types; pick one type".into(),
-                    });
-                }
-                src
+        }
+        // The source's type of the first (rows) or second (columns) matrices, the same in every layer.
+        let source_type = |columns: bool| -> Result<DType> {
+            let of = |l: usize| {
+                let ffn = &model.layer(l).ffn;
+                if columns { ffn.second() } else { ffn.first() }.map(|lin| lin.w.dtype)
+            };
+            let t = of(0);
+            match t {
+                Some(t) if (1..cfg.n_layers).all(|l| of(l) == Some(t)) => Ok(t),
+                _ => Err(Error::Unsupported {
+                    path: label.clone(),
+                    what: format!(
+                        "`source` {} for FFN matrices of mixed types; pick one type",
+                        if columns { "columns" } else { "rows" }
+                    ),
+                }),
             }
-            RecordDType::F32 => DType::F32,
-            RecordDType::F16 => DType::F16,
-            RecordDType::Q8_0 => DType::Q8_0,
-            RecordDType::Q4_1 => DType::Q4_1,
         };
-        if super::dtype_by_name(dtype.name()).is_none() {
-            return Err(Error::Unsupported { path: label, what: format!("{dtype} layout records") });
+        let row = match fixed_dtype(opts.dtype) {
+            Some(t) => t,
+            None => source_type(false)?,
+        };
+        let column = match opts.column_dtype {
+            Some(RecordDType::Source) => source_type(true)?,
+            Some(r) => fixed_dtype(r).expect("every type but `Source` is fixed"),
+            None if opts.dtype == RecordDType::Source && matches!(row, DType::Q4_0 | DType::Q4_1) => DType::Q8_0,
+            None => row,
+        };
+        for (t, what) in [(row, "rows"), (column, "columns")] {
+            if super::dtype_by_name(t.name()).is_none() {
+                return Err(Error::Unsupported { path: label, what: format!("{t} layout {what}") });
+            }
         }
         let d = cfg.d_model;
-        let rec = record_bytes(opts.kind, dtype, d, gated);
-        let neuron = record_bytes(LayoutKind::Bundled, dtype, d, gated);
-        let (Some(record_bytes), Some(neuron_bytes)) = (rec, neuron) else {
+        let recs = section_record_bytes(opts.kind, row, column, d, gated);
+        let neuron = record_bytes(LayoutKind::Bundled, row, column, d, gated);
+        let (Some(recs), Some(neuron_bytes)) = (recs, neuron) else {
             return Err(Error::Invalid(format!(
-                "d_model {d} is not a whole number of {}-element {dtype} blocks",
-                dtype.block_len()
+                "d_model {d} is not a whole number of {}-element {row} blocks and {}-element {column} blocks",
+                row.block_len(),
+                column.block_len()
             )));
         };
-        let stride = round_up(record_bytes, opts.pack);
-        let section_len = round_up(cfg.d_ffn as u64 * stride, opts.align);
-        Ok(Plan { dtype, gated, neuron_bytes, record_bytes, stride, section_len })
+        let sections = recs
+            .into_iter()
+            .map(|record_bytes| {
+                let stride = round_up(record_bytes, opts.pack);
+                SectionPlan { record_bytes, stride, len: round_up(cfg.d_ffn as u64 * stride, opts.align) }
+            })
+            .collect();
+        Ok(Plan { row, column, gated, neuron_bytes, sections })
     }
 }
 
@@ -345,7 +423,14 @@ pub fn check_order(order: &[Vec<u32>], n_layers: usize, d_ffn: usize) -> Result<
     Ok(())
 }
 
-/// Writes the three files into `dir`; returns the manifest, resident and ffn sizes and the max abs error.
+/// Largest `|stored - source|` of the rows and of the columns.
+#[derive(Debug, Clone, Copy, Default)]
+struct MaxErrors {
+    rows: f32,
+    columns: f32,
+}
+
+/// Writes the three files into `dir`; returns the manifest, resident and ffn sizes and the max abs errors.
 fn write_into(
     dir: &Path,
     model: &Model,
@@ -353,7 +438,7 @@ fn write_into(
     source_path: &Path,
     opts: &ConvertOptions,
     plan: &Plan,
-) -> Result<(u64, u64, u64, f32)> {
+) -> Result<(u64, u64, u64, MaxErrors)> {
     let cfg = model.config();
     let layout_id = format!("{:032x}", rand::random::<u128>());
     let id_bytes = layout_id_bytes(&layout_id).ok_or_else(|| Error::Invalid("layout id".into()))?;
@@ -373,11 +458,12 @@ fn write_into(
         align: u32::try_from(align).map_err(|_| Error::Invalid(format!("alignment {align} too large")))?,
         n_layers: cfg.n_layers as u32,
         kind: opts.kind.code(),
-        dtype: plan.dtype.ggml_id(),
-        record_bytes: u32::try_from(plan.record_bytes)
-            .map_err(|_| Error::Invalid(format!("record of {} bytes too large", plan.record_bytes)))?,
-        record_stride: plan.stride,
+        dtype: plan.row.ggml_id(),
+        record_bytes: u32::try_from(plan.sections[0].record_bytes)
+            .map_err(|_| Error::Invalid(format!("record of {} bytes too large", plan.sections[0].record_bytes)))?,
+        record_stride: plan.sections[0].stride,
         layout_id: id_bytes,
+        column_dtype: plan.column.ggml_id(),
     };
     let hbytes = header.encode();
     let mut head = vec![0u8; align as usize];
@@ -388,39 +474,44 @@ fn write_into(
     out.write_all(&head).map_err(|e| Error::io(&ffn_path, e))?;
     let mut offset = align;
     let mut layers = Vec::with_capacity(cfg.n_layers);
-    let mut max_err = 0.0f32;
+    let mut errors = MaxErrors::default();
     let names = opts.kind.section_names(plan.gated);
     for l in 0..cfg.n_layers {
         let rows = NeuronRows::from_model(model, l)?;
         let parts = neuron_parts(model, l, opts.kind);
-        let mut bufs: Vec<Vec<u8>> = names.iter().map(|_| vec![0u8; plan.section_len as usize]).collect();
+        let mut bufs: Vec<Vec<u8>> = plan.sections.iter().map(|s| vec![0u8; s.len as usize]).collect();
         let mut scratch = Vec::new();
         let order = opts.order.as_ref().map(|o| &o[l]);
         for k in 0..cfg.d_ffn {
             let n = order.map_or(k, |o| o[k] as usize);
-            let pos = k as u64 * plan.stride;
             let mut at = 0usize;
             for (pi, part) in parts.iter().enumerate() {
                 scratch.clear();
-                max_err = max_err.max(part.encode(model, &rows, n, cfg.d_model, plan.dtype, &mut scratch)?);
+                let (dtype, worst) = match part {
+                    Part::Column => (plan.column, &mut errors.columns),
+                    _ => (plan.row, &mut errors.rows),
+                };
+                *worst = worst.max(part.encode(model, &rows, n, cfg.d_model, dtype, &mut scratch)?);
                 let (buf, start) = match opts.kind {
-                    LayoutKind::Bundled => (&mut bufs[0], pos as usize + at),
-                    LayoutKind::Split => (&mut bufs[pi], pos as usize),
+                    LayoutKind::Bundled => (&mut bufs[0], (k as u64 * plan.sections[0].stride) as usize + at),
+                    LayoutKind::Split => (&mut bufs[pi], (k as u64 * plan.sections[pi].stride) as usize),
                 };
                 buf[start..start + scratch.len()].copy_from_slice(&scratch);
                 at += scratch.len();
             }
         }
         let mut sections = Vec::with_capacity(names.len());
-        for (name, buf) in names.iter().zip(&bufs) {
+        for ((name, buf), sp) in names.iter().zip(&bufs).zip(&plan.sections) {
             out.write_all(buf).map_err(|e| Error::io(&ffn_path, e))?;
             sections.push(Section {
                 name: name.to_string(),
                 offset,
-                len: plan.section_len,
+                len: sp.len,
+                record_bytes: sp.record_bytes,
+                record_stride: sp.stride,
                 crc32c: crc32c::crc32c(buf),
             });
-            offset += plan.section_len;
+            offset += sp.len;
         }
         layers.push(LayerInfo { order: order.cloned(), sections });
     }
@@ -444,10 +535,11 @@ fn write_into(
         model: cfg.clone(),
         source: SourceInfo { path: source_path.display().to_string(), len: source_len, sha256 },
         kind: opts.kind,
-        dtype: plan.dtype.name().into(),
+        dtype: plan.row.name().into(),
+        column_dtype: plan.column.name().into(),
         align,
-        record_bytes: plan.record_bytes,
-        record_stride: plan.stride,
+        record_bytes: plan.sections[0].record_bytes,
+        record_stride: plan.sections[0].stride,
         pack: opts.pack,
         resident: resident_info.clone(),
         ffn: FfnInfo {
@@ -459,7 +551,7 @@ fn write_into(
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
     write_synced(&dir.join(MANIFEST_FILE), &json)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
-    Ok((json.len() as u64, resident_info.len, offset, max_err))
+    Ok((json.len() as u64, resident_info.len, offset, errors))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -494,7 +586,8 @@ fn neuron_parts(model: &Model, l: usize, kind: LayoutKind) -> Vec<Part> {
 }
 
 impl Part {
-    /// Appends the part for neuron `n` to `out`; returns the largest error against the source's values.
+    /// Appends the part for neuron `n` to `out` in `dtype` (rows and columns; the bias is always f32); returns
+    /// the largest error against the source's values.
     fn encode(
         &self,
         model: &Model,

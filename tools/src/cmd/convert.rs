@@ -21,9 +21,14 @@ pub struct Args {
     /// bundled (one record per neuron) or split (one section per matrix).
     #[arg(long, default_value = "bundled", value_parser = parse_kind)]
     layout: LayoutKind,
-    /// Record element type: source (rows copied, columns re-quantized), f32, f16, q8_0 or q4_1.
+    /// Element type of the rows (gate, up, fc1): source (copied byte for byte), f32, f16, q8_0 or q4_1.
     #[arg(long, default_value = "source", value_parser = parse_dtype)]
     dtype: RecordDType,
+    /// Element type of the columns (down, fc2): source (the source's type, re-quantized along the other axis),
+    /// f32, f16, q8_0 or q4_1. Default: q8_0 when --dtype is source and the source is 4-bit (Q4_0, Q4_1),
+    /// otherwise the rows' type.
+    #[arg(long, value_parser = parse_dtype)]
+    column_dtype: Option<RecordDType>,
     /// Alignment of sections (a power of two >= 512).
     #[arg(long, default_value_t = 4096)]
     align: u64,
@@ -70,6 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         order,
         kind: args.layout,
         dtype: args.dtype,
+        column_dtype: args.column_dtype,
         align: args.align,
         pack: if args.pad_records { args.align } else { 1 },
         force: args.force,
@@ -79,12 +85,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("converting {} into {}", path.display(), args.out.display()))?;
     let secs = start.elapsed().as_secs_f64();
     println!("converted {} into {} in {secs:.2} s", path.display(), s.out_dir.display());
-    println!("  layout {:?}, records {}, align {}, pack {}", s.kind, s.dtype, s.align, s.pack);
+    println!("  layout {:?}, rows {}, columns {}, align {}, pack {}", s.kind, s.dtype, s.column_dtype, s.align, s.pack);
+    let records: Vec<String> =
+        s.sections.iter().map(|r| format!("{} {} B (stride {} B)", r.name, r.record_bytes, r.record_stride)).collect();
     println!(
-        "  neuron {} B, record {} B, stride {} B, read amplification of one isolated record {:.2}x",
-        s.neuron_bytes, s.record_bytes, s.record_stride, s.read_amplification
+        "  neuron {} B; records: {}; read amplification of one isolated neuron {:.2}x",
+        s.neuron_bytes,
+        records.join(", "),
+        s.read_amplification
     );
     println!("  ffn.bin {} B, resident.bin {} B, manifest.json {} B", s.ffn_bytes, s.resident_bytes, s.manifest_bytes);
-    println!("  max abs error of re-encoded FFN values: {:e}", s.max_abs_error);
+    println!(
+        "  max abs error of re-encoded FFN values: rows {:e}, columns {:e}",
+        s.max_abs_error_rows, s.max_abs_error_columns
+    );
     Ok(())
 }

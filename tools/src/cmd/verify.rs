@@ -16,11 +16,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let r = layout.verify()?;
     let m = layout.manifest();
     println!(
-        "{}: ok ({} layers, {:?}, {} records; {} sections and {} resident tensors checked, {} bytes)",
+        "{}: ok ({} layers, {:?}, {} rows, {} columns; {} sections and {} resident tensors checked, {} bytes)",
         args.layout.display(),
         m.layers.len(),
         m.kind,
         m.dtype,
+        m.column_dtype,
         r.sections,
         r.tensors,
         r.bytes
