@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use half::f16;
 use spike_flash::model::config::{Activation, ModelConfig};
 
 use crate::lowrank::CompactLowRank;
@@ -132,9 +131,8 @@ pub fn to_bytes(p: &Predictor) -> Result<Vec<u8>> {
     for l in p.layers() {
         let w = &l.weights;
         let mut b = Vec::with_capacity(w.bytes());
-        for v in w.a().iter().chain(w.b()) {
-            b.extend_from_slice(&v.to_bits().to_le_bytes());
-        }
+        b.extend_from_slice(w.at_bytes());
+        b.extend_from_slice(w.bt_bytes());
         for v in w.bias() {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -288,15 +286,12 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Predictor> {
         if computed != crc {
             return Err(checksum(&format!("layer {l}'s weights"), crc, computed));
         }
-        let halves = |b: &[u8]| -> Vec<f16> {
-            b.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect()
-        };
         let singles = |b: &[u8]| -> Vec<f32> {
             b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
         let (a_bytes, rest) = block.split_at(2 * d * r);
         let (b_bytes, bias_bytes) = rest.split_at(2 * r * n);
-        let weights = CompactLowRank::from_parts((d, r, n), halves(a_bytes), halves(b_bytes), singles(bias_bytes))
+        let weights = CompactLowRank::from_parts((d, r, n), a_bytes.to_vec(), b_bytes.to_vec(), singles(bias_bytes))
             .map_err(|e| bad(format!("layer {l}: {e}")))?;
         layers.push(LayerPredictor { weights, decision_threshold: thr, act_threshold: act_thr });
     }
