@@ -3,8 +3,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::{Array1, Array2};
-use predictor::file::ModelIdentity;
 use predictor::lowrank::LowRank;
+use predictor::ModelIdentity;
 use predictor::{LayerPredictor, Predictor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

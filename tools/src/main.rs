@@ -47,6 +47,12 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Check a flash layout's structure and every checksum.
     Verify(cmd::verify::Args),
+    /// Record a dense run over a corpus: per layer and token the FFN input and every neuron's activation.
+    Trace(cmd::trace::Args),
+    /// Sparsity, concentration, token-to-token reuse and co-activation of a trace (CSV + summary).
+    TraceStats(cmd::trace_stats::Args),
+    /// Per-layer activation thresholds reaching a target sparsity on a trace's training split.
+    Calibrate(cmd::calibrate::Args),
 }
 
 fn parse_precision(s: &str) -> Result<ActPrecision, String> {
@@ -70,6 +76,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::IoBench(a) => cmd::io_bench::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Verify(a) => cmd::verify::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
+        Command::TraceStats(a) => cmd::trace_stats::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
     }
 }
 

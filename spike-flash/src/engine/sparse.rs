@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::model::{activate, FfnStep, FfnWeights, Model};
 use super::ops;
 use crate::model::quant;
@@ -82,11 +84,25 @@ pub trait NeuronSelector {
     /// Fills `active` (cleared first) with neuron indices (original numbering), ascending, for the FFN input `x`
     /// at `layer`.
     fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> Result<()>;
+
+    /// Selects for the `active.len()` tokens whose FFN inputs are the rows of `x` (`active.len() x d_model`),
+    /// token `t` into `active[t]`. The default calls [`NeuronSelector::select`] token by token, in order (what
+    /// a stateful selector needs); a stateless one may work on the tokens in parallel.
+    fn select_batch(&mut self, layer: usize, x: &[f32], active: &mut [Vec<u32>]) -> Result<()> {
+        let d = x.len() / active.len().max(1);
+        for (t, a) in active.iter_mut().enumerate() {
+            self.select(layer, &x[t * d..(t + 1) * d], a)?;
+        }
+        Ok(())
+    }
 }
 
 impl<T: NeuronSelector + ?Sized> NeuronSelector for Box<T> {
     fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
         (**self).select(layer, x, active)
+    }
+    fn select_batch(&mut self, layer: usize, x: &[f32], active: &mut [Vec<u32>]) -> Result<()> {
+        (**self).select_batch(layer, x, active)
     }
 }
 
@@ -135,11 +151,15 @@ impl Oracle {
     }
 }
 
-impl NeuronSelector for Oracle {
-    fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
-        let (Some(&thr), Some(rows)) = (self.thresholds.get(layer), self.rows.get(layer)) else {
-            return Err(Error::Invalid(format!("no oracle threshold for layer {layer}")));
-        };
+impl Oracle {
+    fn layer(&self, layer: usize) -> Result<(f32, &NeuronRows)> {
+        match (self.thresholds.get(layer), self.rows.get(layer)) {
+            (Some(&thr), Some(rows)) => Ok((thr, rows)),
+            _ => Err(Error::Invalid(format!("no oracle threshold for layer {layer}"))),
+        }
+    }
+
+    fn select_one(&self, thr: f32, rows: &NeuronRows, x: &[f32], active: &mut Vec<u32>) {
         active.clear();
         let f = rows.first.len() / x.len();
         for i in 0..f {
@@ -147,6 +167,21 @@ impl NeuronSelector for Oracle {
                 active.push(i as u32);
             }
         }
+    }
+}
+
+impl NeuronSelector for Oracle {
+    fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> Result<()> {
+        let (thr, rows) = self.layer(layer)?;
+        self.select_one(thr, rows, x, active);
+        Ok(())
+    }
+
+    /// Stateless: the tokens are decided in parallel, each exactly as [`NeuronSelector::select`] would.
+    fn select_batch(&mut self, layer: usize, x: &[f32], active: &mut [Vec<u32>]) -> Result<()> {
+        let (thr, rows) = self.layer(layer)?;
+        let d = x.len() / active.len().max(1);
+        active.par_iter_mut().enumerate().for_each(|(t, a)| self.select_one(thr, rows, &x[t * d..(t + 1) * d], a));
         Ok(())
     }
 }
@@ -164,7 +199,8 @@ pub struct SparseStats {
 pub struct SparseFfn<S> {
     layers: Arc<Vec<NeuronRows>>,
     selector: S,
-    active: Vec<u32>,
+    /// Per token of the current call, its active neurons.
+    actives: Vec<Vec<u32>>,
     pub stats: SparseStats,
 }
 
@@ -176,7 +212,7 @@ impl<S: NeuronSelector> SparseFfn<S> {
 
     /// A sparse FFN over rows from [`all_rows`] (which an [`Oracle`] may share).
     pub fn with_rows(layers: Arc<Vec<NeuronRows>>, selector: S) -> Self {
-        SparseFfn { layers, selector, active: Vec::new(), stats: SparseStats::default() }
+        SparseFfn { layers, selector, actives: Vec::new(), stats: SparseStats::default() }
     }
 
     /// The neuron rows of layer `l`.
@@ -186,26 +222,39 @@ impl<S: NeuronSelector> SparseFfn<S> {
 }
 
 impl<S: NeuronSelector> FfnStep for SparseFfn<S> {
+    /// Selects the active neurons of all `n` tokens (the selector sees them in order), then computes each
+    /// token's output from its active neurons, tokens in parallel: each token's arithmetic is the same
+    /// whatever the thread count.
     fn forward(&mut self, model: &Model, layer: usize, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         let (d, f) = (model.config().d_model, model.config().d_ffn);
         let act = model.config().activation;
         let rows = &self.layers[layer];
-        for t in 0..n {
+        if self.actives.len() < n {
+            self.actives.resize_with(n, Vec::new);
+        }
+        let actives = &mut self.actives[..n];
+        self.selector.select_batch(layer, &x[..n * d], actives)?;
+        let token = |(t, o): (usize, &mut [f32])| {
             let xt = &x[t * d..(t + 1) * d];
-            let o = &mut out[t * d..(t + 1) * d];
-            self.selector.select(layer, xt, &mut self.active)?;
             match &rows.b2 {
                 Some(b) => o.copy_from_slice(b),
                 None => o.fill(0.0),
             }
-            for &i in &self.active {
+            for &i in &actives[t] {
                 let i = i as usize;
                 let h = rows.neuron(act, i, xt);
                 if h != 0.0 {
                     ops::axpy(h, &rows.second_t[i * d..(i + 1) * d], o);
                 }
             }
-            self.stats.active += self.active.len() as u64;
+        };
+        if n > 1 {
+            out[..n * d].par_chunks_exact_mut(d).enumerate().for_each(token);
+        } else {
+            out[..n * d].chunks_exact_mut(d).enumerate().for_each(token);
+        }
+        for a in actives.iter() {
+            self.stats.active += a.len() as u64;
             self.stats.total += f as u64;
         }
         Ok(())

@@ -1,6 +1,7 @@
 //! One file per subcommand, plus the model loading they share.
 
 pub mod bench;
+pub mod calibrate;
 pub mod convert;
 pub mod fetch_model;
 pub mod generate;
@@ -8,6 +9,8 @@ pub mod io_bench;
 pub mod perplexity;
 pub mod profile_device;
 pub mod synth;
+pub mod trace;
+pub mod trace_stats;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

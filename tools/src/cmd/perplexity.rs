@@ -6,7 +6,11 @@ use std::time::Instant;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use spike_flash::engine::eval::perplexity;
-use spike_flash::engine::model::DenseFfn;
+use predictor::calibrate::Thresholds;
+use predictor::trace::{ModelIdentity, Trace};
+use spike_flash::engine::model::{DenseFfn, FfnStep};
+use spike_flash::engine::sparse::{all_rows, Oracle, SparseFfn, SparseStats};
+use spike_flash::model::config::Activation;
 
 /// Arguments of `spike perplexity`.
 #[derive(clap::Args, Debug)]
@@ -26,6 +30,82 @@ pub struct Args {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// dense (default), oracle:S (only the truly active neurons, at thresholds calibrated for sparsity S, from
+    /// --thresholds or --trace) or oracle:relu (threshold 0, for ReLU models).
+    #[arg(long, default_value = "dense", value_parser = parse_mode)]
+    sparsity: Mode,
+    /// Thresholds file from `spike calibrate` for --sparsity oracle:S.
+    #[arg(long)]
+    thresholds: Option<PathBuf>,
+    /// Trace to calibrate thresholds on for --sparsity oracle:S (when no --thresholds file is given).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// With --trace: fraction of its tokens (whole documents) held out from calibration.
+    #[arg(long, default_value_t = 0.2)]
+    valid_fraction: f64,
+    /// With --trace: seed of the document split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// How the FFN is computed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Dense,
+    /// Only the neurons whose magnitude passes the layer's threshold: calibrated for sparsity `Some(S)`, or 0
+    /// on a ReLU model (`None`).
+    Oracle(Option<f64>),
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "dense" => Ok(Mode::Dense),
+        "oracle:relu" => Ok(Mode::Oracle(None)),
+        _ => match s.strip_prefix("oracle:").map(str::parse::<f64>) {
+            Some(Ok(x)) if (0.0..1.0).contains(&x) => Ok(Mode::Oracle(Some(x))),
+            _ => Err(format!("`{s}` is not dense, oracle:relu or oracle:S with S in [0, 1)")),
+        },
+    }
+}
+
+/// The thresholds an oracle run uses, and where they came from.
+fn oracle_thresholds(args: &Args, loaded: &super::Loaded, target: Option<f64>) -> anyhow::Result<(Thresholds, String)> {
+    let cfg = loaded.model.config();
+    let identity = ModelIdentity::of(&loaded.path, cfg).with_context(|| format!("hashing {}", loaded.path.display()))?;
+    let relu = cfg.activation == Activation::Relu;
+    let Some(s) = target else {
+        anyhow::ensure!(
+            relu,
+            "--sparsity oracle:relu needs a ReLU model; {} uses {}: give oracle:S with --thresholds or --trace",
+            loaded.path.display(),
+            cfg.activation.hf_name()
+        );
+        return Ok((Thresholds::relu(identity)?, "threshold 0 (ReLU)".into()));
+    };
+    anyhow::ensure!(
+        !relu,
+        "{} is a ReLU model: its sparsity is exact at threshold 0, use --sparsity oracle:relu",
+        loaded.path.display()
+    );
+    if let Some(p) = &args.thresholds {
+        let t = Thresholds::load(p)?;
+        t.check_model(p, &identity)?;
+        anyhow::ensure!(
+            t.target_sparsity.is_some_and(|x| (x - s).abs() < 1e-9),
+            "{} was calibrated for sparsity {:?}, not {s}",
+            p.display(),
+            t.target_sparsity
+        );
+        return Ok((t, format!("thresholds {}", p.display())));
+    }
+    let Some(tp) = &args.trace else {
+        anyhow::bail!("--sparsity oracle:{s} needs --thresholds FILE (from spike calibrate) or --trace TRACE");
+    };
+    let trace = Trace::open(tp)?;
+    trace.check_model(&identity)?;
+    eprintln!("calibrating thresholds for sparsity {s} on {}", tp.display());
+    let t = Thresholds::calibrate(&trace, s, args.valid_fraction, args.seed, &mut |_| {})?;
+    Ok((t, format!("calibrated on {}", tp.display())))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -49,13 +129,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} chunks, {elapsed} elapsed, eta {eta} {msg}")
             .expect("the template is valid"),
     );
+    let mut dense = DenseFfn::default();
+    let mut oracle = None;
+    let mut origin = String::new();
+    let mut thresholds = None;
+    if let Mode::Oracle(target) = args.sparsity {
+        let (t, from) = oracle_thresholds(&args, &loaded, target)?;
+        let rows = all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
+        let selector = Oracle::new(&loaded.model, rows.clone(), t.thresholds.clone())?;
+        oracle = Some(SparseFfn::with_rows(rows, selector));
+        origin = from;
+        thresholds = Some(t);
+    }
+    let ffn: &mut dyn FfnStep = match oracle.as_mut() {
+        Some(o) => o,
+        None => &mut dense,
+    };
     let t0 = Instant::now();
-    let result = perplexity(&loaded.model, &tokens, args.ctx, &mut DenseFfn::default(), &mut |_, _, ppl| {
+    let result = perplexity(&loaded.model, &tokens, args.ctx, ffn, &mut |_, _, ppl| {
         bar.inc(1);
         bar.set_message(format!("ppl {ppl:.4}"));
     })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
+    let stats: Option<SparseStats> = oracle.as_ref().map(|o| o.stats);
+    let realised = stats.map(|s| 1.0 - s.active as f64 / s.total.max(1) as f64);
     println!(
         "perplexity {:.4} +/- {:.4} over {} chunks of {} ({} scored tokens) in {:.1} s ({:.0} tok/s)",
         result.ppl,
@@ -66,12 +164,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         secs,
         (result.chunks * result.n_ctx) as f64 / secs
     );
+    if let (Some(st), Some(r)) = (stats, realised) {
+        println!(
+            "  oracle sparsity ({origin}): realised {r:.4} ({} of {} neuron evaluations active)",
+            st.active, st.total
+        );
+    }
     if let Some(path) = &args.json {
+        let sparsity = match args.sparsity {
+            Mode::Dense => serde_json::json!({ "mode": "dense" }),
+            Mode::Oracle(target) => serde_json::json!({
+                "mode": "oracle",
+                "target": target,
+                "thresholds_from": origin,
+                "thresholds": thresholds.as_ref().map(|t| &t.thresholds),
+                "stats": stats,
+                "realised_sparsity": realised,
+            }),
+        };
         let v = serde_json::json!({
             "model": loaded.path.display().to_string(),
             "file": args.file.display().to_string(),
             "result": result,
             "seconds": secs,
+            "sparsity": sparsity,
         });
         let text = serde_json::to_string_pretty(&v)?;
         super::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
