@@ -1,16 +1,21 @@
 //! `spike perplexity`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use spike_flash::engine::eval::perplexity;
 use predictor::calibrate::Thresholds;
 use predictor::trace::{ModelIdentity, Trace};
+use spike_flash::engine::eval::perplexity;
 use spike_flash::engine::model::{DenseFfn, FfnStep};
 use spike_flash::engine::sparse::{all_rows, Oracle, SparseFfn, SparseStats};
 use spike_flash::model::config::Activation;
+// --predictor
+use predictor::metrics::{Confusion, LayerMetrics, Summary};
+use predictor::select::Audited;
+use spike_flash::engine::sparse::NeuronSelector;
 
 /// Arguments of `spike perplexity`.
 #[derive(clap::Args, Debug)]
@@ -46,6 +51,14 @@ pub struct Args {
     /// With --trace: seed of the document split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A predictor file (from `spike train-predictor`): each FFN computes only the neurons it predicts
+    /// active, exactly.
+    #[arg(long, conflicts_with = "sparsity")]
+    predictor: Option<PathBuf>,
+    /// With --predictor: also find the truly active neurons (at the predictor's activation thresholds) and
+    /// report its recall and precision on this text. Costs a dense FFN per token.
+    #[arg(long, requires = "predictor")]
+    predictor_recall: bool,
 }
 
 /// How the FFN is computed.
@@ -71,7 +84,8 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 /// The thresholds an oracle run uses, and where they came from.
 fn oracle_thresholds(args: &Args, loaded: &super::Loaded, target: Option<f64>) -> anyhow::Result<(Thresholds, String)> {
     let cfg = loaded.model.config();
-    let identity = ModelIdentity::of(&loaded.path, cfg).with_context(|| format!("hashing {}", loaded.path.display()))?;
+    let identity =
+        ModelIdentity::of(&loaded.path, cfg).with_context(|| format!("hashing {}", loaded.path.display()))?;
     let relu = cfg.activation == Activation::Relu;
     let Some(s) = target else {
         anyhow::ensure!(
@@ -135,15 +149,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut thresholds = None;
     if let Mode::Oracle(target) = args.sparsity {
         let (t, from) = oracle_thresholds(&args, &loaded, target)?;
-        let rows = all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
+        let rows =
+            all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
         let selector = Oracle::new(&loaded.model, rows.clone(), t.thresholds.clone())?;
         oracle = Some(SparseFfn::with_rows(rows, selector));
         origin = from;
         thresholds = Some(t);
     }
-    let ffn: &mut dyn FfnStep = match oracle.as_mut() {
-        Some(o) => o,
-        None => &mut dense,
+    let mut predicted = match &args.predictor {
+        Some(p) => Some(PredictedFfn::new(p, &loaded, args.predictor_recall)?),
+        None => None,
+    };
+    let ffn: &mut dyn FfnStep = match (oracle.as_mut(), predicted.as_mut()) {
+        (Some(o), _) => o,
+        (None, Some(p)) => &mut p.ffn,
+        (None, None) => &mut dense,
     };
     let t0 = Instant::now();
     let result = perplexity(&loaded.model, &tokens, args.ctx, ffn, &mut |_, _, ppl| {
@@ -170,6 +190,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             st.active, st.total
         );
     }
+    let predicted = predicted.map(|p| p.report());
+    if let Some(p) = &predicted {
+        p.print();
+    }
     if let Some(path) = &args.json {
         let sparsity = match args.sparsity {
             Mode::Dense => serde_json::json!({ "mode": "dense" }),
@@ -188,10 +212,108 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "result": result,
             "seconds": secs,
             "sparsity": sparsity,
+            "predictor": predicted,
         });
         let text = serde_json::to_string_pretty(&v)?;
         super::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `--predictor`: the sparse FFN over a trained predictor's choices, audited against an oracle when asked.
+struct PredictedFfn {
+    path: PathBuf,
+    ffn: SparseFfn<Box<dyn NeuronSelector>>,
+    audit: Option<Arc<Mutex<Vec<Confusion>>>>,
+    dram_bytes: usize,
+    ranks: Vec<usize>,
+}
+
+/// What a `--predictor` run reports (and writes to the JSON).
+#[derive(serde::Serialize)]
+struct PredictedReport {
+    path: String,
+    ranks: Vec<usize>,
+    dram_bytes: usize,
+    stats: SparseStats,
+    realised_active_fraction: f64,
+    /// Means over layers, against the oracle at the predictor's activation thresholds (`--predictor-recall`).
+    audit: Option<Summary>,
+}
+
+impl PredictedFfn {
+    fn new(path: &Path, loaded: &super::Loaded, audit: bool) -> anyhow::Result<PredictedFfn> {
+        let cfg = loaded.model.config();
+        let pred = predictor::file::read(path)?;
+        let identity =
+            ModelIdentity::of(&loaded.path, cfg).with_context(|| format!("hashing {}", loaded.path.display()))?;
+        pred.check_model(path, &identity)?;
+        let dram_bytes = pred.dram_bytes();
+        let ranks = pred.layers().iter().map(|l| l.weights.rank()).collect();
+        let rows =
+            all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
+        let (selector, counts): (Box<dyn NeuronSelector>, _) = if audit {
+            let thresholds = pred.layers().iter().map(|l| l.act_threshold).collect();
+            let oracle = Oracle::new(&loaded.model, rows.clone(), thresholds)?;
+            let audited = Audited::new(pred, oracle, cfg.n_layers, cfg.d_ffn);
+            let counts = audited.counts();
+            (Box::new(audited), Some(counts))
+        } else {
+            (Box::new(pred), None)
+        };
+        Ok(PredictedFfn {
+            path: path.to_path_buf(),
+            ffn: SparseFfn::with_rows(rows, selector),
+            audit: counts,
+            dram_bytes,
+            ranks,
+        })
+    }
+
+    fn report(self) -> PredictedReport {
+        let st = self.ffn.stats;
+        let audit = self.audit.map(|c| {
+            let counts = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let rows: Vec<LayerMetrics> = counts
+                .iter()
+                .enumerate()
+                .map(|(layer, c)| {
+                    let mut m = LayerMetrics { layer, rank: self.ranks[layer], ..LayerMetrics::default() };
+                    m.fill_from(c);
+                    m
+                })
+                .collect();
+            Summary::of(&rows)
+        });
+        PredictedReport {
+            path: self.path.display().to_string(),
+            ranks: self.ranks,
+            dram_bytes: self.dram_bytes,
+            stats: st,
+            realised_active_fraction: st.active as f64 / st.total.max(1) as f64,
+            audit,
+        }
+    }
+}
+
+impl PredictedReport {
+    fn print(&self) {
+        println!(
+            "  predictor {}: realised active fraction {:.4} (sparsity {:.4}, {} of {} neuron evaluations); {} bytes in DRAM",
+            self.path,
+            self.realised_active_fraction,
+            1.0 - self.realised_active_fraction,
+            self.stats.active,
+            self.stats.total,
+            self.dram_bytes
+        );
+        if let Some(a) = &self.audit {
+            println!(
+                "  against the truly active neurons of this text (mean over layers): recall {:.4} (min {:.4}), \
+                 precision {:.4}, predicted/true {:.3}, truly active {:.4}",
+                a.recall, a.min_recall, a.precision, a.predicted_true_ratio, a.true_active_fraction
+            );
+        }
+    }
 }
