@@ -185,7 +185,8 @@ impl Thresholds {
         if let Some((l, x)) = t.thresholds.iter().enumerate().find(|(_, x)| !x.is_finite() || **x < 0.0) {
             return Err(Error::format(path, format!("layer {l}: threshold {x} is not a finite non-negative number")));
         }
-        if t.method == Method::Relu && (t.model.activation != Activation::Relu || t.thresholds.iter().any(|&x| x != 0.0))
+        if t.method == Method::Relu
+            && (t.model.activation != Activation::Relu || t.thresholds.iter().any(|&x| x != 0.0))
         {
             return Err(Error::format(path, "method relu needs a ReLU model and thresholds of 0"));
         }

@@ -364,7 +364,14 @@ pub struct StatsConfig {
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        StatsConfig { k_max: 16, coact_sample: 16, coact_top: 5, coact_min_fires: 10, concentration_share: 0.8, seed: 0 }
+        StatsConfig {
+            k_max: 16,
+            coact_sample: 16,
+            coact_top: 5,
+            coact_min_fires: 10,
+            concentration_share: 0.8,
+            seed: 0,
+        }
     }
 }
 
@@ -487,7 +494,10 @@ impl HotSet {
             ));
         }
         if h.layers.len() != h.model.n_layers {
-            return Err(Error::format(path, format!("{} layers for a {}-layer model", h.layers.len(), h.model.n_layers)));
+            return Err(Error::format(
+                path,
+                format!("{} layers for a {}-layer model", h.layers.len(), h.model.n_layers),
+            ));
         }
         for (l, layer) in h.layers.iter().enumerate() {
             let f = h.model.d_ffn;

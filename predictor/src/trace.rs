@@ -523,10 +523,8 @@ impl TraceWriter {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let spill_dir = tempfile::Builder::new()
-            .prefix(".spike-trace-spill.")
-            .tempdir_in(&dir)
-            .map_err(|e| Error::io(&dir, e))?;
+        let spill_dir =
+            tempfile::Builder::new().prefix(".spike-trace-spill.").tempdir_in(&dir).map_err(|e| Error::io(&dir, e))?;
         let mut spills = Vec::with_capacity(model.n_layers);
         let mut spill_paths = Vec::with_capacity(model.n_layers);
         for l in 0..model.n_layers {

@@ -149,14 +149,13 @@ fn layer_stats_and_hot_sets_are_consistent() {
     assert_eq!(s.layer, 3);
     assert_eq!(s.reuse.len(), 8);
     assert_eq!(s.freq_train.len(), f);
-    let all: Vec<usize> = (0..n).collect();
     let total = (s.sparsity_train * 80.0 + s.sparsity_valid * 40.0) / 120.0;
     assert!((total - s.sparsity_all).abs() < 1e-12);
     assert!(s.friends.len() <= 16 && !s.friends.is_empty());
     assert_eq!(ActiveSets::from_acts(&a, 0.5).frequencies(&train), s.freq_train);
-    let _ = all;
 
-    let model = ModelIdentity { sha256: "c".repeat(64), n_layers: 2, d_model: 8, d_ffn: f, activation: Activation::Silu };
+    let model =
+        ModelIdentity { sha256: "c".repeat(64), n_layers: 2, d_model: 8, d_ffn: f, activation: Activation::Silu };
     let hot = HotSet::new(model, "test", 80, [(0.5f32, s.freq_train.clone()), (0.5f32, s.freq_train.clone())]);
     for layer in &hot.layers {
         assert!(layer.freq.windows(2).all(|w| w[0] >= w[1]), "descending frequency");

@@ -223,10 +223,8 @@ fn truncated_flipped_and_versioned_traces_are_clear_errors_naming_the_file() {
             }
             Ok(t) => {
                 assert!(pos >= header_len, "a flip at header byte {pos} went unnoticed");
-                let errs: Vec<Error> = (0..2)
-                    .flat_map(|l| [t.layer_inputs(l).err(), t.layer_acts(l).err()])
-                    .flatten()
-                    .collect();
+                let errs: Vec<Error> =
+                    (0..2).flat_map(|l| [t.layer_inputs(l).err(), t.layer_acts(l).err()]).flatten().collect();
                 assert_eq!(errs.len(), 1, "byte {pos}: exactly one block must fail its checksum");
                 let msg = err_text(&errs[0]);
                 assert!(matches!(errs[0], Error::Checksum { .. }) && msg.contains(&name) && msg.contains("layer"));
@@ -265,15 +263,15 @@ fn hostile_sizes_are_refused_before_allocating() {
     let bytes = std::fs::read(&good).expect("read");
     let bad = dir.path().join("hostile.trace");
     let patches: Vec<(usize, Vec<u8>)> = vec![
-        (80, u64::MAX.to_le_bytes().to_vec()),         // n_tokens
-        (80, (1u64 << 40).to_le_bytes().to_vec()),     // n_tokens, plausible but huge
-        (88, (u64::MAX / 24).to_le_bytes().to_vec()),  // n_segments
-        (48, u32::MAX.to_le_bytes().to_vec()),         // n_layers
-        (52, u32::MAX.to_le_bytes().to_vec()),         // d_model
-        (56, 0u32.to_le_bytes().to_vec()),             // d_ffn = 0
-        (96, u32::MAX.to_le_bytes().to_vec()),         // label_len
-        (12, u32::MAX.to_le_bytes().to_vec()),         // header_len
-        (64, b"swish\0\0\0".to_vec()),                 // activation
+        (80, u64::MAX.to_le_bytes().to_vec()),        // n_tokens
+        (80, (1u64 << 40).to_le_bytes().to_vec()),    // n_tokens, plausible but huge
+        (88, (u64::MAX / 24).to_le_bytes().to_vec()), // n_segments
+        (48, u32::MAX.to_le_bytes().to_vec()),        // n_layers
+        (52, u32::MAX.to_le_bytes().to_vec()),        // d_model
+        (56, 0u32.to_le_bytes().to_vec()),            // d_ffn = 0
+        (96, u32::MAX.to_le_bytes().to_vec()),        // label_len
+        (12, u32::MAX.to_le_bytes().to_vec()),        // header_len
+        (64, b"swish\0\0\0".to_vec()),                // activation
     ];
     for (off, v) in patches {
         let mut b = bytes.clone();
@@ -336,7 +334,9 @@ fn calibration_hits_the_requested_sparsity_and_round_trips() {
         let back = Thresholds::load(&f).expect("load");
         // JSON keeps f32 thresholds exactly; f64 sparsities to the last bit or so.
         assert_eq!((&back.model, &back.thresholds, back.target_sparsity), (&t.model, &t.thresholds, t.target_sparsity));
-        for (a, b) in back.valid_sparsity.iter().chain(&back.train_sparsity).zip(t.valid_sparsity.iter().chain(&t.train_sparsity)) {
+        for (a, b) in
+            back.valid_sparsity.iter().chain(&back.train_sparsity).zip(t.valid_sparsity.iter().chain(&t.train_sparsity))
+        {
             assert!((a - b).abs() < 1e-12);
         }
         let other = ModelIdentity { d_ffn: 65, ..t.model.clone() };

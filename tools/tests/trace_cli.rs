@@ -78,7 +78,8 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     assert!(stdout.contains(&trace.display().to_string()) && stdout.contains("300 tokens"), "{stdout}");
     assert!(trace.exists());
     // No spill or temporary files are left beside the trace.
-    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path()).expect("ls").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().starts_with('.')), "{left:?}");
 
     let thr = dir.path().join("thr.json");
@@ -188,17 +189,42 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     );
     assert!(err.contains(&thr.display().to_string()) && err.contains("sha256"), "{err}");
     let err = fail(
-        spike().arg("perplexity").arg("-m").arg(&ck).arg("-f").arg(&text).args(["--sparsity", "oracle:relu"]).output().expect("run"),
+        spike()
+            .arg("perplexity")
+            .arg("-m")
+            .arg(&ck)
+            .arg("-f")
+            .arg(&text)
+            .args(["--sparsity", "oracle:relu"])
+            .output()
+            .expect("run"),
         "oracle:relu on a SiLU model",
     );
     assert!(err.contains("ReLU"), "{err}");
     let err = fail(
-        spike().arg("perplexity").arg("-m").arg(&ck).arg("-f").arg(&text).args(["--sparsity", "oracle:0.6"]).output().expect("run"),
+        spike()
+            .arg("perplexity")
+            .arg("-m")
+            .arg(&ck)
+            .arg("-f")
+            .arg(&text)
+            .args(["--sparsity", "oracle:0.6"])
+            .output()
+            .expect("run"),
         "oracle without thresholds",
     );
     assert!(err.contains("--thresholds") && err.contains("--trace"), "{err}");
     let err = fail(
-        spike().arg("trace").arg("-m").arg(&ck).arg("-f").arg(&text).args(["--tokens", "1000000", "-o"]).arg(dir.path().join("x.trace")).output().expect("run"),
+        spike()
+            .arg("trace")
+            .arg("-m")
+            .arg(&ck)
+            .arg("-f")
+            .arg(&text)
+            .args(["--tokens", "1000000", "-o"])
+            .arg(dir.path().join("x.trace"))
+            .output()
+            .expect("run"),
         "more tokens than the corpus has",
     );
     assert!(err.contains("fewer than"), "{err}");
@@ -239,7 +265,16 @@ fn relu_oracle_perplexity_equals_dense() {
     // A ReLU trace calibrates to threshold 0 whatever the sparsity asked.
     let trace = dir.path().join("opt.trace");
     ok(
-        spike().arg("trace").arg("-m").arg(&ck).arg("-f").arg(&text).args(["--tokens", "120", "-o"]).arg(&trace).output().expect("run"),
+        spike()
+            .arg("trace")
+            .arg("-m")
+            .arg(&ck)
+            .arg("-f")
+            .arg(&text)
+            .args(["--tokens", "120", "-o"])
+            .arg(&trace)
+            .output()
+            .expect("run"),
         "trace",
     );
     let thr = dir.path().join("relu.json");

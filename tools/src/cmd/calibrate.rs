@@ -33,7 +33,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let trace = Trace::open(&args.trace)?;
     let meta = trace.meta();
     let bar = ProgressBar::new(meta.n_layers as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} layers, {elapsed}").expect("the template is valid"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} layers, {elapsed}").expect("the template is valid"),
+    );
     let t = Thresholds::calibrate(&trace, args.sparsity, args.valid_fraction, args.seed, &mut |l| {
         bar.set_position(l as u64)
     })
@@ -48,7 +50,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         format!("{lo:.4}..{hi:.4}")
     };
     match t.target_sparsity {
-        Some(s) => println!("calibrated {} layers to sparsity {s} on {} training tokens", meta.n_layers, t.train_tokens),
+        Some(s) => {
+            println!("calibrated {} layers to sparsity {s} on {} training tokens", meta.n_layers, t.train_tokens)
+        }
         None => println!("ReLU model: threshold 0 in every layer (exact sparsity); --sparsity ignored"),
     }
     println!(

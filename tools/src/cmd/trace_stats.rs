@@ -120,7 +120,8 @@ fn settings(args: &Args, trace: &Trace) -> anyhow::Result<Vec<Setting>> {
     }
     for p in &args.thresholds {
         let t = Thresholds::load(p)?;
-        t.check_model(p, &meta.identity()).with_context(|| format!("using {} with {}", p.display(), trace.path().display()))?;
+        t.check_model(p, &meta.identity())
+            .with_context(|| format!("using {} with {}", p.display(), trace.path().display()))?;
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let name = match t.target_sparsity {
             Some(s) => format!("{} (sparsity {s})", p.display()),
@@ -145,7 +146,11 @@ fn settings(args: &Args, trace: &Trace) -> anyhow::Result<Vec<Setting>> {
     }
     for &a in &args.abs_threshold {
         anyhow::ensure!(a.is_finite() && a >= 0.0, "--abs-threshold {a} must be a finite non-negative number");
-        out.push(Setting { name: format!("|activation| > {a} in every layer"), slug: format!("abs{a}"), thresholds: vec![a; n] });
+        out.push(Setting {
+            name: format!("|activation| > {a} in every layer"),
+            slug: format!("abs{a}"),
+            thresholds: vec![a; n],
+        });
     }
     Ok(out)
 }
@@ -240,7 +245,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (train, valid) = trace.split(args.valid_fraction, args.seed);
     let cfg = StatsConfig { k_max: args.k_max, coact_sample: args.coact_sample, seed: args.seed, ..Default::default() };
     let bar = ProgressBar::new(meta.n_layers as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} layers, {elapsed}").expect("the template is valid"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} layers, {elapsed}").expect("the template is valid"),
+    );
     let mut per: Vec<Vec<LayerStats>> = settings.iter().map(|_| Vec::new()).collect();
     for l in 0..meta.n_layers {
         let acts = trace.layer_acts(l)?;
