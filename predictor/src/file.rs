@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use half::f16;
-use spike_flash::model::config::{Activation, ModelConfig};
+use spike_flash::model::config::Activation;
 
 use crate::lowrank::CompactLowRank;
 use crate::select::{LayerPredictor, Predictor};
+use crate::trace::ModelIdentity;
 use crate::{Error, Result};
 
 pub const MAGIC: [u8; 8] = *b"SPKPRED\0";
@@ -19,60 +19,6 @@ pub const ENTRY_BYTES: usize = 32;
 pub const WEIGHTS_F16: u32 = 1;
 /// Largest `n_layers`, `d_model` or `d_ffn` a reader accepts.
 pub const MAX_DIM: u64 = 1 << 24;
-
-/// Which model a predictor belongs to. The same type as the trace module's (`crate::trace::ModelIdentity`),
-/// which replaces this one when both are merged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelIdentity {
-    /// Lower-case hex sha256 of the model file; empty when unknown.
-    pub sha256: String,
-    pub n_layers: usize,
-    pub d_model: usize,
-    pub d_ffn: usize,
-    pub activation: Activation,
-}
-
-impl ModelIdentity {
-    /// The identity of a model whose sha256 is already known.
-    pub fn with_sha(sha256: String, cfg: &ModelConfig) -> ModelIdentity {
-        ModelIdentity {
-            sha256,
-            n_layers: cfg.n_layers,
-            d_model: cfg.d_model,
-            d_ffn: cfg.d_ffn,
-            activation: cfg.activation,
-        }
-    }
-
-    /// An error naming `path` (a file that claims identity `self`) unless `self` and `model` agree; says
-    /// every field that differs.
-    pub fn check(&self, path: &Path, model: &ModelIdentity) -> Result<()> {
-        let mut diffs = Vec::new();
-        let mut dim = |name: &str, file: usize, m: usize| {
-            if file != m {
-                diffs.push(format!("{name} is {file} in the file but {m} in the model"));
-            }
-        };
-        dim("n_layers", self.n_layers, model.n_layers);
-        dim("d_model", self.d_model, model.d_model);
-        dim("d_ffn", self.d_ffn, model.d_ffn);
-        if self.activation != model.activation {
-            diffs.push(format!(
-                "the activation is {} in the file but {} in the model",
-                self.activation.hf_name(),
-                model.activation.hf_name()
-            ));
-        }
-        if self.sha256 != model.sha256 {
-            diffs.push(format!("it was made from model sha256 {} but this model's is {}", self.sha256, model.sha256));
-        }
-        if diffs.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::mismatch(path, format!("belongs to another model: {}", diffs.join("; "))))
-        }
-    }
-}
 
 /// The 32 bytes of a hex sha256 (all zero for an empty string: unknown).
 fn sha256_bytes(hex: &str) -> Result<[u8; 32]> {
@@ -132,9 +78,8 @@ pub fn to_bytes(p: &Predictor) -> Result<Vec<u8>> {
     for l in p.layers() {
         let w = &l.weights;
         let mut b = Vec::with_capacity(w.bytes());
-        for v in w.a().iter().chain(w.b()) {
-            b.extend_from_slice(&v.to_bits().to_le_bytes());
-        }
+        b.extend_from_slice(w.at_bytes());
+        b.extend_from_slice(w.bt_bytes());
         for v in w.bias() {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -288,15 +233,12 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Predictor> {
         if computed != crc {
             return Err(checksum(&format!("layer {l}'s weights"), crc, computed));
         }
-        let halves = |b: &[u8]| -> Vec<f16> {
-            b.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect()
-        };
         let singles = |b: &[u8]| -> Vec<f32> {
             b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
         let (a_bytes, rest) = block.split_at(2 * d * r);
         let (b_bytes, bias_bytes) = rest.split_at(2 * r * n);
-        let weights = CompactLowRank::from_parts((d, r, n), halves(a_bytes), halves(b_bytes), singles(bias_bytes))
+        let weights = CompactLowRank::from_parts((d, r, n), a_bytes.to_vec(), b_bytes.to_vec(), singles(bias_bytes))
             .map_err(|e| bad(format!("layer {l}: {e}")))?;
         layers.push(LayerPredictor { weights, decision_threshold: thr, act_threshold: act_thr });
     }

@@ -1,10 +1,11 @@
 //! The low-rank predictor of one layer, `logits = (x A) B + bias` with `A: d x r`, `B: r x n`: the trained
 //! f32 form ([`LowRank`]) and the compact form kept in files and in DRAM ([`CompactLowRank`]: f16 matrices,
-//! f32 bias), which evaluates one token with two matrix-vector products and no allocation.
+//! f32 bias), which evaluates one token with two of the engine's f16 matrix-vector products and no allocation.
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
+use spike_flash::engine::kernels::{self, Acts, QMatrix};
+use spike_flash::model::quant::DType;
 
 use crate::{Error, Result};
 
@@ -92,54 +93,69 @@ impl LowRank {
         z += &self.bias.view().insert_axis(Axis(0));
         z
     }
-
-    /// The compact form: matrices rounded to f16 (round to nearest even), bias kept in f32.
-    pub fn to_compact(&self) -> CompactLowRank {
-        let to_f16 = |m: &Array2<f32>| m.iter().map(|&v| f16::from_f32(v)).collect::<Vec<f16>>();
-        CompactLowRank {
-            d: self.d_model(),
-            r: self.rank(),
-            n: self.d_ffn(),
-            a: to_f16(&self.a),
-            b: to_f16(&self.b),
-            bias: self.bias.to_vec(),
-        }
-    }
 }
 
-/// One layer's predictor as stored and kept in DRAM: `A` (`d x r`, row-major) and `B` (`r x n`, row-major) in
-/// f16, the bias in f32. f16 halves the DRAM a predictor takes next to f32; its 11-bit significand moves a
-/// logit by about 1e-3 of its size, far below the margins a decision threshold is chosen with (the
-/// thresholds and reported metrics are computed on these rounded weights, not on the f32 ones).
+/// One layer's predictor as stored and kept in DRAM: `Aᵀ` (`r x d`, row `k` = the weights of rank unit `k`) and
+/// `Bᵀ` (`n x r`, row `j` = neuron `j`'s weights) as little-endian f16, the bias in f32. f16 halves the DRAM a
+/// predictor takes next to f32; its 11-bit significand moves a logit by about 1e-3 of its size, far below the
+/// margins a decision threshold is chosen with (thresholds and reported metrics are computed on these rounded
+/// weights, not on the f32 ones). The matrices are in the engine's row layout, so one token's logits are two
+/// calls of its f16 matrix-vector kernels (AVX-512 / AVX2 with F16C, or scalar).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompactLowRank {
     d: usize,
     r: usize,
     n: usize,
-    a: Vec<f16>,
-    b: Vec<f16>,
+    at: Vec<u8>,
+    bt: Vec<u8>,
     bias: Vec<f32>,
 }
 
 /// Reusable buffers for [`CompactLowRank::logits_one`].
 #[derive(Debug, Default, Clone)]
 pub struct Scratch {
+    x: Acts,
     h: Vec<f32>,
-    row: Vec<f32>,
+    hacts: Acts,
+}
+
+fn f16_bytes(v: impl Iterator<Item = f32>) -> Vec<u8> {
+    v.flat_map(|x| f16::from_f32(x).to_bits().to_le_bytes()).collect()
+}
+
+fn widen(bytes: &[u8], rows: usize, cols: usize) -> Array2<f32> {
+    let v: Vec<f32> =
+        bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect();
+    Array2::from_shape_vec((rows, cols), v).expect("lengths checked at construction")
+}
+
+impl LowRank {
+    /// The compact form: matrices transposed and rounded to f16 (round to nearest even), bias kept in f32.
+    pub fn to_compact(&self) -> CompactLowRank {
+        CompactLowRank {
+            d: self.d_model(),
+            r: self.rank(),
+            n: self.d_ffn(),
+            at: f16_bytes(self.a.t().iter().copied()),
+            bt: f16_bytes(self.b.t().iter().copied()),
+            bias: self.bias.to_vec(),
+        }
+    }
 }
 
 impl CompactLowRank {
-    /// A compact predictor from its parts; the lengths must be `d * r`, `r * n` and `n`.
-    pub fn from_parts((d, r, n): (usize, usize, usize), a: Vec<f16>, b: Vec<f16>, bias: Vec<f32>) -> Result<Self> {
-        if a.len() != d * r || b.len() != r * n || bias.len() != n {
+    /// A compact predictor from its parts: `at` is `r x d` and `bt` is `n x r` little-endian f16 values,
+    /// `bias` has `n` values.
+    pub fn from_parts((d, r, n): (usize, usize, usize), at: Vec<u8>, bt: Vec<u8>, bias: Vec<f32>) -> Result<Self> {
+        if at.len() != 2 * d * r || bt.len() != 2 * r * n || bias.len() != n {
             return Err(Error::Invalid(format!(
-                "compact low-rank of {d} x {r} x {n} given {}, {} and {} values",
-                a.len(),
-                b.len(),
+                "compact low-rank of {d} x {r} x {n} given {} and {} bytes of f16 and {} biases",
+                at.len(),
+                bt.len(),
                 bias.len()
             )));
         }
-        Ok(CompactLowRank { d, r, n, a, b, bias })
+        Ok(CompactLowRank { d, r, n, at, bt, bias })
     }
 
     pub fn d_model(&self) -> usize {
@@ -151,13 +167,13 @@ impl CompactLowRank {
     pub fn d_ffn(&self) -> usize {
         self.n
     }
-    /// `A`, `d x r` row-major.
-    pub fn a(&self) -> &[f16] {
-        &self.a
+    /// `Aᵀ`, `r x d`, little-endian f16.
+    pub fn at_bytes(&self) -> &[u8] {
+        &self.at
     }
-    /// `B`, `r x n` row-major.
-    pub fn b(&self) -> &[f16] {
-        &self.b
+    /// `Bᵀ`, `n x r`, little-endian f16.
+    pub fn bt_bytes(&self) -> &[u8] {
+        &self.bt
     }
     pub fn bias(&self) -> &[f32] {
         &self.bias
@@ -165,54 +181,35 @@ impl CompactLowRank {
 
     /// Bytes of weights this layer keeps in DRAM.
     pub fn bytes(&self) -> usize {
-        (self.a.len() + self.b.len()) * 2 + self.bias.len() * 4
+        self.at.len() + self.bt.len() + self.bias.len() * 4
     }
 
     /// The same weights widened to f32 (exactly: every f16 is an f32).
     pub fn to_f32(&self) -> LowRank {
-        let widen = |v: &[f16], rows: usize, cols: usize| {
-            let mut out = vec![0.0f32; v.len()];
-            v.convert_to_f32_slice(&mut out);
-            Array2::from_shape_vec((rows, cols), out).expect("lengths checked at construction")
-        };
         LowRank {
-            a: widen(&self.a, self.d, self.r),
-            b: widen(&self.b, self.r, self.n),
+            a: widen(&self.at, self.r, self.d).reversed_axes().as_standard_layout().into_owned(),
+            b: widen(&self.bt, self.n, self.r).reversed_axes().as_standard_layout().into_owned(),
             bias: Array1::from(self.bias.clone()),
         }
     }
 
     /// Logits of one token `x` (`d_model`) into `z` (resized to `d_ffn`), with buffers from `s`; allocates only
-    /// the first time a buffer grows.
+    /// the first time a buffer grows. Single-threaded: callers parallelize over tokens.
     pub fn logits_one(&self, x: &[f32], z: &mut Vec<f32>, s: &mut Scratch) {
         debug_assert_eq!(x.len(), self.d);
-        let (r, n) = (self.r, self.n);
-        s.h.clear();
+        let (d, r, n) = (self.d, self.r, self.n);
+        let isa = kernels::isa();
+        let at = QMatrix::new(DType::F16, r, d, &self.at).expect("from_parts checked the sizes of A^T");
+        let bt = QMatrix::new(DType::F16, n, r, &self.bt).expect("from_parts checked the sizes of B^T");
+        s.x.prepare(DType::F16, x, 1, d);
         s.h.resize(r, 0.0);
-        s.row.resize(r.max(n), 0.0);
-        // h = x A: one row of A per input dimension.
-        let row = &mut s.row[..r];
-        for (&xi, a_row) in x.iter().zip(self.a.chunks_exact(r)) {
-            if xi != 0.0 {
-                a_row.convert_to_f32_slice(row);
-                axpy(xi, row, &mut s.h);
-            }
+        kernels::matmul_with(isa, &at, &s.x, &mut s.h);
+        s.hacts.prepare(DType::F16, &s.h, 1, r);
+        z.resize(n, 0.0);
+        kernels::matmul_with(isa, &bt, &s.hacts, z);
+        for (zj, b) in z.iter_mut().zip(&self.bias) {
+            *zj += b;
         }
-        // z = h B + bias: one row of B per rank dimension.
-        z.clear();
-        z.extend_from_slice(&self.bias);
-        let row = &mut s.row[..n];
-        for (&hk, b_row) in s.h.iter().zip(self.b.chunks_exact(n)) {
-            b_row.convert_to_f32_slice(row);
-            axpy(hk, row, z);
-        }
-    }
-}
-
-#[inline]
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
     }
 }
 

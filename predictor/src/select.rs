@@ -2,13 +2,15 @@
 //! decision threshold, as a [`NeuronSelector`] for the sparse FFN.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 use spike_flash::engine::sparse::NeuronSelector;
 
-use crate::file::ModelIdentity;
 use crate::lowrank::{CompactLowRank, Scratch};
 use crate::metrics::Confusion;
+use crate::trace::ModelIdentity;
 use crate::{Error, Result};
 
 /// One layer of a predictor.
@@ -125,22 +127,45 @@ impl Predictor {
     }
 }
 
+impl LayerPredictor {
+    /// Fills `active` with the neurons whose logit for `x` passes the decision threshold, ascending.
+    fn choose(&self, x: &[f32], z: &mut Vec<f32>, s: &mut Scratch, active: &mut Vec<u32>) {
+        self.weights.logits_one(x, z, s);
+        let thr = self.decision_threshold;
+        active.clear();
+        active.extend(z.iter().enumerate().filter(|(_, &v)| v > thr).map(|(i, _)| i as u32));
+    }
+}
+
+impl Predictor {
+    /// Layer `layer`, and a check that `x` holds `tokens` inputs of `d_model`.
+    fn layer_for(&self, layer: usize, x: &[f32], tokens: usize) -> spike_flash::Result<&LayerPredictor> {
+        let d = self.identity.d_model;
+        if x.len() != tokens * d {
+            return Err(spike_flash::Error::Invalid(format!(
+                "predictor input of {} values for {tokens} tokens of d_model {d}",
+                x.len()
+            )));
+        }
+        self.layer(layer)
+    }
+}
+
 impl NeuronSelector for Predictor {
     fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> spike_flash::Result<()> {
+        self.layer_for(layer, x, 1)?;
+        self.layers[layer].choose(x, &mut self.z, &mut self.scratch, active);
+        Ok(())
+    }
+
+    /// Stateless: the tokens are decided in parallel, each exactly as [`NeuronSelector::select`] would.
+    fn select_batch(&mut self, layer: usize, x: &[f32], active: &mut [Vec<u32>]) -> spike_flash::Result<()> {
+        let p = self.layer_for(layer, x, active.len())?;
         let d = self.identity.d_model;
-        if x.len() != d {
-            return Err(spike_flash::Error::Invalid(format!("predictor input of {} values for d_model {d}", x.len())));
-        }
-        let Some(p) = self.layers.get(layer) else {
-            return Err(spike_flash::Error::Invalid(format!(
-                "the predictor has {} layers, asked for layer {layer}",
-                self.layers.len()
-            )));
-        };
-        p.weights.logits_one(x, &mut self.z, &mut self.scratch);
-        let thr = p.decision_threshold;
-        active.clear();
-        active.extend(self.z.iter().enumerate().filter(|(_, &z)| z > thr).map(|(i, _)| i as u32));
+        active.par_iter_mut().enumerate().for_each_init(
+            || (Vec::new(), Scratch::default()),
+            |(z, s), (t, a)| p.choose(&x[t * d..(t + 1) * d], z, s, a),
+        );
         Ok(())
     }
 }
@@ -148,21 +173,32 @@ impl NeuronSelector for Predictor {
 /// A selector checked against the truth while it runs: every token's choice of `selector` is compared with
 /// that of `truth` (an oracle at the activation thresholds the predictor was trained for) and counted per
 /// layer. The FFN then computes what `selector` chose. The oracle computes every neuron, so this costs a
-/// dense FFN per token on top: a measurement, not a way to run.
+/// dense FFN per token on top: a measurement, not a way to run. The counts are shared ([`Audited::counts`]),
+/// so they stay readable while the selector is owned by the FFN that uses it.
 pub struct Audited<S, T> {
     pub selector: S,
     truth: T,
-    true_set: Vec<u32>,
+    true_sets: Vec<Vec<u32>>,
     d_ffn: usize,
-    /// Per layer, (token, neuron) pairs compared so far.
-    pub counts: Vec<Confusion>,
+    counts: Arc<Mutex<Vec<Confusion>>>,
 }
 
 impl<S: NeuronSelector, T: NeuronSelector> Audited<S, T> {
     /// Audits `selector` against `truth` on a model of `n_layers` layers of `d_ffn` neurons.
     pub fn new(selector: S, truth: T, n_layers: usize, d_ffn: usize) -> Self {
-        Audited { selector, truth, true_set: Vec::new(), d_ffn, counts: vec![Confusion::default(); n_layers] }
+        let counts = Arc::new(Mutex::new(vec![Confusion::default(); n_layers]));
+        Audited { selector, truth, true_sets: Vec::new(), d_ffn, counts }
     }
+
+    /// Per layer, the (token, neuron) pairs compared so far.
+    pub fn counts(&self) -> Arc<Mutex<Vec<Confusion>>> {
+        Arc::clone(&self.counts)
+    }
+}
+
+/// The counts, also after a panic elsewhere (they are plain numbers, never left half-updated).
+fn lock(c: &Mutex<Vec<Confusion>>) -> std::sync::MutexGuard<'_, Vec<Confusion>> {
+    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Adds the comparison of ascending id lists `chosen` and `truth` out of `n` neurons to `c`.
@@ -188,13 +224,30 @@ fn count_sets(chosen: &[u32], truth: &[u32], n: usize, c: &mut Confusion) {
 
 impl<S: NeuronSelector, T: NeuronSelector> NeuronSelector for Audited<S, T> {
     fn select(&mut self, layer: usize, x: &[f32], active: &mut Vec<u32>) -> spike_flash::Result<()> {
-        self.selector.select(layer, x, active)?;
-        self.truth.select(layer, x, &mut self.true_set)?;
-        let n_layers = self.counts.len();
-        let c = self.counts.get_mut(layer).ok_or_else(|| {
-            spike_flash::Error::Invalid(format!("audit of {n_layers} layers asked for layer {layer}"))
-        })?;
-        count_sets(active, &self.true_set, self.d_ffn, c);
+        self.select_batch(layer, x, std::slice::from_mut(active))
+    }
+
+    fn select_batch(&mut self, layer: usize, x: &[f32], active: &mut [Vec<u32>]) -> spike_flash::Result<()> {
+        let n_layers = lock(&self.counts).len();
+        if layer >= n_layers {
+            return Err(spike_flash::Error::Invalid(format!("audit of {n_layers} layers asked for layer {layer}")));
+        }
+        let n = active.len();
+        if self.true_sets.len() < n {
+            self.true_sets.resize_with(n, Vec::new);
+        }
+        self.selector.select_batch(layer, x, active)?;
+        self.truth.select_batch(layer, x, &mut self.true_sets[..n])?;
+        let (d_ffn, mut c) = (self.d_ffn, Confusion::default());
+        for (chosen, truth) in active.iter().zip(&self.true_sets) {
+            count_sets(chosen, truth, d_ffn, &mut c);
+        }
+        let mut counts = lock(&self.counts);
+        let total = &mut counts[layer];
+        total.tp += c.tp;
+        total.fp += c.fp;
+        total.fn_ += c.fn_;
+        total.tn += c.tn;
         Ok(())
     }
 }
@@ -215,11 +268,15 @@ mod tests {
     #[test]
     fn audit_counts_agreement_of_the_two_sets() {
         let mut a = Audited::new(Fixed(vec![0, 2, 3, 7]), Fixed(vec![2, 4, 7]), 2, 10);
+        let counts = a.counts();
         let mut active = Vec::new();
         a.select(1, &[0.0], &mut active).unwrap();
         assert_eq!(active, vec![0, 2, 3, 7]);
-        assert_eq!(a.counts[1], Confusion { tp: 2, fp: 2, fn_: 1, tn: 5 });
-        assert_eq!(a.counts[0], Confusion::default());
+        assert_eq!(counts.lock().unwrap()[1], Confusion { tp: 2, fp: 2, fn_: 1, tn: 5 });
+        assert_eq!(counts.lock().unwrap()[0], Confusion::default());
+        let mut batch = vec![Vec::new(); 3];
+        a.select_batch(1, &[0.0; 3], &mut batch).unwrap();
+        assert_eq!(counts.lock().unwrap()[1], Confusion { tp: 8, fp: 8, fn_: 4, tn: 20 });
         assert!(a.select(2, &[0.0], &mut active).is_err());
     }
 }

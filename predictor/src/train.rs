@@ -11,10 +11,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use crate::file::ModelIdentity;
 use crate::lowrank::{LowRank, RankSpec};
 use crate::metrics::{threshold_for_recall, Confusion, LayerMetrics};
 use crate::select::{LayerPredictor, Predictor};
+use crate::trace::{ModelIdentity, Trace};
 use crate::{Error, Result};
 
 /// The bias learns this many times faster than the factors. Adam moves every parameter by about the learning
@@ -302,6 +302,50 @@ impl LayerSource for Vec<LayerData> {
     }
 }
 
+/// Training data read from a trace: layer `l`'s inputs and activations at the given token indices, labelled
+/// active where the activation magnitude exceeds `thresholds[l]`. Layers are read when asked for.
+pub struct TraceLayers<'a> {
+    trace: &'a Trace,
+    train: Vec<usize>,
+    valid: Vec<usize>,
+    thresholds: Vec<f32>,
+}
+
+impl<'a> TraceLayers<'a> {
+    /// Checks there is a threshold per layer and every index is a token of the trace.
+    pub fn new(trace: &'a Trace, train: Vec<usize>, valid: Vec<usize>, thresholds: Vec<f32>) -> Result<Self> {
+        let m = trace.meta();
+        if thresholds.len() != m.n_layers {
+            return Err(Error::mismatch(
+                trace.path(),
+                format!("{} activation thresholds for a trace of {} layers", thresholds.len(), m.n_layers),
+            ));
+        }
+        if let Some(&t) = train.iter().chain(&valid).find(|&&t| t >= m.n_tokens) {
+            return Err(Error::Invalid(format!("token {t} of a trace of {} tokens", m.n_tokens)));
+        }
+        Ok(TraceLayers { trace, train, valid, thresholds })
+    }
+}
+
+impl LayerSource for TraceLayers<'_> {
+    fn n_layers(&self) -> usize {
+        self.thresholds.len()
+    }
+
+    fn load(&self, layer: usize) -> Result<LayerData> {
+        let (x, acts) = self.trace.layer(layer)?;
+        let thr = self.thresholds[layer];
+        Ok(LayerData {
+            x_train: x.select(Axis(0), &self.train),
+            y_train: labels(acts.select(Axis(0), &self.train).view(), thr),
+            x_valid: x.select(Axis(0), &self.valid),
+            y_valid: labels(acts.select(Axis(0), &self.valid).view(), thr),
+            act_threshold: thr,
+        })
+    }
+}
+
 /// Settings of a whole predictor's training.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictorConfig {
@@ -348,15 +392,9 @@ pub fn fit_layer(
         valid_tokens: data.x_valid.nrows(),
         act_threshold: data.act_threshold,
         decision_threshold: thr,
-        true_active_fraction: 0.0,
-        predicted_active_fraction: 0.0,
-        recall: 0.0,
-        precision: 0.0,
-        false_negative_rate: 0.0,
-        predicted_true_ratio: 0.0,
         bytes: compact.bytes(),
-        train_seconds: 0.0,
         final_loss: report.final_loss,
+        ..LayerMetrics::default()
     };
     m.fill_from(&conf);
     m.train_seconds = t0.elapsed().as_secs_f64();

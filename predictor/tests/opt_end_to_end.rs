@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use ndarray::{Array2, Axis};
-use predictor::file::ModelIdentity;
 use predictor::lowrank::RankSpec;
 use predictor::metrics::Confusion;
 use predictor::train::{labels, train_predictor, LayerData, PredictorConfig, TrainConfig};
+use predictor::ModelIdentity;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spike_flash::engine::model::{ActivationSink, DenseFfn, Model};

@@ -4,8 +4,9 @@
 use std::path::Path;
 
 use ndarray::{Array1, Array2};
-use predictor::file::{self, ModelIdentity};
+use predictor::file;
 use predictor::lowrank::LowRank;
+use predictor::ModelIdentity;
 use predictor::{Error, LayerPredictor, Predictor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

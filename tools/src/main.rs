@@ -55,6 +55,8 @@ enum Command {
     TraceStats(cmd::trace_stats::Args),
     /// Per-layer activation thresholds reaching a target sparsity on a trace's training split.
     Calibrate(cmd::calibrate::Args),
+    /// Train low-rank sparsity predictors (one per layer) on a trace; writes the predictor and per-layer CSV.
+    TrainPredictor(cmd::train_predictor::Args),
 }
 
 fn parse_precision(s: &str) -> Result<ActPrecision, String> {
@@ -82,6 +84,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Trace(a) => cmd::trace::run(a),
         Command::TraceStats(a) => cmd::trace_stats::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
+        Command::TrainPredictor(a) => cmd::train_predictor::run(a),
     }
 }
 

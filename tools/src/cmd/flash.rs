@@ -142,7 +142,7 @@ impl FlashModel {
     pub fn predictor(&self, path: &Path) -> anyhow::Result<(Box<dyn NeuronSelector + Send>, u64)> {
         let p = predictor::file::read(path).with_context(|| format!("reading the predictor {}", path.display()))?;
         let m = self.layout.manifest();
-        let id = predictor::file::ModelIdentity::with_sha(m.source.sha256.clone(), &m.model);
+        let id = predictor::ModelIdentity::with_sha(m.source.sha256.clone(), &m.model);
         p.check_model(path, &id)?;
         let bytes = p.dram_bytes() as u64;
         Ok((Box::new(p), bytes))

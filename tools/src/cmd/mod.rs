@@ -14,6 +14,7 @@ pub mod profile_device;
 pub mod synth;
 pub mod trace;
 pub mod trace_stats;
+pub mod train_predictor;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

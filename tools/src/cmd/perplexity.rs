@@ -1,6 +1,7 @@
 //! `spike perplexity`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -9,8 +10,12 @@ use predictor::calibrate::Thresholds;
 use predictor::trace::{ModelIdentity, Trace};
 use spike_flash::engine::eval::perplexity;
 use spike_flash::engine::model::{DenseFfn, FfnStep};
-use spike_flash::engine::sparse::{all_rows, NeuronSelector, Oracle, SparseFfn, SparseStats};
+use spike_flash::engine::sparse::{all_rows, Oracle, SparseFfn, SparseStats};
 use spike_flash::model::config::Activation;
+// --predictor
+use predictor::metrics::{Confusion, LayerMetrics, Summary};
+use predictor::select::Audited;
+use spike_flash::engine::sparse::NeuronSelector;
 
 /// Arguments of `spike perplexity`.
 #[derive(clap::Args, Debug)]
@@ -46,10 +51,14 @@ pub struct Args {
     /// With --trace: seed of the document split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Flash mode (--layout) and its options; without --layout, --predictor computes each FFN of the model over
-    /// the neurons the predictor selects.
+    /// Flash mode (--layout) and its options. Without --layout, --predictor (a file from `spike
+    /// train-predictor`) computes each FFN of the model over the neurons it predicts active, exactly.
     #[command(flatten)]
     flash: super::flash::FlashArgs,
+    /// With --predictor: also find the truly active neurons (at the predictor's activation thresholds) and
+    /// report its recall and precision on this text. Costs a dense FFN per token.
+    #[arg(long, requires = "predictor")]
+    predictor_recall: bool,
 }
 
 /// How the FFN is computed.
@@ -146,29 +155,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut oracle = None;
     let mut origin = String::new();
     let mut thresholds = None;
-    let mut other: Option<Box<dyn FfnStep>> = None;
-    let mut predicted: Option<SparseFfn<Box<dyn NeuronSelector + Send>>> = None;
-    if let Some(fm) = flash_model.take() {
-        anyhow::ensure!(
-            args.sparsity == Mode::Dense,
-            "flash mode selects with --predictor or --oracle, not --sparsity"
-        );
-        let (ffn, dram) = fm.ffn(&loaded.model, &args.flash, None)?;
-        eprintln!("flash mode: {} backend, cache {}; {dram}", args.flash.backend, args.flash.cache);
-        other = Some(Box::new(ffn));
-    } else if let Some(p) = &args.flash.predictor {
-        anyhow::ensure!(args.sparsity == Mode::Dense, "give either --predictor or --sparsity oracle:S");
-        let pred = predictor::file::read(p).with_context(|| format!("reading the predictor {}", p.display()))?;
-        let id = predictor::file::ModelIdentity::with_sha(
-            spike_flash::model::fetch::sha256_file(&loaded.path)?,
-            loaded.model.config(),
-        );
-        pred.check_model(p, &id)?;
-        let rows =
-            all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
-        predicted = Some(SparseFfn::with_rows(rows, Box::new(pred)));
-        origin = format!("predictor {}", p.display());
-    }
     if let Mode::Oracle(target) = args.sparsity {
         let (t, from) = oracle_thresholds(&args, &loaded, target)?;
         let rows =
@@ -178,11 +164,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         origin = from;
         thresholds = Some(t);
     }
-    let ffn: &mut dyn FfnStep = match (oracle.as_mut(), predicted.as_mut(), other.as_mut()) {
+    let mut predicted = match &args.flash.predictor {
+        Some(p) if flash_model.is_none() => Some(PredictedFfn::new(p, &loaded, args.predictor_recall)?),
+        Some(_) => None,
+        None => None,
+    };
+    let mut flash = None;
+    if let Some(fm) = flash_model.take() {
+        anyhow::ensure!(
+            args.sparsity == Mode::Dense,
+            "flash mode selects with --predictor or --oracle, not --sparsity"
+        );
+        let (ffn, dram) = fm.ffn(&loaded.model, &args.flash, None)?;
+        eprintln!("flash mode: {} backend, cache {}; {dram}", args.flash.backend, args.flash.cache);
+        flash = Some(ffn);
+    }
+    let ffn: &mut dyn FfnStep = match (oracle.as_mut(), predicted.as_mut(), flash.as_mut()) {
         (Some(o), _, _) => o,
-        (_, Some(p), _) => p,
-        (_, _, Some(f)) => &mut **f,
-        _ => &mut dense,
+        (None, Some(p), _) => &mut p.ffn,
+        (None, None, Some(f)) => f,
+        (None, None, None) => &mut dense,
     };
     let t0 = Instant::now();
     let result = perplexity(&loaded.model, &tokens, args.ctx, ffn, &mut |_, _, ppl| {
@@ -191,7 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     bar.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    let stats: Option<SparseStats> = oracle.as_ref().map(|o| o.stats).or(predicted.as_ref().map(|p| p.stats));
+    let stats: Option<SparseStats> = oracle.as_ref().map(|o| o.stats);
     let realised = stats.map(|s| 1.0 - s.active as f64 / s.total.max(1) as f64);
     println!(
         "perplexity {:.4} +/- {:.4} over {} chunks of {} ({} scored tokens) in {:.1} s ({:.0} tok/s)",
@@ -204,7 +205,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (result.chunks * result.n_ctx) as f64 / secs
     );
     if let (Some(st), Some(r)) = (stats, realised) {
-        println!("  sparsity ({origin}): realised {r:.4} ({} of {} neuron evaluations active)", st.active, st.total);
+        println!(
+            "  oracle sparsity ({origin}): realised {r:.4} ({} of {} neuron evaluations active)",
+            st.active, st.total
+        );
+    }
+    let predicted = predicted.map(|p| p.report());
+    if let Some(p) = &predicted {
+        p.print();
     }
     if let Some(path) = &args.json {
         let sparsity = match args.sparsity {
@@ -224,10 +232,108 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "result": result,
             "seconds": secs,
             "sparsity": sparsity,
+            "predictor": predicted,
         });
         let text = serde_json::to_string_pretty(&v)?;
         super::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `--predictor`: the sparse FFN over a trained predictor's choices, audited against an oracle when asked.
+struct PredictedFfn {
+    path: PathBuf,
+    ffn: SparseFfn<Box<dyn NeuronSelector>>,
+    audit: Option<Arc<Mutex<Vec<Confusion>>>>,
+    dram_bytes: usize,
+    ranks: Vec<usize>,
+}
+
+/// What a `--predictor` run reports (and writes to the JSON).
+#[derive(serde::Serialize)]
+struct PredictedReport {
+    path: String,
+    ranks: Vec<usize>,
+    dram_bytes: usize,
+    stats: SparseStats,
+    realised_active_fraction: f64,
+    /// Means over layers, against the oracle at the predictor's activation thresholds (`--predictor-recall`).
+    audit: Option<Summary>,
+}
+
+impl PredictedFfn {
+    fn new(path: &Path, loaded: &super::Loaded, audit: bool) -> anyhow::Result<PredictedFfn> {
+        let cfg = loaded.model.config();
+        let pred = predictor::file::read(path)?;
+        let identity =
+            ModelIdentity::of(&loaded.path, cfg).with_context(|| format!("hashing {}", loaded.path.display()))?;
+        pred.check_model(path, &identity)?;
+        let dram_bytes = pred.dram_bytes();
+        let ranks = pred.layers().iter().map(|l| l.weights.rank()).collect();
+        let rows =
+            all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
+        let (selector, counts): (Box<dyn NeuronSelector>, _) = if audit {
+            let thresholds = pred.layers().iter().map(|l| l.act_threshold).collect();
+            let oracle = Oracle::new(&loaded.model, rows.clone(), thresholds)?;
+            let audited = Audited::new(pred, oracle, cfg.n_layers, cfg.d_ffn);
+            let counts = audited.counts();
+            (Box::new(audited), Some(counts))
+        } else {
+            (Box::new(pred), None)
+        };
+        Ok(PredictedFfn {
+            path: path.to_path_buf(),
+            ffn: SparseFfn::with_rows(rows, selector),
+            audit: counts,
+            dram_bytes,
+            ranks,
+        })
+    }
+
+    fn report(self) -> PredictedReport {
+        let st = self.ffn.stats;
+        let audit = self.audit.map(|c| {
+            let counts = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let rows: Vec<LayerMetrics> = counts
+                .iter()
+                .enumerate()
+                .map(|(layer, c)| {
+                    let mut m = LayerMetrics { layer, rank: self.ranks[layer], ..LayerMetrics::default() };
+                    m.fill_from(c);
+                    m
+                })
+                .collect();
+            Summary::of(&rows)
+        });
+        PredictedReport {
+            path: self.path.display().to_string(),
+            ranks: self.ranks,
+            dram_bytes: self.dram_bytes,
+            stats: st,
+            realised_active_fraction: st.active as f64 / st.total.max(1) as f64,
+            audit,
+        }
+    }
+}
+
+impl PredictedReport {
+    fn print(&self) {
+        println!(
+            "  predictor {}: realised active fraction {:.4} (sparsity {:.4}, {} of {} neuron evaluations); {} bytes in DRAM",
+            self.path,
+            self.realised_active_fraction,
+            1.0 - self.realised_active_fraction,
+            self.stats.active,
+            self.stats.total,
+            self.dram_bytes
+        );
+        if let Some(a) = &self.audit {
+            println!(
+                "  against the truly active neurons of this text (mean over layers): recall {:.4} (min {:.4}), \
+                 precision {:.4}, predicted/true {:.3}, truly active {:.4}",
+                a.recall, a.min_recall, a.precision, a.predicted_true_ratio, a.true_active_fraction
+            );
+        }
+    }
 }
