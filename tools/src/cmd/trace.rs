@@ -89,7 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "wrote trace {}: {} tokens in {} segments of {} documents, {} layers, {:.1} MB, in {secs:.1} s ({:.1} s \
-         model, {:.1} s writing)",
+         loading and running the model, {:.1} s assembling and syncing the file)",
         s.path.display(),
         s.n_tokens,
         s.n_segments,
