@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: set up, then run Spike on the default model. For now this is the foundation's check (greedy
-# generation, GPL-3 perplexity, dense speed); the flash experiments join it as they land.
+# The main job: set up, then run Spike on the default model end to end: greedy generation, GPL-3 perplexity and
+# dense speed; activation traces, thresholds and their statistics (scripts/traces.sh); then the flash loop under
+# a DRAM budget inside a memory cgroup, with the predictor (scripts/flash-budget.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,4 +21,8 @@ echo "== perplexity on /usr/share/common-licenses/GPL-3 (llama.cpp: 18.35)"
 $spike perplexity -f /usr/share/common-licenses/GPL-3 -c 512 --json "$out/perplexity.json"
 echo "== bench (dense, 2 threads)"
 $spike --threads 2 bench --csv "$out/bench-dense.csv"
-echo "outputs in $out/"
+echo "== traces, thresholds, statistics, oracle perplexity (scripts/traces.sh)"
+SPIKE=$spike bash scripts/traces.sh
+echo "== flash loop under a DRAM budget (scripts/flash-budget.sh)"
+SPIKE=$spike bash scripts/flash-budget.sh
+echo "outputs in $out/, results/traces/, results/flash/"
