@@ -5,7 +5,7 @@
 # at 8.7 tok/s on this machine kind), the paper's rows side by side (spike bench --layout) and the GPL-3
 # perplexity of the predictor + window configuration. The cgroup is created and removed by cgroup-run.sh.
 #
-# Settings (environment): DTYPE (layout records, default q8_0), BUDGET (model DRAM, default 65%), SHARE (cgroup
+# Settings (environment): DTYPE (layout records, default source: rows as the model stores them, q8_0 down columns), BUDGET (model DRAM, default 65%), SHARE (cgroup
 # share of the model file, default 0.65), SPARSITY (default 0.50), RANK (predictor rank, default 32), WINDOW (5),
 # PROMPT/GEN/PROMPTS (bench prompt tokens, decoded tokens, prompts: 64/64/2).
 # Outputs: results/flash/ (bench CSV and table, perplexity JSON, the cgroup's peak memory in the logs).
@@ -15,7 +15,7 @@ spike=${SPIKE:-./target/release/spike}
 out=results/flash
 cache=${SPIKE_CACHE_DIR:-$HOME/.cache/spike}
 model=$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
-dtype=${DTYPE:-q8_0}
+dtype=${DTYPE:-source}
 budget=${BUDGET:-65%}
 share=${SHARE:-0.65}
 s=${SPARSITY:-0.50}
