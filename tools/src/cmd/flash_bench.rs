@@ -22,6 +22,8 @@ pub struct RowSpec {
     pub cache: PolicySpec,
     /// Select with the predictor (else every neuron).
     pub predictor: bool,
+    /// Overlap the next layer's reads with this layer's compute.
+    pub overlap: bool,
 }
 
 /// Settings of a flash bench run.
@@ -81,7 +83,13 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
             true => Some(b.predictor.clone().context("a predictor row needs --predictor")?),
             false => None,
         };
-        let args = FlashArgs { layout: Some(row.layout.clone()), cache: row.cache, predictor, ..b.flash.clone() };
+        let args = FlashArgs {
+            layout: Some(row.layout.clone()),
+            cache: row.cache,
+            predictor,
+            overlap: row.overlap || b.flash.overlap,
+            ..b.flash.clone()
+        };
         let (mut ffn, dram) = fm.ffn(&model, &args, None).with_context(|| format!("row {}", row.name))?;
         let (model, f) = (&model, model.config().d_ffn as f64);
         let n_layers = model.config().n_layers as f64;
