@@ -233,7 +233,7 @@ impl Layout {
     }
 
     /// The payload of neuron `neuron` (original index) of `layer`, in the bundled record format whatever the
-    /// layout's kind (split layouts' rows are read from each section and concatenated).
+    /// layout's kind (split layouts' rows and column are read from each section and concatenated).
     pub fn neuron_record(&self, layer: usize, neuron: usize) -> Result<Vec<u8>> {
         let ffn_path = self.dir.join(FFN_FILE);
         let file = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
@@ -405,7 +405,7 @@ struct Checked {
 /// Checks the manifest's internal consistency; returns the row and column types, whether the FFN is gated,
 /// and the per-layer neuron positions.
 fn check_manifest(mpath: &Path, m: &Manifest) -> Result<Checked> {
-    let dtype = dtype_by_name(&m.dtype).ok_or_else(|| err(mpath, format!("unknown record dtype `{}`", m.dtype)))?;
+    let dtype = dtype_by_name(&m.dtype).ok_or_else(|| err(mpath, format!("unknown row dtype `{}`", m.dtype)))?;
     let column_dtype = dtype_by_name(&m.column_dtype)
         .ok_or_else(|| err(mpath, format!("unknown column dtype `{}`", m.column_dtype)))?;
     if !m.align.is_power_of_two() || m.align < MIN_ALIGN {

@@ -98,7 +98,7 @@ pub struct Summary {
     /// Payload bytes of one record of a layer's first section (a neuron when bundled, a row when split).
     pub record_bytes: u64,
     pub record_stride: u64,
-    /// Every section's records, in layer order (one section when bundled).
+    /// The records of each section of a layer, in section order (one section when bundled).
     pub sections: Vec<SectionRecords>,
     /// Bytes O_DIRECT reads of one isolated neuron (its record in every section) transfer per payload byte:
     /// each stride rounded up to `align`, over the payload (a packed record straddling an `align` boundary
