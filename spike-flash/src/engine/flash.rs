@@ -4,7 +4,8 @@
 //! DRAM (the layout's resident model, [`Layout::load_model`]).
 //!
 //! A record holds one neuron in the bundled format of `docs/format.md`: gate row | up row | down column (OPT:
-//! fc1 row | fc2 column | fc1 bias), each part `d_model` values of the record type. Rows of many records side
+//! fc1 row | fc2 column | fc1 bias), each part `d_model` values: rows of the layout's row type, the column of its
+//! column type (q8_0 columns beside Q4_1 rows by default, since 4-bit columns cost perplexity). Rows of many records side
 //! by side are a strided matrix ([`QMatrix::strided`]): the gate (or up) rows of `k` neurons are multiplied by
 //! the prepared activations in one call, like a dense matrix of `k` rows. The down columns are scaled by the
 //! neuron activations and summed: dequantized and accumulated for one token, or multiplied as an f32 matrix
