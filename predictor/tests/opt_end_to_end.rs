@@ -126,6 +126,7 @@ fn predictor_recovers_a_planted_relu_model_end_to_end() {
             x_valid: rows(&x, train_end, valid_end),
             y_valid: rows(&y, train_end, valid_end),
             act_threshold: 0.0,
+            magnitude_train: None,
         });
         test.push((rows(&x, valid_end, t), rows(&y, valid_end, t)));
     }
