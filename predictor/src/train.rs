@@ -36,11 +36,37 @@ pub struct TrainConfig {
     pub lr: f32,
     /// Seed of the initial weights and the batch order (layer `l` uses `seed + l`). Default 0.
     pub seed: u64,
+    /// How much each active (token, neuron) pair weighs among the positives. Default: all alike.
+    pub positives: Positives,
+}
+
+/// The weight of one active (token, neuron) pair in the loss, relative to the other active pairs (all the
+/// positives together weigh as much as all the negatives either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Positives {
+    /// Every active pair alike: the loss counts pairs, as recall does.
+    #[default]
+    Count,
+    /// In proportion to the activation's magnitude: missing a large activation costs more than missing one
+    /// just above the threshold, as it does to the FFN's output. Needs the magnitudes
+    /// ([`LayerData::magnitude_train`]).
+    Magnitude,
+}
+
+impl std::str::FromStr for Positives {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "count" => Ok(Positives::Count),
+            "magnitude" => Ok(Positives::Magnitude),
+            _ => Err(format!("`{s}` is not count or magnitude")),
+        }
+    }
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { epochs: 10, batch: 256, lr: 5e-3, seed: 0 }
+        TrainConfig { epochs: 10, batch: 256, lr: 5e-3, seed: 0, positives: Positives::Count }
     }
 }
 
@@ -75,6 +101,19 @@ pub struct TrainReport {
 pub fn train_layer(
     x: ArrayView2<f32>,
     y: ArrayView2<bool>,
+    rank: usize,
+    cfg: &TrainConfig,
+) -> Result<(LowRank, TrainReport)> {
+    train_layer_weighted(x, y, None, rank, cfg)
+}
+
+/// [`train_layer`] with the activation magnitudes `mag` (`tokens x d_ffn`) of the training tokens, which
+/// weigh the positives when `cfg.positives` is [`Positives::Magnitude`]: each in proportion to its magnitude,
+/// the mean positive weight unchanged.
+pub fn train_layer_weighted(
+    x: ArrayView2<f32>,
+    y: ArrayView2<bool>,
+    mag: Option<ArrayView2<f32>>,
     rank: usize,
     cfg: &TrainConfig,
 ) -> Result<(LowRank, TrainReport)> {
@@ -115,6 +154,22 @@ pub fn train_layer(
     let pos: u64 = pos_per.iter().sum();
     let neg = (t * n) as u64 - pos;
     let pos_weight = if pos == 0 || neg == 0 { 1.0 } else { (neg as f64 / pos as f64) as f32 };
+    // Per positive pair, its share of the positive weight (1 on average), or none: all alike.
+    let mag = match (cfg.positives, mag) {
+        (Positives::Count, _) => None,
+        (Positives::Magnitude, None) => {
+            return Err(Error::Invalid("magnitude-weighted positives need the activation magnitudes".into()))
+        }
+        (Positives::Magnitude, Some(m)) => {
+            if m.dim() != y.dim() {
+                return Err(Error::Invalid(format!("magnitudes {:?} for labels {:?}", m.dim(), y.dim())));
+            }
+            let total: f64 =
+                ndarray::Zip::from(&m).and(&y).fold(0.0, |acc, &v, &l| if l { acc + f64::from(v.abs()) } else { acc });
+            let scale = if total > 0.0 { (pos as f64 / total) as f32 } else { 0.0 };
+            Some(m.mapv(|v| v.abs() * scale))
+        }
+    };
 
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let ua = (3.0 / d as f32).sqrt();
@@ -171,13 +226,18 @@ pub fn train_layer(
                 let zrow = zrow.as_slice_mut().expect("rows of a standard-layout slice are contiguous");
                 let yrow = y.row(ti);
                 let yrow = yrow.as_slice().expect("standard layout");
+                let mrow = mag.as_ref().map(|m| m.row(ti));
                 for j in 0..n {
                     let z = zrow[j] + bias_s[j];
                     let sgm = 1.0 / (1.0 + (-z).exp());
-                    let g = if yrow[j] { pos_weight * (sgm - 1.0) } else { sgm };
+                    let wp = match &mrow {
+                        Some(m) => pos_weight * m[j],
+                        None => pos_weight,
+                    };
+                    let g = if yrow[j] { wp * (sgm - 1.0) } else { sgm };
                     if with_loss {
                         let l = if yrow[j] {
-                            -f64::from(pos_weight) * f64::from(sgm.max(1e-30)).ln()
+                            -f64::from(wp) * f64::from(sgm.max(1e-30)).ln()
                         } else {
                             -f64::from((1.0 - sgm).max(1e-30)).ln()
                         };
@@ -283,6 +343,8 @@ pub struct LayerData {
     pub y_valid: Array2<bool>,
     /// The activation-magnitude threshold the labels were made with.
     pub act_threshold: f32,
+    /// `train_tokens x d_ffn`: the activation magnitudes behind `y_train`, for [`Positives::Magnitude`].
+    pub magnitude_train: Option<Array2<f32>>,
 }
 
 /// Where training data comes from, one layer at a time (a trace file, or arrays in memory). `load` may be
@@ -309,6 +371,7 @@ pub struct TraceLayers<'a> {
     train: Vec<usize>,
     valid: Vec<usize>,
     thresholds: Vec<f32>,
+    magnitudes: bool,
 }
 
 impl<'a> TraceLayers<'a> {
@@ -324,7 +387,13 @@ impl<'a> TraceLayers<'a> {
         if let Some(&t) = train.iter().chain(&valid).find(|&&t| t >= m.n_tokens) {
             return Err(Error::Invalid(format!("token {t} of a trace of {} tokens", m.n_tokens)));
         }
-        Ok(TraceLayers { trace, train, valid, thresholds })
+        Ok(TraceLayers { trace, train, valid, thresholds, magnitudes: false })
+    }
+
+    /// Also loads the training tokens' activation magnitudes (for [`Positives::Magnitude`]).
+    pub fn with_magnitudes(mut self, yes: bool) -> Self {
+        self.magnitudes = yes;
+        self
     }
 }
 
@@ -336,12 +405,14 @@ impl LayerSource for TraceLayers<'_> {
     fn load(&self, layer: usize) -> Result<LayerData> {
         let (x, acts) = self.trace.layer(layer)?;
         let thr = self.thresholds[layer];
+        let acts_train = acts.select(Axis(0), &self.train);
         Ok(LayerData {
             x_train: x.select(Axis(0), &self.train),
-            y_train: labels(acts.select(Axis(0), &self.train).view(), thr),
+            y_train: labels(acts_train.view(), thr),
             x_valid: x.select(Axis(0), &self.valid),
             y_valid: labels(acts.select(Axis(0), &self.valid).view(), thr),
             act_threshold: thr,
+            magnitude_train: self.magnitudes.then(|| acts_train.mapv(f32::abs)),
         })
     }
 }
@@ -380,7 +451,8 @@ pub fn fit_layer(
         )));
     }
     let train = TrainConfig { seed: cfg.train.seed.wrapping_add(layer as u64), ..cfg.train.clone() };
-    let (fitted, report) = train_layer(data.x_train.view(), data.y_train.view(), rank, &train)?;
+    let mag = data.magnitude_train.as_ref().map(|m| m.view());
+    let (fitted, report) = train_layer_weighted(data.x_train.view(), data.y_train.view(), mag, rank, &train)?;
     let compact = fitted.to_compact();
     let logits = compact.to_f32().logits(data.x_valid.view());
     let thr = threshold_for_recall(logits.view(), data.y_valid.view(), cfg.recall)?;

@@ -1,6 +1,7 @@
 //! End to end on a generated OPT (ReLU) checkpoint whose fc1 matrices have a planted low rank: the dense
 //! engine reports (FFN input, activations) pairs, the predictor trains on some sequences and recovers the
-//! active sets of sequences it never saw; its one-token `select` agrees with the batched predictions; and the
+//! active sets of sequences it never saw; its one-token `select` agrees with the batched predictions (and its
+//! parallel `select_batch` with `select`, exactly); and the
 //! sparse FFN runs with it as its selector.
 
 use std::path::Path;
@@ -125,6 +126,7 @@ fn predictor_recovers_a_planted_relu_model_end_to_end() {
             x_valid: rows(&x, train_end, valid_end),
             y_valid: rows(&y, train_end, valid_end),
             act_threshold: 0.0,
+            magnitude_train: None,
         });
         test.push((rows(&x, valid_end, t), rows(&y, valid_end, t)));
     }
@@ -171,6 +173,15 @@ fn predictor_recovers_a_planted_relu_model_end_to_end() {
             assert_eq!(k, active.len());
         }
         assert!(near <= 2, "layer {l}: {near} disagreements at the threshold");
+
+        // A batch, decided in parallel, equals the tokens decided one by one, exactly.
+        let flat: Vec<f32> = x.iter().copied().collect();
+        let mut batch = vec![Vec::new(); x.nrows()];
+        p.select_batch(l, &flat, &mut batch).expect("select_batch");
+        for (i, row) in x.rows().into_iter().enumerate() {
+            p.select(l, row.as_slice().expect("standard layout"), &mut active).expect("select");
+            assert_eq!(batch[i], active, "layer {l} token {i}");
+        }
     }
 
     // The sparse FFN with the predictor as its selector computes about the predicted share of neurons.

@@ -88,6 +88,7 @@ fn held_out(s: &Split) -> Confusion {
         x_valid: s.valid.0.clone(),
         y_valid: s.valid.1.clone(),
         act_threshold: 0.0,
+        magnitude_train: None,
     }];
     let cfg = PredictorConfig {
         ranks: RankSpec::uniform(PREDICTOR_RANK),
@@ -150,4 +151,21 @@ fn bad_training_inputs_are_errors() {
     // No active neuron at all is not an error: the predictor then predicts none.
     let (lr, _) = train_layer(x.view(), y.view(), 4, &TrainConfig::default()).expect("all-negative labels");
     assert!(lr.logits(x.view()).iter().all(|&z| z < 0.0));
+}
+
+#[test]
+fn magnitude_weighting_with_equal_magnitudes_is_count_weighting() {
+    use predictor::train::{train_layer_weighted, Positives};
+    let x = inputs(600, SEED_INPUTS);
+    let (w, b) = plant();
+    let y = planted_labels(&x, &w, &b);
+    let cfg = TrainConfig { epochs: 2, ..TrainConfig::default() };
+    let (count, _) = train_layer(x.view(), y.view(), 4, &cfg).expect("training");
+    let mag = Array2::from_elem(y.dim(), 2.0f32);
+    let by_mag = TrainConfig { positives: Positives::Magnitude, ..cfg.clone() };
+    let (weighted, _) = train_layer_weighted(x.view(), y.view(), Some(mag.view()), 4, &by_mag).expect("training");
+    assert_eq!(count, weighted);
+    assert!(train_layer_weighted(x.view(), y.view(), None, 4, &by_mag).is_err(), "magnitudes are required");
+    let wrong = Array2::from_elem((5, N), 1.0f32);
+    assert!(train_layer_weighted(x.view(), y.view(), Some(wrong.view()), 4, &by_mag).is_err());
 }

@@ -9,7 +9,7 @@ use predictor::calibrate::Thresholds;
 use predictor::lowrank::RankSpec;
 use predictor::metrics::Summary;
 use predictor::trace::Trace;
-use predictor::train::{train_predictor, PredictorConfig, TraceLayers, TrainConfig};
+use predictor::train::{train_predictor, Positives, PredictorConfig, TraceLayers, TrainConfig};
 
 /// Arguments of `spike train-predictor`.
 #[derive(clap::Args, Debug)]
@@ -34,6 +34,10 @@ pub struct Args {
     /// Adam's peak learning rate (decays along a half cosine to a tenth of it).
     #[arg(long, default_value_t = TrainConfig::default().lr)]
     lr: f32,
+    /// How the active neurons weigh in the loss among themselves: count (all alike, as recall counts them)
+    /// or magnitude (in proportion to the activation's magnitude, as they weigh in the FFN's output).
+    #[arg(long, default_value = "count")]
+    positives: Positives,
     /// Seed of the initial weights and batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -113,7 +117,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let cfg = PredictorConfig {
         ranks: RankSpec { rank: args.rank, last: args.rank_last },
-        train: TrainConfig { epochs: args.epochs, batch: args.batch, lr: args.lr, seed: args.seed },
+        train: TrainConfig {
+            epochs: args.epochs,
+            batch: args.batch,
+            lr: args.lr,
+            seed: args.seed,
+            positives: args.positives,
+        },
         recall: args.recall,
     };
     eprintln!(
@@ -128,7 +138,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.rank_last.map(|(k, r)| format!(", {r} for the last {k} layers")).unwrap_or_default(),
         spike_flash::engine::threads()
     );
-    let source = TraceLayers::new(&trace, train, valid, thresholds)?;
+    let source =
+        TraceLayers::new(&trace, train, valid, thresholds)?.with_magnitudes(args.positives == Positives::Magnitude);
     let bar = ProgressBar::new(meta.n_layers as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} layers, {elapsed} elapsed, eta {eta} {msg}")

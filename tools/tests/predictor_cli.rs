@@ -1,0 +1,192 @@
+//! `spike train-predictor` and `spike perplexity --predictor` end to end on checkpoints the tests generate.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn spike() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spike"));
+    c.args(["--threads", "2"]);
+    c
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fail(out: Output, what: &str) -> String {
+    assert!(!out.status.success(), "{what} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A random checkpoint: `arch` llama (SiLU) or opt (ReLU), of `d_model` 64.
+fn synth(dir: &Path, arch: &str, seed: u32, ffn: usize) -> PathBuf {
+    let ck = dir.join(format!("{arch}-{seed}-{ffn}"));
+    let out = spike()
+        .args(["synth", "--arch", arch, "--layers", "2", "--d-model", "64", "--ffn", &ffn.to_string()])
+        .args(["--heads", "4", "--vocab", "320", "--dtype", "f32", "--seed", &seed.to_string(), "-o"])
+        .arg(&ck)
+        .output()
+        .expect("run spike synth");
+    ok(out, "synth");
+    ck
+}
+
+/// A corpus of `docs` sections separated by two blank lines, and a held-out text of other words.
+fn texts(dir: &Path, docs: usize) -> (PathBuf, PathBuf) {
+    let words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "far"];
+    let mut text = String::new();
+    for d in 0..docs {
+        for p in 0..2 {
+            for w in 0..25 {
+                text.push_str(words[(d * 7 + p * 3 + w * 5) % words.len()]);
+                text.push(' ');
+            }
+            text.push_str(".\n\n");
+        }
+        text.push('\n');
+    }
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, text).expect("write corpus");
+    let held_out: String = (0..400).map(|i| format!("{} ", words[(i * 11 + i / 7) % words.len()])).collect();
+    let eval = dir.join("eval.txt");
+    std::fs::write(&eval, held_out).expect("write eval text");
+    (corpus, eval)
+}
+
+fn trace(ck: &Path, corpus: &Path, out: &Path) {
+    let o = spike()
+        .arg("trace")
+        .arg("-m")
+        .arg(ck)
+        .arg("-f")
+        .arg(corpus)
+        .args(["--tokens", "600", "--ctx", "48", "-o"])
+        .arg(out)
+        .output()
+        .expect("run");
+    ok(o, "trace");
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read json")).expect("parse json")
+}
+
+#[test]
+fn train_a_predictor_on_a_relu_model_and_score_text_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = synth(dir.path(), "opt", 5, 256);
+    let (corpus, eval) = texts(dir.path(), 16);
+    let tr = dir.path().join("t.trace");
+    trace(&ck, &corpus, &tr);
+    let pred = dir.path().join("out/p.pred");
+    let stdout = ok(
+        spike()
+            .arg("train-predictor")
+            .arg(&tr)
+            .args(["-o"])
+            .arg(&pred)
+            .args(["--rank", "8", "--rank-last", "1:16", "--epochs", "4", "--recall", "0.9"])
+            .output()
+            .expect("run"),
+        "train-predictor",
+    );
+    let csv = pred.with_extension("csv");
+    assert!(stdout.contains(&pred.display().to_string()) && stdout.contains(&csv.display().to_string()), "{stdout}");
+    assert!(stdout.contains("mean recall"), "{stdout}");
+    let table = std::fs::read_to_string(&csv).expect("csv");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "header and one row per layer: {table}");
+    assert!(lines[0].starts_with("layer,rank,"), "{}", lines[0]);
+    assert!(lines[1].starts_with("0,8,") && lines[2].starts_with("1,16,"), "ranks 8 then 16 for the last layer");
+    let p = predictor::file::read(&pred).expect("a valid predictor file");
+    assert_eq!(p.layers().len(), 2);
+    assert!(p.layers().iter().all(|l| l.act_threshold == 0.0), "ReLU labels use threshold 0");
+
+    let js = dir.path().join("ppl.json");
+    let stdout = ok(
+        spike()
+            .arg("perplexity")
+            .arg("-m")
+            .arg(&ck)
+            .arg("-f")
+            .arg(&eval)
+            .args(["-c", "32", "--predictor"])
+            .arg(&pred)
+            .args(["--predictor-recall", "--json"])
+            .arg(&js)
+            .output()
+            .expect("run"),
+        "perplexity --predictor",
+    );
+    assert!(stdout.contains("realised active fraction") && stdout.contains("recall"), "{stdout}");
+    let v = json(&js);
+    let r = &v["predictor"];
+    let frac = r["realised_active_fraction"].as_f64().expect("fraction");
+    assert!(frac > 0.0 && frac < 1.0, "{frac}");
+    assert_eq!(r["dram_bytes"].as_u64(), Some(p.dram_bytes() as u64));
+    let recall = r["audit"]["recall"].as_f64().expect("audited recall");
+    assert!((0.0..=1.0).contains(&recall));
+    assert!(v["result"]["ppl"].as_f64().expect("ppl").is_finite());
+}
+
+#[test]
+fn wrong_inputs_are_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (corpus, eval) = texts(dir.path(), 12);
+    // A SiLU model's trace needs a definition of "active".
+    let llama = synth(dir.path(), "llama", 3, 128);
+    let tr = dir.path().join("silu.trace");
+    trace(&llama, &corpus, &tr);
+    let pred = dir.path().join("p.pred");
+    let err = fail(spike().arg("train-predictor").arg(&tr).arg("-o").arg(&pred).output().expect("run"), "no labels");
+    assert!(err.contains("--sparsity") && err.contains(&tr.display().to_string()), "{err}");
+    assert!(!pred.exists());
+    ok(
+        spike()
+            .arg("train-predictor")
+            .arg(&tr)
+            .arg("-o")
+            .arg(&pred)
+            .args(["--sparsity", "0.5", "--rank", "4", "--epochs", "2"])
+            .output()
+            .expect("run"),
+        "train-predictor --sparsity",
+    );
+    // The predictor belongs to the SiLU model, not to a ReLU one of other widths.
+    let opt = synth(dir.path(), "opt", 4, 256);
+    let err = fail(
+        spike()
+            .arg("perplexity")
+            .arg("-m")
+            .arg(&opt)
+            .arg("-f")
+            .arg(&eval)
+            .args(["-c", "32", "--predictor"])
+            .arg(&pred)
+            .output()
+            .expect("run"),
+        "foreign predictor",
+    );
+    assert!(err.contains(&pred.display().to_string()) && err.contains("d_ffn is 128"), "{err}");
+    // A damaged predictor file.
+    let mut bytes = std::fs::read(&pred).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let bad = dir.path().join("bad.pred");
+    std::fs::write(&bad, bytes).expect("write");
+    let err = fail(
+        spike()
+            .arg("perplexity")
+            .arg("-m")
+            .arg(&llama)
+            .arg("-f")
+            .arg(&eval)
+            .args(["-c", "32", "--predictor"])
+            .arg(&bad)
+            .output()
+            .expect("run"),
+        "damaged predictor",
+    );
+    assert!(err.contains(&bad.display().to_string()) && err.contains("checksum"), "{err}");
+}
