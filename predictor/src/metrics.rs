@@ -173,6 +173,44 @@ impl Summary {
     }
 }
 
+/// Means over layers of what per-layer confusion counts say (a predictor audited on some text).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Quality {
+    pub layers: usize,
+    pub recall: f64,
+    pub min_recall: f64,
+    pub precision: f64,
+    pub false_negative_rate: f64,
+    pub predicted_true_ratio: f64,
+    pub true_active_fraction: f64,
+    pub predicted_active_fraction: f64,
+}
+
+impl Quality {
+    /// Unweighted means over the layers' counts.
+    pub fn of(counts: &[Confusion]) -> Quality {
+        let rows: Vec<LayerMetrics> = counts
+            .iter()
+            .map(|c| {
+                let mut m = LayerMetrics::default();
+                m.fill_from(c);
+                m
+            })
+            .collect();
+        let s = Summary::of(&rows);
+        Quality {
+            layers: s.layers,
+            recall: s.recall,
+            min_recall: s.min_recall,
+            precision: s.precision,
+            false_negative_rate: s.false_negative_rate,
+            predicted_true_ratio: s.predicted_true_ratio,
+            true_active_fraction: s.true_active_fraction,
+            predicted_active_fraction: s.predicted_active_fraction,
+        }
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -13,7 +13,7 @@ use spike_flash::engine::model::{DenseFfn, FfnStep};
 use spike_flash::engine::sparse::{all_rows, Oracle, SparseFfn, SparseStats};
 use spike_flash::model::config::Activation;
 // --predictor
-use predictor::metrics::{Confusion, LayerMetrics, Summary};
+use predictor::metrics::{Confusion, Quality};
 use predictor::select::Audited;
 use spike_flash::engine::sparse::NeuronSelector;
 
@@ -259,7 +259,7 @@ struct PredictedReport {
     stats: SparseStats,
     realised_active_fraction: f64,
     /// Means over layers, against the oracle at the predictor's activation thresholds (`--predictor-recall`).
-    audit: Option<Summary>,
+    audit: Option<Quality>,
 }
 
 impl PredictedFfn {
@@ -293,19 +293,7 @@ impl PredictedFfn {
 
     fn report(self) -> PredictedReport {
         let st = self.ffn.stats;
-        let audit = self.audit.map(|c| {
-            let counts = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            let rows: Vec<LayerMetrics> = counts
-                .iter()
-                .enumerate()
-                .map(|(layer, c)| {
-                    let mut m = LayerMetrics { layer, rank: self.ranks[layer], ..LayerMetrics::default() };
-                    m.fill_from(c);
-                    m
-                })
-                .collect();
-            Summary::of(&rows)
-        });
+        let audit = self.audit.map(|c| Quality::of(&c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
         PredictedReport {
             path: self.path.display().to_string(),
             ranks: self.ranks,
