@@ -110,3 +110,44 @@ fn real_model_q4_1_layout_pays_for_four_bit_columns() {
     eprintln!("GPL-3, 2 chunks of 512: source {:.4}, q4_1 layout {:.4} (ratio {r:.4})", want.ppl, got.ppl);
     assert!(r > 1.005 && r < 1.10, "ratio {r}");
 }
+
+/// The default model's bundled and split layouts hold the same neurons, bit for bit: every record read back
+/// from either equals the other, its gate and up rows are the source's Q4_1 bytes, and its down column is the
+/// source column re-encoded as q8_0 (checked on every 7th neuron of every layer).
+#[test]
+fn real_model_bundled_and_split_layouts_read_back_identical_neurons() {
+    use spike_flash::engine::model::FfnWeights;
+    use spike_flash::engine::sparse::NeuronRows;
+    use spike_flash::layout::LayoutKind;
+    use spike_flash::model::quant::{self, DType};
+    let path = default_model_path();
+    if !path.exists() {
+        eprintln!("SKIP: default model not found at {}; run `spike fetch-model`", path.display());
+        return;
+    }
+    let model = Model::from_source(&Source::open(&path).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let open = |kind: LayoutKind| {
+        let out = tmp.path().join(format!("{kind:?}.spike"));
+        layout::write(&model, &path, &out, &ConvertOptions { kind, ..Default::default() }).unwrap();
+        let lay = Layout::open(&out).unwrap();
+        lay.verify().unwrap();
+        lay
+    };
+    let (bundled, split) = (open(LayoutKind::Bundled), open(LayoutKind::Split));
+    let (d, f) = (model.config().d_model, model.config().d_ffn);
+    for l in 0..model.config().n_layers {
+        let FfnWeights::Gated { gate, up, .. } = &model.layer(l).ffn else { panic!("gated FFN") };
+        let rows = NeuronRows::from_model(&model, l).unwrap();
+        for n in (0..f).step_by(7) {
+            let b = bundled.neuron_record(l, n).unwrap();
+            assert_eq!(b, split.neuron_record(l, n).unwrap(), "layer {l} neuron {n}: bundled and split differ");
+            let rb = DType::Q4_1.bytes_for(d as u64).unwrap() as usize;
+            assert_eq!(&b[..rb], model.matrix(&gate.w).row(n), "layer {l} neuron {n}: gate row");
+            assert_eq!(&b[rb..2 * rb], model.matrix(&up.w).row(n), "layer {l} neuron {n}: up row");
+            let mut col = Vec::new();
+            quant::quantize(DType::Q8_0, &rows.second_t[n * d..(n + 1) * d], &mut col).unwrap();
+            assert_eq!(&b[2 * rb..], &col[..], "layer {l} neuron {n}: down column");
+        }
+    }
+}
