@@ -365,12 +365,10 @@ impl FlashFfn {
             if pinned.is_empty() {
                 continue;
             }
-            self.fetch.clear();
-            self.fetch.extend_from_slice(&pinned);
+            // The cache is empty: every pinned neuron comes back missing.
             c.begin_token(&pinned, &mut self.missing);
-            self.missing.clone_from(&self.fetch);
             self.read(l, self.missing.len())?;
-            for (k, &n) in self.fetch.iter().enumerate() {
+            for (k, &n) in self.missing.iter().enumerate() {
                 c.insert(n, &self.staging.as_slice()[k * payload..(k + 1) * payload]);
             }
             c.end_token();

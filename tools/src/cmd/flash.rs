@@ -113,29 +113,19 @@ pub fn read_neuron_lists(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
 }
 
 impl FlashModel {
-    /// An oracle over the layout's source model with the per-layer thresholds in `path` (JSON with a
-    /// `thresholds` array, as `spike calibrate` writes).
+    /// An oracle over the layout's source model with the per-layer thresholds in `path` (from `spike
+    /// calibrate`, checked against the layout's model).
     pub fn oracle(&self, path: &Path) -> anyhow::Result<Box<dyn NeuronSelector + Send>> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let thresholds: Vec<f32> = serde_json::from_value(v.get("thresholds").cloned().unwrap_or(v))
-            .with_context(|| format!("{}: expected per-layer thresholds", path.display()))?;
         let m = self.layout.manifest();
+        let t = predictor::calibrate::Thresholds::load(path)?;
+        t.check_model(path, &predictor::ModelIdentity::with_sha(m.source.sha256.clone(), &m.model))?;
         let src = PathBuf::from(&m.source.path);
         let source = spike_flash::model::bind::Source::open(&src)
             .with_context(|| format!("the oracle needs the layout's source model {}", src.display()))?;
         let dense = Model::from_source(&source)?;
         self.layout.check_model(dense.config(), None)?;
         let rows = spike_flash::engine::sparse::all_rows(&dense)?;
-        anyhow::ensure!(
-            thresholds.len() == m.layers.len(),
-            "{}: {} thresholds for {} layers",
-            path.display(),
-            thresholds.len(),
-            m.layers.len()
-        );
-        Ok(Box::new(spike_flash::engine::sparse::Oracle::new(&dense, rows, thresholds)?))
+        Ok(Box::new(spike_flash::engine::sparse::Oracle::new(&dense, rows, t.thresholds)?))
     }
 
     /// The predictor at `path`, checked against this layout's model: a selector and its DRAM bytes.

@@ -89,13 +89,7 @@ impl<'a> QMatrix<'a> {
     /// Wraps `data` as a `rows x cols` matrix of `dtype`; `cols` must be a whole number of blocks and
     /// `data` exactly `rows` rows long.
     pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
-        if !cols.is_multiple_of(dtype.block_len()) {
-            return Err(Error::Invalid(format!(
-                "matrix of {dtype}: {cols} columns is not a multiple of the block length {}",
-                dtype.block_len()
-            )));
-        }
-        let row_bytes = cols / dtype.block_len() * dtype.block_bytes();
+        let row_bytes = row_bytes_of(dtype, cols)?;
         let expected = rows
             .checked_mul(row_bytes)
             .ok_or_else(|| Error::Invalid(format!("matrix of {dtype}: {rows} x {cols} overflows")))?;
@@ -111,13 +105,7 @@ impl<'a> QMatrix<'a> {
     /// Rows of `dtype` interleaved with other bytes: row `r` is the `dtype.bytes_for(cols)` bytes at
     /// `r * stride` of `data`. `data` must reach the end of the last row.
     pub fn strided(dtype: DType, rows: usize, cols: usize, data: &'a [u8], stride: usize) -> Result<Self> {
-        if !cols.is_multiple_of(dtype.block_len()) {
-            return Err(Error::Invalid(format!(
-                "matrix of {dtype}: {cols} columns is not a multiple of the block length {}",
-                dtype.block_len()
-            )));
-        }
-        let row_bytes = cols / dtype.block_len() * dtype.block_bytes();
+        let row_bytes = row_bytes_of(dtype, cols)?;
         if stride < row_bytes {
             return Err(Error::Invalid(format!("matrix of {dtype}: stride {stride} below the row size {row_bytes}")));
         }
@@ -154,6 +142,17 @@ impl<'a> QMatrix<'a> {
         let start = r * self.stride;
         &self.data[start..start + self.row_bytes()]
     }
+}
+
+/// Bytes of one row of `cols` elements of `dtype`; `cols` must be a whole number of blocks.
+fn row_bytes_of(dtype: DType, cols: usize) -> Result<usize> {
+    if !cols.is_multiple_of(dtype.block_len()) {
+        return Err(Error::Invalid(format!(
+            "matrix of {dtype}: {cols} columns is not a multiple of the block length {}",
+            dtype.block_len()
+        )));
+    }
+    Ok(cols / dtype.block_len() * dtype.block_bytes())
 }
 
 /// Blocks per token in the quantized activation buffers: the real blocks rounded up to a multiple of 8,
