@@ -17,7 +17,7 @@ use std::time::Instant;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::input::Input;
-use super::kernels::QMatrix;
+use super::kernels::{self, QMatrix};
 use super::model::{activate, FfnStep, Model};
 use super::sparse::NeuronSelector;
 use crate::cache::{CacheStats, LayerCache};
@@ -590,81 +590,24 @@ fn accumulate_down(
         return Ok(());
     }
     let bl = dtype.block_len();
-    let bb = dtype.block_bytes();
     let blocks = d / bl;
+    let isa = kernels::isa();
     // One token: split the output dimensions (whole blocks) over the pool; every task walks all k columns.
     let tasks = if n == 1 && k >= 64 { rayon::current_num_threads().min(blocks).max(1) } else { 1 };
     let per = blocks.div_ceil(tasks);
-    let run = |b0: usize, o: &mut [f32], t: usize| {
-        let nb = o.len() / bl;
-        for j in 0..k {
-            let a = h[t * k + j];
-            if a != 0.0 {
-                let start = j * payload + off + b0 * bb;
-                axpy_row(dtype, &rows[start..start + nb * bb], a, o);
-            }
-        }
-    };
     if tasks > 1 {
         use rayon::prelude::*;
-        out[..d].par_chunks_mut(per * bl).enumerate().for_each(|(i, o)| run(i * per, o, 0));
+        out[..d].par_chunks_mut(per * bl).enumerate().for_each(|(i, o)| {
+            let b0 = i * per;
+            kernels::add_scaled_columns(isa, dtype, rows, payload, off, &h[..k], b0..b0 + o.len() / bl, o);
+        });
     } else {
         for t in 0..n {
-            run(0, &mut out[t * d..(t + 1) * d], t);
+            let o = &mut out[t * d..(t + 1) * d];
+            kernels::add_scaled_columns(isa, dtype, rows, payload, off, &h[t * k..(t + 1) * k], 0..blocks, o);
         }
     }
     Ok(())
-}
-
-/// `out += a * row`, `row` being `out.len()` values of `dtype`, decoded on the fly.
-#[inline]
-fn axpy_row(dtype: DType, row: &[u8], a: f32, out: &mut [f32]) {
-    let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-    match dtype {
-        DType::Q8_0 => {
-            for (b, y) in row.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-                let s = a * f16(&b[0..2]);
-                for (yj, &q) in y.iter_mut().zip(&b[2..34]) {
-                    *yj += s * f32::from(q as i8);
-                }
-            }
-        }
-        DType::Q4_1 => {
-            for (b, y) in row.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
-                let (s, c) = (a * f16(&b[0..2]), a * f16(&b[2..4]));
-                let (lo, hi) = y.split_at_mut(16);
-                for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[4..20]) {
-                    *l += s * f32::from(q & 0x0F) + c;
-                    *h += s * f32::from(q >> 4) + c;
-                }
-            }
-        }
-        DType::Q4_0 => {
-            for (b, y) in row.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
-                let s = a * f16(&b[0..2]);
-                let (lo, hi) = y.split_at_mut(16);
-                for ((l, h), &q) in lo.iter_mut().zip(hi.iter_mut()).zip(&b[2..18]) {
-                    *l += s * (f32::from(q & 0x0F) - 8.0);
-                    *h += s * (f32::from(q >> 4) - 8.0);
-                }
-            }
-        }
-        DType::F32 => {
-            for (b, y) in row.chunks_exact(4).zip(out.iter_mut()) {
-                *y += a * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        DType::F16 => {
-            for (b, y) in row.chunks_exact(2).zip(out.iter_mut()) {
-                *y += a * f16(b);
-            }
-        }
-        _ => {
-            let mut tmp = vec![0.0f32; out.len()];
-            quant::dequantize(dtype, row, &mut tmp).expect("a layout's record type is one `axpy_row` decodes");
-            super::ops::axpy(a, &tmp, out);
-        }
-    }
 }
 
 /// The FFN over `k` rows side by side (`rows`, stride `fmt.payload`) whose neurons are `ids`, for the `n`

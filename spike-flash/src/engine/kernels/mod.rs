@@ -51,6 +51,7 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod cols;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -64,6 +65,7 @@ use rayon::prelude::*;
 use crate::model::quant::{DType, QK};
 use crate::{Error, Result};
 
+pub use cols::add_scaled_columns;
 pub use scalar::{dequantize_row, dot_reference_f32};
 pub use wide::{dot_wide_reference, matmul_wide, WideActs, WIDE_BASE};
 

@@ -397,3 +397,82 @@ fn every_quantizer_gives_the_same_bits() {
         assert_eq!(bits(&got.sc), bits(&want.sc), "{isa}");
     }
 }
+
+/// `sum_j h_j col_j` for the columns of `records` (record `j` at `j * stride`, its column at `off`),
+/// dequantized exactly and summed in f64, over the blocks `blocks`; and `sum_j |h_j col_j|`, per element.
+fn column_sums_f64(
+    dtype: DType,
+    records: &[u8],
+    stride: usize,
+    off: usize,
+    cols: usize,
+    h: &[f32],
+    blocks: Range<usize>,
+) -> (Vec<f64>, Vec<f64>) {
+    let bb = dtype.block_bytes();
+    let mut sum = vec![0.0f64; cols];
+    let mut mag = vec![0.0f64; cols];
+    let mut w = vec![0.0f32; cols];
+    for (j, &a) in h.iter().enumerate() {
+        let col = &records[j * stride + off..j * stride + off + cols / dtype.block_len() * bb];
+        dequantize_row(dtype, col, &mut w);
+        for i in 0..cols {
+            sum[i] += f64::from(a) * f64::from(w[i]);
+            mag[i] += (f64::from(a) * f64::from(w[i])).abs();
+        }
+    }
+    let bl = dtype.block_len();
+    let r = blocks.start * bl..blocks.end * bl;
+    (sum[r.clone()].to_vec(), mag[r].to_vec())
+}
+
+#[test]
+fn column_sums_match_the_exact_reference_on_every_isa() {
+    let mut rng = StdRng::seed_from_u64(SEED ^ 0xC015);
+    for dtype in [DType::Q8_0, DType::Q4_1, DType::Q4_0, DType::F32] {
+        for &(k, cols) in &[(1usize, 32usize), (7, 64), (67, 576), (300, 576), (5, 1536)] {
+            let col_bytes = cols / dtype.block_len() * dtype.block_bytes();
+            // Records: 40 bytes of other data, the column, 12 more bytes.
+            let (off, stride) = (40, 40 + col_bytes + 12);
+            let mut records = vec![0u8; k * stride];
+            for j in 0..k {
+                let c = random_row(&mut rng, dtype, cols);
+                records[j * stride + off..j * stride + off + col_bytes].copy_from_slice(&c);
+                for b in &mut records[j * stride..j * stride + off] {
+                    *b = rng.gen();
+                }
+            }
+            let h: Vec<f32> =
+                (0..k).map(|_| if rng.gen_bool(0.2) { 0.0 } else { rng.gen_range(-3.0f32..3.0) }).collect();
+            let nb = cols / dtype.block_len();
+            for blocks in [0..nb, nb / 2..nb, 0..nb.div_ceil(3)] {
+                if blocks.is_empty() {
+                    continue;
+                }
+                let (want, mag) = column_sums_f64(dtype, &records, stride, off, cols, &h, blocks.clone());
+                for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+                    // Start from a non-zero output: the kernel adds to it.
+                    let mut out: Vec<f32> = (0..blocks.len() * dtype.block_len()).map(|i| (i % 7) as f32 * 0.25).collect();
+                    add_scaled_columns(isa, dtype, &records, stride, off, &h, blocks.clone(), &mut out);
+                    for (i, (&o, (&w, &m))) in out.iter().zip(want.iter().zip(&mag)).enumerate() {
+                        let base = f64::from((i % 7) as f32 * 0.25);
+                        let err = (f64::from(o) - base - w).abs();
+                        assert!(
+                            err <= 1e-5 * (m + base + 1e-3),
+                            "{isa} {dtype} k {k} cols {cols} blocks {blocks:?} element {i}: {o} vs {}",
+                            base + w
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "columns reach byte")]
+fn column_sums_check_their_bounds() {
+    let records = vec![0u8; 100];
+    let mut out = vec![0.0f32; 32];
+    add_scaled_columns(Isa::Scalar, DType::Q8_0, &records, 80, 40, &[1.0, 1.0], 0..1, &mut out);
+}

@@ -160,8 +160,19 @@ mod avx512 {
         let ql = &a.both.q[a.n * nbp * QK..(a.n + 1) * nbp * QK];
         let sc = &a.fused_sc[..nbp * 2];
         let nb = w.cols / QK;
+        // Rows interleaved with other data (the gate or up rows of neuron records) defeat the hardware's
+        // sequential prefetcher: fetch the row after next while this one is computed.
+        let ahead = if w.stride != w.row_bytes() { 4 } else { 0 };
+        let end = rows.end;
         for (o, r) in out.iter_mut().zip(rows) {
             let row = w.row(r);
+            if ahead > 0 && r + ahead < end {
+                let next = w.row(r + ahead);
+                for at in (0..next.len()).step_by(64) {
+                    // SAFETY: `at` is inside `next`; a prefetch never faults.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(at).cast()) };
+                }
+            }
             *o = match w.dtype {
                 DType::Q4_1 => dot_q4::<true>(row, nb, qh, ql, sc),
                 DType::Q4_0 => dot_q4::<false>(row, nb, qh, ql, sc),
