@@ -50,5 +50,8 @@ status=$?
 set -e
 peak=$(cat "$cg/memory.max_usage_in_bytes")
 fails=$(cat "$cg/memory.failcnt")
-echo "cgroup-run: limit $limit B ($(python3 -c "print(f'{$limit/2**20:.1f}')") MiB), peak $peak B ($(python3 -c "print(f'{$peak/2**20:.1f}')") MiB), limit hit $fails times, exit $status" >&2
+# Major faults: pages (the program's code, mapped files) that had to be read back after reclaim; many of them
+# mean the run thrashed at the limit. Page-cache reclaim alone (clean pages of files read once) is cheap.
+majf=$(awk '$1 == "total_pgmajfault" {print $2}' "$cg/memory.stat")
+echo "cgroup-run: limit $limit B ($(python3 -c "print(f'{$limit/2**20:.1f}')") MiB), peak $peak B ($(python3 -c "print(f'{$peak/2**20:.1f}')") MiB), limit hit $fails times, $majf major faults, exit $status" >&2
 exit $status

@@ -351,3 +351,27 @@ fn overlapped_reads_keep_the_tokens() {
     assert_eq!(runs[0].2, runs[2].2, "overlap with a window changed the tokens");
     assert!(runs[1].3 > 0);
 }
+
+/// Every neuron selected (the naive and hybrid rows) with overlapped reads: the prefetch reads exactly the
+/// records the next layer misses, and its buffer is handed over without a copy; the logits still equal the
+/// dense engine's, with no cache, a pinned hot set, and every neuron cached.
+#[test]
+fn overlap_with_every_neuron_selected_equals_dense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("opt");
+    synth::write_hf_checkpoint(&SynthSpec::tiny_opt(7), &ck).unwrap();
+    let dense = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
+    let f = dense.config().d_ffn;
+    let lay = convert(&ck, &dense, &tmp.path().join("opt.spike"), LayoutKind::Bundled, RecordDType::F32);
+    for spec in ["none", "hot:0.25", "all"] {
+        let selector = Box::new(spike_flash::engine::sparse::AllNeurons { d_ffn: f });
+        let (model, mut ffn) = flash(&lay, BackendKind::Uring, selector);
+        ffn.set_caches(caches(spec, &lay, f)).unwrap();
+        ffn.set_options(spike_flash::engine::flash::FlashOptions { overlap: true, ..Default::default() }).unwrap();
+        let (p, d) = compare(&dense, &model, &mut ffn);
+        assert!(p < 1e-5 && d < 1e-5, "{spec}: prompt {p}, decode {d}");
+        let s = ffn.stats;
+        let expect_reads = spec != "all";
+        assert_eq!(s.neurons_read > 0, expect_reads, "{spec}: {s:?}");
+    }
+}

@@ -181,6 +181,8 @@ pub struct FlashFfn {
     cost: Option<(CostModel, usize)>,
     prefetch: Option<Prefetcher>,
     next: Vec<u32>,
+    /// A copy of the prefetch's requests for the cost model, made while the reads are in flight.
+    predicted_reqs: Vec<ReadReq>,
     pub stats: FlashStats,
 }
 
@@ -224,6 +226,8 @@ struct Prefetcher {
     pending: Option<(usize, Vec<u32>)>,
     /// Counters of the prefetch backend, summed over finished jobs.
     io: IoStats,
+    /// Capacity of its buffer (room for a whole layer), counted in the DRAM in use.
+    buf_len: usize,
 }
 
 impl Prefetcher {
@@ -250,6 +254,7 @@ impl Prefetcher {
             idle: Some((Vec::new(), AlignedBuf::new(buf_len)?)),
             pending: None,
             io: IoStats::default(),
+            buf_len,
         })
     }
 
@@ -337,6 +342,7 @@ impl FlashFfn {
             cost: None,
             prefetch: None,
             next: Vec::new(),
+            predicted_reqs: Vec::new(),
             stats: FlashStats::default(),
         })
     }
@@ -407,7 +413,8 @@ impl FlashFfn {
     /// DRAM this FFN holds for weights: the caches' rows and maps, and the staging buffer for one layer.
     pub fn dram_bytes(&self) -> u64 {
         let caches: u64 = self.caches.iter().flatten().map(LayerCache::bytes).sum();
-        caches + self.staging.capacity() as u64
+        let prefetch = self.prefetch.as_ref().map_or(0, |p| p.buf_len as u64);
+        caches + self.staging.capacity() as u64 + prefetch
     }
 
     /// Predicts every batch's I/O time with `cost` at queue depth `depth`, beside the measured time.
@@ -446,9 +453,17 @@ impl FlashFfn {
         let t0 = Instant::now();
         let got = p.wait()?;
         self.stats.io_ns += nanos(t0);
-        let Some((pl, neurons, reqs, buf)) = got else { return Ok(self.missing.len()) };
+        let Some((pl, neurons, reqs, mut buf)) = got else { return Ok(self.missing.len()) };
         let t1 = Instant::now();
         let payload = self.fmt.payload;
+        if pl == layer && neurons == self.missing {
+            // The prefetch read exactly the missing records, in order (hybrid and naive rows, whose selection
+            // does not change): its buffer becomes the staging buffer, no copy.
+            std::mem::swap(&mut self.staging, &mut buf);
+            p.give_back(reqs, buf);
+            self.stats.mm_ns += nanos(t1);
+            return Ok(0);
+        }
         // Split missing into (not prefetched) ++ (prefetched), remembering where each prefetched row is.
         let mut from = Vec::new();
         if pl == layer {
@@ -493,17 +508,22 @@ impl FlashFfn {
             self.layout.neuron_reads(layer, i as usize, k * payload, &mut reqs)?;
         }
         buf.resize(self.next.len() * payload)?;
-        if let Some((cost, depth)) = &self.cost {
-            self.stats.predicted_io_ns += (cost.predict(&reqs, *depth)?.seconds * 1e9) as u64;
-        }
         self.stats.neurons_read += self.next.len() as u64;
         p.pending = Some((layer, self.next.clone()));
+        if self.cost.is_some() {
+            self.predicted_reqs.clone_from(&reqs);
+        }
         p.jobs
             .as_ref()
             .expect("the job channel lives as long as the prefetcher")
             .send(Job { reqs, buf })
             .map_err(|_| Error::Invalid("the prefetch thread stopped".into()))?;
         self.stats.mm_ns += nanos(t1);
+        // The cost model's prediction is instrumentation, not memory management: made after the reads are
+        // on their way, and not timed.
+        if let Some((cost, depth)) = &self.cost {
+            self.stats.predicted_io_ns += (cost.predict(&self.predicted_reqs, *depth)?.seconds * 1e9) as u64;
+        }
         Ok(())
     }
 

@@ -159,7 +159,6 @@ fn row(
 
 /// The rows of `--rows` for one layout.
 fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Result<Vec<RowSpec>> {
-    let hybrid = hybrid_policy(args, layout)?;
     args.rows
         .iter()
         .map(|r| {
@@ -169,7 +168,7 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
             };
             let (cache, predictor) = match base {
                 "naive" => (PolicySpec::None, false),
-                "hybrid" => (hybrid, false),
+                "hybrid" => (hybrid_policy(args, layout, overlap)?, false),
                 "all" => (PolicySpec::All, false),
                 "predictor" => (PolicySpec::None, true),
                 "predictor+window" => (PolicySpec::Window(args.window), true),
@@ -183,13 +182,15 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
         .collect()
 }
 
-/// `hot:F` with the largest F whose pinned rows fit the budget (every neuron without a budget).
-fn hybrid_policy(args: &Args, layout: &std::path::Path) -> anyhow::Result<PolicySpec> {
+/// `hot:F` with the largest F whose pinned rows fit the budget (every neuron without a budget), beside the
+/// staging buffer and, with `overlap`, the prefetch buffer (a layer each).
+fn hybrid_policy(args: &Args, layout: &std::path::Path, overlap: bool) -> anyhow::Result<PolicySpec> {
     let Some(budget) = args.flash.budget else { return Ok(PolicySpec::Hot { fraction: 1.0, window: None }) };
     let lay = spike_flash::layout::Layout::open(layout)?;
     let m = lay.manifest();
     let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, lay.payload_bytes());
-    let fixed = m.resident.len + (f * payload) as u64;
+    let buffers = if overlap { 2 } else { 1 };
+    let fixed = m.resident.len + (buffers * f * payload) as u64;
     let bytes = budget.resolve(m.source.len);
     // The pinned set's rows and maps cost what an lru cache of that many rows costs, or less.
     let slots = spike_flash::cache::slots_per_layer(bytes, fixed, &PolicySpec::Lru, layers, f, payload)?;

@@ -70,6 +70,7 @@ pub struct Dram {
     pub resident: u64,
     pub selector: u64,
     pub caches: u64,
+    /// Read buffers: the staging buffer, and with --overlap the prefetch buffer (a layer each).
     pub staging: u64,
     pub total: u64,
     pub budget: Option<u64>,
@@ -81,7 +82,7 @@ impl std::fmt::Display for Dram {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         write!(
             f,
-            "model DRAM {:.1} MiB = resident {:.1} + selector {:.1} + caches {:.1} ({} rows per layer) + staging {:.1}",
+            "model DRAM {:.1} MiB = resident {:.1} + selector {:.1} + caches {:.1} ({} rows per layer) + read buffers {:.1}",
             mib(self.total),
             mib(self.resident),
             mib(self.selector),

@@ -45,6 +45,9 @@ pub struct RowSummary {
     pub tokens: usize,
     pub io_ms: f64,
     pub predicted_io_ms: f64,
+    /// Median over tokens of the cost model's predicted I/O time over the measured one (tokens that read;
+    /// with `+overlap` the measured time is only the wait, so the ratio exceeds 1 by what overlap hid).
+    pub predicted_over_measured: f64,
     pub mm_ms: f64,
     pub compute_ms: f64,
     pub total_ms: f64,
@@ -118,6 +121,9 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
             tokens: recs.len(),
             io_ms: m(&|r| r.io_ms),
             predicted_io_ms: m(&|r| r.predicted_io_ms),
+            predicted_over_measured: median(
+                recs.iter().filter(|r| r.io_ms > 0.0 && r.bytes_read > 0).map(|r| r.predicted_io_ms / r.io_ms).collect(),
+            ),
             mm_ms: m(&|r| r.mm_ms),
             compute_ms: m(&|r| r.ffn_compute_ms + r.select_ms + r.other_ms),
             total_ms: total,
@@ -140,16 +146,17 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
 
 fn print_table(rows: &[RowSummary]) {
     println!(
-        "| row | I/O ms | predicted I/O ms | mem ms | compute ms | total ms | tok/s | MB read/token | reads/token | \
-         hit rate | active | model DRAM MiB |"
+        "| row | I/O ms | predicted I/O ms | predicted/measured | mem ms | compute ms | total ms | tok/s | \
+         MB read/token | reads/token | hit rate | active | model DRAM MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} | {:.3} | {:.3} | {:.1} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} | {:.3} | {:.3} | {:.1} |",
             r.row,
             r.io_ms,
             r.predicted_io_ms,
+            r.predicted_over_measured,
             r.mm_ms,
             r.compute_ms,
             r.total_ms,
