@@ -177,12 +177,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         let (ffn, dram) = fm.ffn(&loaded.model, &args.flash, None)?;
         eprintln!("flash mode: {} backend, cache {}; {dram}", args.flash.backend, args.flash.cache);
-        flash = Some(ffn);
+        flash = Some((ffn, dram));
     }
     let ffn: &mut dyn FfnStep = match (oracle.as_mut(), predicted.as_mut(), flash.as_mut()) {
         (Some(o), _, _) => o,
         (None, Some(p), _) => &mut p.ffn,
-        (None, None, Some(f)) => f,
+        (None, None, Some((f, _))) => f,
         (None, None, None) => &mut dense,
     };
     let t0 = Instant::now();
@@ -233,6 +233,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "seconds": secs,
             "sparsity": sparsity,
             "predictor": predicted,
+            "flash": flash.as_ref().map(|(f, dram)| {
+                let a = &args.flash;
+                let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+                let active = f.stats.neurons_active as f64
+                    / (f.stats.token_layers.max(1) as f64 * loaded.model.config().d_ffn as f64);
+                serde_json::json!({
+                    "layout": path(&a.layout),
+                    "backend": a.backend.to_string(),
+                    "cache": a.cache.to_string(),
+                    "budget": a.budget.map(|b| b.to_string()),
+                    "predictor": path(&a.predictor),
+                    "oracle": path(&a.oracle),
+                    "hot": path(&a.hot),
+                    "overlap": a.overlap,
+                    "compute_all_cached": a.compute_all_cached,
+                    "dram": dram,
+                    "active_fraction": active,
+                    "stats": f.stats,
+                })
+            }),
         });
         let text = serde_json::to_string_pretty(&v)?;
         super::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
