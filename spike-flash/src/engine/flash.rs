@@ -226,12 +226,14 @@ struct Prefetcher {
     pending: Option<(usize, Vec<u32>)>,
     /// Counters of the prefetch backend, summed over finished jobs.
     io: IoStats,
-    /// Capacity of its buffer (room for a whole layer), counted in the DRAM in use.
+    /// Its buffer and its backend's scratch (room for a whole layer each), counted in the DRAM in use.
     buf_len: usize,
 }
 
 impl Prefetcher {
-    fn new(mut backend: Box<dyn ReadBackend>, buf_len: usize) -> Result<Prefetcher> {
+    fn new(mut backend: Box<dyn ReadBackend>, layer_bytes: usize) -> Result<Prefetcher> {
+        // Its buffer and its backend's scratch, both for a layer.
+        let buf_len = layer_bytes + backend.scratch_bytes();
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (tx, done) = std::sync::mpsc::channel::<Done>();
         let thread = std::thread::Builder::new()
@@ -251,7 +253,7 @@ impl Prefetcher {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
-            idle: Some((Vec::new(), AlignedBuf::new(buf_len)?)),
+            idle: Some((Vec::new(), AlignedBuf::new(layer_bytes)?)),
             pending: None,
             io: IoStats::default(),
             buf_len,
@@ -322,6 +324,8 @@ impl FlashFfn {
             payload: layout.payload_bytes(),
             act: cfg.activation,
         };
+        let mut backend = backend;
+        backend.reserve_scratch(fmt.f * fmt.payload)?;
         Ok(FlashFfn {
             layout,
             backend,
@@ -395,8 +399,10 @@ impl FlashFfn {
                 "mmap" => crate::io::BackendKind::Mmap,
                 _ => crate::io::BackendKind::Pool,
             };
-            let b = crate::io::open_backend(kind, &self.layout.ffn_path(), &crate::io::IoConfig::default())?;
-            self.prefetch = Some(Prefetcher::new(b, self.fmt.f * self.fmt.payload)?);
+            let mut b = crate::io::open_backend(kind, &self.layout.ffn_path(), &crate::io::IoConfig::default())?;
+            let layer = self.fmt.f * self.fmt.payload;
+            b.reserve_scratch(layer)?;
+            self.prefetch = Some(Prefetcher::new(b, layer)?);
         }
         Ok(())
     }
@@ -410,11 +416,12 @@ impl FlashFfn {
         s
     }
 
-    /// DRAM this FFN holds for weights: the caches' rows and maps, and the staging buffer for one layer.
+    /// DRAM this FFN holds for weights: the caches' rows and maps, and the read buffers (the staging buffer and
+    /// the backend's scratch, a layer each; with overlap the same again for the prefetch).
     pub fn dram_bytes(&self) -> u64 {
         let caches: u64 = self.caches.iter().flatten().map(LayerCache::bytes).sum();
         let prefetch = self.prefetch.as_ref().map_or(0, |p| p.buf_len as u64);
-        caches + self.staging.capacity() as u64 + prefetch
+        caches + (self.staging.capacity() + self.backend.scratch_bytes()) as u64 + prefetch
     }
 
     /// Predicts every batch's I/O time with `cost` at queue depth `depth`, beside the measured time.

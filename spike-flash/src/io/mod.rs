@@ -123,6 +123,18 @@ pub trait ReadBackend: Send {
 
     /// Zeroes the counters.
     fn reset_stats(&mut self);
+
+    /// Grows the backend's own buffer (where unaligned requests land before they are copied out) to hold a
+    /// batch of `bytes` now, so that its memory is in place, and counted, before decoding starts.
+    fn reserve_scratch(&mut self, bytes: usize) -> Result<()> {
+        let _ = bytes;
+        Ok(())
+    }
+
+    /// Bytes of the backend's own buffer.
+    fn scratch_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// Which backend [`open_backend`] builds.

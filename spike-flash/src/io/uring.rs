@@ -224,6 +224,20 @@ impl ReadBackend for UringBackend {
         &self.path
     }
 
+    fn reserve_scratch(&mut self, bytes: usize) -> Result<()> {
+        // Spans that overlap are merged, so scratch never holds a page twice: a batch within a range of `bytes`
+        // (one layer's records) needs at most that range rounded out to the alignment, plus a page at each place
+        // where a long run is split at `max_merge`.
+        let want = bytes.saturating_add(4 * self.cfg.align);
+        let len = self.scratch.len();
+        self.scratch.resize(want.max(len))?;
+        self.scratch.resize(len)
+    }
+
+    fn scratch_bytes(&self) -> usize {
+        self.scratch.capacity()
+    }
+
     fn read_batch(&mut self, reqs: &[ReadReq], buf: &mut AlignedBuf) -> Result<()> {
         let info = BufInfo { len: buf.len(), addr: buf.as_mut_ptr() as usize };
         self.plan.build(reqs, &self.cfg, self.file_len, &self.path, Some(info))?;

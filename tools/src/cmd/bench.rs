@@ -183,14 +183,15 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
 }
 
 /// `hot:F` with the largest F whose pinned rows fit the budget (every neuron without a budget), beside the
-/// staging buffer and, with `overlap`, the prefetch buffer (a layer each).
+/// read buffers (staging and the backend's scratch, and with `overlap` the same for the prefetch: a layer each).
 fn hybrid_policy(args: &Args, layout: &std::path::Path, overlap: bool) -> anyhow::Result<PolicySpec> {
     let Some(budget) = args.flash.budget else { return Ok(PolicySpec::Hot { fraction: 1.0, window: None }) };
     let lay = spike_flash::layout::Layout::open(layout)?;
     let m = lay.manifest();
     let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, lay.payload_bytes());
-    let buffers = if overlap { 2 } else { 1 };
-    let fixed = m.resident.len + (buffers * f * payload) as u64;
+    // Staging and the backend's scratch, twice with overlap; a few pages of alignment slack each.
+    let buffers = if overlap { 4 } else { 2 };
+    let fixed = m.resident.len + (buffers * (f * payload + 6 * 4096)) as u64;
     let bytes = budget.resolve(m.source.len);
     // The pinned set's rows and maps cost what an lru cache of that many rows costs, or less.
     let slots = spike_flash::cache::slots_per_layer(bytes, fixed, &PolicySpec::Lru, layers, f, payload)?;
