@@ -8,10 +8,11 @@
 # the predictor + window configurations. The cgroup is created and removed by cgroup-run.sh.
 #
 # Settings (environment): DTYPE (layout records, default source: rows as the model stores them, q8_0 down
-# columns), BUDGET (model DRAM, default 60%: at 65% the process, with its
-# KV cache, code, stacks and allocator, sits within 3 MiB of the cgroup limit and the row with a predictor thrashes), SHARE (cgroup share of the model file, default 0.65), SPARSITY
-# (default 0.50), RANK (predictor rank, default 32), WINDOW (5), PROMPT/GEN/PROMPTS (bench prompt tokens, decoded
-# tokens, prompts: 64/64/2).
+# columns), BUDGET (model DRAM, default 60%: at 65% the process, with its KV cache, code, stacks and
+# allocator, sits within 3 MiB of the cgroup limit and the row with a predictor thrashes), SHARE (cgroup share of
+# the model file, default 0.65), SPARSITY (default 0.50), RANK (predictor rank, default 32), WINDOW (5),
+# PROMPT/GEN/PROMPTS (bench prompt tokens, decoded tokens, prompts = rounds in which every row takes its turn:
+# 64/32/6).
 # Outputs: results/flash/ (bench CSV and table, device profile, oracle trace, perplexity JSONs; the cgroup's
 # peak memory and major faults in bench.txt).
 set -euo pipefail
@@ -60,7 +61,7 @@ echo "== bench inside the cgroup (24 MiB + $share of the model file), model budg
 bash scripts/cgroup-run.sh --model-share "$share" --model "$model" -- \
     "$spike" bench --layout "$layout" --split-layout "$split" --budget "$budget" --predictor "$pred" --hot "$hot" \
     --profile "$out/device/device-profile.json" --rows "$rows" --window "$window" \
-    --prompt "${PROMPT:-64}" --gen "${GEN:-64}" --prompts "${PROMPTS:-2}" --csv "$out/bench.csv" \
+    --prompt "${PROMPT:-64}" --gen "${GEN:-32}" --prompts "${PROMPTS:-6}" --csv "$out/bench.csv" \
     2>&1 | tee "$out/bench.txt"
 
 # What a perfect predictor would read: the oracle's active sets (magnitude above the calibrated thresholds, ppl

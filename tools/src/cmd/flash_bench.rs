@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use spike_flash::cache::PolicySpec;
 use spike_flash::engine::flash::TokenRecord;
 use spike_flash::engine::sampler::argmax;
@@ -73,31 +72,34 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs every row; prints the table and writes the per-token CSV; returns the summaries.
+///
+/// The rows take turns: each prompt is a round in which every row is set up afresh (model, caches, read
+/// buffers), decodes that prompt and is dropped again. A device whose speed drifts, or switches between modes
+/// as this machine's disk does (results/device/NOTES.md), then weighs on every row alike, and only one row's
+/// memory is held at a time (what a memory cgroup around the bench must allow).
 pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
-    let mut all: Vec<TokenRecord> = Vec::new();
-    let mut summaries = Vec::new();
-    let steps = (b.rows.len() * b.prompts.len() * b.gen) as u64;
-    let bar = ProgressBar::new(steps);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tokens {msg}").expect("the template is valid"));
-    for row in &b.rows {
-        bar.set_message(row.name.clone());
-        let (fm, model) = FlashModel::open_with(&row.layout, false)?;
-        let predictor = match row.predictor {
-            true => Some(b.predictor.clone().context("a predictor row needs --predictor")?),
-            false => None,
-        };
-        let args = FlashArgs {
-            layout: Some(row.layout.clone()),
-            cache: row.cache,
-            predictor,
-            overlap: row.overlap || b.flash.overlap,
-            ..b.flash.clone()
-        };
-        let (mut ffn, dram) = fm.ffn(&model, &args, None).with_context(|| format!("row {}", row.name))?;
-        let (model, f) = (&model, model.config().d_ffn as f64);
-        let n_layers = model.config().n_layers as f64;
-        let mut recs = Vec::new();
-        for (pi, prompt) in b.prompts.iter().enumerate() {
+    let mut per_row: Vec<Vec<TokenRecord>> = vec![Vec::new(); b.rows.len()];
+    let mut dram_mib = vec![0.0; b.rows.len()];
+    let (mut f, mut n_layers) = (1.0, 1.0);
+    for (pi, prompt) in b.prompts.iter().enumerate() {
+        for (ri, row) in b.rows.iter().enumerate() {
+            let (fm, model) = FlashModel::open_with(&row.layout, false)?;
+            let predictor = match row.predictor {
+                true => Some(b.predictor.clone().context("a predictor row needs --predictor")?),
+                false => None,
+            };
+            let args = FlashArgs {
+                layout: Some(row.layout.clone()),
+                cache: row.cache,
+                predictor,
+                overlap: row.overlap || b.flash.overlap,
+                ..b.flash.clone()
+            };
+            let (mut ffn, dram) = fm.ffn(&model, &args, None).with_context(|| format!("row {}", row.name))?;
+            (f, n_layers) = (model.config().d_ffn as f64, model.config().n_layers as f64);
+            dram_mib[ri] = dram.total as f64 / (1 << 20) as f64;
+            let recs = &mut per_row[ri];
+            let first = recs.len();
             let mut state = model.new_state(prompt.len() + b.gen + 1);
             let mut logits = model.forward_with(&mut state, prompt, prompt.len() - 1, &mut ffn)?;
             for _ in 0..b.gen {
@@ -109,11 +111,23 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
                 let mut rec = TokenRecord::between(recs.len(), 1, ms, &a, &ffn.snapshot(), dram.total);
                 rec.label.clone_from(&row.name);
                 rec.seq = pi;
-                all.push(rec.clone());
                 recs.push(rec);
-                bar.inc(1);
             }
+            let ms: Vec<f64> = recs[first..].iter().map(|r| r.total_ms).collect();
+            eprintln!(
+                "round {}/{}, {}: {:.1} tok/s (median of {} tokens)",
+                pi + 1,
+                b.prompts.len(),
+                row.name,
+                1e3 / median(ms),
+                b.gen
+            );
+            drop((ffn, model, fm));
+            spike_flash::io::trim_heap();
         }
+    }
+    let mut summaries = Vec::new();
+    for ((row, recs), dram) in b.rows.iter().zip(&per_row).zip(dram_mib) {
         let m = |g: &dyn Fn(&TokenRecord) -> f64| median(recs.iter().map(g).collect());
         let total = m(&|r| r.total_ms);
         summaries.push(RowSummary {
@@ -132,10 +146,10 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
             reads_per_token: m(&|r| r.reads as f64),
             hit_rate: m(&|r| r.hit_rate),
             active_share: m(&|r| r.neurons_active as f64 / (f * n_layers)),
-            dram_mib: dram.total as f64 / (1 << 20) as f64,
+            dram_mib: dram,
         });
     }
-    bar.finish_and_clear();
+    let all: Vec<TokenRecord> = per_row.into_iter().flatten().collect();
     super::write_csv(&b.csv, &all)?;
     print_table(&summaries);
     let summary_path = b.csv.with_extension("summary.csv");
