@@ -619,6 +619,7 @@ fn accumulate_down(
     let bl = dtype.block_len();
     let blocks = d / bl;
     let isa = kernels::isa();
+    let cols = kernels::Columns { dtype, data: rows, stride: payload, offset: off };
     // One token: split the output dimensions (whole blocks) over the pool; every task walks all k columns.
     let tasks = if n == 1 && k >= 64 { rayon::current_num_threads().min(blocks).max(1) } else { 1 };
     let per = blocks.div_ceil(tasks);
@@ -626,12 +627,12 @@ fn accumulate_down(
         use rayon::prelude::*;
         out[..d].par_chunks_mut(per * bl).enumerate().for_each(|(i, o)| {
             let b0 = i * per;
-            kernels::add_scaled_columns(isa, dtype, rows, payload, off, &h[..k], b0..b0 + o.len() / bl, o);
+            kernels::add_scaled_columns(isa, cols, &h[..k], b0..b0 + o.len() / bl, o);
         });
     } else {
         for t in 0..n {
             let o = &mut out[t * d..(t + 1) * d];
-            kernels::add_scaled_columns(isa, dtype, rows, payload, off, &h[t * k..(t + 1) * k], 0..blocks, o);
+            kernels::add_scaled_columns(isa, cols, &h[t * k..(t + 1) * k], 0..blocks, o);
         }
     }
     Ok(())

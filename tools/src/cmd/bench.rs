@@ -34,9 +34,9 @@ pub struct Args {
     flash: super::flash::FlashArgs,
     /// Flash mode: the rows of the table, comma-separated, from naive (every neuron read every token), hybrid
     /// (the hottest neurons the budget holds stay resident, the rest is read every token), all (everything
-    /// resident: the upper bound), predictor, predictor+window (window of --window tokens), window; any row
-    /// with `+overlap` appended reads the next layer while this one computes; with --split-layout, every row
-    /// again on the split layout.
+    /// resident, outside --budget: the upper bound), predictor, predictor+window (window of --window tokens),
+    /// window; any row with `+overlap` appended reads the next layer while this one computes; with
+    /// --split-layout, every row again on the split layout. Rows take turns, one prompt per round.
     #[arg(long, default_value = "naive,hybrid,predictor,predictor+window", value_delimiter = ',')]
     rows: Vec<String>,
     /// Flash mode: window length of the window rows.
@@ -177,7 +177,15 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
                     "unknown bench row `{other}` (naive, hybrid, all, predictor, predictor+window, window)"
                 ),
             };
-            Ok(RowSpec { name: format!("{r}{suffix}"), layout: layout.to_path_buf(), cache, predictor, overlap })
+            let unbudgeted = base == "all";
+            Ok(RowSpec {
+                name: format!("{r}{suffix}"),
+                layout: layout.to_path_buf(),
+                cache,
+                predictor,
+                overlap,
+                unbudgeted,
+            })
         })
         .collect()
 }

@@ -23,6 +23,8 @@ pub struct RowSpec {
     pub predictor: bool,
     /// Overlap the next layer's reads with this layer's compute.
     pub overlap: bool,
+    /// Run without the DRAM budget (the `all` row: every neuron resident, the upper bound).
+    pub unbudgeted: bool,
 }
 
 /// Settings of a flash bench run.
@@ -93,8 +95,12 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
                 cache: row.cache,
                 predictor,
                 overlap: row.overlap || b.flash.overlap,
+                budget: if row.unbudgeted { None } else { b.flash.budget },
                 ..b.flash.clone()
             };
+            if row.unbudgeted && b.flash.budget.is_some() && pi == 0 {
+                eprintln!("note: row {} holds every neuron in DRAM, outside the budget (the upper bound)", row.name);
+            }
             let (mut ffn, dram) = fm.ffn(&model, &args, None).with_context(|| format!("row {}", row.name))?;
             (f, n_layers) = (model.config().d_ffn as f64, model.config().n_layers as f64);
             dram_mib[ri] = dram.total as f64 / (1 << 20) as f64;
@@ -136,7 +142,10 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
             io_ms: m(&|r| r.io_ms),
             predicted_io_ms: m(&|r| r.predicted_io_ms),
             predicted_over_measured: median(
-                recs.iter().filter(|r| r.io_ms > 0.0 && r.bytes_read > 0).map(|r| r.predicted_io_ms / r.io_ms).collect(),
+                recs.iter()
+                    .filter(|r| r.io_ms > 0.0 && r.bytes_read > 0)
+                    .map(|r| r.predicted_io_ms / r.io_ms)
+                    .collect(),
             ),
             mm_ms: m(&|r| r.mm_ms),
             compute_ms: m(&|r| r.ffn_compute_ms + r.select_ms + r.other_ms),

@@ -12,24 +12,31 @@ use std::ops::Range;
 use super::Isa;
 use crate::model::quant::{self, DType, QK};
 
-/// `out[(b - blocks.start) * QK + i] += sum_j h[j] * col_j[b * QK + i]` for every block `b` of `blocks`,
-/// where `col_j` is the column of `dtype` starting at byte `j * stride + off` of `rows`. Columns with
-/// `h[j] == 0` are skipped.
+/// Columns of one dtype stored one after another in records: column `j` starts at byte `j * stride + offset`
+/// of `data`.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    pub dtype: DType,
+    pub data: &'a [u8],
+    pub stride: usize,
+    pub offset: usize,
+}
+
+/// `out[(b - blocks.start) * L + i] += sum_j h[j] * col_j[b * L + i]` for every block `b` of `blocks` (`L` the
+/// dtype's block length), over the first `h.len()` columns of `cols`. Columns with `h[j] == 0` are skipped.
 ///
 /// # Panics
-/// When `out` is not `blocks.len() * QK` long, or a column's blocks lie outside `rows`.
-pub fn add_scaled_columns(
-    isa: Isa,
-    dtype: DType,
-    rows: &[u8],
-    stride: usize,
-    off: usize,
-    h: &[f32],
-    blocks: Range<usize>,
-    out: &mut [f32],
-) {
+/// When `out` is not `blocks.len() * L` long, or a column's blocks lie outside `cols.data`.
+pub fn add_scaled_columns(isa: Isa, cols: Columns, h: &[f32], blocks: Range<usize>, out: &mut [f32]) {
+    let Columns { dtype, data: rows, stride, offset: off } = cols;
     let bl = dtype.block_len();
-    assert_eq!(out.len(), blocks.len() * bl, "add_scaled_columns: output of {} values for {} blocks", out.len(), blocks.len());
+    assert_eq!(
+        out.len(),
+        blocks.len() * bl,
+        "add_scaled_columns: output of {} values for {} blocks",
+        out.len(),
+        blocks.len()
+    );
     if let Some(last) = h.len().checked_sub(1) {
         let end = last * stride + off + blocks.end * dtype.block_bytes();
         assert!(end <= rows.len(), "add_scaled_columns: columns reach byte {end} of {}", rows.len());

@@ -65,7 +65,7 @@ use rayon::prelude::*;
 use crate::model::quant::{DType, QK};
 use crate::{Error, Result};
 
-pub use cols::add_scaled_columns;
+pub use cols::{add_scaled_columns, Columns};
 pub use scalar::{dequantize_row, dot_reference_f32};
 pub use wide::{dot_wide_reference, matmul_wide, WideActs, WIDE_BASE};
 

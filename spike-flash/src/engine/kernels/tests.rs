@@ -452,8 +452,15 @@ fn column_sums_match_the_exact_reference_on_every_isa() {
                 let (want, mag) = column_sums_f64(dtype, &records, stride, off, cols, &h, blocks.clone());
                 for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
                     // Start from a non-zero output: the kernel adds to it.
-                    let mut out: Vec<f32> = (0..blocks.len() * dtype.block_len()).map(|i| (i % 7) as f32 * 0.25).collect();
-                    add_scaled_columns(isa, dtype, &records, stride, off, &h, blocks.clone(), &mut out);
+                    let mut out: Vec<f32> =
+                        (0..blocks.len() * dtype.block_len()).map(|i| (i % 7) as f32 * 0.25).collect();
+                    add_scaled_columns(
+                        isa,
+                        Columns { dtype, data: &records, stride, offset: off },
+                        &h,
+                        blocks.clone(),
+                        &mut out,
+                    );
                     for (i, (&o, (&w, &m))) in out.iter().zip(want.iter().zip(&mag)).enumerate() {
                         let base = f64::from((i % 7) as f32 * 0.25);
                         let err = (f64::from(o) - base - w).abs();
@@ -474,5 +481,6 @@ fn column_sums_match_the_exact_reference_on_every_isa() {
 fn column_sums_check_their_bounds() {
     let records = vec![0u8; 100];
     let mut out = vec![0.0f32; 32];
-    add_scaled_columns(Isa::Scalar, DType::Q8_0, &records, 80, 40, &[1.0, 1.0], 0..1, &mut out);
+    let cols = Columns { dtype: DType::Q8_0, data: &records, stride: 80, offset: 40 };
+    add_scaled_columns(Isa::Scalar, cols, &[1.0, 1.0], 0..1, &mut out);
 }

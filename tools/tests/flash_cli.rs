@@ -1,0 +1,119 @@
+//! `spike bench --layout` end to end on a generated model: every row of the table runs, on the bundled and the
+//! split layout, and the per-token CSV obeys what each row means (naive reads every neuron every token, `all`
+//! reads nothing once loaded, hybrid reads the neurons its budget does not hold, overlap changes when reads
+//! happen, not what is read).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use spike_flash::layout::Layout;
+
+fn spike() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spike"));
+    c.args(["--threads", "2"]);
+    c
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A random Llama (SiLU) checkpoint converted to a layout of `kind` (bundled or split).
+fn layout(dir: &Path, kind: &str) -> PathBuf {
+    let ck = dir.join("ck");
+    if !ck.exists() {
+        let out = spike()
+            .args(["synth", "--arch", "llama", "--layers", "8", "--d-model", "64", "--ffn", "256", "--heads", "4"])
+            .args(["--vocab", "320", "--dtype", "f32", "--seed", "11", "-o"])
+            .arg(&ck)
+            .output()
+            .expect("run spike synth");
+        ok(out, "synth");
+    }
+    let lay = dir.join(format!("{kind}.spike"));
+    let out = spike().arg("convert").arg("-m").arg(&ck).arg("-o").arg(&lay).args(["--layout", kind]).output();
+    ok(out.expect("run spike convert"), "convert");
+    lay
+}
+
+/// The CSV's rows, by label, as maps from column to value.
+fn rows_by_label(csv: &Path) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
+    let mut r = csv::Reader::from_path(csv).expect("open the bench CSV");
+    let headers = r.headers().expect("headers").clone();
+    let mut out: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
+    for rec in r.records() {
+        let rec = rec.expect("a CSV record");
+        let row: BTreeMap<String, String> =
+            headers.iter().map(String::from).zip(rec.iter().map(String::from)).collect();
+        out.entry(row["label"].clone()).or_default().push(row);
+    }
+    out
+}
+
+fn num(row: &BTreeMap<String, String>, col: &str) -> f64 {
+    row[col].parse().unwrap_or_else(|_| panic!("column {col}: `{}` is not a number", row[col]))
+}
+
+#[test]
+fn bench_rows_on_bundled_and_split_layouts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundled = layout(dir.path(), "bundled");
+    let split = layout(dir.path(), "split");
+    let lay = Layout::open(&bundled).expect("open the layout");
+    let (n_layers, f) = (lay.manifest().layers.len(), lay.manifest().model.d_ffn);
+    let payload = lay.payload_bytes();
+    // Room for the resident part, the read buffers of an overlapped row (staging, prefetch and two backends'
+    // scratch: a layer each, with the slack the bench allows them), and a quarter of the FFN: hybrid, without
+    // overlap, pins about half of each layer.
+    let budget = lay.manifest().resident.len as usize + 4 * (f * payload + 6 * 4096) + n_layers * f * payload / 4;
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog and runs far away. ".repeat(20)).unwrap();
+    let csv = dir.path().join("bench.csv");
+    let (prompts, gen) = (2usize, 3usize);
+    let stdout = ok(
+        spike()
+            .arg("bench")
+            .arg("--layout")
+            .arg(&bundled)
+            .arg("--split-layout")
+            .arg(&split)
+            .args(["--rows", "naive,naive+overlap,hybrid,all", "--prompt", "8", "--gen", &gen.to_string()])
+            .args(["--prompts", &prompts.to_string(), "--budget", &budget.to_string()])
+            .arg("--text")
+            .arg(&text)
+            .arg("--csv")
+            .arg(&csv)
+            .output()
+            .expect("run spike bench"),
+        "bench",
+    );
+    let labels = ["naive", "naive+overlap", "hybrid", "all"];
+    for l in labels {
+        for name in [l.to_string(), format!("{l} (split)")] {
+            assert!(stdout.contains(&format!("| {name} |")), "no table row {name}:\n{stdout}");
+        }
+    }
+    assert!(dir.path().join("bench.summary.csv").exists());
+    let by = rows_by_label(&csv);
+    assert_eq!(by.len(), 2 * labels.len(), "{:?}", by.keys().collect::<Vec<_>>());
+    for (label, rows) in &by {
+        assert_eq!(rows.len(), prompts * gen, "{label}: one record per decoded token");
+        let every = (n_layers * f) as f64;
+        for r in rows {
+            let (read, active, hit) = (num(r, "neurons_read"), num(r, "neurons_active"), num(r, "hit_rate"));
+            assert_eq!(active, every, "{label}: every neuron is selected");
+            if label.starts_with("naive") {
+                assert_eq!(read, every, "{label}: the whole FFN is read every token");
+                assert_eq!(hit, 0.0, "{label}");
+                assert!(num(r, "bytes_read") >= every * payload as f64, "{label}: {r:?}");
+            } else if label.starts_with("all") {
+                assert_eq!((read, num(r, "bytes_read")), (0.0, 0.0), "{label}: everything is resident");
+            } else {
+                assert!(read > 0.0 && read < every, "{label}: the budget pins a part of each layer: {r:?}");
+                assert!(hit > 0.0 && hit < 1.0, "{label}");
+            }
+        }
+    }
+}
