@@ -175,11 +175,16 @@ fn print_table(rows: &[RowSummary]) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} | {:.3} | {:.3} | {:.1} |",
+            "| {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} | {:.3} | {:.3} | {:.1} |",
             r.row,
             r.io_ms,
             r.predicted_io_ms,
-            r.predicted_over_measured,
+            // No token read anything (the all row): no ratio.
+            if r.predicted_over_measured.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{:.2}", r.predicted_over_measured)
+            },
             r.mm_ms,
             r.compute_ms,
             r.total_ms,
