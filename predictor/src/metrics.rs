@@ -138,17 +138,11 @@ impl LayerMetrics {
     }
 }
 
-/// Means over layers of the report's columns, and the total bytes.
+/// Means over layers of the report's columns, and the totals of bytes and training time.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Summary {
-    pub layers: usize,
-    pub recall: f64,
-    pub min_recall: f64,
-    pub precision: f64,
-    pub false_negative_rate: f64,
-    pub predicted_true_ratio: f64,
-    pub true_active_fraction: f64,
-    pub predicted_active_fraction: f64,
+    #[serde(flatten)]
+    pub quality: Quality,
     pub bytes: usize,
     pub train_seconds: f64,
 }
@@ -156,17 +150,8 @@ pub struct Summary {
 impl Summary {
     /// Means of `rows` (unweighted: every layer counts once, as every layer is run once per token).
     pub fn of(rows: &[LayerMetrics]) -> Summary {
-        let n = rows.len().max(1) as f64;
-        let mean = |f: fn(&LayerMetrics) -> f64| rows.iter().map(f).sum::<f64>() / n;
         Summary {
-            layers: rows.len(),
-            recall: mean(|r| r.recall),
-            min_recall: rows.iter().map(|r| r.recall).fold(f64::INFINITY, f64::min),
-            precision: mean(|r| r.precision),
-            false_negative_rate: mean(|r| r.false_negative_rate),
-            predicted_true_ratio: mean(|r| r.predicted_true_ratio),
-            true_active_fraction: mean(|r| r.true_active_fraction),
-            predicted_active_fraction: mean(|r| r.predicted_active_fraction),
+            quality: Quality::of_layers(rows),
             bytes: rows.iter().map(|r| r.bytes).sum(),
             train_seconds: rows.iter().map(|r| r.train_seconds).sum(),
         }
@@ -197,16 +182,22 @@ impl Quality {
                 m
             })
             .collect();
-        let s = Summary::of(&rows);
+        Quality::of_layers(&rows)
+    }
+
+    /// Unweighted means of the layers' metrics (every layer counts once, as every layer is run once per token).
+    pub fn of_layers(rows: &[LayerMetrics]) -> Quality {
+        let n = rows.len().max(1) as f64;
+        let mean = |f: fn(&LayerMetrics) -> f64| rows.iter().map(f).sum::<f64>() / n;
         Quality {
-            layers: s.layers,
-            recall: s.recall,
-            min_recall: s.min_recall,
-            precision: s.precision,
-            false_negative_rate: s.false_negative_rate,
-            predicted_true_ratio: s.predicted_true_ratio,
-            true_active_fraction: s.true_active_fraction,
-            predicted_active_fraction: s.predicted_active_fraction,
+            layers: rows.len(),
+            recall: mean(|r| r.recall),
+            min_recall: rows.iter().map(|r| r.recall).fold(f64::INFINITY, f64::min),
+            precision: mean(|r| r.precision),
+            false_negative_rate: mean(|r| r.false_negative_rate),
+            predicted_true_ratio: mean(|r| r.predicted_true_ratio),
+            true_active_fraction: mean(|r| r.true_active_fraction),
+            predicted_active_fraction: mean(|r| r.predicted_active_fraction),
         }
     }
 }
@@ -217,14 +208,14 @@ impl std::fmt::Display for Summary {
             f,
             "{} layers: mean recall {:.4} (min {:.4}), precision {:.4}, false negatives {:.4}, predicted/true \
              {:.3}; truly active {:.3}, predicted active {:.3} of neurons; {} bytes of weights",
-            self.layers,
-            self.recall,
-            self.min_recall,
-            self.precision,
-            self.false_negative_rate,
-            self.predicted_true_ratio,
-            self.true_active_fraction,
-            self.predicted_active_fraction,
+            self.quality.layers,
+            self.quality.recall,
+            self.quality.min_recall,
+            self.quality.precision,
+            self.quality.false_negative_rate,
+            self.quality.predicted_true_ratio,
+            self.quality.true_active_fraction,
+            self.quality.predicted_active_fraction,
             self.bytes
         )
     }

@@ -5,20 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use spike_flash::layout::Layout;
 
-fn spike() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_spike"));
-    c.args(["--threads", "2"]);
-    c
-}
+mod common;
 
-fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{ok, spike};
 
 /// A random Llama (SiLU) checkpoint converted to a layout of `kind` (bundled or split).
 fn layout(dir: &Path, kind: &str) -> PathBuf {

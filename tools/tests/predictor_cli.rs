@@ -1,54 +1,15 @@
 //! `spike train-predictor` and `spike perplexity --predictor` end to end on checkpoints the tests generate.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn spike() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_spike"));
-    c.args(["--threads", "2"]);
-    c
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fail(out: Output, what: &str) -> String {
-    assert!(!out.status.success(), "{what} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A random checkpoint: `arch` llama (SiLU) or opt (ReLU), of `d_model` 64.
-fn synth(dir: &Path, arch: &str, seed: u32, ffn: usize) -> PathBuf {
-    let ck = dir.join(format!("{arch}-{seed}-{ffn}"));
-    let out = spike()
-        .args(["synth", "--arch", arch, "--layers", "2", "--d-model", "64", "--ffn", &ffn.to_string()])
-        .args(["--heads", "4", "--vocab", "320", "--dtype", "f32", "--seed", &seed.to_string(), "-o"])
-        .arg(&ck)
-        .output()
-        .expect("run spike synth");
-    ok(out, "synth");
-    ck
-}
+use common::{corpus, fail, json, ok, spike, synth, WORDS};
 
 /// A corpus of `docs` sections separated by two blank lines, and a held-out text of other words.
 fn texts(dir: &Path, docs: usize) -> (PathBuf, PathBuf) {
-    let words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "far"];
-    let mut text = String::new();
-    for d in 0..docs {
-        for p in 0..2 {
-            for w in 0..25 {
-                text.push_str(words[(d * 7 + p * 3 + w * 5) % words.len()]);
-                text.push(' ');
-            }
-            text.push_str(".\n\n");
-        }
-        text.push('\n');
-    }
-    let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, text).expect("write corpus");
-    let held_out: String = (0..400).map(|i| format!("{} ", words[(i * 11 + i / 7) % words.len()])).collect();
+    let corpus = corpus(dir, docs);
+    let held_out: String = (0..400).map(|i| format!("{} ", WORDS[(i * 11 + i / 7) % WORDS.len()])).collect();
     let eval = dir.join("eval.txt");
     std::fs::write(&eval, held_out).expect("write eval text");
     (corpus, eval)
@@ -66,10 +27,6 @@ fn trace(ck: &Path, corpus: &Path, out: &Path) {
         .output()
         .expect("run");
     ok(o, "trace");
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read json")).expect("parse json")
 }
 
 #[test]

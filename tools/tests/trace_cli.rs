@@ -1,65 +1,14 @@
 //! `spike trace`, `trace-stats`, `calibrate` and `perplexity --sparsity` end to end on checkpoints the tests
 //! generate.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn spike() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_spike"));
-    c.args(["--threads", "2"]);
-    c
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fail(out: Output, what: &str) -> String {
-    assert!(!out.status.success(), "{what} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A random checkpoint: `arch` llama (SiLU) or opt (ReLU).
-fn synth(dir: &Path, arch: &str, seed: u32) -> PathBuf {
-    let ck = dir.join(format!("{arch}-{seed}"));
-    let out = spike()
-        .args(["synth", "--arch", arch, "--layers", "2", "--d-model", "64", "--ffn", "256", "--heads", "4"])
-        .args(["--vocab", "320", "--dtype", "f32", "--seed", &seed.to_string(), "-o"])
-        .arg(&ck)
-        .output()
-        .expect("run spike synth");
-    ok(out, "synth");
-    ck
-}
-
-/// A corpus of `docs` sections separated by two blank lines.
-fn corpus(dir: &Path, docs: usize) -> PathBuf {
-    let words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "far"];
-    let mut text = String::new();
-    for d in 0..docs {
-        for p in 0..2 {
-            for w in 0..25 {
-                text.push_str(words[(d * 7 + p * 3 + w * 5) % words.len()]);
-                text.push(' ');
-            }
-            text.push_str(".\n\n");
-        }
-        text.push('\n');
-    }
-    let p = dir.join("corpus.txt");
-    std::fs::write(&p, text).expect("write corpus");
-    p
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read json")).expect("parse json")
-}
+use common::{corpus, fail, json, ok, spike, synth};
 
 #[test]
 fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ck = synth(dir.path(), "llama", 3);
+    let ck = synth(dir.path(), "llama", 3, 256);
     let text = corpus(dir.path(), 12);
     let trace = dir.path().join("t.trace");
     let stdout = ok(
@@ -159,7 +108,7 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     assert_eq!(json(&ppl2)["result"], v["result"]);
 
     // A trace or thresholds of another model, and modes that do not fit the model, are clear errors.
-    let other = synth(dir.path(), "llama", 4);
+    let other = synth(dir.path(), "llama", 4, 256);
     let err = fail(
         spike()
             .arg("perplexity")
@@ -234,7 +183,7 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
 #[test]
 fn relu_oracle_perplexity_equals_dense() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ck = synth(dir.path(), "opt", 5);
+    let ck = synth(dir.path(), "opt", 5, 256);
     let text = corpus(dir.path(), 6);
     let run = |mode: &str, name: &str| -> serde_json::Value {
         let p = dir.path().join(name);

@@ -181,8 +181,6 @@ pub struct FlashFfn {
     cost: Option<(CostModel, usize)>,
     prefetch: Option<Prefetcher>,
     next: Vec<u32>,
-    /// A copy of the prefetch's requests for the cost model, made while the reads are in flight.
-    predicted_reqs: Vec<ReadReq>,
     pub stats: FlashStats,
 }
 
@@ -227,13 +225,13 @@ struct Prefetcher {
     /// Counters of the prefetch backend, summed over finished jobs.
     io: IoStats,
     /// Its buffer and its backend's scratch (room for a whole layer each), counted in the DRAM in use.
-    buf_len: usize,
+    dram_bytes: usize,
 }
 
 impl Prefetcher {
     fn new(mut backend: Box<dyn ReadBackend>, layer_bytes: usize) -> Result<Prefetcher> {
         // Its buffer and its backend's scratch, both for a layer.
-        let buf_len = layer_bytes + backend.scratch_bytes();
+        let dram_bytes = layer_bytes + backend.scratch_bytes();
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (tx, done) = std::sync::mpsc::channel::<Done>();
         let thread = std::thread::Builder::new()
@@ -256,7 +254,7 @@ impl Prefetcher {
             idle: Some((Vec::new(), AlignedBuf::new(layer_bytes)?)),
             pending: None,
             io: IoStats::default(),
-            buf_len,
+            dram_bytes,
         })
     }
 
@@ -346,7 +344,6 @@ impl FlashFfn {
             cost: None,
             prefetch: None,
             next: Vec::new(),
-            predicted_reqs: Vec::new(),
             stats: FlashStats::default(),
         })
     }
@@ -420,7 +417,7 @@ impl FlashFfn {
     /// the backend's scratch, a layer each; with overlap the same again for the prefetch).
     pub fn dram_bytes(&self) -> u64 {
         let caches: u64 = self.caches.iter().flatten().map(LayerCache::bytes).sum();
-        let prefetch = self.prefetch.as_ref().map_or(0, |p| p.buf_len as u64);
+        let prefetch = self.prefetch.as_ref().map_or(0, |p| p.dram_bytes as u64);
         caches + (self.staging.capacity() + self.backend.scratch_bytes()) as u64 + prefetch
     }
 
@@ -461,6 +458,11 @@ impl FlashFfn {
         let got = p.wait()?;
         self.stats.io_ns += nanos(t0);
         let Some((pl, neurons, reqs, mut buf)) = got else { return Ok(self.missing.len()) };
+        // The cost model's prediction for the prefetch's reads, on the requests it hands back (instrumentation:
+        // not timed as memory management).
+        if let Some((cost, depth)) = &self.cost {
+            self.stats.predicted_io_ns += (cost.predict(&reqs, *depth)?.seconds * 1e9) as u64;
+        }
         let t1 = Instant::now();
         let payload = self.fmt.payload;
         if pl == layer && neurons == self.missing {
@@ -517,20 +519,12 @@ impl FlashFfn {
         buf.resize(self.next.len() * payload)?;
         self.stats.neurons_read += self.next.len() as u64;
         p.pending = Some((layer, self.next.clone()));
-        if self.cost.is_some() {
-            self.predicted_reqs.clone_from(&reqs);
-        }
         p.jobs
             .as_ref()
             .expect("the job channel lives as long as the prefetcher")
             .send(Job { reqs, buf })
             .map_err(|_| Error::Invalid("the prefetch thread stopped".into()))?;
         self.stats.mm_ns += nanos(t1);
-        // The cost model's prediction is instrumentation, not memory management: made after the reads are
-        // on their way, and not timed.
-        if let Some((cost, depth)) = &self.cost {
-            self.stats.predicted_io_ns += (cost.predict(&self.predicted_reqs, *depth)?.seconds * 1e9) as u64;
-        }
         Ok(())
     }
 

@@ -93,6 +93,15 @@ impl AlignedBuf {
         Ok(())
     }
 
+    /// Grows the capacity to at least `cap` bytes, keeping the length; like [`AlignedBuf::resize`], the old
+    /// content is not preserved when it reallocates.
+    pub fn reserve(&mut self, cap: usize) -> Result<()> {
+        let len = self.len;
+        self.resize(cap.max(len))?;
+        self.len = len;
+        Ok(())
+    }
+
     /// The buffer's bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr` points to `cap >= len` initialised bytes (allocated zeroed) owned by `self`.

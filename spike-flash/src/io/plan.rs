@@ -192,6 +192,13 @@ impl Plan {
         }
     }
 
+    /// The most scratch a batch of requests within a range of `bytes` (one layer's records) can need: spans
+    /// that overlap are merged, so no page is held twice; the range rounded out to the alignment, plus a page at
+    /// each place where a long run is split at `max_merge`.
+    pub fn scratch_bound(bytes: usize, cfg: &IoConfig) -> usize {
+        bytes.saturating_add(4 * cfg.align)
+    }
+
     /// Bytes the non-empty logical requests ask for.
     pub fn bytes_requested(reqs: &[ReadReq]) -> u64 {
         reqs.iter().map(|r| r.len as u64).sum()

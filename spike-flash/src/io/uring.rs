@@ -225,13 +225,7 @@ impl ReadBackend for UringBackend {
     }
 
     fn reserve_scratch(&mut self, bytes: usize) -> Result<()> {
-        // Spans that overlap are merged, so scratch never holds a page twice: a batch within a range of `bytes`
-        // (one layer's records) needs at most that range rounded out to the alignment, plus a page at each place
-        // where a long run is split at `max_merge`.
-        let want = bytes.saturating_add(4 * self.cfg.align);
-        let len = self.scratch.len();
-        self.scratch.resize(want.max(len))?;
-        self.scratch.resize(len)
+        self.scratch.reserve(Plan::scratch_bound(bytes, &self.cfg))
     }
 
     fn scratch_bytes(&self) -> usize {

@@ -66,16 +66,6 @@ struct Row {
     model: String,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.reps > 0 && args.prompt > 0 && args.gen > 0, "--reps, --prompt and --gen must be positive");
     if args.flash.layout.is_some() {
@@ -129,7 +119,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (test, tokens) in [("pp", args.prompt), ("tg", args.gen)] {
         let tps: Vec<f64> = rows.iter().filter(|r| r.test == test).map(|r| r.tokens_per_s).collect();
         let (lo, hi) = tps.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        println!("{:<6} {:>8} {:>12.1} {:>12.1} {:>12.1}", format!("{test}{tokens}"), tokens, median(tps), lo, hi);
+        println!(
+            "{:<6} {:>8} {:>12.1} {:>12.1} {:>12.1}",
+            format!("{test}{tokens}"),
+            tokens,
+            super::median(tps),
+            lo,
+            hi
+        );
     }
     println!("rows written to {}", csv.display());
     Ok(())

@@ -60,19 +60,6 @@ pub struct RowSummary {
     pub dram_mib: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Runs every row; prints the table and writes the per-token CSV; returns the summaries.
 ///
 /// The rows take turns: each prompt is a round in which every row is set up afresh (model, caches, read
@@ -81,8 +68,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// memory is held at a time (what a memory cgroup around the bench must allow).
 pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
     let mut per_row: Vec<Vec<TokenRecord>> = vec![Vec::new(); b.rows.len()];
-    let mut dram_mib = vec![0.0; b.rows.len()];
-    let (mut f, mut n_layers) = (1.0, 1.0);
+    // Per row: model DRAM in MiB, and neurons per token (layers x d_ffn), from its last setup.
+    let mut shape = vec![(0.0, 1.0); b.rows.len()];
     for (pi, prompt) in b.prompts.iter().enumerate() {
         for (ri, row) in b.rows.iter().enumerate() {
             let (fm, model) = FlashModel::open_with(&row.layout, false)?;
@@ -102,8 +89,8 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
                 eprintln!("note: row {} holds every neuron in DRAM, outside the budget (the upper bound)", row.name);
             }
             let (mut ffn, dram) = fm.ffn(&model, &args, None).with_context(|| format!("row {}", row.name))?;
-            (f, n_layers) = (model.config().d_ffn as f64, model.config().n_layers as f64);
-            dram_mib[ri] = dram.total as f64 / (1 << 20) as f64;
+            let c = model.config();
+            shape[ri] = (dram.total as f64 / (1 << 20) as f64, (c.d_ffn * c.n_layers) as f64);
             let recs = &mut per_row[ri];
             let first = recs.len();
             let mut state = model.new_state(prompt.len() + b.gen + 1);
@@ -125,7 +112,7 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
                 pi + 1,
                 b.prompts.len(),
                 row.name,
-                1e3 / median(ms),
+                1e3 / super::median(ms),
                 b.gen
             );
             drop((ffn, model, fm));
@@ -133,19 +120,16 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
         }
     }
     let mut summaries = Vec::new();
-    for ((row, recs), dram) in b.rows.iter().zip(&per_row).zip(dram_mib) {
-        let m = |g: &dyn Fn(&TokenRecord) -> f64| median(recs.iter().map(g).collect());
+    for ((row, recs), (dram_mib, neurons)) in b.rows.iter().zip(&per_row).zip(shape) {
+        let m = |g: &dyn Fn(&TokenRecord) -> f64| super::median(recs.iter().map(g));
         let total = m(&|r| r.total_ms);
         summaries.push(RowSummary {
             row: row.name.clone(),
             tokens: recs.len(),
             io_ms: m(&|r| r.io_ms),
             predicted_io_ms: m(&|r| r.predicted_io_ms),
-            predicted_over_measured: median(
-                recs.iter()
-                    .filter(|r| r.io_ms > 0.0 && r.bytes_read > 0)
-                    .map(|r| r.predicted_io_ms / r.io_ms)
-                    .collect(),
+            predicted_over_measured: super::median(
+                recs.iter().filter(|r| r.io_ms > 0.0 && r.bytes_read > 0).map(|r| r.predicted_io_ms / r.io_ms),
             ),
             mm_ms: m(&|r| r.mm_ms),
             compute_ms: m(&|r| r.ffn_compute_ms + r.select_ms + r.other_ms),
@@ -154,8 +138,8 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
             mb_per_token: m(&|r| r.bytes_read as f64 / 1e6),
             reads_per_token: m(&|r| r.reads as f64),
             hit_rate: m(&|r| r.hit_rate),
-            active_share: m(&|r| r.neurons_active as f64 / (f * n_layers)),
-            dram_mib: dram,
+            active_share: m(&|r| r.neurons_active as f64 / neurons),
+            dram_mib,
         });
     }
     let all: Vec<TokenRecord> = per_row.into_iter().flatten().collect();

@@ -80,18 +80,6 @@ pub struct Args {
     csv: PathBuf,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let scratch = match &args.dir {
         Some(dir) => {
@@ -171,9 +159,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let kind = if layout.is_some() { "layout sets (one layer's neurons, 1 to all)" } else { "mixed sets" };
             println!("io-bench cost model: {} {kind} of {} ({} bytes)", rows.len(), path.display(), file_len);
             for &depth in &args.depths {
-                let mut errs: Vec<f64> = rows.iter().filter(|r| r.depth == depth).map(|x| x.rel_err.abs()).collect();
-                let mut signed: Vec<f64> = rows.iter().filter(|r| r.depth == depth).map(|x| x.rel_err).collect();
-                let mut first: Vec<f64> = rows
+                let errs: Vec<f64> = rows.iter().filter(|r| r.depth == depth).map(|x| x.rel_err.abs()).collect();
+                let signed: Vec<f64> = rows.iter().filter(|r| r.depth == depth).map(|x| x.rel_err).collect();
+                let first: Vec<f64> = rows
                     .iter()
                     .filter(|r| r.depth == depth)
                     .map(|x| ((x.predicted_ms - x.first_ms) / x.first_ms).abs())
@@ -183,28 +171,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "io-bench cost model: backend={name} depth={depth} sets={} ({cache}) median |error|={:.1}% \
                      worst={:.1}% median signed={:+.1}% (first passes only: median |error|={:.1}%)",
                     errs.len(),
-                    100.0 * median(&mut errs),
+                    100.0 * super::median(errs.iter().copied()),
                     100.0 * worst,
-                    100.0 * median(&mut signed),
-                    100.0 * median(&mut first)
+                    100.0 * super::median(signed.iter().copied()),
+                    100.0 * super::median(first.iter().copied())
                 );
             }
-            let mut spread: Vec<f64> = rows.iter().map(|r| r.measured_max_ms / r.measured_min_ms - 1.0).collect();
+            let spread: Vec<f64> = rows.iter().map(|r| r.measured_max_ms / r.measured_min_ms - 1.0).collect();
             println!(
                 "io-bench cost model: the device's own spread (slowest / fastest of {} passes of the same set, \
                  median over sets): {:.1}%",
                 args.passes,
-                100.0 * median(&mut spread)
+                100.0 * super::median(spread.iter().copied())
             );
-            let mut errs: Vec<f64> = rows.iter().map(|x| x.rel_err.abs()).collect();
+            let errs: Vec<f64> = rows.iter().map(|x| x.rel_err.abs()).collect();
             let worst = errs.iter().copied().fold(0.0, f64::max);
-            let mut signed: Vec<f64> = rows.iter().map(|x| x.rel_err).collect();
+            let signed: Vec<f64> = rows.iter().map(|x| x.rel_err).collect();
             println!(
                 "io-bench cost model: all {} sets: median |error|={:.1}% worst={:.1}% median signed error={:+.1}%",
                 rows.len(),
-                100.0 * median(&mut errs),
+                100.0 * super::median(errs.iter().copied()),
                 100.0 * worst,
-                100.0 * median(&mut signed)
+                100.0 * super::median(signed.iter().copied())
             );
             super::write_csv(&args.csv, &rows)?;
             println!("wrote {}", args.csv.display());

@@ -26,6 +26,18 @@ use spike_flash::model::bind::Source;
 use spike_flash::model::fetch::resolve_model;
 use spike_flash::model::tokenizer::Tokenizer;
 
+/// The median of `values` (the mean of the middle two for an even count); NaN when there are none.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// A loaded model with its tokenizer.
 pub struct Loaded {
     pub path: PathBuf,
