@@ -68,20 +68,13 @@ bash scripts/cgroup-run.sh --model-share "$share" --model "$model" -- \
 # in results/traces/) with the hot set the budget holds. The oracle computes every neuron from the memory-mapped
 # source model to decide, so this runs outside the cgroup and its times are not the system's; its bytes are.
 echo "== oracle bound (outside the cgroup: the oracle maps the source model): bytes per token with the hot cache"
-fraction=$(python3 - "$out/bench.csv" <<'PY'
-import csv, sys
-# The hybrid row's pinned share of each layer: hit rate of a row that selects every neuron.
-rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["label"] == "hybrid"]
-print(f"{sum(float(r['hit_rate']) for r in rows) / len(rows):.4f}")
-PY
-)
-"$spike" generate --layout "$layout" --oracle "$thr" --cache "hot:$fraction" --budget "$budget" --hot "$hot" \
+"$spike" generate --layout "$layout" --oracle "$thr" --cache hybrid --budget "$budget" --hot "$hot" \
     -p "$(head -c 600 "$gpl3")" -n "${GEN:-64}" --ignore-eos --trace-out "$out/oracle-hot.csv" >/dev/null
 
 # Perplexity is deterministic, so it is measured outside the cgroup (at context 512 the f32 KV cache alone is
 # 23.6 MB, which the cgroup's 24 MiB of slack cannot also hold), with the same model budget and cache.
-echo "== GPL-3 perplexity, hybrid (hot:$fraction, every neuron computed), model budget $budget"
-"$spike" perplexity --layout "$layout" --cache "hot:$fraction" --budget "$budget" --hot "$hot" -f "$gpl3" -c 512 \
+echo "== GPL-3 perplexity, hybrid (the hot set the budget holds, every neuron computed), model budget $budget"
+"$spike" perplexity --layout "$layout" --cache hybrid --budget "$budget" --hot "$hot" -f "$gpl3" -c 512 \
     --json "$out/ppl-flash-hybrid.json" 2>&1 | tee "$out/ppl.txt"
 echo "== GPL-3 perplexity, predictor + window:$window, model budget $budget"
 "$spike" perplexity --layout "$layout" --predictor "$pred" --cache "window:$window" --budget "$budget" \

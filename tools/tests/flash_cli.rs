@@ -57,8 +57,8 @@ fn bench_rows_on_bundled_and_split_layouts() {
     let (n_layers, f) = (lay.manifest().layers.len(), lay.manifest().model.d_ffn);
     let payload = lay.payload_bytes();
     // Room for the resident part, the read buffers of an overlapped row (staging, prefetch and two backends'
-    // scratch: a layer each, with the slack the bench allows them), and a quarter of the FFN: hybrid, without
-    // overlap, pins about half of each layer.
+    // scratch: a layer each, plus a few pages of alignment), and a quarter of the FFN: hybrid, without overlap,
+    // pins about half of each layer.
     let budget = lay.manifest().resident.len as usize + 4 * (f * payload + 6 * 4096) + n_layers * f * payload / 4;
     let text = dir.path().join("text.txt");
     std::fs::write(&text, "the quick brown fox jumps over the lazy dog and runs far away. ".repeat(20)).unwrap();

@@ -10,6 +10,7 @@ use spike_flash::cache::PolicySpec;
 use spike_flash::engine::kernels;
 use spike_flash::engine::sampler::argmax;
 
+use super::flash::CacheArg;
 use super::flash_bench::{FlashBench, RowSpec};
 
 /// Arguments of `spike bench`.
@@ -164,12 +165,12 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
                 None => (r.as_str(), false),
             };
             let (cache, predictor) = match base {
-                "naive" => (PolicySpec::None, false),
-                "hybrid" => (hybrid_policy(args, layout, overlap)?, false),
-                "all" => (PolicySpec::All, false),
-                "predictor" => (PolicySpec::None, true),
-                "predictor+window" => (PolicySpec::Window(args.window), true),
-                "window" => (PolicySpec::Window(args.window), false),
+                "naive" => (CacheArg::Policy(PolicySpec::None), false),
+                "hybrid" => (CacheArg::Hybrid, false),
+                "all" => (CacheArg::Policy(PolicySpec::All), false),
+                "predictor" => (CacheArg::Policy(PolicySpec::None), true),
+                "predictor+window" => (CacheArg::Policy(PolicySpec::Window(args.window)), true),
+                "window" => (CacheArg::Policy(PolicySpec::Window(args.window)), false),
                 other => anyhow::bail!(
                     "unknown bench row `{other}` (naive, hybrid, all, predictor, predictor+window, window)"
                 ),
@@ -185,22 +186,6 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
             })
         })
         .collect()
-}
-
-/// `hot:F` with the largest F whose pinned rows fit the budget (every neuron without a budget), beside the
-/// read buffers (staging and the backend's scratch, and with `overlap` the same for the prefetch: a layer each).
-fn hybrid_policy(args: &Args, layout: &std::path::Path, overlap: bool) -> anyhow::Result<PolicySpec> {
-    let Some(budget) = args.flash.budget else { return Ok(PolicySpec::Hot { fraction: 1.0, window: None }) };
-    let lay = spike_flash::layout::Layout::open(layout)?;
-    let m = lay.manifest();
-    let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, lay.payload_bytes());
-    // Staging and the backend's scratch, twice with overlap; a few pages of alignment slack each.
-    let buffers = if overlap { 4 } else { 2 };
-    let fixed = m.resident.len + (buffers * (f * payload + 6 * 4096)) as u64;
-    let bytes = budget.resolve(m.source.len);
-    // The pinned set's rows and maps cost what an lru cache of that many rows costs, or less.
-    let slots = spike_flash::cache::slots_per_layer(bytes, fixed, &PolicySpec::Lru, layers, f, payload)?;
-    Ok(PolicySpec::Hot { fraction: (slots as f64 - 0.5).max(0.0) / f as f64, window: None })
 }
 
 fn run_flash(args: &Args) -> anyhow::Result<()> {

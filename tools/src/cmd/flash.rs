@@ -26,9 +26,9 @@ pub struct FlashArgs {
     #[arg(long, default_value = "uring")]
     pub backend: BackendKind,
     /// Neuron cache policy: none (read every needed neuron every token), all, window:K, lru, lfu, hot:F,
-    /// hot:F+window:K.
+    /// hot:F+window:K, or hybrid (the hot set as large as --budget allows, the rest read every token).
     #[arg(long, default_value = "none")]
-    pub cache: PolicySpec,
+    pub cache: CacheArg,
     /// DRAM budget for the model's memory (resident tensors, predictor, caches, staging buffer): a share of
     /// the model file (65%) or a size (64MiB). The caches get what the rest leaves. Default: no limit.
     #[arg(long)]
@@ -57,6 +57,35 @@ pub struct FlashArgs {
     pub oracle: Option<PathBuf>,
 }
 
+/// `--cache`: a policy of [`spike_flash::cache`], or `hybrid`, the paper's hybrid row: the hottest neurons the
+/// DRAM budget holds stay resident (`hot:F` with the largest F that fits beside everything else the budget
+/// counts), the rest is read every token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CacheArg {
+    Policy(PolicySpec),
+    Hybrid,
+}
+
+impl std::str::FromStr for CacheArg {
+    type Err = spike_flash::Error;
+
+    fn from_str(s: &str) -> spike_flash::Result<CacheArg> {
+        match s.trim() {
+            "hybrid" => Ok(CacheArg::Hybrid),
+            other => other.parse().map(CacheArg::Policy),
+        }
+    }
+}
+
+impl std::fmt::Display for CacheArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheArg::Policy(p) => p.fmt(f),
+            CacheArg::Hybrid => f.write_str("hybrid"),
+        }
+    }
+}
+
 /// A layout opened for flash mode.
 pub struct FlashModel {
     pub layout: Arc<Layout>,
@@ -74,6 +103,8 @@ pub struct Dram {
     pub staging: u64,
     pub total: u64,
     pub budget: Option<u64>,
+    /// The cache policy in force (`hybrid` resolved to its `hot:F`).
+    pub policy: String,
     pub slots_per_layer: usize,
 }
 
@@ -82,11 +113,13 @@ impl std::fmt::Display for Dram {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         write!(
             f,
-            "model DRAM {:.1} MiB = resident {:.1} + selector {:.1} + caches {:.1} ({} rows per layer) + read buffers {:.1}",
+            "model DRAM {:.1} MiB = resident {:.1} + selector {:.1} + caches {:.1} ({}, {} rows per layer) + read \
+             buffers {:.1}",
             mib(self.total),
             mib(self.resident),
             mib(self.selector),
             mib(self.caches),
+            self.policy,
             self.slots_per_layer,
             mib(self.staging)
         )?;
@@ -192,23 +225,34 @@ impl FlashModel {
         let mut dram =
             Dram { resident: m.resident.len, selector: selector_bytes, staging: ffn.dram_bytes(), ..Dram::default() };
         let fixed = dram.resident + dram.selector + dram.staging;
-        let slots = match args.budget {
-            None => args.cache.max_slots(f),
-            Some(b) => {
-                let bytes = b.resolve(m.source.len);
-                dram.budget = Some(bytes);
-                slots_per_layer(bytes, fixed, &args.cache, layers, f, payload)
-                    .with_context(|| format!("DRAM budget {b} of the {}-byte model file", m.source.len))?
+        let budget = args.budget.map(|b| (b, b.resolve(m.source.len)));
+        dram.budget = budget.map(|(_, bytes)| bytes);
+        let in_budget = |spec: &PolicySpec, bytes: u64, b: Budget| {
+            slots_per_layer(bytes, fixed, spec, layers, f, payload)
+                .with_context(|| format!("DRAM budget {b} of the {}-byte model file", m.source.len))
+        };
+        let spec = match (args.cache, budget) {
+            (CacheArg::Policy(p), _) => p,
+            (CacheArg::Hybrid, None) => PolicySpec::Hot { fraction: 1.0, window: None },
+            // The pinned set's rows and maps cost what an lru cache of that many rows costs, or less; `- 0.5`
+            // makes `pinned_count` round back to exactly those rows.
+            (CacheArg::Hybrid, Some((b, bytes))) => {
+                let rows = in_budget(&PolicySpec::Lru, bytes, b)?;
+                PolicySpec::Hot { fraction: (rows as f64 - 0.5).max(0.0) / f as f64, window: None }
             }
         };
+        let slots = match budget {
+            None => spec.max_slots(f),
+            Some((b, bytes)) => in_budget(&spec, bytes, b)?,
+        };
+        dram.policy = spec.to_string();
         dram.slots_per_layer = slots;
-        if args.cache != PolicySpec::None {
+        if spec != PolicySpec::None {
             let hot = match &args.hot {
                 Some(p) => Some(read_neuron_lists(p)?),
-                None if args.cache.needs_hot_list() => {
+                None if spec.needs_hot_list() => {
                     eprintln!(
-                        "note: cache policy `{}` without --hot pins the lowest-numbered neurons, not the most active",
-                        args.cache
+                        "note: cache policy `{spec}` without --hot pins the lowest-numbered neurons, not the most active"
                     );
                     Some(vec![(0..f as u32).collect(); layers])
                 }
@@ -218,7 +262,7 @@ impl FlashModel {
                 anyhow::ensure!(h.len() == layers, "--hot lists {} layers, the model has {layers}", h.len());
             }
             let caches = (0..layers)
-                .map(|l| LayerCache::new(args.cache, f, payload, slots, hot.as_ref().map(|h| &h[l][..])))
+                .map(|l| LayerCache::new(spec, f, payload, slots, hot.as_ref().map(|h| &h[l][..])))
                 .collect::<spike_flash::Result<Vec<_>>>()?;
             ffn.set_caches(caches)?;
         }

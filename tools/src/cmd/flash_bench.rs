@@ -7,18 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use spike_flash::cache::PolicySpec;
 use spike_flash::engine::flash::TokenRecord;
 use spike_flash::engine::sampler::argmax;
 
-use super::flash::{FlashArgs, FlashModel};
+use super::flash::{CacheArg, FlashArgs, FlashModel};
 
 /// One configuration of the table.
 #[derive(Debug, Clone)]
 pub struct RowSpec {
     pub name: String,
     pub layout: PathBuf,
-    pub cache: PolicySpec,
+    pub cache: CacheArg,
     /// Select with the predictor (else every neuron).
     pub predictor: bool,
     /// Overlap the next layer's reads with this layer's compute.
