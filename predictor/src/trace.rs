@@ -63,18 +63,7 @@ impl ModelIdentity {
     /// The identity of the model at `path` (a GGUF file, or a checkpoint folder: its `config.json` then its
     /// `*.safetensors` files in name order) with configuration `cfg`. Hashes the whole model.
     pub fn of(path: &Path, cfg: &ModelConfig) -> Result<ModelIdentity> {
-        let sha256 = if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| Error::io(path, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-                .collect();
-            files.sort();
-            files.insert(0, path.join("config.json"));
-            spike_flash::model::fetch::sha256_files(files.iter().map(PathBuf::as_path))?.1
-        } else {
-            spike_flash::model::fetch::sha256_file(path)?
-        };
+        let sha256 = spike_flash::model::fetch::model_sha256(path)?.1;
         Ok(ModelIdentity::with_sha(sha256, cfg))
     }
 

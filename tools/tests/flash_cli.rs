@@ -109,3 +109,119 @@ fn bench_rows_on_bundled_and_split_layouts() {
         }
     }
 }
+
+/// The oracle rows of the bench and the read alignment, on a SiLU model with thresholds calibrated on its own
+/// trace: the oracle selects a part of each layer and reads exactly that (a cache only lowers what is read);
+/// reading whole 512-byte sectors instead of 4 KiB pages reads fewer bytes for the same records and changes
+/// nothing in the output; an alignment that is not a power of two is refused by name.
+#[test]
+fn oracle_rows_and_read_alignment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = common::synth(dir.path(), "llama", 5, 256);
+    let text = common::corpus(dir.path(), 12);
+    let trace = dir.path().join("t.trace");
+    let out = spike()
+        .arg("trace")
+        .arg("-m")
+        .arg(&ck)
+        .arg("-f")
+        .arg(&text)
+        .args(["--tokens", "200", "--ctx", "48", "-o"])
+        .arg(&trace)
+        .output();
+    ok(out.expect("run trace"), "trace");
+    let thr = dir.path().join("thr.json");
+    let out = spike().arg("calibrate").arg(&trace).args(["--sparsity", "0.6", "-o"]).arg(&thr).output();
+    ok(out.expect("run calibrate"), "calibrate");
+    let lay = dir.path().join("l.spike");
+    ok(spike().arg("convert").arg("-m").arg(&ck).arg("-o").arg(&lay).output().expect("run convert"), "convert");
+    let l = Layout::open(&lay).expect("open the layout");
+    let (n_layers, f, payload) = (l.manifest().layers.len(), l.manifest().model.d_ffn, l.payload_bytes());
+    let every = (n_layers * f) as f64;
+
+    // The bench's oracle rows beside naive.
+    let budget = l.manifest().resident.len as usize + 2 * (f * payload + 6 * 4096) + n_layers * f * payload / 4;
+    let csv = dir.path().join("bench.csv");
+    let stdout = ok(
+        spike()
+            .arg("bench")
+            .arg("--layout")
+            .arg(&lay)
+            .arg("--oracle")
+            .arg(&thr)
+            .args(["--rows", "naive,oracle,oracle+hybrid", "--prompt", "8", "--gen", "4", "--prompts", "2"])
+            .args(["--budget", &budget.to_string(), "--text"])
+            .arg(&text)
+            .arg("--csv")
+            .arg(&csv)
+            .output()
+            .expect("run spike bench"),
+        "bench",
+    );
+    for name in ["naive", "oracle", "oracle+hybrid"] {
+        assert!(stdout.contains(&format!("| {name} |")), "no table row {name}:\n{stdout}");
+    }
+    let by = rows_by_label(&csv);
+    let mut hits = 0.0;
+    for (label, rows) in &by {
+        assert_eq!(rows.len(), 8, "{label}");
+        for r in rows {
+            let (read, active) = (num(r, "neurons_read"), num(r, "neurons_active"));
+            match label.as_str() {
+                "naive" => assert_eq!((active, read), (every, every), "naive selects and reads every neuron"),
+                "oracle" => {
+                    assert!(active > 0.0 && active < every, "the oracle selects a part: {r:?}");
+                    assert_eq!(read, active, "without a cache the oracle reads what it selects: {r:?}");
+                }
+                _ => {
+                    assert!(active > 0.0 && active < every && read <= active, "{label}: {r:?}");
+                    hits += num(r, "hit_rate");
+                }
+            }
+        }
+    }
+    assert!(hits > 0.0, "the hybrid cache serves some of the oracle's neurons");
+
+    // The same oracle run read in 4 KiB pages and in 512-byte sectors.
+    let generate = |align: &str, trace_out: &Path| {
+        let out = spike()
+            .args(["generate", "-p", "the quick brown fox", "-n", "6", "--ignore-eos", "--layout"])
+            .arg(&lay)
+            .arg("--oracle")
+            .arg(&thr)
+            .args(["--io-align", align, "--trace-out"])
+            .arg(trace_out)
+            .output()
+            .expect("run spike generate");
+        ok(out, "generate")
+    };
+    let (t4k, t512) = (dir.path().join("a4k.csv"), dir.path().join("a512.csv"));
+    let (text4k, text512) = (generate("4096", &t4k), generate("512", &t512));
+    assert_eq!(text4k, text512, "the alignment changes what is read, not what is computed");
+    let (a, b) = (rows_by_label(&t4k), rows_by_label(&t512));
+    let steps = |m: &BTreeMap<String, Vec<BTreeMap<String, String>>>| -> Vec<BTreeMap<String, String>> {
+        m.values().flatten().cloned().collect()
+    };
+    let (a, b) = (steps(&a), steps(&b));
+    assert_eq!(a.len(), b.len());
+    let (mut read4k, mut read512) = (0.0, 0.0);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(num(x, "bytes_requested"), num(y, "bytes_requested"), "same records: {x:?} {y:?}");
+        assert!(num(y, "bytes_read") <= num(x, "bytes_read"), "{x:?} {y:?}");
+        assert!(num(y, "bytes_read") >= num(y, "bytes_requested"), "{y:?}");
+        read4k += num(x, "bytes_read");
+        read512 += num(y, "bytes_read");
+    }
+    assert!(read512 < read4k, "sectors read less than pages: {read512} vs {read4k}");
+
+    let err = common::fail(
+        spike()
+            .args(["generate", "-p", "the", "-n", "1", "--layout"])
+            .arg(&lay)
+            .args(["--io-align", "1000"])
+            .output()
+            .expect("run"),
+        "generate --io-align 1000",
+    );
+    assert!(err.contains("io align 1000"), "{err}");
+}

@@ -386,7 +386,8 @@ impl FlashFfn {
         Ok(())
     }
 
-    /// Sets the loop's options; overlapping reads opens a second backend of the same kind with `cfg`.
+    /// Sets the loop's options; overlapping reads opens a second backend of the same kind, with the same
+    /// settings.
     pub fn set_options(&mut self, opts: FlashOptions) -> Result<()> {
         self.opts = opts;
         self.prefetch = None;
@@ -396,7 +397,8 @@ impl FlashFfn {
                 "mmap" => crate::io::BackendKind::Mmap,
                 _ => crate::io::BackendKind::Pool,
             };
-            let mut b = crate::io::open_backend(kind, &self.layout.ffn_path(), &crate::io::IoConfig::default())?;
+            let cfg = self.backend.config().cloned().unwrap_or_default();
+            let mut b = crate::io::open_backend(kind, &self.layout.ffn_path(), &cfg)?;
             let layer = self.fmt.f * self.fmt.payload;
             b.reserve_scratch(layer)?;
             self.prefetch = Some(Prefetcher::new(b, layer)?);

@@ -29,6 +29,10 @@ impl MmapBackend {
 }
 
 impl ReadBackend for MmapBackend {
+    fn config(&self) -> Option<&IoConfig> {
+        Some(&self.cfg)
+    }
+
     fn name(&self) -> &'static str {
         "mmap"
     }

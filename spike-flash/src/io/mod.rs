@@ -135,6 +135,11 @@ pub trait ReadBackend: Send {
     fn scratch_bytes(&self) -> usize {
         0
     }
+
+    /// The settings it was opened with, if it has any (the test backends have none).
+    fn config(&self) -> Option<&IoConfig> {
+        None
+    }
 }
 
 /// Which backend [`open_backend`] builds.

@@ -139,6 +139,10 @@ impl PoolBackend {
 }
 
 impl ReadBackend for PoolBackend {
+    fn config(&self) -> Option<&IoConfig> {
+        Some(&self.cfg)
+    }
+
     fn name(&self) -> &'static str {
         "pool"
     }

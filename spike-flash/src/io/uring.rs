@@ -216,6 +216,10 @@ impl UringBackend {
 }
 
 impl ReadBackend for UringBackend {
+    fn config(&self) -> Option<&IoConfig> {
+        Some(&self.cfg)
+    }
+
     fn name(&self) -> &'static str {
         "uring"
     }

@@ -13,7 +13,7 @@ use super::{
 use crate::engine::model::{FfnWeights, Model, WeightRef};
 use crate::engine::sparse::NeuronRows;
 use crate::model::config::ModelConfig;
-use crate::model::fetch::sha256_files;
+use crate::model::fetch::model_sha256;
 use crate::model::gguf::{GgufFile, MetaValue};
 use crate::model::gguf_write::GgufWriter;
 use crate::model::quant::{self, DType};
@@ -524,10 +524,7 @@ fn write_into(
     }
 
     // manifest.json, last.
-    let (source_len, sha256) = match src {
-        Src::Gguf(_) => sha256_files([source_path])?,
-        Src::Hf(h) => sha256_files(h.files())?,
-    };
+    let (source_len, sha256) = model_sha256(source_path)?;
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,

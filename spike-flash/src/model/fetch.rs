@@ -47,6 +47,23 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(sha256_files(std::iter::once(path))?.1)
 }
 
+/// Total length and hex sha256 of the model at `path`, the identity that layouts, traces, thresholds and
+/// predictors record and compare: of the file itself (GGUF), or for a checkpoint folder, of its `config.json`
+/// then its `*.safetensors` files in name order, read one after the other.
+pub fn model_sha256(path: &Path) -> Result<(u64, String)> {
+    if !path.is_dir() {
+        return sha256_files([path]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    files.insert(0, path.join("config.json"));
+    sha256_files(files.iter().map(PathBuf::as_path))
+}
+
 /// Total length and hex sha256 of `files` read one after the other (a sharded checkpoint, say).
 pub fn sha256_files<'a>(files: impl IntoIterator<Item = &'a Path>) -> Result<(u64, String)> {
     let mut h = Sha256::new();

@@ -11,7 +11,7 @@ use spike_flash::engine::kernels;
 use spike_flash::engine::sampler::argmax;
 
 use super::flash::CacheArg;
-use super::flash_bench::{FlashBench, RowSpec};
+use super::flash_bench::{FlashBench, RowSpec, Selector};
 
 /// Arguments of `spike bench`.
 #[derive(clap::Args, Debug)]
@@ -35,9 +35,11 @@ pub struct Args {
     flash: super::flash::FlashArgs,
     /// Flash mode: the rows of the table, comma-separated, from naive (every neuron read every token), hybrid
     /// (the hottest neurons the budget holds stay resident, the rest is read every token), all (everything
-    /// resident, outside --budget: the upper bound), predictor, predictor+window (window of --window tokens),
-    /// window; any row with `+overlap` appended reads the next layer while this one computes; with
-    /// --split-layout, every row again on the split layout. Rows take turns, one prompt per round.
+    /// resident, outside --budget: the upper bound), window (window of --window tokens), predictor,
+    /// predictor+window (the neurons --predictor picks), oracle, oracle+window, oracle+hybrid (the truly active
+    /// neurons, from --oracle: what a perfect predictor would read; the oracle itself runs outside the budget);
+    /// any row with `+overlap` appended reads the next layer while this one computes; with --split-layout,
+    /// every row again on the split layout. Rows take turns, one prompt per round.
     #[arg(long, default_value = "naive,hybrid,predictor,predictor+window", value_delimiter = ',')]
     rows: Vec<String>,
     /// Flash mode: window length of the window rows.
@@ -164,15 +166,19 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
                 Some(b) => (b, true),
                 None => (r.as_str(), false),
             };
-            let (cache, predictor) = match base {
-                "naive" => (CacheArg::Policy(PolicySpec::None), false),
-                "hybrid" => (CacheArg::Hybrid, false),
-                "all" => (CacheArg::Policy(PolicySpec::All), false),
-                "predictor" => (CacheArg::Policy(PolicySpec::None), true),
-                "predictor+window" => (CacheArg::Policy(PolicySpec::Window(args.window)), true),
-                "window" => (CacheArg::Policy(PolicySpec::Window(args.window)), false),
+            let (cache, selector) = match base {
+                "naive" => (CacheArg::Policy(PolicySpec::None), Selector::All),
+                "hybrid" => (CacheArg::Hybrid, Selector::All),
+                "all" => (CacheArg::Policy(PolicySpec::All), Selector::All),
+                "window" => (CacheArg::Policy(PolicySpec::Window(args.window)), Selector::All),
+                "predictor" => (CacheArg::Policy(PolicySpec::None), Selector::Predictor),
+                "predictor+window" => (CacheArg::Policy(PolicySpec::Window(args.window)), Selector::Predictor),
+                "oracle" => (CacheArg::Policy(PolicySpec::None), Selector::Oracle),
+                "oracle+window" => (CacheArg::Policy(PolicySpec::Window(args.window)), Selector::Oracle),
+                "oracle+hybrid" => (CacheArg::Hybrid, Selector::Oracle),
                 other => anyhow::bail!(
-                    "unknown bench row `{other}` (naive, hybrid, all, predictor, predictor+window, window)"
+                    "unknown bench row `{other}` (naive, hybrid, all, window, predictor, predictor+window, oracle, \
+                     oracle+window, oracle+hybrid)"
                 ),
             };
             let unbudgeted = base == "all";
@@ -180,7 +186,7 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
                 name: format!("{r}{suffix}"),
                 layout: layout.to_path_buf(),
                 cache,
-                predictor,
+                selector,
                 overlap,
                 unbudgeted,
             })
@@ -205,7 +211,6 @@ fn run_flash(args: &Args) -> anyhow::Result<()> {
         prompts,
         gen: args.gen,
         csv: args.csv.clone().unwrap_or_else(|| PathBuf::from("results/bench/flash.csv")),
-        predictor: args.flash.predictor.clone(),
     };
     eprintln!(
         "flash bench: {} rows x {} prompts of {} tokens, {} decoded each; backend {}, budget {}",

@@ -55,6 +55,43 @@ pub struct FlashArgs {
     /// source model (memory-mapped), outside the DRAM budget: for quality, not speed.
     #[arg(long, conflicts_with = "predictor")]
     pub oracle: Option<PathBuf>,
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
+/// How flash reads are planned and issued (the read backends' [`IoConfig`]); the defaults are IoConfig's.
+#[derive(clap::Args, Debug, Clone)]
+pub struct IoArgs {
+    /// Alignment of device reads (offset, length, memory), a power of two of at least 512: 512 reads whole
+    /// sectors of a 512-byte logical block device instead of whole 4 KiB pages (see `lsblk -o LOG-SEC`).
+    #[arg(long, default_value = "4096", value_parser = super::profile_device::parse_size)]
+    pub io_align: u64,
+    /// Largest gap between two records' aligned spans that are still merged into one read (K, M suffixes): the
+    /// gap is read and thrown away.
+    #[arg(long, default_value = "0", value_parser = super::profile_device::parse_size)]
+    pub max_gap: u64,
+    /// Largest device read a merge may produce (K, M suffixes).
+    #[arg(long, default_value = "1M", value_parser = super::profile_device::parse_size)]
+    pub max_merge: u64,
+    /// Reads in flight: io_uring queue depth, pool threads (the cost model predicts at this depth).
+    #[arg(long, default_value_t = 32)]
+    pub queue_depth: usize,
+}
+
+impl IoArgs {
+    /// The backends' settings, checked: an out-of-range value is named.
+    pub fn config(&self) -> anyhow::Result<IoConfig> {
+        let size = |v: u64, what: &str| usize::try_from(v).with_context(|| format!("--{what} {v} is too large"));
+        let cfg = IoConfig {
+            align: size(self.io_align, "io-align")?,
+            max_gap: size(self.max_gap, "max-gap")?,
+            max_merge: size(self.max_merge, "max-merge")?,
+            queue_depth: self.queue_depth,
+            threads: self.queue_depth,
+            ..IoConfig::default()
+        };
+        Ok(cfg.validated()?)
+    }
 }
 
 /// `--cache`: a policy of [`spike_flash::cache`], or `hybrid`, the paper's hybrid row: the hottest neurons the
@@ -203,7 +240,8 @@ impl FlashModel {
     ) -> anyhow::Result<(FlashFfn, Dram)> {
         let path = self.layout.ffn_path();
         let backend = args.backend;
-        let io = open_backend(backend, &path, &IoConfig::default())
+        let cfg = args.io.config()?;
+        let io = open_backend(backend, &path, &cfg)
             .with_context(|| format!("opening {} with the {backend} backend", path.display()))?;
         let selector = match (selector, &args.predictor, &args.oracle) {
             (Some(s), _, _) => Some(s),
@@ -216,9 +254,9 @@ impl FlashModel {
         let mut ffn = FlashFfn::new(model, self.layout.clone(), io, selector)?;
         ffn.set_options(FlashOptions { compute_all_cached: args.compute_all_cached, overlap: args.overlap })?;
         if let Some(p) = &args.profile {
-            let cost = CostModel::load(p, &IoConfig::default())
-                .with_context(|| format!("loading the device profile {}", p.display()))?;
-            ffn.set_cost_model(cost, IoConfig::default().queue_depth);
+            let cost =
+                CostModel::load(p, &cfg).with_context(|| format!("loading the device profile {}", p.display()))?;
+            ffn.set_cost_model(cost, cfg.queue_depth);
         }
         let m = self.layout.manifest();
         let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, self.layout.payload_bytes());

@@ -18,12 +18,23 @@ pub struct RowSpec {
     pub name: String,
     pub layout: PathBuf,
     pub cache: CacheArg,
-    /// Select with the predictor (else every neuron).
-    pub predictor: bool,
+    /// What picks the neurons of each token.
+    pub selector: Selector,
     /// Overlap the next layer's reads with this layer's compute.
     pub overlap: bool,
     /// Run without the DRAM budget (the `all` row: every neuron resident, the upper bound).
     pub unbudgeted: bool,
+}
+
+/// What picks a row's neurons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    /// Every neuron.
+    All,
+    /// The bench's `--predictor`.
+    Predictor,
+    /// The bench's `--oracle`: the truly active neurons.
+    Oracle,
 }
 
 /// Settings of a flash bench run.
@@ -34,8 +45,6 @@ pub struct FlashBench<'a> {
     pub prompts: Vec<Vec<u32>>,
     pub gen: usize,
     pub csv: PathBuf,
-    /// The predictor of the rows that use one.
-    pub predictor: Option<PathBuf>,
 }
 
 /// Medians of one row.
@@ -45,8 +54,9 @@ pub struct RowSummary {
     pub tokens: usize,
     pub io_ms: f64,
     pub predicted_io_ms: f64,
-    /// Median over tokens of the cost model's predicted I/O time over the measured one (tokens that read;
-    /// with `+overlap` the measured time is only the wait, so the ratio exceeds 1 by what overlap hid).
+    /// Median over tokens of the cost model's predicted I/O time over the measured one (tokens that read, with
+    /// a `--profile`; NaN without). With `+overlap` the measured time is only the wait, so the ratio exceeds 1
+    /// by what overlap hid.
     pub predicted_over_measured: f64,
     pub mm_ms: f64,
     pub compute_ms: f64,
@@ -72,14 +82,18 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
     for (pi, prompt) in b.prompts.iter().enumerate() {
         for (ri, row) in b.rows.iter().enumerate() {
             let (fm, model) = FlashModel::open_with(&row.layout, false)?;
-            let predictor = match row.predictor {
-                true => Some(b.predictor.clone().context("a predictor row needs --predictor")?),
-                false => None,
+            let (predictor, oracle) = match row.selector {
+                Selector::All => (None, None),
+                Selector::Predictor => {
+                    (Some(b.flash.predictor.clone().context("a predictor row needs --predictor")?), None)
+                }
+                Selector::Oracle => (None, Some(b.flash.oracle.clone().context("an oracle row needs --oracle")?)),
             };
             let args = FlashArgs {
                 layout: Some(row.layout.clone()),
                 cache: row.cache,
                 predictor,
+                oracle,
                 overlap: row.overlap || b.flash.overlap,
                 budget: if row.unbudgeted { None } else { b.flash.budget },
                 ..b.flash.clone()
@@ -128,7 +142,9 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
             io_ms: m(&|r| r.io_ms),
             predicted_io_ms: m(&|r| r.predicted_io_ms),
             predicted_over_measured: super::median(
-                recs.iter().filter(|r| r.io_ms > 0.0 && r.bytes_read > 0).map(|r| r.predicted_io_ms / r.io_ms),
+                recs.iter()
+                    .filter(|r| r.io_ms > 0.0 && r.bytes_read > 0 && r.predicted_io_ms > 0.0)
+                    .map(|r| r.predicted_io_ms / r.io_ms),
             ),
             mm_ms: m(&|r| r.mm_ms),
             compute_ms: m(&|r| r.ffn_compute_ms + r.select_ms + r.other_ms),
@@ -162,7 +178,7 @@ fn print_table(rows: &[RowSummary]) {
             r.row,
             r.io_ms,
             r.predicted_io_ms,
-            // No token read anything (the all row): no ratio.
+            // No token read anything (the all row), or no --profile: no ratio.
             if r.predicted_over_measured.is_nan() {
                 "-".to_string()
             } else {
