@@ -81,6 +81,9 @@ pub struct TokenRecord {
     pub mean_chunk: f64,
     /// Wall time of the batched reads, ms.
     pub io_ms: f64,
+    /// Copying records out of the read backends' scratch buffers (requests whose destination could not take
+    /// the aligned device read), ms: part of `io_ms`, except the prefetch thread's copies with overlap.
+    pub io_copy_ms: f64,
     /// The cost model's prediction for the same reads, ms (0 without a device profile).
     pub predicted_io_ms: f64,
     /// Memory management (read lists, cache bookkeeping, row copies), ms.
@@ -123,6 +126,7 @@ impl TokenRecord {
             reads,
             mean_chunk: if reads == 0 { 0.0 } else { bytes_read as f64 / reads as f64 },
             io_ms,
+            io_copy_ms: ms(a.io.copy_ns, b.io.copy_ns),
             predicted_io_ms: ms(f.predicted_io_ns, g.predicted_io_ns),
             mm_ms,
             ffn_compute_ms: compute_ms,
