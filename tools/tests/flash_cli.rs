@@ -44,6 +44,17 @@ fn rows_by_label(csv: &Path) -> BTreeMap<String, Vec<BTreeMap<String, String>>> 
     out
 }
 
+/// Runs `spike bench` with `args`, the prompts from `text` and the per-token rows to `csv`; checks that the
+/// table has a line for each of `rows` and returns it.
+fn bench(args: &[&std::ffi::OsStr], text: &Path, csv: &Path, rows: &[String]) -> String {
+    let out = spike().arg("bench").args(args).arg("--text").arg(text).arg("--csv").arg(csv).output();
+    let stdout = ok(out.expect("run spike bench"), "bench");
+    for name in rows {
+        assert!(stdout.contains(&format!("| {name} |")), "no table row {name}:\n{stdout}");
+    }
+    stdout
+}
+
 fn num(row: &BTreeMap<String, String>, col: &str) -> f64 {
     row[col].parse().unwrap_or_else(|_| panic!("column {col}: `{}` is not a number", row[col]))
 }
@@ -64,29 +75,17 @@ fn bench_rows_on_bundled_and_split_layouts() {
     std::fs::write(&text, "the quick brown fox jumps over the lazy dog and runs far away. ".repeat(20)).unwrap();
     let csv = dir.path().join("bench.csv");
     let (prompts, gen) = (2usize, 3usize);
-    let stdout = ok(
-        spike()
-            .arg("bench")
-            .arg("--layout")
-            .arg(&bundled)
-            .arg("--split-layout")
-            .arg(&split)
-            .args(["--rows", "naive,naive+overlap,hybrid,all", "--prompt", "8", "--gen", &gen.to_string()])
-            .args(["--prompts", &prompts.to_string(), "--budget", &budget.to_string()])
-            .arg("--text")
-            .arg(&text)
-            .arg("--csv")
-            .arg(&csv)
-            .output()
-            .expect("run spike bench"),
-        "bench",
-    );
     let labels = ["naive", "naive+overlap", "hybrid", "all"];
-    for l in labels {
-        for name in [l.to_string(), format!("{l} (split)")] {
-            assert!(stdout.contains(&format!("| {name} |")), "no table row {name}:\n{stdout}");
-        }
-    }
+    let names: Vec<String> = labels.iter().flat_map(|l| [l.to_string(), format!("{l} (split)")]).collect();
+    let (gen_s, prompts_s, budget_s) = (gen.to_string(), prompts.to_string(), budget.to_string());
+    let args = ["--layout".as_ref(), bundled.as_os_str(), "--split-layout".as_ref(), split.as_os_str()];
+    let rows = ["--rows", "naive,naive+overlap,hybrid,all", "--prompt", "8", "--gen", &gen_s, "--prompts", &prompts_s];
+    let args: Vec<&std::ffi::OsStr> = args
+        .into_iter()
+        .chain(rows.iter().map(|a| a.as_ref()))
+        .chain(["--budget".as_ref(), budget_s.as_ref()])
+        .collect();
+    bench(&args, &text, &csv, &names);
     assert!(dir.path().join("bench.summary.csv").exists());
     let by = rows_by_label(&csv);
     assert_eq!(by.len(), 2 * labels.len(), "{:?}", by.keys().collect::<Vec<_>>());
@@ -142,25 +141,16 @@ fn oracle_rows_and_read_alignment() {
     // The bench's oracle rows beside naive.
     let budget = l.manifest().resident.len as usize + 2 * (f * payload + 6 * 4096) + n_layers * f * payload / 4;
     let csv = dir.path().join("bench.csv");
-    let stdout = ok(
-        spike()
-            .arg("bench")
-            .arg("--layout")
-            .arg(&lay)
-            .arg("--oracle")
-            .arg(&thr)
-            .args(["--rows", "naive,oracle,oracle+hybrid", "--prompt", "8", "--gen", "4", "--prompts", "2"])
-            .args(["--budget", &budget.to_string(), "--text"])
-            .arg(&text)
-            .arg("--csv")
-            .arg(&csv)
-            .output()
-            .expect("run spike bench"),
-        "bench",
-    );
-    for name in ["naive", "oracle", "oracle+hybrid"] {
-        assert!(stdout.contains(&format!("| {name} |")), "no table row {name}:\n{stdout}");
-    }
+    let budget = budget.to_string();
+    let args: Vec<&std::ffi::OsStr> = ["--layout".as_ref(), lay.as_os_str(), "--oracle".as_ref(), thr.as_os_str()]
+        .into_iter()
+        .chain(
+            ["--rows", "naive,oracle,oracle+hybrid", "--prompt", "8", "--gen", "4", "--prompts", "2"]
+                .map(|a| a.as_ref()),
+        )
+        .chain(["--budget".as_ref(), budget.as_ref()])
+        .collect();
+    bench(&args, &text, &csv, &["naive", "oracle", "oracle+hybrid"].map(String::from));
     let by = rows_by_label(&csv);
     let mut hits = 0.0;
     for (label, rows) in &by {
