@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up, then run Spike on the default model end to end: greedy generation, GPL-3 perplexity and
 # dense speed; activation traces, thresholds and their statistics (scripts/traces.sh); then the flash loop under
-# a DRAM budget inside a memory cgroup, with the predictor (scripts/flash-budget.sh).
+# a DRAM budget inside a memory cgroup, with the predictor (scripts/flash-budget.sh), and what a perfect
+# predictor would read (scripts/flash-bound.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -25,4 +26,6 @@ echo "== traces, thresholds, statistics, oracle perplexity (scripts/traces.sh)"
 SPIKE=$spike bash scripts/traces.sh
 echo "== flash loop under a DRAM budget (scripts/flash-budget.sh)"
 SPIKE=$spike bash scripts/flash-budget.sh
-echo "outputs in $out/, results/traces/, results/flash/"
+echo "== what a perfect predictor would read, and how long it takes (scripts/flash-bound.sh)"
+SPIKE=$spike bash scripts/flash-bound.sh
+echo "outputs in $out/, results/traces/, results/flash/ (bound/ for the bound)"
