@@ -118,11 +118,17 @@ fn llama_q4_1_rows_q8_0_columns_stay_close_to_dense() {
         assert!(p < 0.05 && d < 0.05, "{kind:?}: prompt {p}, decode {d}");
         // A q8_0 step is amax / 127, a Q4_1 step (max - min) / 15 >= amax / 15: the column error shrinks.
         assert!(4.0 * p < p4 && 4.0 * d < d4, "{kind:?}: q8_0 columns {p}/{d} vs q4_1 columns {p4}/{d4}");
-        // Every neuron once per call: 148 bytes, in one request (bundled) or three (split).
+        // Every neuron once per call, 148 bytes each: split, in three requests per neuron; bundled, where a
+        // layer's records are one run, in one read of the aligned range around them, straight into the staging
+        // buffer.
         let (io, calls) = (ffn.backend().stats(), ffn.stats.calls);
-        let per_neuron = if kind == LayoutKind::Split { 3 } else { 1 };
-        assert_eq!(io.bytes_requested, calls * f as u64 * 148, "{kind:?}");
-        assert_eq!(io.requests, calls * f as u64 * per_neuron, "{kind:?}");
+        let records = calls * f as u64 * 148;
+        if kind == LayoutKind::Split {
+            assert_eq!((io.bytes_requested, io.requests), (records, calls * f as u64 * 3));
+        } else {
+            assert!(io.bytes_requested >= records && io.bytes_requested < records + calls * 2 * 4096, "{io:?}");
+            assert_eq!(io.requests, calls, "{io:?}");
+        }
     }
 }
 
@@ -165,7 +171,14 @@ fn a_failing_read_names_layer_and_offset() {
     let mut ffn = FlashFfn::new(&model, lay.clone(), io, Box::new(AllNeurons { d_ffn: f })).unwrap();
     let mut state = model.new_state(8);
     let e = model.forward_with(&mut state, &[1, 2], 0, &mut ffn).unwrap_err().to_string();
-    assert!(e.contains("layer 1") && e.contains(&format!("offset {at}")), "{e}");
+    // Every neuron is read: the layer's records are one run, read as the aligned range around them, and the
+    // error names that read, which covers the record.
+    let number = |after: &str| -> u64 {
+        let rest = &e[e.find(after).unwrap_or_else(|| panic!("no `{after}` in: {e}")) + after.len()..];
+        rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let (offset, len) = (number("at offset "), number("read of "));
+    assert!(e.contains("layer 1") && e.contains("ffn.bin") && offset <= at && at < offset + len, "{e}");
 }
 
 /// The resident model refuses to run its FFN in DRAM: it is not there.
@@ -236,10 +249,14 @@ fn reordered_layouts_read_the_same_neurons() {
     }
 }
 
+/// Caches of `spec` for every layer, whose hot list is the neurons from the last to the first.
 fn caches(spec: &str, lay: &Layout, slots: usize) -> Vec<spike_flash::cache::LayerCache> {
+    caches_with(spec, lay, slots, (0..lay.manifest().model.d_ffn as u32).rev().collect())
+}
+
+fn caches_with(spec: &str, lay: &Layout, slots: usize, hot: Vec<u32>) -> Vec<spike_flash::cache::LayerCache> {
     let spec: spike_flash::cache::PolicySpec = spec.parse().unwrap();
     let m = lay.manifest();
-    let hot: Vec<u32> = (0..m.model.d_ffn as u32).rev().collect();
     (0..m.layers.len())
         .map(|_| {
             spike_flash::cache::LayerCache::new(spec, m.model.d_ffn, lay.payload_bytes(), slots, Some(&hot)).unwrap()
@@ -352,9 +369,10 @@ fn overlapped_reads_keep_the_tokens() {
     assert!(runs[1].3 > 0);
 }
 
-/// Every neuron selected (the naive and hybrid rows) with overlapped reads: the prefetch reads exactly the
-/// records the next layer misses, and its buffer is handed over without a copy; the logits still equal the
-/// dense engine's, with no cache, a pinned hot set, and every neuron cached.
+/// Every neuron selected (the naive and hybrid rows), with overlapped reads (the prefetch reads exactly the
+/// records the next layer misses, and its buffer is handed over without a copy) and without (the missing run
+/// of records is read straight into the staging buffer): the logits equal the dense engine's, with no cache, a
+/// pinned hot set, and every neuron cached.
 #[test]
 fn overlap_with_every_neuron_selected_equals_dense() {
     let tmp = tempfile::tempdir().unwrap();
@@ -363,15 +381,55 @@ fn overlap_with_every_neuron_selected_equals_dense() {
     let dense = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
     let f = dense.config().d_ffn;
     let lay = convert(&ck, &dense, &tmp.path().join("opt.spike"), LayoutKind::Bundled, RecordDType::F32);
-    for spec in ["none", "hot:0.25", "all"] {
+    // `hot:0.25 first` pins the first neurons of each layer, so the missing run starts past an alignment
+    // boundary (the hot-first layouts' hybrid row).
+    let specs = ["none", "hot:0.25", "hot:0.25 first", "all"];
+    for (name, overlap) in specs.into_iter().flat_map(|s| [(s, true), (s, false)]) {
         let selector = Box::new(spike_flash::engine::sparse::AllNeurons { d_ffn: f });
         let (model, mut ffn) = flash(&lay, BackendKind::Uring, selector);
-        ffn.set_caches(caches(spec, &lay, f)).unwrap();
-        ffn.set_options(spike_flash::engine::flash::FlashOptions { overlap: true, ..Default::default() }).unwrap();
+        let spec = name.trim_end_matches(" first");
+        let hot = match name.ends_with(" first") {
+            true => (0..f as u32).collect(),
+            false => (0..f as u32).rev().collect(),
+        };
+        ffn.set_caches(caches_with(spec, &lay, f, hot)).unwrap();
+        ffn.set_options(spike_flash::engine::flash::FlashOptions { overlap, ..Default::default() }).unwrap();
         let (p, d) = compare(&dense, &model, &mut ffn);
-        assert!(p < 1e-5 && d < 1e-5, "{spec}: prompt {p}, decode {d}");
+        assert!(p < 1e-5 && d < 1e-5, "{name}, overlap {overlap}: prompt {p}, decode {d}");
         let s = ffn.stats;
         let expect_reads = spec != "all";
         assert_eq!(s.neurons_read > 0, expect_reads, "{spec}: {s:?}");
+        if expect_reads && !overlap {
+            // What is missing is one run of records (all of a layer, or all after the pinned ones): one read of
+            // the aligned range per call, straight into the staging buffer, whose rows then start past the
+            // alignment padding.
+            assert_eq!(ffn.backend().stats().requests, s.calls, "{spec}");
+        }
+    }
+}
+
+/// A reordered layout (each layer's neurons stored from the last to the first) with every neuron selected: the
+/// records missing from the cache are one run in the file, but not in neuron order, so they are read as one
+/// aligned range and taken in file order. OPT's per-neuron fc1 bias would expose a row computed as another
+/// neuron.
+#[test]
+fn runs_read_straight_into_staging_keep_their_neurons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("opt");
+    synth::write_hf_checkpoint(&SynthSpec::tiny_opt(8), &ck).unwrap();
+    let dense = Model::from_source(&Source::open(&ck).unwrap()).unwrap();
+    let (n_layers, f) = (dense.config().n_layers, dense.config().d_ffn);
+    let order: Vec<Vec<u32>> = vec![(0..f as u32).rev().collect(); n_layers];
+    let out = tmp.path().join("reversed.spike");
+    let opts = ConvertOptions { order: Some(order), dtype: RecordDType::F32, ..Default::default() };
+    layout::write(&dense, &ck, &out, &opts).unwrap();
+    let lay = Arc::new(Layout::open(&out).unwrap());
+    // hot:0.25 pins the last neurons, which this layout stores first: the run read starts past them.
+    for spec in ["none", "hot:0.25"] {
+        let (model, mut ffn) = flash(&lay, BackendKind::Uring, Box::new(AllNeurons { d_ffn: f }));
+        ffn.set_caches(caches(spec, &lay, f)).unwrap();
+        let (p, d) = compare(&dense, &model, &mut ffn);
+        assert!(p < 1e-5 && d < 1e-5, "{spec}: prompt {p}, decode {d}");
+        assert_eq!(ffn.backend().stats().requests, ffn.stats.calls, "{spec}: one read per call");
     }
 }

@@ -179,6 +179,13 @@ pub struct FlashFfn {
     declined: Vec<bool>,
     reqs: Vec<ReadReq>,
     staging: AlignedBuf,
+    /// Where row 0 of `staging` starts: 0, or, after a direct read, the bytes of the aligned range before the
+    /// first record.
+    staging_at: usize,
+    /// How runs of records are read straight into `staging`.
+    direct: DirectReads,
+    /// The records to read, by file offset, with their neurons (reused).
+    by_offset: Vec<(u64, u32)>,
     caches: Option<Vec<LayerCache>>,
     opts: FlashOptions,
     scratch: Scratch,
@@ -233,9 +240,9 @@ struct Prefetcher {
 }
 
 impl Prefetcher {
-    fn new(mut backend: Box<dyn ReadBackend>, layer_bytes: usize) -> Result<Prefetcher> {
-        // Its buffer and its backend's scratch, both for a layer.
-        let dram_bytes = layer_bytes + backend.scratch_bytes();
+    fn new(mut backend: Box<dyn ReadBackend>, buf_bytes: usize) -> Result<Prefetcher> {
+        // Its buffer (a layer and its alignment) and its backend's scratch (a layer).
+        let dram_bytes = buf_bytes + backend.scratch_bytes();
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let (tx, done) = std::sync::mpsc::channel::<Done>();
         let thread = std::thread::Builder::new()
@@ -255,7 +262,7 @@ impl Prefetcher {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
-            idle: Some((Vec::new(), AlignedBuf::new(layer_bytes)?)),
+            idle: Some((Vec::new(), AlignedBuf::new(buf_bytes)?)),
             pending: None,
             io: IoStats::default(),
             dram_bytes,
@@ -288,6 +295,29 @@ impl Drop for Prefetcher {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Reading a batch that is one run of records, contiguous in the file and in the staging buffer (the naive and
+/// hybrid rows of a bundled layout): the aligned range around the run is read in chunks straight into the
+/// staging buffer, whose rows then start a few bytes in, instead of through the backend's scratch buffer and a
+/// copy.
+#[derive(Debug, Clone, Copy)]
+struct DirectReads {
+    /// The backend's read alignment.
+    align: u64,
+    /// Bytes per read: the backend's largest merged read, rounded down to the alignment.
+    chunk: u64,
+    /// Length of `ffn.bin`: the aligned range must end inside it.
+    file_len: u64,
+}
+
+impl DirectReads {
+    /// The aligned file range around `bytes` bytes from `first`, if it ends inside the file.
+    fn range(&self, first: u64, bytes: usize) -> Option<(u64, u64)> {
+        let start = first / self.align * self.align;
+        let end = (first + bytes as u64).div_ceil(self.align) * self.align;
+        (end <= self.file_len).then_some((start, end))
     }
 }
 
@@ -328,6 +358,11 @@ impl FlashFfn {
         };
         let mut backend = backend;
         backend.reserve_scratch(fmt.f * fmt.payload)?;
+        let io = backend.config().cloned().unwrap_or_default();
+        let path = layout.ffn_path();
+        let file_len = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+        let align = io.align as u64;
+        let direct = DirectReads { align, chunk: (io.max_merge as u64 / align).max(1) * align, file_len };
         Ok(FlashFfn {
             layout,
             backend,
@@ -340,8 +375,11 @@ impl FlashFfn {
             missing: Vec::new(),
             declined: Vec::new(),
             reqs: Vec::new(),
-            // Room for a whole layer, so the buffer never grows while decoding.
-            staging: AlignedBuf::new(fmt.f * fmt.payload)?,
+            // Room for a whole layer and the alignment around it, so the buffer never grows while decoding.
+            staging: AlignedBuf::with_align(fmt.f * fmt.payload + 2 * io.align, io.align.max(4096))?,
+            staging_at: 0,
+            direct,
+            by_offset: Vec::new(),
             caches: None,
             opts: FlashOptions::default(),
             scratch: Scratch::default(),
@@ -380,7 +418,7 @@ impl FlashFfn {
             c.begin_token(&pinned, &mut self.missing);
             self.read(l, self.missing.len())?;
             for (k, &n) in self.missing.iter().enumerate() {
-                c.insert(n, &self.staging.as_slice()[k * payload..(k + 1) * payload]);
+                c.insert(n, &self.staged()[k * payload..(k + 1) * payload]);
             }
             c.end_token();
             c.reset_stats();
@@ -405,7 +443,8 @@ impl FlashFfn {
             let mut b = crate::io::open_backend(kind, &self.layout.ffn_path(), &cfg)?;
             let layer = self.fmt.f * self.fmt.payload;
             b.reserve_scratch(layer)?;
-            self.prefetch = Some(Prefetcher::new(b, layer)?);
+            // Its buffer becomes the staging buffer when handed over: the same size.
+            self.prefetch = Some(Prefetcher::new(b, self.staging.capacity())?);
         }
         Ok(())
     }
@@ -561,8 +600,15 @@ impl FlashFfn {
         Ok(())
     }
 
-    /// Reads the records of the first `count` neurons of `self.missing` into `self.staging`, one payload after
-    /// another (the staging buffer is sized for all of `self.missing`).
+    /// The staging buffer's rows.
+    fn staged(&self) -> &[u8] {
+        &self.staging.as_slice()[self.staging_at..]
+    }
+
+    /// Reads the records of the first `count` neurons of `self.missing` into the staging buffer, one payload
+    /// after another (the staging buffer is sized for all of `self.missing`). When they are all of
+    /// `self.missing` and one run of records in the file, `self.missing` is put in file order and the aligned
+    /// range around the run is read straight into the staging buffer.
     fn read(&mut self, layer: usize, count: usize) -> Result<()> {
         let t0 = Instant::now();
         self.reqs.clear();
@@ -570,7 +616,32 @@ impl FlashFfn {
         for (k, &i) in self.missing[..count].iter().enumerate() {
             self.layout.neuron_reads(layer, i as usize, k * payload, &mut self.reqs)?;
         }
-        self.staging.resize(self.missing.len() * payload)?;
+        self.staging_at = 0;
+        let mut len = self.missing.len() * payload;
+        // One record per neuron (bundled), all of `missing`: if they are one run in the file (taken in file
+        // order: a reordered layout stores the neurons in another order), read the aligned range around it.
+        if count > 0 && count == self.missing.len() && self.reqs.iter().all(|r| r.len == payload) {
+            let by_offset = &mut self.by_offset;
+            by_offset.clear();
+            by_offset.extend(self.reqs.iter().zip(&self.missing).map(|(r, &m)| (r.offset, m)));
+            by_offset.sort_unstable_by_key(|&(o, _)| o);
+            let first = by_offset[0].0;
+            let run = by_offset.iter().enumerate().all(|(j, &(o, _))| o == first + (j * payload) as u64);
+            if let Some((start, end)) = run.then(|| self.direct.range(first, count * payload)).flatten() {
+                self.missing.clear();
+                self.missing.extend(by_offset.iter().map(|&(_, m)| m));
+                self.staging_at = (first - start) as usize;
+                len = (end - start) as usize;
+                self.reqs.clear();
+                let mut at = start;
+                while at < end {
+                    let n = self.direct.chunk.min(end - at);
+                    self.reqs.push(ReadReq { offset: at, len: n as usize, dst: (at - start) as usize });
+                    at += n;
+                }
+            }
+        }
+        self.staging.resize(len)?;
         self.stats.mm_ns += nanos(t0);
         if let Some((cost, depth)) = &self.cost {
             self.stats.predicted_io_ns += (cost.predict(&self.reqs, *depth)?.seconds * 1e9) as u64;
@@ -706,7 +777,7 @@ impl FfnStep for FlashFfn {
             Some(c) => {
                 let c = &mut c[layer];
                 for (k, &i) in self.missing.iter().enumerate() {
-                    let row = &self.staging.as_slice()[k * payload..(k + 1) * payload];
+                    let row = &self.staging.as_slice()[self.staging_at + k * payload..][..payload];
                     self.declined.push(c.insert(i, row).is_none());
                 }
             }
@@ -737,7 +808,8 @@ impl FfnStep for FlashFfn {
         let (ids, declined) = (&self.missing, &self.declined);
         let keep = |t: usize, j: usize| declined[j] && active(t, ids[j]);
         if declined.iter().any(|&x| x) {
-            computed += compute_rows(&fmt, &mut self.scratch, self.staging.as_slice(), ids, n, b1, &keep, out)?;
+            let rows = &self.staging.as_slice()[self.staging_at..];
+            computed += compute_rows(&fmt, &mut self.scratch, rows, ids, n, b1, &keep, out)?;
         }
         self.stats.neurons_computed += computed;
         self.stats.compute_ns += nanos(t3);
