@@ -184,8 +184,8 @@ pub struct FlashFfn {
     staging_at: usize,
     /// How runs of records are read straight into `staging`.
     direct: DirectReads,
-    /// The records to read, by file offset, with their neurons (reused).
-    by_offset: Vec<(u64, u32)>,
+    /// The neurons of a run of records, in file order (reused).
+    in_file: Vec<u32>,
     caches: Option<Vec<LayerCache>>,
     opts: FlashOptions,
     scratch: Scratch,
@@ -379,7 +379,7 @@ impl FlashFfn {
             staging: AlignedBuf::with_align(fmt.f * fmt.payload + 2 * io.align, io.align.max(4096))?,
             staging_at: 0,
             direct,
-            by_offset: Vec::new(),
+            in_file: Vec::new(),
             caches: None,
             opts: FlashOptions::default(),
             scratch: Scratch::default(),
@@ -621,15 +621,21 @@ impl FlashFfn {
         // One record per neuron (bundled), all of `missing`: if they are one run in the file (taken in file
         // order: a reordered layout stores the neurons in another order), read the aligned range around it.
         if count > 0 && count == self.missing.len() && self.reqs.iter().all(|r| r.len == payload) {
-            let by_offset = &mut self.by_offset;
-            by_offset.clear();
-            by_offset.extend(self.reqs.iter().zip(&self.missing).map(|(r, &m)| (r.offset, m)));
-            by_offset.sort_unstable_by_key(|&(o, _)| o);
-            let first = by_offset[0].0;
-            let run = by_offset.iter().enumerate().all(|(j, &(o, _))| o == first + (j * payload) as u64);
+            // Each record's place in the run, from its offset; a run fills every place once.
+            let first = self.reqs.iter().map(|r| r.offset).min().unwrap_or(0);
+            let in_file = &mut self.in_file;
+            in_file.clear();
+            in_file.resize(count, u32::MAX);
+            let mut run = true;
+            for (r, &m) in self.reqs.iter().zip(&self.missing) {
+                let at = (r.offset - first) as usize;
+                match in_file.get_mut(at / payload) {
+                    Some(slot) if at % payload == 0 && *slot == u32::MAX => *slot = m,
+                    _ => run = false,
+                }
+            }
             if let Some((start, end)) = run.then(|| self.direct.range(first, count * payload)).flatten() {
-                self.missing.clear();
-                self.missing.extend(by_offset.iter().map(|&(_, m)| m));
+                self.missing.clone_from(in_file);
                 self.staging_at = (first - start) as usize;
                 len = (end - start) as usize;
                 self.reqs.clear();
