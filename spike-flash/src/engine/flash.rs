@@ -630,7 +630,7 @@ impl FlashFfn {
             for (r, &m) in self.reqs.iter().zip(&self.missing) {
                 let at = (r.offset - first) as usize;
                 match in_file.get_mut(at / payload) {
-                    Some(slot) if at % payload == 0 && *slot == u32::MAX => *slot = m,
+                    Some(slot) if at.is_multiple_of(payload) && *slot == u32::MAX => *slot = m,
                     _ => run = false,
                 }
             }
