@@ -620,7 +620,8 @@ impl FlashFfn {
         let mut len = self.missing.len() * payload;
         // One record per neuron (bundled), all of `missing`: if they are one run in the file (taken in file
         // order: a reordered layout stores the neurons in another order), read the aligned range around it.
-        if count > 0 && count == self.missing.len() && self.reqs.iter().all(|r| r.len == payload) {
+        let one_each = self.reqs.len() == count && self.reqs.iter().all(|r| r.len == payload);
+        if count > 0 && count == self.missing.len() && one_each {
             // Each record's place in the run, from its offset; a run fills every place once.
             let first = self.reqs.iter().map(|r| r.offset).min().unwrap_or(0);
             let in_file = &mut self.in_file;
