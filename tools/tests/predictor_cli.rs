@@ -29,6 +29,12 @@ fn trace(ck: &Path, corpus: &Path, out: &Path) {
     ok(o, "trace");
 }
 
+/// `spike perplexity -m model -f eval -c 32 --predictor pred`, for more arguments to follow.
+fn perplexity_with(model: &Path, eval: &Path, pred: &Path) -> std::process::Command {
+    let mut c = spike();
+    c.arg("perplexity").arg("-m").arg(model).arg("-f").arg(eval).args(["-c", "32", "--predictor"]).arg(pred);
+    c
+}
 #[test]
 fn train_a_predictor_on_a_relu_model_and_score_text_with_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -62,18 +68,7 @@ fn train_a_predictor_on_a_relu_model_and_score_text_with_it() {
 
     let js = dir.path().join("ppl.json");
     let stdout = ok(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&ck)
-            .arg("-f")
-            .arg(&eval)
-            .args(["-c", "32", "--predictor"])
-            .arg(&pred)
-            .args(["--predictor-recall", "--json"])
-            .arg(&js)
-            .output()
-            .expect("run"),
+        perplexity_with(&ck, &eval, &pred).args(["--predictor-recall", "--json"]).arg(&js).output().expect("run"),
         "perplexity --predictor",
     );
     assert!(stdout.contains("realised active fraction") && stdout.contains("recall"), "{stdout}");
@@ -112,19 +107,7 @@ fn wrong_inputs_are_refused_with_the_file_named() {
     );
     // The predictor belongs to the SiLU model, not to a ReLU one of other widths.
     let opt = synth(dir.path(), "opt", 4, 256);
-    let err = fail(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&opt)
-            .arg("-f")
-            .arg(&eval)
-            .args(["-c", "32", "--predictor"])
-            .arg(&pred)
-            .output()
-            .expect("run"),
-        "foreign predictor",
-    );
+    let err = fail(perplexity_with(&opt, &eval, &pred).output().expect("run"), "foreign predictor");
     assert!(err.contains(&pred.display().to_string()) && err.contains("d_ffn is 128"), "{err}");
     // A damaged predictor file.
     let mut bytes = std::fs::read(&pred).expect("read");
@@ -132,18 +115,6 @@ fn wrong_inputs_are_refused_with_the_file_named() {
     bytes[last] ^= 1;
     let bad = dir.path().join("bad.pred");
     std::fs::write(&bad, bytes).expect("write");
-    let err = fail(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&llama)
-            .arg("-f")
-            .arg(&eval)
-            .args(["-c", "32", "--predictor"])
-            .arg(&bad)
-            .output()
-            .expect("run"),
-        "damaged predictor",
-    );
+    let err = fail(perplexity_with(&llama, &eval, &bad).output().expect("run"), "damaged predictor");
     assert!(err.contains(&bad.display().to_string()) && err.contains("checksum"), "{err}");
 }

@@ -359,9 +359,9 @@ impl FlashFfn {
         let mut backend = backend;
         backend.reserve_scratch(fmt.f * fmt.payload)?;
         let io = backend.config().cloned().unwrap_or_default();
-        let path = layout.ffn_path();
-        let file_len = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
         let align = io.align as u64;
+        // `Layout::open` checked ffn.bin's length against the manifest.
+        let file_len = layout.manifest().ffn.len;
         let direct = DirectReads { align, chunk: (io.max_merge as u64 / align).max(1) * align, file_len };
         Ok(FlashFfn {
             layout,
@@ -622,17 +622,23 @@ impl FlashFfn {
         // order: a reordered layout stores the neurons in another order), read the aligned range around it.
         let one_each = self.reqs.len() == count && self.reqs.iter().all(|r| r.len == payload);
         if count > 0 && count == self.missing.len() && one_each {
-            // Each record's place in the run, from its offset; a run fills every place once.
-            let first = self.reqs.iter().map(|r| r.offset).min().unwrap_or(0);
+            // A run spans exactly `count` records (scattered selections stop here), and each record's place in it,
+            // from its offset, is filled once.
+            let (first, last) = self.reqs.iter().fold((u64::MAX, 0), |(a, b), r| (a.min(r.offset), b.max(r.offset)));
+            let mut run = last - first == ((count - 1) * payload) as u64;
             let in_file = &mut self.in_file;
             in_file.clear();
-            in_file.resize(count, u32::MAX);
-            let mut run = true;
-            for (r, &m) in self.reqs.iter().zip(&self.missing) {
-                let at = (r.offset - first) as usize;
-                match in_file.get_mut(at / payload) {
-                    Some(slot) if at.is_multiple_of(payload) && *slot == u32::MAX => *slot = m,
-                    _ => run = false,
+            if run {
+                in_file.resize(count, u32::MAX);
+                for (r, &m) in self.reqs.iter().zip(&self.missing) {
+                    let at = (r.offset - first) as usize;
+                    match in_file.get_mut(at / payload) {
+                        Some(slot) if at.is_multiple_of(payload) && *slot == u32::MAX => *slot = m,
+                        _ => {
+                            run = false;
+                            break;
+                        }
+                    }
                 }
             }
             if let Some((start, end)) = run.then(|| self.direct.range(first, count * payload)).flatten() {
@@ -783,9 +789,9 @@ impl FfnStep for FlashFfn {
         match self.caches.as_mut() {
             Some(c) => {
                 let c = &mut c[layer];
+                let staged = &self.staging.as_slice()[self.staging_at..];
                 for (k, &i) in self.missing.iter().enumerate() {
-                    let row = &self.staging.as_slice()[self.staging_at + k * payload..][..payload];
-                    self.declined.push(c.insert(i, row).is_none());
+                    self.declined.push(c.insert(i, &staged[k * payload..(k + 1) * payload]).is_none());
                 }
             }
             None => self.declined.resize(self.missing.len(), true),

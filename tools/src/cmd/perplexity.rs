@@ -248,7 +248,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "hot": path(&a.hot),
                     "overlap": a.overlap,
                     "compute_all_cached": a.compute_all_cached,
-                    "io": a.io.config().ok(),
+                    "io": f.backend().config(),
                     "dram": dram,
                     "active_fraction": active,
                     "stats": f.stats,
