@@ -12,6 +12,18 @@ pub enum Error {
     /// No usable font file was found for chart text.
     #[error("no font for chart text: {0}")]
     Font(String),
+
+    /// A setting of a harness is out of range or missing.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+
+    /// An error of the inference engine, the layout or the read backends.
+    #[error(transparent)]
+    Flash(#[from] spike_flash::Error),
+
+    /// An error of a trace, thresholds or predictor file.
+    #[error(transparent)]
+    Predictor(#[from] predictor::Error),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -1,7 +1,16 @@
 #![forbid(unsafe_code)]
-//! Sweeps, CSV rows, charts and reports (filled in by later issues).
+//! Spike's measurement harnesses and their outputs: the device profiler, the cost model's validation, the
+//! layout read benchmark, the flash Table-3 bench, per-token records as CSV rows, medians and summaries, and
+//! charts. `spike-flash` produces numbers; this crate turns them into rows, tables and charts.
 
 pub mod chart;
+pub mod cost_validation;
+pub mod dense_bench;
+pub mod device;
 pub mod error;
+pub mod layout_bench;
+pub mod record;
+pub mod summary;
+pub mod table3;
 
 pub use error::{Error, Result};

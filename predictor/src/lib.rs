@@ -13,6 +13,7 @@ pub mod file;
 pub mod lowrank;
 pub mod metrics;
 pub mod select;
+pub mod selectors;
 pub mod stats;
 pub mod trace;
 pub mod train;

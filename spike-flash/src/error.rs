@@ -64,6 +64,11 @@ pub enum Error {
     #[error("{}: {what}", path.display())]
     Layout { path: PathBuf, what: String },
 
+    /// A DRAM budget of `budget` bytes cannot hold the `needed` bytes of what it must; `what` says what and by
+    /// how much.
+    #[error("the DRAM budget of {budget} bytes falls short {what}")]
+    Budget { budget: u64, needed: u64, what: String },
+
     /// Something failed while computing a layer (a flash read, say): the layer, then the cause.
     #[error("layer {layer}: {source}")]
     InLayer { layer: usize, source: Box<Error> },

@@ -22,7 +22,7 @@ fn convert(src: &Path, model: &Model, out: &Path, kind: LayoutKind, dtype: Recor
 }
 
 fn flash(lay: &Arc<Layout>, backend: BackendKind, selector: Box<dyn NeuronSelector + Send>) -> (Model, FlashFfn) {
-    let model = lay.load_model().unwrap();
+    let model = Model::from_layout(lay).unwrap();
     let io = open_backend(backend, &lay.ffn_path(), &IoConfig::default()).unwrap();
     let ffn = FlashFfn::new(&model, lay.clone(), io, selector).unwrap();
     (model, ffn)
@@ -161,7 +161,7 @@ fn a_failing_read_names_layer_and_offset() {
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let f = dense.config().d_ffn;
     let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
-    let model = lay.load_model().unwrap();
+    let model = Model::from_layout(&lay).unwrap();
     // Neuron 3 of layer 1.
     let mut reqs = Vec::new();
     lay.neuron_reads(1, 3, 0, &mut reqs).unwrap();
@@ -189,7 +189,7 @@ fn the_resident_model_has_no_dense_ffn() {
     fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 14).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
-    let model = lay.load_model().unwrap();
+    let model = Model::from_layout(&lay).unwrap();
     let mut state = model.new_state(8);
     let e = model.forward(&mut state, &[1], false).unwrap_err().to_string();
     assert!(e.contains("on flash"), "{e}");

@@ -41,7 +41,7 @@ fn setup(opts: ConvertOptions) -> Option<(tempfile::TempDir, Model, Arc<Layout>,
 }
 
 fn flash(lay: &Arc<Layout>) -> (Model, FlashFfn) {
-    let model = lay.load_model().unwrap();
+    let model = Model::from_layout(lay).unwrap();
     let io = open_backend(BackendKind::Uring, &lay.ffn_path(), &IoConfig::default()).unwrap();
     let f = model.config().d_ffn;
     let ffn = FlashFfn::new(&model, lay.clone(), io, Box::new(AllNeurons { d_ffn: f })).unwrap();
@@ -116,10 +116,10 @@ fn real_model_q4_1_layout_pays_for_four_bit_columns() {
 /// source column re-encoded as q8_0 (checked on every 7th neuron of every layer).
 #[test]
 fn real_model_bundled_and_split_layouts_read_back_identical_neurons() {
-    use spike_flash::engine::model::FfnWeights;
-    use spike_flash::engine::sparse::NeuronRows;
     use spike_flash::layout::LayoutKind;
     use spike_flash::model::quant::{self, DType};
+    use spike_flash::model::weights::FfnWeights;
+    use spike_flash::model::weights::NeuronRows;
     let path = default_model_path();
     if !path.exists() {
         eprintln!("SKIP: default model not found at {}; run `spike fetch-model`", path.display());

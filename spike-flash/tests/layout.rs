@@ -6,13 +6,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use spike_flash::engine::model::{FfnWeights, Model};
-use spike_flash::engine::sparse::NeuronRows;
+use spike_flash::engine::model::Model;
+
 use spike_flash::layout::{self, ConvertOptions, Layout, LayoutKind, RecordDType};
 use spike_flash::model::bind::Source;
 use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::quant::{self, DType};
 use spike_flash::model::synth::{self, LlamaShape, SynthSpec};
+use spike_flash::model::weights::FfnWeights;
+use spike_flash::model::weights::NeuronRows;
 use spike_flash::Error;
 
 fn tiny_gguf(dir: &Path, dtype: DType) -> (PathBuf, Model) {

@@ -64,24 +64,24 @@ fn parse_precision(s: &str) -> Result<ActPrecision, String> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    cmd::set_act_precision(cli.act_precision);
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    spike_flash::engine::run_in_pool(threads, || dispatch(cli.command))?
+    let precision = cli.act_precision;
+    spike_flash::engine::run_in_pool(threads, || dispatch(cli.command, precision))?
 }
 
-fn dispatch(command: Command) -> anyhow::Result<()> {
+fn dispatch(command: Command, precision: ActPrecision) -> anyhow::Result<()> {
     match command {
         Command::FetchModel(a) => cmd::fetch_model::run(a),
-        Command::Generate(a) => cmd::generate::run(a),
-        Command::Perplexity(a) => cmd::perplexity::run(a),
-        Command::Bench(a) => cmd::bench::run(a),
+        Command::Generate(a) => cmd::generate::run(a, precision),
+        Command::Perplexity(a) => cmd::perplexity::run(a, precision),
+        Command::Bench(a) => cmd::bench::run(a, precision),
         Command::Synth(a) => cmd::synth::run(a),
         Command::ProfileDevice(a) => cmd::profile_device::run(a),
         Command::IoBench(a) => cmd::io_bench::run(a),
         Command::LayoutBench(a) => cmd::layout_bench::run(a),
         Command::Convert(a) => cmd::convert::run(a),
         Command::Verify(a) => cmd::verify::run(a),
-        Command::Trace(a) => cmd::trace::run(a),
+        Command::Trace(a) => cmd::trace::run(a, precision),
         Command::TraceStats(a) => cmd::trace_stats::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::TrainPredictor(a) => cmd::train_predictor::run(a),

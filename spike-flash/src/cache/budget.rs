@@ -122,23 +122,26 @@ pub fn slots_per_layer(
         return Err(Error::Invalid("DRAM budget: a model without layers".into()));
     }
     if budget_bytes < resident_bytes {
-        return Err(Error::Invalid(format!(
-            "the DRAM budget of {budget_bytes} bytes falls short of the resident part ({resident_bytes} bytes) by \
-             {} bytes",
-            resident_bytes - budget_bytes
-        )));
+        return Err(Error::Budget {
+            budget: budget_bytes,
+            needed: resident_bytes,
+            what: format!("of the resident part ({resident_bytes} bytes) by {} bytes", resident_bytes - budget_bytes),
+        });
     }
     let l = layers as u64;
     let min_slots = spec.pinned_count(n_neurons);
     let min_layer = LayerCache::footprint(spec, n_neurons, record_bytes, min_slots);
     let need = resident_bytes.saturating_add(min_layer.saturating_mul(l));
     if budget_bytes < need {
-        return Err(Error::Invalid(format!(
-            "the DRAM budget of {budget_bytes} bytes falls short by {} bytes of what cache policy `{spec}` needs: \
-             {resident_bytes} resident bytes + {layers} layers x {min_layer} bytes ({min_slots} rows of \
-             {record_bytes} bytes, maps and policy state)",
-            need - budget_bytes
-        )));
+        return Err(Error::Budget {
+            budget: budget_bytes,
+            needed: need,
+            what: format!(
+                "by {} bytes of what cache policy `{spec}` needs: {resident_bytes} resident bytes + {layers} layers \
+                 x {min_layer} bytes ({min_slots} rows of {record_bytes} bytes, maps and policy state)",
+                need - budget_bytes
+            ),
+        });
     }
     let per_layer = (budget_bytes - resident_bytes) / l;
     let fixed = LayerCache::footprint(spec, n_neurons, record_bytes, 0);

@@ -3,7 +3,6 @@
 //! grouped-query attention, gated FFN) and OPT (LayerNorm, learned positions, biases, plain ReLU FFN). The FFN
 //! is one replaceable step ([`FfnStep`]): the dense FFN here, sparse and flash-backed FFNs elsewhere.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -13,128 +12,8 @@ use super::kernels::QMatrix;
 use super::ops::{self, RopeTable};
 use crate::model::config::{Activation, ModelConfig};
 use crate::model::gguf::GgufFile;
-use crate::model::quant::DType;
+use crate::model::weights::{FfnWeights, LayerWeights, Linear, ModelParts, Norm, Positions, WeightRef};
 use crate::{Error, Result};
-
-/// Where a model's weight bytes live: one or more byte ranges (shards), typically memory maps.
-pub trait WeightSource: Send + Sync {
-    /// The file (or folder) the weights come from, for messages.
-    fn label(&self) -> &Path;
-    /// The bytes of shard `i`.
-    fn shard_bytes(&self, i: usize) -> &[u8];
-}
-
-impl WeightSource for GgufFile {
-    fn label(&self) -> &Path {
-        self.path()
-    }
-    fn shard_bytes(&self, _i: usize) -> &[u8] {
-        self.bytes()
-    }
-}
-
-/// A weight matrix of `rows x cols` (`cols` contiguous): where its bytes sit and its type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WeightRef {
-    pub dtype: DType,
-    pub rows: usize,
-    pub cols: usize,
-    pub shard: usize,
-    pub offset: usize,
-    pub len: usize,
-}
-
-/// A linear map `y = W x (+ b)`.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    pub w: WeightRef,
-    pub b: Option<Vec<f32>>,
-}
-
-/// A normalization with its learned parameters.
-#[derive(Debug, Clone)]
-pub enum Norm {
-    /// `x / rms(x) * w`.
-    Rms { w: Vec<f32> },
-    /// `(x - mean) / std * w + b`.
-    Layer { w: Vec<f32>, b: Vec<f32> },
-}
-
-/// The FFN weights of one layer.
-#[derive(Debug, Clone)]
-pub enum FfnWeights {
-    /// `down(act(gate x) * up x)` (SwiGLU and relufied variants).
-    Gated { gate: Linear, up: Linear, down: Linear },
-    /// `fc2(act(fc1 x + b1)) + b2` (OPT).
-    Plain { fc1: Linear, fc2: Linear },
-    /// The matrices stay on flash (a layout's `ffn.bin`); only the biases are in DRAM. An FFN step that reads
-    /// the layout computes it.
-    Streamed { b1: Option<Vec<f32>>, b2: Option<Vec<f32>> },
-}
-
-impl FfnWeights {
-    /// The projection that maps the hidden state to the neurons (gate or fc1), one row per neuron; `None` when
-    /// streamed.
-    pub fn first(&self) -> Option<&Linear> {
-        match self {
-            FfnWeights::Gated { gate, .. } => Some(gate),
-            FfnWeights::Plain { fc1, .. } => Some(fc1),
-            FfnWeights::Streamed { .. } => None,
-        }
-    }
-    /// The projection that maps neurons back to the hidden state (down or fc2), one column per neuron; `None`
-    /// when streamed.
-    pub fn second(&self) -> Option<&Linear> {
-        match self {
-            FfnWeights::Gated { down, .. } => Some(down),
-            FfnWeights::Plain { fc2, .. } => Some(fc2),
-            FfnWeights::Streamed { .. } => None,
-        }
-    }
-    /// The biases of the first projection (per neuron) and of the second (per output dimension).
-    pub fn biases(&self) -> (Option<&[f32]>, Option<&[f32]>) {
-        match self {
-            FfnWeights::Streamed { b1, b2 } => (b1.as_deref(), b2.as_deref()),
-            w => (w.first().and_then(|l| l.b.as_deref()), w.second().and_then(|l| l.b.as_deref())),
-        }
-    }
-}
-
-/// The weights of one transformer block.
-#[derive(Debug, Clone)]
-pub struct LayerWeights {
-    pub attn_norm: Norm,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
-    pub ffn_norm: Norm,
-    pub ffn: FfnWeights,
-}
-
-/// How positions enter the model.
-#[derive(Debug, Clone)]
-pub enum Positions {
-    /// Rotary embeddings on q and k, in the configuration's style.
-    Rope,
-    /// A learned table added to the embeddings: row `pos + offset` (OPT's offset is 2), `d_model` wide.
-    Learned { table: Vec<f32>, offset: usize, rows: usize },
-}
-
-/// All the parts of a model, as the importers bind them.
-pub struct ModelParts {
-    pub source: Arc<dyn WeightSource>,
-    pub cfg: ModelConfig,
-    /// `vocab x d_embed`: the token embedding (`d_embed` is `d_model` unless projected).
-    pub tok_embd: WeightRef,
-    pub project_in: Option<Linear>,
-    pub project_out: Option<Linear>,
-    pub positions: Positions,
-    pub output_norm: Option<Norm>,
-    /// `vocab x d_embed`: the output matrix (the embedding when tied).
-    pub output: WeightRef,
-    pub layers: Vec<LayerWeights>,
-}
 
 /// A model ready to run; matrices stay where the source keeps them (memory-mapped, quantized).
 pub struct Model {
@@ -271,6 +150,12 @@ pub fn activate(act: Activation, x: f32) -> f32 {
     }
 }
 
+impl AsRef<ModelParts> for Model {
+    fn as_ref(&self) -> &ModelParts {
+        &self.p
+    }
+}
+
 impl Model {
     /// A model from bound parts; checks that shapes agree with the configuration.
     pub fn new(p: ModelParts) -> Result<Model> {
@@ -283,6 +168,11 @@ impl Model {
     /// Binds a Llama-architecture GGUF file.
     pub fn from_gguf(file: Arc<GgufFile>) -> Result<Model> {
         Model::new(crate::model::bind::gguf_llama(file)?)
+    }
+
+    /// The resident model of a flash layout (see [`Layout::resident_parts`]): every FFN is left on flash.
+    pub fn from_layout(layout: &crate::layout::Layout) -> Result<Model> {
+        Model::new(layout.resident_parts()?)
     }
 
     /// Binds an opened model file or checkpoint.

@@ -7,56 +7,15 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::model::{activate, FfnStep, FfnWeights, Model};
+use super::model::{activate, FfnStep, Model};
 use super::ops;
-use crate::model::quant;
+use crate::model::weights::NeuronRows;
 use crate::{Error, Result};
-
-/// One layer's neurons, neuron-major: row `i` of each matrix belongs to neuron `i`.
-#[derive(Debug, Clone)]
-pub struct NeuronRows {
-    /// `d_ffn x d_model`: gate rows (gated) or fc1 rows (plain).
-    pub first: Vec<f32>,
-    /// `d_ffn x d_model`: up rows (gated only).
-    pub up: Option<Vec<f32>>,
-    /// `d_ffn x d_model`: columns of down / fc2.
-    pub second_t: Vec<f32>,
-    /// fc1 bias, per neuron (plain only).
-    pub b1: Option<Vec<f32>>,
-    /// Bias of the second projection, per output dimension.
-    pub b2: Option<Vec<f32>>,
-}
 
 impl NeuronRows {
     /// Dequantizes layer `l`'s FFN of `model` into neuron-major rows.
     pub fn from_model(model: &Model, l: usize) -> Result<NeuronRows> {
-        let (d, f) = (model.config().d_model, model.config().d_ffn);
-        let dense = |lin: &super::model::Linear| -> Result<Vec<f32>> {
-            let m = model.matrix(&lin.w);
-            let mut out = vec![0.0f32; m.rows * m.cols];
-            quant::dequantize(m.dtype, m.data, &mut out)?;
-            Ok(out)
-        };
-        let lw = model.layer(l);
-        let (first, up, second) = match &lw.ffn {
-            FfnWeights::Gated { gate, up, down } => (dense(gate)?, Some(dense(up)?), down),
-            FfnWeights::Plain { fc1, fc2 } => (dense(fc1)?, None, fc2),
-            FfnWeights::Streamed { .. } => {
-                return Err(Error::Invalid(format!("layer {l}'s FFN is on flash, not in the model's memory")))
-            }
-        };
-        let s = dense(second)?;
-        if s.len() != d * f || first.len() != d * f {
-            return Err(Error::Invalid(format!("layer {l}: FFN matrices are not {f} x {d}")));
-        }
-        let mut second_t = vec![0.0f32; d * f];
-        for j in 0..d {
-            for i in 0..f {
-                second_t[i * d + j] = s[j * f + i];
-            }
-        }
-        let (b1, b2) = lw.ffn.biases();
-        Ok(NeuronRows { first, up, second_t, b1: b1.map(<[f32]>::to_vec), b2: b2.map(<[f32]>::to_vec) })
+        NeuronRows::from_parts(model.parts(), l)
     }
 
     /// Activation of neuron `i` for input `x`.

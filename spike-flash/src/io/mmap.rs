@@ -33,6 +33,10 @@ impl ReadBackend for MmapBackend {
         Some(&self.cfg)
     }
 
+    fn kind(&self) -> Option<super::BackendKind> {
+        Some(super::BackendKind::Mmap)
+    }
+
     fn name(&self) -> &'static str {
         "mmap"
     }

@@ -9,16 +9,18 @@
 //!
 //! Backends: [`UringBackend`] (io_uring, O_DIRECT), [`PoolBackend`] (threads doing `pread`, O_DIRECT),
 //! [`MmapBackend`] (copies out of the page cache, the naive baseline), and for tests [`MemBackend`] (in
-//! memory, counting) and [`FaultyBackend`] (fails chosen requests). `unsafe` in this crate lives in this
-//! module only.
+//! memory, counting) and [`FaultyBackend`] (fails chosen requests). [`ScratchFile`] is an unnamed file of
+//! pattern bytes for measurements and tests. This module knows nothing of layouts or of the cost model: it reads
+//! byte ranges. `unsafe` in this crate lives here and in the kernels (`engine::kernels`), each block with its
+//! `// SAFETY:` reason.
 
 mod buf;
 mod config;
-pub mod layout_bench;
 mod mmap;
 pub mod plan;
 mod pool;
-pub mod profile;
+mod runs;
+mod scratch;
 mod stats;
 mod testing;
 mod uring;
@@ -34,6 +36,8 @@ pub use buf::{AlignedBuf, DEFAULT_ALIGN};
 pub use config::{IoConfig, MAX_READ};
 pub use mmap::MmapBackend;
 pub use pool::PoolBackend;
+pub use runs::RunReader;
+pub use scratch::{fill_pattern, pattern_byte, ScratchFile};
 pub use stats::{IoStats, HIST_BUCKETS};
 pub use testing::{Fault, FaultyBackend, MemBackend};
 pub use uring::UringBackend;
@@ -134,6 +138,11 @@ pub trait ReadBackend: Send {
     /// Bytes of the backend's own buffer.
     fn scratch_bytes(&self) -> usize {
         0
+    }
+
+    /// The kind [`open_backend`] opens again with the same settings (the test backends have none).
+    fn kind(&self) -> Option<BackendKind> {
+        None
     }
 
     /// The settings it was opened with, if it has any (the test backends have none).

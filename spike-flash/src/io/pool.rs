@@ -143,6 +143,10 @@ impl ReadBackend for PoolBackend {
         Some(&self.cfg)
     }
 
+    fn kind(&self) -> Option<super::BackendKind> {
+        Some(super::BackendKind::Pool)
+    }
+
     fn name(&self) -> &'static str {
         "pool"
     }

@@ -5,8 +5,8 @@ use std::path::Path;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::profile::{fill_pattern, pattern_byte, ScratchFile};
 use super::*;
+use super::{fill_pattern, pattern_byte, ScratchFile};
 
 /// Not a multiple of 4096, so the last aligned span runs past the end of the file.
 const FILE_LEN: u64 = (3 << 20) + 1234;

@@ -220,6 +220,10 @@ impl ReadBackend for UringBackend {
         Some(&self.cfg)
     }
 
+    fn kind(&self) -> Option<super::BackendKind> {
+        Some(super::BackendKind::Uring)
+    }
+
     fn name(&self) -> &'static str {
         "uring"
     }

@@ -3,11 +3,13 @@
 //! `docs/format.md` describes the format byte by byte; the constants and types here mirror it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::config::ModelConfig;
 use crate::model::quant::DType;
+use crate::{Error, Result};
 
 mod read;
 mod write;
@@ -236,6 +238,25 @@ impl FfnHeader {
             column_dtype: u32_at(56),
         })
     }
+}
+
+/// Reads a per-layer list of neuron ids (a neuron order for [`ConvertOptions::order`], a hot list for the
+/// neuron cache): `[[...], ...]`, `{"order": [[...], ...]}`, or a hot-neuron file of
+/// `spike trace-stats` (`{"layers": [{"neurons": [...]}, ...]}`).
+pub fn read_neuron_lists(path: &Path) -> Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(path, &e))?;
+    let v = match (v.get("order"), v.get("layers")) {
+        (Some(o), _) => o.clone(),
+        (None, Some(serde_json::Value::Array(layers))) => {
+            serde_json::Value::Array(layers.iter().map(|l| l.get("neurons").cloned().unwrap_or_default()).collect())
+        }
+        _ => v,
+    };
+    serde_json::from_value(v).map_err(|e| Error::Layout {
+        path: path.to_path_buf(),
+        what: format!("expected an array of per-layer neuron id arrays: {e}"),
+    })
 }
 
 #[cfg(test)]

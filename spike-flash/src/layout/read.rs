@@ -314,9 +314,10 @@ impl Layout {
         Ok(())
     }
 
-    /// The model that stays in DRAM: `resident.bin` read into memory (not mapped: under a memory budget its
-    /// pages must not be evicted and re-read), every tensor's crc32c checked, bound with the FFN left on flash.
-    pub fn load_model(&self) -> Result<crate::engine::model::Model> {
+    /// The parts of the model that stay in DRAM: `resident.bin` read into memory (not mapped: under a memory
+    /// budget its pages must not be evicted and re-read), every tensor's crc32c checked, bound with the FFN left
+    /// on flash.
+    pub fn resident_parts(&self) -> Result<crate::model::weights::ModelParts> {
         let rpath = self.dir.join(RESIDENT_FILE);
         let bytes = std::fs::read(&rpath).map_err(|e| Error::io(&rpath, e))?;
         let mut g = GgufFile::from_bytes(&rpath, bytes)?;
@@ -338,8 +339,7 @@ impl Layout {
                 return Err(err(&rpath, "its metadata describes another model than the manifest"));
             }
         }
-        let parts = crate::model::bind::resident(std::sync::Arc::new(g), self.manifest.model.clone(), hf)?;
-        crate::engine::model::Model::new(parts)
+        crate::model::bind::resident(std::sync::Arc::new(g), self.manifest.model.clone(), hf)
     }
 
     /// The model's tokenizer, from `resident.bin`'s metadata.

@@ -10,14 +10,13 @@ use super::{
     ResidentInfo, Section, SourceInfo, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK,
     RESIDENT_FILE, VERSION,
 };
-use crate::engine::model::{FfnWeights, Model, WeightRef};
-use crate::engine::sparse::NeuronRows;
 use crate::model::config::ModelConfig;
 use crate::model::fetch::model_sha256;
 use crate::model::gguf::{GgufFile, MetaValue};
 use crate::model::gguf_write::GgufWriter;
 use crate::model::quant::{self, DType};
 use crate::model::safetensors::HfCheckpoint;
+use crate::model::weights::{FfnWeights, ModelParts, NeuronRows, WeightRef};
 use crate::{Error, Result};
 
 /// An element type of the records' rows or columns.
@@ -200,7 +199,13 @@ fn resident_writer(
 /// directory appears complete or not at all: it is written as `NAME.spike.partial-<pid>` and renamed last.
 /// For a Hugging Face checkpoint (a directory), `resident.bin` keeps the tensors under their checkpoint names
 /// with `config.json` and `tokenizer.json` as metadata strings.
-pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOptions) -> Result<Summary> {
+pub fn write(
+    model: &impl AsRef<ModelParts>,
+    source_path: &Path,
+    out_dir: &Path,
+    opts: &ConvertOptions,
+) -> Result<Summary> {
+    let model = model.as_ref();
     if !opts.align.is_power_of_two() || opts.align < MIN_ALIGN {
         return Err(Error::Invalid(format!("layout alignment {} is not a power of two >= {MIN_ALIGN}", opts.align)));
     }
@@ -212,7 +217,7 @@ pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOp
     } else {
         Src::Gguf(GgufFile::open(source_path)?)
     };
-    let cfg = model.config();
+    let cfg = &model.cfg;
     let src_cfg = match &src {
         Src::Gguf(g) => ModelConfig::from_gguf(g)?,
         Src::Hf(h) => h.config().clone(),
@@ -328,14 +333,14 @@ fn fixed_dtype(r: RecordDType) -> Option<DType> {
 }
 
 impl Plan {
-    fn new(model: &Model, opts: &ConvertOptions) -> Result<Plan> {
-        let cfg = model.config();
-        let label = model.parts().source.label().to_path_buf();
+    fn new(model: &ModelParts, opts: &ConvertOptions) -> Result<Plan> {
+        let cfg = &model.cfg;
+        let label = model.source.label().to_path_buf();
         if let Some(order) = &opts.order {
             check_order(order, cfg.n_layers, cfg.d_ffn)?;
         }
-        let gated = matches!(model.layer(0).ffn, FfnWeights::Gated { .. });
-        if model.layer(0).ffn.first().is_none() {
+        let gated = matches!(model.layers[0].ffn, FfnWeights::Gated { .. });
+        if model.layers[0].ffn.first().is_none() {
             return Err(Error::Unsupported {
                 path: label,
                 what: "converting a model whose FFN is already on flash".into(),
@@ -344,7 +349,7 @@ impl Plan {
         // The source's type of the first (rows) or second (columns) matrices, the same in every layer.
         let source_type = |columns: bool| -> Result<DType> {
             let of = |l: usize| {
-                let ffn = &model.layer(l).ffn;
+                let ffn = &model.layers[l].ffn;
                 if columns { ffn.second() } else { ffn.first() }.map(|lin| lin.w.dtype)
             };
             let t = of(0);
@@ -433,13 +438,13 @@ struct MaxErrors {
 /// Writes the three files into `dir`; returns the manifest, resident and ffn sizes and the max abs errors.
 fn write_into(
     dir: &Path,
-    model: &Model,
+    model: &ModelParts,
     src: &Src,
     source_path: &Path,
     opts: &ConvertOptions,
     plan: &Plan,
 ) -> Result<(u64, u64, u64, MaxErrors)> {
-    let cfg = model.config();
+    let cfg = &model.cfg;
     let layout_id = format!("{:032x}", rand::random::<u128>());
     let id_bytes = layout_id_bytes(&layout_id).ok_or_else(|| Error::Invalid("layout id".into()))?;
 
@@ -477,7 +482,7 @@ fn write_into(
     let mut errors = MaxErrors::default();
     let names = opts.kind.section_names(plan.gated);
     for l in 0..cfg.n_layers {
-        let rows = NeuronRows::from_model(model, l)?;
+        let rows = NeuronRows::from_parts(model, l)?;
         let parts = neuron_parts(model, l, opts.kind);
         let mut bufs: Vec<Vec<u8>> = plan.sections.iter().map(|s| vec![0u8; s.len as usize]).collect();
         let mut scratch = Vec::new();
@@ -567,8 +572,8 @@ enum Part {
     Bias,
 }
 
-fn neuron_parts(model: &Model, l: usize, kind: LayoutKind) -> Vec<Part> {
-    match &model.layer(l).ffn {
+fn neuron_parts(model: &ModelParts, l: usize, kind: LayoutKind) -> Vec<Part> {
+    match &model.layers[l].ffn {
         // Refused by `Plan::new`.
         FfnWeights::Streamed { .. } => Vec::new(),
         FfnWeights::Gated { gate, up, .. } => {
@@ -587,7 +592,7 @@ impl Part {
     /// the largest error against the source's values.
     fn encode(
         &self,
-        model: &Model,
+        model: &ModelParts,
         rows: &NeuronRows,
         n: usize,
         d: usize,
@@ -597,7 +602,7 @@ impl Part {
         let exact: &[f32] = match self {
             Part::Row { w, up } => {
                 if w.dtype == dtype {
-                    out.extend_from_slice(model.matrix(w).row(n));
+                    out.extend_from_slice(model.row(w, n));
                     return Ok(0.0);
                 }
                 let m = if *up { rows.up.as_deref().unwrap_or(&[]) } else { &rows.first };

@@ -6,7 +6,7 @@ use super::config::{Arch, ModelConfig, OPT_POSITION_OFFSET};
 use super::gguf::GgufFile;
 use super::quant::DType;
 use super::safetensors::HfCheckpoint;
-use crate::engine::model::{FfnWeights, LayerWeights, Linear, ModelParts, Norm, Positions, WeightRef};
+use super::weights::{FfnWeights, LayerWeights, Linear, ModelParts, Norm, Positions, WeightRef, WeightSource};
 use crate::{Error, Result};
 
 fn tensor_err(file: &GgufFile, name: &str, what: String) -> Error {
@@ -95,7 +95,7 @@ impl Tensors for HfCheckpoint {
     }
 }
 
-impl crate::engine::model::WeightSource for HfCheckpoint {
+impl WeightSource for HfCheckpoint {
     fn label(&self) -> &std::path::Path {
         self.dir()
     }
@@ -118,12 +118,7 @@ pub fn gguf_llama(file: Arc<GgufFile>) -> Result<ModelParts> {
 }
 
 /// Llama-family tensors under llama.cpp's GGUF names.
-fn llama_gguf_names(
-    t: &dyn Tensors,
-    source: Arc<dyn crate::engine::model::WeightSource>,
-    cfg: ModelConfig,
-    ffn: Ffn,
-) -> Result<ModelParts> {
+fn llama_gguf_names(t: &dyn Tensors, source: Arc<dyn WeightSource>, cfg: ModelConfig, ffn: Ffn) -> Result<ModelParts> {
     let (d, f, kv, v) = (cfg.d_model, cfg.d_ffn, cfg.kv_dim(), cfg.vocab_size);
     let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
         Ok(Linear { w: t.matrix(name, rows, cols)?, b: None })
@@ -172,12 +167,7 @@ pub fn hf(ck: Arc<HfCheckpoint>) -> Result<ModelParts> {
 }
 
 /// OPT or Llama-family tensors under their Hugging Face names.
-fn hf_names(
-    t: &dyn Tensors,
-    source: Arc<dyn crate::engine::model::WeightSource>,
-    cfg: ModelConfig,
-    ffn: Ffn,
-) -> Result<ModelParts> {
+fn hf_names(t: &dyn Tensors, source: Arc<dyn WeightSource>, cfg: ModelConfig, ffn: Ffn) -> Result<ModelParts> {
     let (d, f, kv, v) = (cfg.d_model, cfg.d_ffn, cfg.kv_dim(), cfg.vocab_size);
     let q_dim = cfg.n_heads * cfg.head_dim;
     let lin = |name: &str, rows: usize, cols: usize, bias: bool| -> Result<Linear> {

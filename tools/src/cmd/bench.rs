@@ -2,16 +2,12 @@
 //! tokens one at a time) speed, as llama-bench measures pp and tg; the median of `--reps` repeats.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::Context;
+use experiments::dense_bench::{self, DenseBench};
+use experiments::table3::{self, FlashBench, RowSpec};
 use indicatif::{ProgressBar, ProgressStyle};
-use spike_flash::cache::PolicySpec;
-use spike_flash::engine::kernels;
-use spike_flash::engine::sampler::argmax;
-
-use super::flash::CacheArg;
-use super::flash_bench::{FlashBench, RowSpec, Selector};
+use spike_flash::engine::input::ActPrecision;
 
 /// Arguments of `spike bench`.
 #[derive(clap::Args, Debug)]
@@ -56,157 +52,56 @@ pub struct Args {
     prompts: usize,
 }
 
-#[derive(serde::Serialize)]
-struct Row {
-    test: &'static str,
-    rep: usize,
-    tokens: usize,
-    ms: f64,
-    tokens_per_s: f64,
-    threads: usize,
-    isa: String,
-    act_precision: String,
-    model: String,
-}
-
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     anyhow::ensure!(args.reps > 0 && args.prompt > 0 && args.gen > 0, "--reps, --prompt and --gen must be positive");
-    if args.flash.layout.is_some() {
-        return run_flash(&args);
+    if let Some(layout) = &args.flash.layout {
+        return run_flash(&args, layout, precision);
     }
     let csv = args.csv.clone().unwrap_or_else(|| PathBuf::from("results/bench/dense.csv"));
-    let loaded = super::load_model(args.model.as_deref())?;
-    let model = &loaded.model;
-    let vocab = model.config().vocab_size as u64;
-    // Fixed pseudo-random prompt tokens (llama-bench also benchmarks on arbitrary tokens).
-    let prompt: Vec<u32> = (0..args.prompt as u64).map(|i| ((i * 2_654_435_761 + 12_345) % vocab) as u32).collect();
-    let threads = spike_flash::engine::threads();
-    let isa = format!("{:?}", kernels::isa());
-    let precision = format!("{:?}", model.precision()).to_lowercase();
-    let mut state = model.new_state(args.prompt.max(args.gen + 1));
-    // Warm-up: touches every weight once so the first repeat does not pay for page faults.
-    model.forward(&mut state, &prompt[..prompt.len().min(8)], false)?;
-
+    let loaded = super::load_model(args.model.as_deref(), precision)?;
+    let b = DenseBench { prompt: args.prompt, gen: args.gen, reps: args.reps };
     let bar = ProgressBar::new((2 * args.reps) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("the template is valid"));
-    let mut rows = Vec::new();
-    for rep in 0..args.reps {
-        state.reset();
-        let t = Instant::now();
-        model.forward(&mut state, &prompt, false)?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        rows.push(row("pp", rep, args.prompt, ms, threads, (&isa, &precision), &loaded.path));
-        bar.inc(1);
-
-        state.reset();
-        let mut tok = prompt[0];
-        let t = Instant::now();
-        for _ in 0..args.gen {
-            let logits = model.forward(&mut state, &[tok], false)?;
-            tok = argmax(&logits);
-        }
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        rows.push(row("tg", rep, args.gen, ms, threads, (&isa, &precision), &loaded.path));
-        bar.inc(1);
-    }
+    let rows = dense_bench::run(&loaded.model, &loaded.path, &b, &mut || bar.inc(1))?;
     bar.finish_and_clear();
-
     super::write_csv(&csv, &rows)?;
-
+    let first = rows.first().expect("a bench with repeats has rows");
     println!(
-        "model: {}  threads: {threads}  isa: {isa}  activations: {precision}  repeats: {}",
+        "model: {}  threads: {}  isa: {}  activations: {}  repeats: {}",
         loaded.path.display(),
+        first.threads,
+        first.isa,
+        first.act_precision,
         args.reps
     );
     println!("{:<6} {:>8} {:>12} {:>12} {:>12}", "test", "tokens", "median t/s", "min t/s", "max t/s");
     for (test, tokens) in [("pp", args.prompt), ("tg", args.gen)] {
-        let tps: Vec<f64> = rows.iter().filter(|r| r.test == test).map(|r| r.tokens_per_s).collect();
-        let (lo, hi) = tps.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        println!(
-            "{:<6} {:>8} {:>12.1} {:>12.1} {:>12.1}",
-            format!("{test}{tokens}"),
-            tokens,
-            super::median(tps),
-            lo,
-            hi
-        );
+        let (median, lo, hi) = dense_bench::spread(&rows, test);
+        println!("{:<6} {:>8} {:>12.1} {:>12.1} {:>12.1}", format!("{test}{tokens}"), tokens, median, lo, hi);
     }
     println!("rows written to {}", csv.display());
     Ok(())
 }
 
-fn row(
-    test: &'static str,
-    rep: usize,
-    tokens: usize,
-    ms: f64,
-    threads: usize,
-    (isa, precision): (&str, &str),
-    model: &std::path::Path,
-) -> Row {
-    Row {
-        test,
-        rep,
-        tokens,
-        ms,
-        tokens_per_s: tokens as f64 / (ms / 1e3),
-        threads,
-        isa: isa.to_string(),
-        act_precision: precision.to_string(),
-        model: model.display().to_string(),
-    }
-}
-
 /// The rows of `--rows` for one layout.
 fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Result<Vec<RowSpec>> {
-    args.rows
-        .iter()
-        .map(|r| {
-            let (base, overlap) = match r.strip_suffix("+overlap") {
-                Some(b) => (b, true),
-                None => (r.as_str(), false),
-            };
-            let (cache, selector) = match base {
-                "naive" => (CacheArg::Policy(PolicySpec::None), Selector::All),
-                "hybrid" => (CacheArg::Hybrid, Selector::All),
-                "all" => (CacheArg::Policy(PolicySpec::All), Selector::All),
-                "window" => (CacheArg::Policy(PolicySpec::Window(args.window)), Selector::All),
-                "predictor" => (CacheArg::Policy(PolicySpec::None), Selector::Predictor),
-                "predictor+window" => (CacheArg::Policy(PolicySpec::Window(args.window)), Selector::Predictor),
-                "oracle" => (CacheArg::Policy(PolicySpec::None), Selector::Oracle),
-                "oracle+window" => (CacheArg::Policy(PolicySpec::Window(args.window)), Selector::Oracle),
-                "oracle+hybrid" => (CacheArg::Hybrid, Selector::Oracle),
-                other => anyhow::bail!(
-                    "unknown bench row `{other}` (naive, hybrid, all, window, predictor, predictor+window, oracle, \
-                     oracle+window, oracle+hybrid)"
-                ),
-            };
-            let unbudgeted = base == "all";
-            Ok(RowSpec {
-                name: format!("{r}{suffix}"),
-                layout: layout.to_path_buf(),
-                cache,
-                selector,
-                overlap,
-                unbudgeted,
-            })
-        })
-        .collect()
+    Ok(args.rows.iter().map(|r| RowSpec::parse(r, layout, args.window, suffix)).collect::<Result<_, _>>()?)
 }
 
-fn run_flash(args: &Args) -> anyhow::Result<()> {
-    let layout = args.flash.layout.clone().expect("flash mode has a layout");
-    let mut rows = flash_rows(args, &layout, "")?;
+fn run_flash(args: &Args, layout: &std::path::Path, precision: ActPrecision) -> anyhow::Result<()> {
+    let mut rows = flash_rows(args, layout, "")?;
     if let Some(split) = &args.split_layout {
         rows.extend(flash_rows(args, split, " (split)")?);
     }
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
-    let tokens = spike_flash::layout::Layout::open(&layout)?.tokenizer()?.encode(&text)?;
+    let tokens = spike_flash::layout::Layout::open(layout)?.tokenizer()?.encode(&text)?;
     // The tokenizer is gone; give its heap back before the rows load their models.
     spike_flash::io::trim_heap();
-    let prompts = super::flash_bench::prompts_from(&tokens, args.prompts, args.prompt, &args.text)?;
+    let prompts = table3::prompts_from(&tokens, args.prompts, args.prompt, &args.text)?;
     let bench = FlashBench {
-        flash: &args.flash,
+        flash: args.flash.config(layout, precision)?,
+        predictor: args.flash.predictor.clone(),
+        oracle: args.flash.oracle.clone(),
         rows,
         prompts,
         gen: args.gen,
@@ -221,6 +116,6 @@ fn run_flash(args: &Args) -> anyhow::Result<()> {
         args.flash.backend,
         args.flash.budget.map_or("none".to_string(), |b| b.to_string())
     );
-    super::flash_bench::run(&bench)?;
+    table3::run(&bench)?;
     Ok(())
 }

@@ -70,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let path = resolve_model(args.model.as_deref())?;
     let source = Source::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
-    let order = args.order.as_deref().map(super::flash::read_neuron_lists).transpose()?;
+    let order = args.order.as_deref().map(spike_flash::layout::read_neuron_lists).transpose()?;
     let opts = ConvertOptions {
         order,
         kind: args.layout,

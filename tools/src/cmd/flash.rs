@@ -1,18 +1,16 @@
 //! Options shared by the commands that run a model from a flash layout (`--layout NAME.spike`): the I/O
-//! backend, the neuron cache and its DRAM budget, the neuron selector, the cost model.
+//! backend, the neuron cache and its DRAM budget, the neuron selector, the cost model. They fill the library's
+//! [`FlashConfig`]; the session it opens does the work.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::Context;
-use spike_flash::cache::{slots_per_layer, Budget, LayerCache, PolicySpec};
-use spike_flash::cost::CostModel;
-use spike_flash::engine::flash::{FlashFfn, FlashOptions};
-use spike_flash::engine::model::Model;
-use spike_flash::engine::sparse::{AllNeurons, NeuronSelector};
-use spike_flash::io::{open_backend, BackendKind, IoConfig};
-use spike_flash::layout::Layout;
-use spike_flash::model::tokenizer::Tokenizer;
+use predictor::selectors::{for_layout, Selection};
+use spike_flash::cache::Budget;
+use spike_flash::engine::flash::{CacheChoice, Dram, FlashConfig, FlashFfn, FlashSession};
+use spike_flash::engine::input::ActPrecision;
+use spike_flash::io::{BackendKind, IoConfig};
+use spike_flash::layout::read_neuron_lists;
 
 /// Flash mode: the FFN stays in a layout's `ffn.bin` and is read per token.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,7 +26,7 @@ pub struct FlashArgs {
     /// Neuron cache policy: none (read every needed neuron every token), all, window:K, lru, lfu, hot:F,
     /// hot:F+window:K, or hybrid (the hot set as large as --budget allows, the rest read every token).
     #[arg(long, default_value = "none")]
-    pub cache: CacheArg,
+    pub cache: CacheChoice,
     /// DRAM budget for the model's memory (resident tensors, predictor, caches, staging buffer): a share of
     /// the model file (65%) or a size (64MiB). The caches get what the rest leaves. Default: no limit.
     #[arg(long)]
@@ -94,220 +92,51 @@ impl IoArgs {
     }
 }
 
-/// `--cache`: a policy of [`spike_flash::cache`], or `hybrid`, the paper's hybrid row: the hottest neurons the
-/// DRAM budget holds stay resident (`hot:F` with the largest F that fits beside everything else the budget
-/// counts), the rest is read every token.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum CacheArg {
-    Policy(PolicySpec),
-    Hybrid,
-}
-
-impl std::str::FromStr for CacheArg {
-    type Err = spike_flash::Error;
-
-    fn from_str(s: &str) -> spike_flash::Result<CacheArg> {
-        match s.trim() {
-            "hybrid" => Ok(CacheArg::Hybrid),
-            other => other.parse().map(CacheArg::Policy),
-        }
-    }
-}
-
-impl std::fmt::Display for CacheArg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CacheArg::Policy(p) => p.fmt(f),
-            CacheArg::Hybrid => f.write_str("hybrid"),
-        }
-    }
-}
-
-/// A layout opened for flash mode.
-pub struct FlashModel {
-    pub layout: Arc<Layout>,
-    /// The tokenizer, until a caller takes it.
-    pub tokenizer: Option<Tokenizer>,
-}
-
-/// Where the model's DRAM goes in flash mode, bytes.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Dram {
-    pub resident: u64,
-    pub selector: u64,
-    pub caches: u64,
-    /// Read buffers: the staging buffer, and with --overlap the prefetch buffer (a layer each).
-    pub staging: u64,
-    pub total: u64,
-    pub budget: Option<u64>,
-    /// The cache policy in force (`hybrid` resolved to its `hot:F`).
-    pub policy: String,
-    pub slots_per_layer: usize,
-}
-
-impl std::fmt::Display for Dram {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        write!(
-            f,
-            "model DRAM {:.1} MiB = resident {:.1} + selector {:.1} + caches {:.1} ({}, {} rows per layer) + read \
-             buffers {:.1}",
-            mib(self.total),
-            mib(self.resident),
-            mib(self.selector),
-            mib(self.caches),
-            self.policy,
-            self.slots_per_layer,
-            mib(self.staging)
-        )?;
-        if let Some(b) = self.budget {
-            write!(f, ", budget {:.1} MiB", mib(b))?;
-        }
-        Ok(())
-    }
-}
-
-/// Reads a per-layer list of neuron ids: `[[...], ...]`, `{"order": [[...], ...]}`, or a hot-neuron file of
-/// `spike trace-stats` (`{"layers": [{"neurons": [...]}, ...]}`).
-pub fn read_neuron_lists(path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let v = match (v.get("order"), v.get("layers")) {
-        (Some(o), _) => o.clone(),
-        (None, Some(serde_json::Value::Array(layers))) => {
-            serde_json::Value::Array(layers.iter().map(|l| l.get("neurons").cloned().unwrap_or_default()).collect())
-        }
-        _ => v,
-    };
-    serde_json::from_value(v)
-        .with_context(|| format!("{}: expected an array of per-layer neuron id arrays", path.display()))
-}
-
-impl FlashModel {
-    /// An oracle over the layout's source model with the per-layer thresholds in `path` (from `spike
-    /// calibrate`, checked against the layout's model).
-    pub fn oracle(&self, path: &Path) -> anyhow::Result<Box<dyn NeuronSelector + Send>> {
-        let m = self.layout.manifest();
-        let t = predictor::calibrate::Thresholds::load(path)?;
-        t.check_model(path, &predictor::ModelIdentity::with_sha(m.source.sha256.clone(), &m.model))?;
-        let src = PathBuf::from(&m.source.path);
-        let source = spike_flash::model::bind::Source::open(&src)
-            .with_context(|| format!("the oracle needs the layout's source model {}", src.display()))?;
-        let dense = Model::from_source(&source)?;
-        self.layout.check_model(dense.config(), None)?;
-        let rows = spike_flash::engine::sparse::all_rows(&dense)?;
-        Ok(Box::new(spike_flash::engine::sparse::Oracle::new(&dense, rows, t.thresholds)?))
-    }
-
-    /// The predictor at `path`, checked against this layout's model: a selector and its DRAM bytes.
-    pub fn predictor(&self, path: &Path) -> anyhow::Result<(Box<dyn NeuronSelector + Send>, u64)> {
-        let p = predictor::file::read(path).with_context(|| format!("reading the predictor {}", path.display()))?;
-        let m = self.layout.manifest();
-        let id = predictor::ModelIdentity::with_sha(m.source.sha256.clone(), &m.model);
-        p.check_model(path, &id)?;
-        let bytes = p.dram_bytes() as u64;
-        Ok((Box::new(p), bytes))
-    }
-
-    /// Opens the layout `dir` and loads its resident model and tokenizer.
-    pub fn open(dir: &Path) -> anyhow::Result<(FlashModel, Model)> {
-        Self::open_with(dir, true)
-    }
-
-    /// Opens the layout `dir` and loads its resident model, and its tokenizer when `tokenizer` (it takes
-    /// about 13 MiB of heap).
-    pub fn open_with(dir: &Path, tokenizer: bool) -> anyhow::Result<(FlashModel, Model)> {
-        let layout = Arc::new(Layout::open(dir)?);
-        let tokenizer = match tokenizer {
-            true => Some(layout.tokenizer().with_context(|| format!("reading the tokenizer of {}", dir.display()))?),
-            false => None,
+impl FlashArgs {
+    /// The library's configuration for the layout at `layout`, at activation precision `precision`.
+    pub fn config(&self, layout: &std::path::Path, precision: ActPrecision) -> anyhow::Result<FlashConfig> {
+        let hot = match &self.hot {
+            Some(p) => Some(read_neuron_lists(p)?),
+            None => None,
         };
-        let mut model =
-            layout.load_model().with_context(|| format!("loading the resident model of {}", dir.display()))?;
-        model.set_precision(super::act_precision());
-        // Building the tokenizer leaves freed heap behind; under a memory cgroup it would count.
-        spike_flash::io::trim_heap();
-        Ok((FlashModel { layout, tokenizer }, model))
+        Ok(FlashConfig {
+            backend: self.backend,
+            io: self.io.config()?,
+            cache: self.cache,
+            budget: self.budget,
+            hot,
+            compute_all_cached: self.compute_all_cached,
+            overlap: self.overlap,
+            profile: self.profile.clone(),
+            precision,
+            ..FlashConfig::new(layout)
+        })
     }
 
-    /// A flash FFN reading this layout as `args` say, over the neurons `selector` picks (all of them when
-    /// `None`; `selector_bytes` is its DRAM), with its caches sized from the budget. Prints the DRAM split.
-    pub fn ffn(
+    /// What picks the neurons: `--predictor`, `--oracle`, or every neuron.
+    pub fn selection(&self) -> Selection {
+        match (&self.predictor, &self.oracle) {
+            (Some(p), _) => Selection::Predictor(p.clone()),
+            (None, Some(t)) => Selection::Oracle(t.clone()),
+            (None, None) => Selection::All,
+        }
+    }
+
+    /// Opens the layout `dir` as these options say (with its tokenizer when `tokenizer`), and the flash FFN
+    /// with its caches; prints nothing.
+    pub fn open(
         &self,
-        model: &Model,
-        args: &FlashArgs,
-        selector: Option<(Box<dyn NeuronSelector + Send>, u64)>,
-    ) -> anyhow::Result<(FlashFfn, Dram)> {
-        let path = self.layout.ffn_path();
-        let backend = args.backend;
-        let cfg = args.io.config()?;
-        let io = open_backend(backend, &path, &cfg)
-            .with_context(|| format!("opening {} with the {backend} backend", path.display()))?;
-        let selector = match (selector, &args.predictor, &args.oracle) {
-            (Some(s), _, _) => Some(s),
-            (None, Some(p), _) => Some(self.predictor(p)?),
-            (None, None, Some(t)) => Some((self.oracle(t)?, 0)),
-            (None, None, None) => None,
-        };
-        let (selector, selector_bytes) =
-            selector.unwrap_or_else(|| (Box::new(AllNeurons { d_ffn: model.config().d_ffn }), 0));
-        let mut ffn = FlashFfn::new(model, self.layout.clone(), io, selector)?;
-        ffn.set_options(FlashOptions { compute_all_cached: args.compute_all_cached, overlap: args.overlap })?;
-        if let Some(p) = &args.profile {
-            let cost =
-                CostModel::load(p, &cfg).with_context(|| format!("loading the device profile {}", p.display()))?;
-            ffn.set_cost_model(cost, cfg.queue_depth);
-        }
-        let m = self.layout.manifest();
-        let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, self.layout.payload_bytes());
-        let mut dram =
-            Dram { resident: m.resident.len, selector: selector_bytes, staging: ffn.dram_bytes(), ..Dram::default() };
-        let fixed = dram.resident + dram.selector + dram.staging;
-        let budget = args.budget.map(|b| (b, b.resolve(m.source.len)));
-        dram.budget = budget.map(|(_, bytes)| bytes);
-        let in_budget = |spec: &PolicySpec, bytes: u64, b: Budget| {
-            slots_per_layer(bytes, fixed, spec, layers, f, payload)
-                .with_context(|| format!("DRAM budget {b} of the {}-byte model file", m.source.len))
-        };
-        let spec = match (args.cache, budget) {
-            (CacheArg::Policy(p), _) => p,
-            (CacheArg::Hybrid, None) => PolicySpec::Hot { fraction: 1.0, window: None },
-            // The pinned set's rows and maps cost what an lru cache of that many rows costs, or less; `- 0.5`
-            // makes `pinned_count` round back to exactly those rows.
-            (CacheArg::Hybrid, Some((b, bytes))) => {
-                let rows = in_budget(&PolicySpec::Lru, bytes, b)?;
-                PolicySpec::Hot { fraction: (rows as f64 - 0.5).max(0.0) / f as f64, window: None }
-            }
-        };
-        let slots = match budget {
-            None => spec.max_slots(f),
-            Some((b, bytes)) => in_budget(&spec, bytes, b)?,
-        };
-        dram.policy = spec.to_string();
-        dram.slots_per_layer = slots;
-        if spec != PolicySpec::None {
-            let hot = match &args.hot {
-                Some(p) => Some(read_neuron_lists(p)?),
-                None if spec.needs_hot_list() => {
-                    eprintln!(
-                        "note: cache policy `{spec}` without --hot pins the lowest-numbered neurons, not the most active"
-                    );
-                    Some(vec![(0..f as u32).collect(); layers])
-                }
-                None => None,
-            };
-            if let Some(h) = &hot {
-                anyhow::ensure!(h.len() == layers, "--hot lists {} layers, the model has {layers}", h.len());
-            }
-            let caches = (0..layers)
-                .map(|l| LayerCache::new(spec, f, payload, slots, hot.as_ref().map(|h| &h[l][..])))
-                .collect::<spike_flash::Result<Vec<_>>>()?;
-            ffn.set_caches(caches)?;
-        }
-        dram.caches = ffn.dram_bytes() - dram.staging;
-        dram.total = fixed + dram.caches;
-        // Parsing the hot list and the predictor left freed heap behind.
-        spike_flash::io::trim_heap();
-        Ok((ffn, dram))
+        dir: &std::path::Path,
+        precision: ActPrecision,
+        tokenizer: bool,
+    ) -> anyhow::Result<(FlashSession, FlashFfn, Dram)> {
+        let session = FlashSession::open(self.config(dir, precision)?, tokenizer)
+            .with_context(|| format!("opening the layout {}", dir.display()))?;
+        let selector = for_layout(&session.layout, &self.selection())?;
+        let (ffn, dram) = session.ffn(selector).with_context(|| match self.budget {
+            Some(b) => format!("DRAM budget {b} of the {}-byte model file", session.layout.manifest().source.len),
+            None => format!("setting up flash mode on {}", dir.display()),
+        })?;
+        Ok((session, ffn, dram))
     }
 }

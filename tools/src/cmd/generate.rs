@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use spike_flash::engine::flash::TokenRecord;
+use experiments::record::TokenRecord;
+use spike_flash::engine::input::ActPrecision;
 use spike_flash::engine::sampler::{Sampler, SamplerConfig};
 
 /// Arguments of `spike generate`.
@@ -65,19 +66,18 @@ struct Report<'a> {
     threads: usize,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     let sampler_cfg = SamplerConfig { temperature: args.temp, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     let mut sampler = Sampler::new(sampler_cfg)?;
     let mut dram_total = 0;
     let (loaded, mut flash) = match &args.flash.layout {
         None => {
             anyhow::ensure!(args.trace_out.is_none(), "--trace-out needs flash mode (--layout)");
-            (super::load_model(args.model.as_deref())?, None)
+            (super::load_model(args.model.as_deref(), precision)?, None)
         }
         Some(dir) => {
             anyhow::ensure!(args.model.is_none(), "give either --model or --layout, not both");
-            let (mut fm, model) = super::flash::FlashModel::open(dir)?;
-            let (ffn, dram) = fm.ffn(&model, &args.flash, None)?;
+            let (mut session, ffn, dram) = args.flash.open(dir, precision, true)?;
             eprintln!(
                 "flash mode: {} ({} backend, cache {}); {dram}",
                 dir.display(),
@@ -88,8 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (
                 super::Loaded {
                     path: dir.clone(),
-                    model,
-                    tokenizer: fm.tokenizer.take().expect("a freshly opened layout has its tokenizer"),
+                    tokenizer: session.tokenizer.take().expect("a session opened with its tokenizer has it"),
+                    model: session.model,
                 },
                 Some(ffn),
             )

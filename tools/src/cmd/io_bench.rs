@@ -6,8 +6,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use spike_flash::cost::{validate, validate_layout, CostModel};
-use spike_flash::io::profile::{measure_random, ScratchFile};
+use experiments::cost_validation::{validate, validate_layout};
+use experiments::device::measure_random;
+use spike_flash::cost::CostModel;
+use spike_flash::io::ScratchFile;
 use spike_flash::io::{open_backend, BackendKind, IoConfig};
 use spike_flash::layout::{Layout, FFN_FILE};
 
@@ -171,10 +173,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "io-bench cost model: backend={name} depth={depth} sets={} ({cache}) median |error|={:.1}% \
                      worst={:.1}% median signed={:+.1}% (first passes only: median |error|={:.1}%)",
                     errs.len(),
-                    100.0 * super::median(errs.iter().copied()),
+                    100.0 * experiments::summary::median(errs.iter().copied()),
                     100.0 * worst,
-                    100.0 * super::median(signed.iter().copied()),
-                    100.0 * super::median(first.iter().copied())
+                    100.0 * experiments::summary::median(signed.iter().copied()),
+                    100.0 * experiments::summary::median(first.iter().copied())
                 );
             }
             let spread: Vec<f64> = rows.iter().map(|r| r.measured_max_ms / r.measured_min_ms - 1.0).collect();
@@ -182,7 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "io-bench cost model: the device's own spread (slowest / fastest of {} passes of the same set, \
                  median over sets): {:.1}%",
                 args.passes,
-                100.0 * super::median(spread.iter().copied())
+                100.0 * experiments::summary::median(spread.iter().copied())
             );
             let errs: Vec<f64> = rows.iter().map(|x| x.rel_err.abs()).collect();
             let worst = errs.iter().copied().fold(0.0, f64::max);
@@ -190,9 +192,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!(
                 "io-bench cost model: all {} sets: median |error|={:.1}% worst={:.1}% median signed error={:+.1}%",
                 rows.len(),
-                100.0 * super::median(errs.iter().copied()),
+                100.0 * experiments::summary::median(errs.iter().copied()),
                 100.0 * worst,
-                100.0 * super::median(signed.iter().copied())
+                100.0 * experiments::summary::median(signed.iter().copied())
             );
             super::write_csv(&args.csv, &rows)?;
             println!("wrote {}", args.csv.display());

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use experiments::layout_bench::{run_layout_bench, LayoutBenchConfig};
 use spike_flash::cost::CostModel;
-use spike_flash::io::layout_bench::{run_layout_bench, LayoutBenchConfig};
 use spike_flash::io::{BackendKind, IoConfig};
 use spike_flash::layout::Layout;
 

@@ -5,7 +5,6 @@ pub mod calibrate;
 pub mod convert;
 pub mod fetch_model;
 pub mod flash;
-pub mod flash_bench;
 pub mod generate;
 pub mod io_bench;
 pub mod layout_bench;
@@ -26,18 +25,6 @@ use spike_flash::model::bind::Source;
 use spike_flash::model::fetch::resolve_model;
 use spike_flash::model::tokenizer::Tokenizer;
 
-/// The median of `values` (the mean of the middle two for an even count); NaN when there are none.
-pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.into_iter().collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// A loaded model with its tokenizer.
 pub struct Loaded {
     pub path: PathBuf,
@@ -45,25 +32,13 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
 }
 
-static ACT_PRECISION: std::sync::OnceLock<ActPrecision> = std::sync::OnceLock::new();
-
-/// Sets the activation precision every loaded model uses (the global `--act-precision`).
-pub fn set_act_precision(p: ActPrecision) {
-    let _ = ACT_PRECISION.set(p);
-}
-
-/// The activation precision set by the global `--act-precision`.
-pub fn act_precision() -> ActPrecision {
-    ACT_PRECISION.get().copied().unwrap_or_default()
-}
-
-/// Loads `-m/--model` (or the default model) with its tokenizer.
-pub fn load_model(arg: Option<&Path>) -> anyhow::Result<Loaded> {
+/// Loads `-m/--model` (or the default model) with its tokenizer, at activation precision `precision`.
+pub fn load_model(arg: Option<&Path>, precision: ActPrecision) -> anyhow::Result<Loaded> {
     let path = resolve_model(arg)?;
     let source = Source::open(&path).with_context(|| format!("opening model {}", path.display()))?;
     let tokenizer = source.tokenizer().with_context(|| format!("reading the tokenizer of {}", path.display()))?;
     let mut model = Model::from_source(&source).with_context(|| format!("loading model {}", path.display()))?;
-    model.set_precision(act_precision());
+    model.set_precision(precision);
     Ok(Loaded { path, model, tokenizer })
 }
 
@@ -84,13 +59,7 @@ pub fn write_atomic(
     spike_flash::io::write_atomic(path, fill).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes `rows` as a CSV file with a header, atomically.
+/// Writes `rows` as a CSV file with a header, atomically (see `experiments::summary::write_csv`).
 pub fn write_csv<T: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> anyhow::Result<()> {
-    write_atomic(path, |w| {
-        let mut c = csv::Writer::from_writer(w);
-        for r in rows {
-            c.serialize(r).map_err(std::io::Error::other)?;
-        }
-        c.flush()
-    })
+    experiments::summary::write_csv(path, rows).with_context(|| format!("writing {}", path.display()))
 }

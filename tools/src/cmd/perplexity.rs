@@ -1,21 +1,18 @@
 //! `spike perplexity`.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use predictor::calibrate::Thresholds;
+use predictor::selectors::{PredictedFfn, PredictedReport};
 use predictor::trace::{ModelIdentity, Trace};
 use spike_flash::engine::eval::perplexity;
+use spike_flash::engine::input::ActPrecision;
 use spike_flash::engine::model::{DenseFfn, FfnStep};
 use spike_flash::engine::sparse::{all_rows, Oracle, SparseFfn, SparseStats};
 use spike_flash::model::config::Activation;
-// --predictor
-use predictor::metrics::{Confusion, Quality};
-use predictor::select::Audited;
-use spike_flash::engine::sparse::NeuronSelector;
 
 /// Arguments of `spike perplexity`.
 #[derive(clap::Args, Debug)]
@@ -122,15 +119,20 @@ fn oracle_thresholds(args: &Args, loaded: &super::Loaded, target: Option<f64>) -
     Ok((t, format!("calibrated on {}", tp.display())))
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let (loaded, mut flash_model) = match &args.flash.layout {
-        None => (super::load_model(args.model.as_deref())?, None),
+    let (loaded, mut flash) = match &args.flash.layout {
+        None => (super::load_model(args.model.as_deref(), precision)?, None),
         Some(dir) => {
             anyhow::ensure!(args.model.is_none(), "give either --model or --layout, not both");
-            let (mut fm, model) = super::flash::FlashModel::open(dir)?;
-            let tokenizer = fm.tokenizer.take().expect("a freshly opened layout has its tokenizer");
-            (super::Loaded { path: dir.clone(), model, tokenizer }, Some(fm))
+            anyhow::ensure!(
+                args.sparsity == Mode::Dense,
+                "flash mode selects with --predictor or --oracle, not --sparsity"
+            );
+            let (mut session, ffn, dram) = args.flash.open(dir, precision, true)?;
+            let tokenizer = session.tokenizer.take().expect("a session opened with its tokenizer has it");
+            eprintln!("flash mode: {} backend, cache {}; {dram}", args.flash.backend, args.flash.cache);
+            (super::Loaded { path: dir.clone(), model: session.model, tokenizer }, Some((ffn, dram)))
         }
     };
     let mut tokens = loaded.tokenizer.encode(&text).with_context(|| format!("tokenizing {}", args.file.display()))?;
@@ -165,20 +167,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         thresholds = Some(t);
     }
     let mut predicted = match &args.flash.predictor {
-        Some(p) if flash_model.is_none() => Some(PredictedFfn::new(p, &loaded, args.predictor_recall)?),
+        Some(p) if flash.is_none() => Some(
+            PredictedFfn::new(p, &loaded.model, &loaded.path, args.predictor_recall)
+                .with_context(|| format!("the predictor {} on {}", p.display(), loaded.path.display()))?,
+        ),
         Some(_) => None,
         None => None,
     };
-    let mut flash = None;
-    if let Some(fm) = flash_model.take() {
-        anyhow::ensure!(
-            args.sparsity == Mode::Dense,
-            "flash mode selects with --predictor or --oracle, not --sparsity"
-        );
-        let (ffn, dram) = fm.ffn(&loaded.model, &args.flash, None)?;
-        eprintln!("flash mode: {} backend, cache {}; {dram}", args.flash.backend, args.flash.cache);
-        flash = Some((ffn, dram));
-    }
     let ffn: &mut dyn FfnStep = match (oracle.as_mut(), predicted.as_mut(), flash.as_mut()) {
         (Some(o), _, _) => o,
         (None, Some(p), _) => &mut p.ffn,
@@ -212,7 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let predicted = predicted.map(|p| p.report());
     if let Some(p) = &predicted {
-        p.print();
+        print_predicted(p);
     }
     if let Some(path) = &args.json {
         let sparsity = match args.sparsity {
@@ -262,87 +257,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--predictor`: the sparse FFN over a trained predictor's choices, audited against an oracle when asked.
-struct PredictedFfn {
-    path: PathBuf,
-    ffn: SparseFfn<Box<dyn NeuronSelector>>,
-    audit: Option<Arc<Mutex<Vec<Confusion>>>>,
-    dram_bytes: usize,
-    ranks: Vec<usize>,
-}
-
-/// What a `--predictor` run reports (and writes to the JSON).
-#[derive(serde::Serialize)]
-struct PredictedReport {
-    path: String,
-    ranks: Vec<usize>,
-    dram_bytes: usize,
-    stats: SparseStats,
-    realised_active_fraction: f64,
-    /// Means over layers, against the oracle at the predictor's activation thresholds (`--predictor-recall`).
-    audit: Option<Quality>,
-}
-
-impl PredictedFfn {
-    fn new(path: &Path, loaded: &super::Loaded, audit: bool) -> anyhow::Result<PredictedFfn> {
-        let cfg = loaded.model.config();
-        let pred = predictor::file::read(path)?;
-        let identity =
-            ModelIdentity::of(&loaded.path, cfg).with_context(|| format!("hashing {}", loaded.path.display()))?;
-        pred.check_model(path, &identity)?;
-        let dram_bytes = pred.dram_bytes();
-        let ranks = pred.layers().iter().map(|l| l.weights.rank()).collect();
-        let rows =
-            all_rows(&loaded.model).with_context(|| format!("dequantizing the FFNs of {}", loaded.path.display()))?;
-        let (selector, counts): (Box<dyn NeuronSelector>, _) = if audit {
-            let thresholds = pred.layers().iter().map(|l| l.act_threshold).collect();
-            let oracle = Oracle::new(&loaded.model, rows.clone(), thresholds)?;
-            let audited = Audited::new(pred, oracle, cfg.n_layers, cfg.d_ffn);
-            let counts = audited.counts();
-            (Box::new(audited), Some(counts))
-        } else {
-            (Box::new(pred), None)
-        };
-        Ok(PredictedFfn {
-            path: path.to_path_buf(),
-            ffn: SparseFfn::with_rows(rows, selector),
-            audit: counts,
-            dram_bytes,
-            ranks,
-        })
-    }
-
-    fn report(self) -> PredictedReport {
-        let st = self.ffn.stats;
-        let audit = self.audit.map(|c| Quality::of(&c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
-        PredictedReport {
-            path: self.path.display().to_string(),
-            ranks: self.ranks,
-            dram_bytes: self.dram_bytes,
-            stats: st,
-            realised_active_fraction: st.active as f64 / st.total.max(1) as f64,
-            audit,
-        }
-    }
-}
-
-impl PredictedReport {
-    fn print(&self) {
+/// Prints what a `--predictor` run computed and how well it predicted.
+fn print_predicted(p: &PredictedReport) {
+    println!(
+        "  predictor {}: realised active fraction {:.4} (sparsity {:.4}, {} of {} neuron evaluations); {} bytes in DRAM",
+        p.path,
+        p.realised_active_fraction,
+        1.0 - p.realised_active_fraction,
+        p.stats.active,
+        p.stats.total,
+        p.dram_bytes
+    );
+    if let Some(a) = &p.audit {
         println!(
-            "  predictor {}: realised active fraction {:.4} (sparsity {:.4}, {} of {} neuron evaluations); {} bytes in DRAM",
-            self.path,
-            self.realised_active_fraction,
-            1.0 - self.realised_active_fraction,
-            self.stats.active,
-            self.stats.total,
-            self.dram_bytes
+            "  against the truly active neurons of this text (mean over layers): recall {:.4} (min {:.4}), \
+             precision {:.4}, predicted/true {:.3}, truly active {:.4}",
+            a.recall, a.min_recall, a.precision, a.predicted_true_ratio, a.true_active_fraction
         );
-        if let Some(a) = &self.audit {
-            println!(
-                "  against the truly active neurons of this text (mean over layers): recall {:.4} (min {:.4}), \
-                 precision {:.4}, predicted/true {:.3}, truly active {:.4}",
-                a.recall, a.min_recall, a.precision, a.predicted_true_ratio, a.true_active_fraction
-            );
-        }
     }
 }

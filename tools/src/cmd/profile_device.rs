@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use experiments::chart::{LineChart, Series};
-use spike_flash::io::profile::{run_profile, run_profile_file, DeviceProfile, ProfileConfig};
+use experiments::device::{run_profile, run_profile_file, ProfileConfig};
+use spike_flash::cost::DeviceProfile;
 
 /// Arguments of `spike profile-device`.
 #[derive(clap::Args, Debug)]
@@ -101,7 +102,7 @@ pub fn draw(p: &DeviceProfile, out: &std::path::Path) -> anyhow::Result<Vec<Path
     let mut depths: Vec<usize> = p.points.iter().map(|q| q.queue_depth).collect();
     depths.sort_unstable();
     depths.dedup();
-    let series = |f: fn(&spike_flash::io::profile::ProfilePoint) -> f64| -> Vec<Series> {
+    let series = |f: fn(&spike_flash::cost::ProfilePoint) -> f64| -> Vec<Series> {
         depths
             .iter()
             .map(|&d| Series {
@@ -159,7 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cfg.chunks.len() * cfg.depths.len(),
         cfg.seconds_per_point
     );
-    let mut show = |round: usize, q: &spike_flash::io::profile::ProfilePoint| {
+    let mut show = |round: usize, q: &spike_flash::cost::ProfilePoint| {
         eprintln!(
             "  round {round}  chunk {:>5}  depth {:>3}  {:>8.1} MiB/s  {:>9.0} IOPS  {:>8.1} us",
             experiments::chart::binary_label(q.chunk_bytes as f64),

@@ -31,11 +31,11 @@ pub struct Args {
     split: DocSplit,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, precision: spike_flash::engine::input::ActPrecision) -> anyhow::Result<()> {
     anyhow::ensure!(args.tokens > 0, "--tokens must be at least 1");
     anyhow::ensure!(args.ctx > 0, "--ctx must be at least 1");
     let t0 = Instant::now();
-    let loaded = super::load_model(args.model.as_deref())?;
+    let loaded = super::load_model(args.model.as_deref(), precision)?;
     let identity = ModelIdentity::of(&loaded.path, loaded.model.config())
         .with_context(|| format!("hashing model {}", loaded.path.display()))?;
     let mut docs = Vec::new();

@@ -14,11 +14,15 @@ use std::time::Instant;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::plan::Plan;
-use super::{drop_page_cache, open_backend, process_read_bytes, AlignedBuf, BackendKind, IoConfig, ReadBackend};
-use crate::cost::{neuron_read_set, random_neurons, CostModel};
-use crate::layout::{Layout, FFN_FILE};
-use crate::{Error, Result};
+use spike_flash::cost::CostModel;
+use spike_flash::io::plan::Plan;
+use spike_flash::io::{
+    drop_page_cache, open_backend, process_read_bytes, AlignedBuf, BackendKind, IoConfig, ReadBackend,
+};
+use spike_flash::layout::{Layout, FFN_FILE};
+use spike_flash::{Error, Result};
+
+use crate::cost_validation::{neuron_read_set, random_neurons};
 
 /// What to measure. Build with `LayoutBenchConfig { .., ..LayoutBenchConfig::default() }`.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,4 @@
-//! `spike bench --layout`: the paper's Table 3 on this machine. Each row is one flash configuration (naive,
+//! The paper's Table 3 on this machine (`spike bench --layout`). Each row is one flash configuration (naive,
 //! hybrid, predictor, predictor + window, the same on a split layout, ...), run on the same prompts under the
 //! same DRAM budget; per decoded token the time splits into I/O, memory management, FFN compute and the rest,
 //! and the table shows medians beside the bytes read per token.
@@ -6,18 +6,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
-use spike_flash::engine::flash::TokenRecord;
+use predictor::selectors::{for_layout, Selection};
+use spike_flash::engine::flash::{CacheChoice, FlashConfig, FlashSession};
 use spike_flash::engine::sampler::argmax;
 
-use super::flash::{CacheArg, FlashArgs, FlashModel};
+use crate::record::TokenRecord;
+use crate::summary::{median, write_csv};
+use crate::{Error, Result};
 
 /// One configuration of the table.
 #[derive(Debug, Clone)]
 pub struct RowSpec {
     pub name: String,
     pub layout: PathBuf,
-    pub cache: CacheArg,
+    pub cache: CacheChoice,
     /// What picks the neurons of each token.
     pub selector: Selector,
     /// Overlap the next layer's reads with this layer's compute.
@@ -26,20 +28,65 @@ pub struct RowSpec {
     pub unbudgeted: bool,
 }
 
+impl RowSpec {
+    /// The row named `name` (naive, hybrid, all, window, predictor, predictor+window, oracle, oracle+window,
+    /// oracle+hybrid, each optionally with `+overlap`) on `layout`, its window rows of `window` tokens; the row's
+    /// name gets `suffix`.
+    pub fn parse(name: &str, layout: &Path, window: u32, suffix: &str) -> Result<RowSpec> {
+        use spike_flash::cache::PolicySpec;
+        let (base, overlap) = match name.strip_suffix("+overlap") {
+            Some(b) => (b, true),
+            None => (name, false),
+        };
+        let none = CacheChoice::Policy(PolicySpec::None);
+        let win = CacheChoice::Policy(PolicySpec::Window(window));
+        let (cache, selector) = match base {
+            "naive" => (none, Selector::All),
+            "hybrid" => (CacheChoice::Hybrid, Selector::All),
+            "all" => (CacheChoice::Policy(PolicySpec::All), Selector::All),
+            "window" => (win, Selector::All),
+            "predictor" => (none, Selector::Predictor),
+            "predictor+window" => (win, Selector::Predictor),
+            "oracle" => (none, Selector::Oracle),
+            "oracle+window" => (win, Selector::Oracle),
+            "oracle+hybrid" => (CacheChoice::Hybrid, Selector::Oracle),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown bench row `{other}` (naive, hybrid, all, window, predictor, predictor+window, oracle, \
+                     oracle+window, oracle+hybrid)"
+                )))
+            }
+        };
+        Ok(RowSpec {
+            name: format!("{name}{suffix}"),
+            layout: layout.to_path_buf(),
+            cache,
+            selector,
+            overlap,
+            unbudgeted: base == "all",
+        })
+    }
+}
+
 /// What picks a row's neurons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selector {
     /// Every neuron.
     All,
-    /// The bench's `--predictor`.
+    /// The bench's predictor ([`FlashBench::predictor`]).
     Predictor,
-    /// The bench's `--oracle`: the truly active neurons.
+    /// The bench's oracle ([`FlashBench::oracle`]): the truly active neurons.
     Oracle,
 }
 
 /// Settings of a flash bench run.
-pub struct FlashBench<'a> {
-    pub flash: &'a FlashArgs,
+pub struct FlashBench {
+    /// The settings every row shares (its layout, cache, budget and overlap are set per row).
+    pub flash: FlashConfig,
+    /// The predictor file of the predictor rows.
+    pub predictor: Option<PathBuf>,
+    /// The thresholds file of the oracle rows.
+    pub oracle: Option<PathBuf>,
     pub rows: Vec<RowSpec>,
     /// Prompt token sequences (each decoded from an empty state).
     pub prompts: Vec<Vec<u32>>,
@@ -77,25 +124,33 @@ pub struct RowSummary {
 /// buffers), decodes that prompt and is dropped again. A device whose speed drifts, or switches between modes
 /// as this machine's disk does (results/device/NOTES.md), then weighs on every row alike, and only one row's
 /// memory is held at a time (what a memory cgroup around the bench must allow).
-pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
+pub fn run(b: &FlashBench) -> Result<Vec<RowSummary>> {
+    // Every row's inputs before the first row runs.
+    let selections = b
+        .rows
+        .iter()
+        .map(|row| match row.selector {
+            Selector::All => Ok(Selection::All),
+            Selector::Predictor => b
+                .predictor
+                .clone()
+                .map(Selection::Predictor)
+                .ok_or_else(|| Error::Invalid(format!("row {}: a predictor row needs a predictor file", row.name))),
+            Selector::Oracle => b
+                .oracle
+                .clone()
+                .map(Selection::Oracle)
+                .ok_or_else(|| Error::Invalid(format!("row {}: an oracle row needs a thresholds file", row.name))),
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut per_row: Vec<Vec<TokenRecord>> = vec![Vec::new(); b.rows.len()];
     // Per row: model DRAM in MiB, and neurons per token (layers x d_ffn), from its last setup.
     let mut shape = vec![(0.0, 1.0); b.rows.len()];
     for (pi, prompt) in b.prompts.iter().enumerate() {
         for (ri, row) in b.rows.iter().enumerate() {
-            let (fm, model) = FlashModel::open_with(&row.layout, false)?;
-            let (predictor, oracle) = match row.selector {
-                Selector::All => (None, None),
-                Selector::Predictor => {
-                    (Some(b.flash.predictor.clone().context("a predictor row needs --predictor")?), None)
-                }
-                Selector::Oracle => (None, Some(b.flash.oracle.clone().context("an oracle row needs --oracle")?)),
-            };
-            let args = FlashArgs {
-                layout: Some(row.layout.clone()),
+            let config = FlashConfig {
+                layout: row.layout.clone(),
                 cache: row.cache,
-                predictor,
-                oracle,
                 overlap: row.overlap || b.flash.overlap,
                 budget: if row.unbudgeted { None } else { b.flash.budget },
                 ..b.flash.clone()
@@ -103,7 +158,10 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
             if row.unbudgeted && b.flash.budget.is_some() && pi == 0 {
                 eprintln!("note: row {} holds every neuron in DRAM, outside the budget (the upper bound)", row.name);
             }
-            let (mut ffn, dram) = fm.ffn(&model, &args, None).with_context(|| format!("row {}", row.name))?;
+            let session = FlashSession::open(config, false).map_err(|e| in_row(&row.name, e))?;
+            let selector = for_layout(&session.layout, &selections[ri]).map_err(|e| in_row(&row.name, e))?;
+            let (mut ffn, dram) = session.ffn(selector).map_err(|e| in_row(&row.name, e))?;
+            let model = &session.model;
             let c = model.config();
             shape[ri] = (dram.total as f64 / (1 << 20) as f64, (c.d_ffn * c.n_layers) as f64);
             let recs = &mut per_row[ri];
@@ -127,16 +185,16 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
                 pi + 1,
                 b.prompts.len(),
                 row.name,
-                1e3 / super::median(ms),
+                1e3 / median(ms),
                 b.gen
             );
-            drop((ffn, model, fm));
+            drop((ffn, session));
             spike_flash::io::trim_heap();
         }
     }
     let mut summaries = Vec::new();
     for ((row, recs), (dram_mib, neurons)) in b.rows.iter().zip(&per_row).zip(shape) {
-        let m = |g: &dyn Fn(&TokenRecord) -> f64| super::median(recs.iter().map(g));
+        let m = |g: &dyn Fn(&TokenRecord) -> f64| median(recs.iter().map(g));
         let total = m(&|r| r.total_ms);
         summaries.push(RowSummary {
             row: row.name.clone(),
@@ -144,7 +202,7 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
             io_ms: m(&|r| r.io_ms),
             io_copy_ms: m(&|r| r.io_copy_ms),
             predicted_io_ms: m(&|r| r.predicted_io_ms),
-            predicted_over_measured: super::median(
+            predicted_over_measured: median(
                 recs.iter()
                     .filter(|r| r.io_ms > 0.0 && r.bytes_read > 0 && r.predicted_io_ms > 0.0)
                     .map(|r| r.predicted_io_ms / r.io_ms),
@@ -161,12 +219,17 @@ pub fn run(b: &FlashBench) -> anyhow::Result<Vec<RowSummary>> {
         });
     }
     let all: Vec<TokenRecord> = per_row.into_iter().flatten().collect();
-    super::write_csv(&b.csv, &all)?;
+    write_csv(&b.csv, &all)?;
     print_table(&summaries);
     let summary_path = b.csv.with_extension("summary.csv");
-    super::write_csv(&summary_path, &summaries)?;
+    write_csv(&summary_path, &summaries)?;
     eprintln!("wrote per-token rows to {} and the table to {}", b.csv.display(), summary_path.display());
     Ok(summaries)
+}
+
+/// An error while setting up row `name`, saying which row.
+fn in_row(name: &str, e: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("row {name}: {e}"))
 }
 
 fn print_table(rows: &[RowSummary]) {
@@ -205,12 +268,13 @@ fn print_table(rows: &[RowSummary]) {
 }
 
 /// Prompts: `n` consecutive pieces of `len` tokens from the start of `text`'s tokens.
-pub fn prompts_from(tokens: &[u32], n: usize, len: usize, path: &Path) -> anyhow::Result<Vec<Vec<u32>>> {
-    anyhow::ensure!(
-        tokens.len() >= n * len,
-        "{}: {} tokens, fewer than {n} prompts of {len}",
-        path.display(),
-        tokens.len()
-    );
+pub fn prompts_from(tokens: &[u32], n: usize, len: usize, path: &Path) -> Result<Vec<Vec<u32>>> {
+    if tokens.len() < n * len {
+        return Err(Error::Invalid(format!(
+            "{}: {} tokens, fewer than {n} prompts of {len}",
+            path.display(),
+            tokens.len()
+        )));
+    }
     Ok(tokens.chunks_exact(len).take(n).map(<[u32]>::to_vec).collect())
 }

@@ -1,110 +1,15 @@
-//! The device profiler: random O_DIRECT reads through io_uring over a scratch file, throughput and mean
-//! latency per (chunk size, queue depth). This is the curve of the paper's Figure 2b for this machine, and
-//! the table the cost model reads.
-//!
-//! The scratch file is created with `O_TMPFILE` in the chosen folder, so it never has a name: the kernel frees
-//! it when the process exits, however it exits (error, Ctrl-C, kill). Where `O_TMPFILE` is unsupported the
-//! file is created under a name and unlinked at once, leaving a window of one system call.
+//! The device profiler: random O_DIRECT reads through io_uring over a scratch file (or an existing file),
+//! throughput and mean latency per (chunk size, queue depth). This is the curve of the paper's Figure 2b for
+//! the machine it runs on, and the table the cost model reads ([`spike_flash::cost::DeviceProfile`]).
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-
-use super::{AlignedBuf, IoConfig, IoStats, ReadBackend, ReadReq, UringBackend};
-use crate::{Error, Result};
-
-/// The byte the scratch files hold at `offset`: never zero, different from block to block, so a read that
-/// returned zeros or the wrong block is caught.
-pub fn pattern_byte(offset: u64) -> u8 {
-    (splitmix64(offset >> 3) >> ((offset & 7) * 8)) as u8 | 1
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Fills `out` with [`pattern_byte`] of `offset..offset + out.len()`.
-pub fn fill_pattern(offset: u64, out: &mut [u8]) {
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = pattern_byte(offset + i as u64);
-    }
-}
-
-/// An unnamed file of pattern bytes that vanishes with the process (see the module documentation).
-pub struct ScratchFile {
-    file: File,
-    /// `/proc/self/fd/N`: a path through which the file can be opened again, with O_DIRECT.
-    path: PathBuf,
-    dir: PathBuf,
-    len: u64,
-}
-
-impl ScratchFile {
-    /// Creates a file of `len` [`pattern_byte`]s in `dir`, fsynced and dropped from the page cache.
-    pub fn create(dir: &Path, len: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let file = match std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).open(dir) {
-            Ok(f) => f,
-            Err(_) => {
-                let named = dir.join(format!(".spike-scratch-{}", std::process::id()));
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&named)
-                    .map_err(|e| Error::io(&named, e))?;
-                std::fs::remove_file(&named).map_err(|e| Error::io(&named, e))?;
-                f
-            }
-        };
-        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let chunk = 8 << 20;
-        let mut block = vec![0u8; chunk];
-        let mut at = 0u64;
-        while at < len {
-            let n = chunk.min((len - at) as usize);
-            fill_pattern(at, &mut block[..n]);
-            file.write_all_at(&block[..n], at).map_err(|e| Error::io(dir, e))?;
-            at += n as u64;
-        }
-        file.sync_all().map_err(|e| Error::io(dir, e))?;
-        // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is open for the whole call.
-        // Dropping the cached pages is a courtesy (O_DIRECT reads bypass them anyway), so its result is ignored.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        Ok(ScratchFile { file, path, dir: dir.to_path_buf(), len })
-    }
-
-    /// A path that opens this file (valid while `self` lives, in this process only).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The folder it lives in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The open file.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-}
+use spike_flash::cost::{DeviceProfile, ProfilePoint, PROFILE_FORMAT, PROFILE_VERSION};
+use spike_flash::io::{AlignedBuf, IoConfig, IoStats, ReadBackend, ReadReq, ScratchFile, UringBackend};
+use spike_flash::{Error, Result};
 
 /// What to measure. Build with `ProfileConfig { .., ..ProfileConfig::default() }`, check with
 /// [`ProfileConfig::validated`].
@@ -166,75 +71,6 @@ impl ProfileConfig {
             return bad(format!("rounds {} is not in 1..=100", self.rounds));
         }
         Ok(self)
-    }
-}
-
-/// One measured point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProfilePoint {
-    pub chunk_bytes: usize,
-    pub queue_depth: usize,
-    pub reads: u64,
-    pub bytes: u64,
-    pub seconds: f64,
-    /// Throughput, MiB/s.
-    pub mib_s: f64,
-    pub iops: f64,
-    /// Mean time from submission to completion of one read, microseconds.
-    pub mean_latency_us: f64,
-}
-
-/// A device profile: where and how it was measured, and the points.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceProfile {
-    /// Always `"spike-device-profile"`.
-    pub format: String,
-    pub version: u32,
-    /// The folder the scratch file lived in (so, the file system and device measured).
-    pub dir: String,
-    /// The existing file that was read instead of a scratch file (`spike profile-device --file`), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    pub file_size: u64,
-    /// Always `"uring"` with `direct: true` for profiles made by [`run_profile`]: reads bypassed the page cache.
-    pub backend: String,
-    pub direct: bool,
-    /// Offsets were random multiples of this.
-    pub offset_align: usize,
-    pub kernel: String,
-    pub created_unix: u64,
-    pub points: Vec<ProfilePoint>,
-}
-
-pub const PROFILE_FORMAT: &str = "spike-device-profile";
-pub const PROFILE_VERSION: u32 = 1;
-
-impl DeviceProfile {
-    /// Reads a profile written by [`DeviceProfile::save`].
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let p: DeviceProfile = serde_json::from_str(&text)
-            .map_err(|e| Error::Invalid(format!("{}: not a device profile: {e}", path.display())))?;
-        if p.format != PROFILE_FORMAT || p.version != PROFILE_VERSION {
-            return Err(Error::Invalid(format!(
-                "{}: format {:?} version {} (expected {PROFILE_FORMAT:?} version {PROFILE_VERSION})",
-                path.display(),
-                p.format,
-                p.version
-            )));
-        }
-        Ok(p)
-    }
-
-    /// Writes the profile as pretty JSON, atomically.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(format!("profile to JSON: {e}")))?;
-        super::write_atomic(path, |w| w.write_all(text.as_bytes()).and_then(|_| w.write_all(b"\n")))
-    }
-
-    /// The point measured at exactly this chunk size and depth.
-    pub fn point(&self, chunk_bytes: usize, queue_depth: usize) -> Option<&ProfilePoint> {
-        self.points.iter().find(|p| p.chunk_bytes == chunk_bytes && p.queue_depth == queue_depth)
     }
 }
 
@@ -394,27 +230,7 @@ fn profile_path(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pattern_is_nonzero_and_varies() {
-        let mut v = vec![0u8; 8192];
-        fill_pattern(4096, &mut v);
-        assert!(v.iter().all(|&b| b != 0));
-        assert_eq!(v[5], pattern_byte(4101));
-        let mut w = vec![0u8; 8192];
-        fill_pattern(0, &mut w);
-        assert_ne!(v[..4096], w[..4096]);
-    }
-
-    #[test]
-    fn scratch_file_is_unnamed_and_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = ScratchFile::create(dir.path(), 1 << 20).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the scratch file has no name");
-        let data = std::fs::read(s.path()).unwrap();
-        assert_eq!(data.len(), 1 << 20);
-        assert_eq!(data[12345], pattern_byte(12345));
-    }
+    use spike_flash::io::fill_pattern;
 
     #[test]
     fn tiny_profile_runs() {

@@ -7,11 +7,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use experiments::cost_validation::{neuron_read_set, random_neurons, validate_layout};
+use experiments::device::{run_profile_file, ProfileConfig};
+use experiments::layout_bench::{run_layout_bench, LayoutBenchConfig};
 use rand::SeedableRng;
-use spike_flash::cost::{neuron_read_set, random_neurons, validate_layout, CostModel};
+use spike_flash::cost::CostModel;
 use spike_flash::engine::model::Model;
-use spike_flash::io::layout_bench::{run_layout_bench, LayoutBenchConfig};
-use spike_flash::io::profile::{run_profile_file, ProfileConfig};
 use spike_flash::io::{open_backend, AlignedBuf, BackendKind, IoConfig};
 use spike_flash::layout::{self, ConvertOptions, Layout, LayoutKind, FFN_FILE};
 use spike_flash::model::bind::Source;

@@ -1,0 +1,36 @@
+//! The flash FFN's counters: cumulative, so that two snapshots bracket the work between them. The
+//! `experiments` crate turns a pair of snapshots into a per-token record.
+
+use crate::io::IoStats;
+
+/// Counters of a flash FFN, cumulative; the difference between two snapshots describes the tokens between.
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct FlashStats {
+    /// Calls (layer x token batch).
+    pub calls: u64,
+    /// Token x layer pairs computed.
+    pub token_layers: u64,
+    /// Neurons selected, summed over tokens and layers.
+    pub neurons_active: u64,
+    /// Neurons whose records were read from flash.
+    pub neurons_read: u64,
+    /// Neuron rows the FFN was computed over (active rows plus any extra cached rows computed).
+    pub neurons_computed: u64,
+    /// Time choosing the active neurons (the predictor or oracle).
+    pub select_ns: u64,
+    /// Wall time of the batched reads (waiting for the device, and the backend's copy-out).
+    pub io_ns: u64,
+    /// Time placing rows: building read lists, cache bookkeeping and row copies.
+    pub mm_ns: u64,
+    /// Time computing the FFN over the rows.
+    pub compute_ns: u64,
+    /// The cost model's predicted time for the same reads (0 without a cost model).
+    pub predicted_io_ns: u64,
+}
+
+/// A snapshot of a flash FFN's counters; two snapshots bracket the work between them.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub flash: FlashStats,
+    pub io: IoStats,
+}
