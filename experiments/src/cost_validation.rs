@@ -11,6 +11,8 @@ use spike_flash::io::{AlignedBuf, ReadBackend, ReadReq};
 use spike_flash::layout::Layout;
 use spike_flash::{Error, Result};
 
+use crate::summary::median;
+
 /// One read set measured against its prediction (see [`validate_sets`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct ValidationRow {
@@ -202,6 +204,39 @@ pub fn validate_sets(
             }
         })
         .collect())
+}
+
+/// How far predictions were from measurements over a group of validation rows, as fractions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ErrorSummary {
+    pub sets: usize,
+    /// Median of |predicted - measured| / measured.
+    pub median_abs: f64,
+    pub worst_abs: f64,
+    /// Median of (predicted - measured) / measured.
+    pub median_signed: f64,
+    /// Median |error| against each set's first pass alone.
+    pub median_abs_first: f64,
+}
+
+impl ErrorSummary {
+    /// The summary of the rows at queue depth `depth` (every row when `None`).
+    pub fn of(rows: &[ValidationRow], depth: Option<usize>) -> ErrorSummary {
+        let rows: Vec<&ValidationRow> = rows.iter().filter(|r| depth.is_none_or(|d| r.depth == d)).collect();
+        let abs: Vec<f64> = rows.iter().map(|r| r.rel_err.abs()).collect();
+        ErrorSummary {
+            sets: rows.len(),
+            median_abs: median(abs.iter().copied()),
+            worst_abs: abs.iter().copied().fold(0.0, f64::max),
+            median_signed: median(rows.iter().map(|r| r.rel_err)),
+            median_abs_first: median(rows.iter().map(|r| ((r.predicted_ms - r.first_ms) / r.first_ms).abs())),
+        }
+    }
+}
+
+/// The device's own spread on identical work: median over sets of slowest / fastest pass - 1.
+pub fn device_spread(rows: &[ValidationRow]) -> f64 {
+    median(rows.iter().map(|r| r.measured_max_ms / r.measured_min_ms - 1.0))
 }
 
 #[cfg(test)]

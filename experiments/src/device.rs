@@ -2,7 +2,7 @@
 //! throughput and mean latency per (chunk size, queue depth). This is the curve of the paper's Figure 2b for
 //! the machine it runs on, and the table the cost model reads ([`spike_flash::cost::DeviceProfile`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use spike_flash::cost::{DeviceProfile, ProfilePoint, PROFILE_FORMAT, PROFILE_VERSION};
 use spike_flash::io::{AlignedBuf, IoConfig, IoStats, ReadBackend, ReadReq, ScratchFile, UringBackend};
 use spike_flash::{Error, Result};
+
+use crate::chart::{LineChart, Series};
 
 /// What to measure. Build with `ProfileConfig { .., ..ProfileConfig::default() }`, check with
 /// [`ProfileConfig::validated`].
@@ -225,6 +227,82 @@ fn profile_path(
         created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         points,
     })
+}
+
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    chunk_bytes: usize,
+    queue_depth: usize,
+    reads: u64,
+    bytes: u64,
+    seconds: f64,
+    mib_s: f64,
+    iops: f64,
+    mean_latency_us: f64,
+    backend: &'a str,
+    direct: bool,
+    dir: &'a str,
+    kernel: &'a str,
+}
+
+/// Writes the profile's CSV (long format, one row per point).
+pub fn write_profile_csv(p: &DeviceProfile, path: &Path) -> Result<()> {
+    crate::summary::write_csv(
+        path,
+        p.points.iter().map(|q| Row {
+            chunk_bytes: q.chunk_bytes,
+            queue_depth: q.queue_depth,
+            reads: q.reads,
+            bytes: q.bytes,
+            seconds: q.seconds,
+            mib_s: q.mib_s,
+            iops: q.iops,
+            mean_latency_us: q.mean_latency_us,
+            backend: &p.backend,
+            direct: p.direct,
+            dir: &p.dir,
+            kernel: &p.kernel,
+        }),
+    )
+}
+
+/// Draws throughput and latency against chunk size, one line per queue depth.
+pub fn draw_profile(p: &DeviceProfile, out: &Path) -> crate::Result<Vec<PathBuf>> {
+    let mut depths: Vec<usize> = p.points.iter().map(|q| q.queue_depth).collect();
+    depths.sort_unstable();
+    depths.dedup();
+    let series = |f: fn(&ProfilePoint) -> f64| -> Vec<Series> {
+        depths
+            .iter()
+            .map(|&d| Series {
+                label: format!("queue depth {d}"),
+                points: p.points.iter().filter(|q| q.queue_depth == d).map(|q| (q.chunk_bytes as f64, f(q))).collect(),
+            })
+            .collect()
+    };
+    let mut written = Vec::new();
+    let charts = [
+        ("device-profile", "Random O_DIRECT reads (io_uring): throughput", "MiB/s", series(|q| q.mib_s)),
+        (
+            "device-latency",
+            "Random O_DIRECT reads (io_uring): mean latency",
+            "microseconds",
+            series(|q| q.mean_latency_us),
+        ),
+    ];
+    for (name, title, y, s) in charts {
+        let chart = LineChart {
+            title: format!("{title} ({})", p.dir),
+            x_label: "chunk size (bytes, log2 scale)".into(),
+            y_label: y.into(),
+            log2_x: true,
+            series: s,
+        };
+        let (png, svg) = (out.join(format!("{name}.png")), out.join(format!("{name}.svg")));
+        chart.write(&png, &svg)?;
+        written.extend([png, svg]);
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -12,5 +12,6 @@ pub mod layout_bench;
 pub mod record;
 pub mod summary;
 pub mod table3;
+pub mod trace_stats;
 
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use experiments::cost_validation::{validate, validate_layout};
+use experiments::cost_validation::{device_spread, validate, validate_layout, ErrorSummary};
 use experiments::device::measure_random;
 use spike_flash::cost::CostModel;
 use spike_flash::io::ScratchFile;
@@ -161,40 +161,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let kind = if layout.is_some() { "layout sets (one layer's neurons, 1 to all)" } else { "mixed sets" };
             println!("io-bench cost model: {} {kind} of {} ({} bytes)", rows.len(), path.display(), file_len);
             for &depth in &args.depths {
-                let errs: Vec<f64> = rows.iter().filter(|r| r.depth == depth).map(|x| x.rel_err.abs()).collect();
-                let signed: Vec<f64> = rows.iter().filter(|r| r.depth == depth).map(|x| x.rel_err).collect();
-                let first: Vec<f64> = rows
-                    .iter()
-                    .filter(|r| r.depth == depth)
-                    .map(|x| ((x.predicted_ms - x.first_ms) / x.first_ms).abs())
-                    .collect();
-                let worst = errs.iter().copied().fold(0.0, f64::max);
+                let e = ErrorSummary::of(&rows, Some(depth));
                 println!(
                     "io-bench cost model: backend={name} depth={depth} sets={} ({cache}) median |error|={:.1}% \
                      worst={:.1}% median signed={:+.1}% (first passes only: median |error|={:.1}%)",
-                    errs.len(),
-                    100.0 * experiments::summary::median(errs.iter().copied()),
-                    100.0 * worst,
-                    100.0 * experiments::summary::median(signed.iter().copied()),
-                    100.0 * experiments::summary::median(first.iter().copied())
+                    e.sets,
+                    100.0 * e.median_abs,
+                    100.0 * e.worst_abs,
+                    100.0 * e.median_signed,
+                    100.0 * e.median_abs_first
                 );
             }
-            let spread: Vec<f64> = rows.iter().map(|r| r.measured_max_ms / r.measured_min_ms - 1.0).collect();
             println!(
                 "io-bench cost model: the device's own spread (slowest / fastest of {} passes of the same set, \
                  median over sets): {:.1}%",
                 args.passes,
-                100.0 * experiments::summary::median(spread.iter().copied())
+                100.0 * device_spread(&rows)
             );
-            let errs: Vec<f64> = rows.iter().map(|x| x.rel_err.abs()).collect();
-            let worst = errs.iter().copied().fold(0.0, f64::max);
-            let signed: Vec<f64> = rows.iter().map(|x| x.rel_err).collect();
+            let e = ErrorSummary::of(&rows, None);
             println!(
                 "io-bench cost model: all {} sets: median |error|={:.1}% worst={:.1}% median signed error={:+.1}%",
-                rows.len(),
-                100.0 * experiments::summary::median(errs.iter().copied()),
-                100.0 * worst,
-                100.0 * experiments::summary::median(signed.iter().copied())
+                e.sets,
+                100.0 * e.median_abs,
+                100.0 * e.worst_abs,
+                100.0 * e.median_signed
             );
             super::write_csv(&args.csv, &rows)?;
             println!("wrote {}", args.csv.display());

@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use experiments::chart::{LineChart, Series};
-use experiments::device::{run_profile, run_profile_file, ProfileConfig};
-use spike_flash::cost::DeviceProfile;
+use experiments::device::{draw_profile, run_profile, run_profile_file, write_profile_csv, ProfileConfig};
 
 /// Arguments of `spike profile-device`.
 #[derive(clap::Args, Debug)]
@@ -60,82 +58,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
-#[derive(serde::Serialize)]
-struct Row<'a> {
-    chunk_bytes: usize,
-    queue_depth: usize,
-    reads: u64,
-    bytes: u64,
-    seconds: f64,
-    mib_s: f64,
-    iops: f64,
-    mean_latency_us: f64,
-    backend: &'a str,
-    direct: bool,
-    dir: &'a str,
-    kernel: &'a str,
-}
-
-/// Writes the profile's CSV (long format, one row per point).
-pub fn write_csv(p: &DeviceProfile, path: &std::path::Path) -> anyhow::Result<()> {
-    super::write_csv(
-        path,
-        p.points.iter().map(|q| Row {
-            chunk_bytes: q.chunk_bytes,
-            queue_depth: q.queue_depth,
-            reads: q.reads,
-            bytes: q.bytes,
-            seconds: q.seconds,
-            mib_s: q.mib_s,
-            iops: q.iops,
-            mean_latency_us: q.mean_latency_us,
-            backend: &p.backend,
-            direct: p.direct,
-            dir: &p.dir,
-            kernel: &p.kernel,
-        }),
-    )
-}
-
-/// Draws throughput and latency against chunk size, one line per queue depth.
-pub fn draw(p: &DeviceProfile, out: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut depths: Vec<usize> = p.points.iter().map(|q| q.queue_depth).collect();
-    depths.sort_unstable();
-    depths.dedup();
-    let series = |f: fn(&spike_flash::cost::ProfilePoint) -> f64| -> Vec<Series> {
-        depths
-            .iter()
-            .map(|&d| Series {
-                label: format!("queue depth {d}"),
-                points: p.points.iter().filter(|q| q.queue_depth == d).map(|q| (q.chunk_bytes as f64, f(q))).collect(),
-            })
-            .collect()
-    };
-    let mut written = Vec::new();
-    let charts = [
-        ("device-profile", "Random O_DIRECT reads (io_uring): throughput", "MiB/s", series(|q| q.mib_s)),
-        (
-            "device-latency",
-            "Random O_DIRECT reads (io_uring): mean latency",
-            "microseconds",
-            series(|q| q.mean_latency_us),
-        ),
-    ];
-    for (name, title, y, s) in charts {
-        let chart = LineChart {
-            title: format!("{title} ({})", p.dir),
-            x_label: "chunk size (bytes, log2 scale)".into(),
-            y_label: y.into(),
-            log2_x: true,
-            series: s,
-        };
-        let (png, svg) = (out.join(format!("{name}.png")), out.join(format!("{name}.svg")));
-        chart.write(&png, &svg).with_context(|| format!("drawing {}", png.display()))?;
-        written.extend([png, svg]);
-    }
-    Ok(written)
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = ProfileConfig {
         file_size: args.file_size,
@@ -178,8 +100,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let json = args.out.join("device-profile.json");
     profile.save(&json)?;
     let csv = args.out.join("device-profile.csv");
-    write_csv(&profile, &csv)?;
-    let charts = draw(&profile, &args.out)?;
+    write_profile_csv(&profile, &csv).with_context(|| format!("writing {}", csv.display()))?;
+    let charts = draw_profile(&profile, &args.out)?;
     println!("wrote {}", json.display());
     println!("wrote {}", csv.display());
     for c in charts {
