@@ -33,9 +33,9 @@
 # shallow clone's count, not llama.cpp's bNNNN release number); summary.md also names the full commit from
 # llama-cpp-python's changelog.
 # Numbers taken while other processes compete for the cores are not measurements: check the load averages in
-# machine.json. llama.cpp suffers far more than Spike from it (its OpenMP threads spin while they wait): in a
-# smoke run at nice 19 under a load average of 7-9 on a 2-core host its decode fell to 4.8 tok/s, against
-# 192 that issue 17 reports on an idle AMD EPYC host of the same kind.
+# machine.json. Contention hurts llama.cpp far more than Spike (it meets its threads at an OpenMP barrier after
+# every operation): in a smoke run at nice 19 under a load average of 7-9 on a 2-core host its decode fell to
+# 4.8 tok/s, against the 192 that issue 17 reports on an idle AMD EPYC host of the same kind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
