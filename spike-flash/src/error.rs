@@ -64,6 +64,14 @@ pub enum Error {
     #[error("{}: {what}", path.display())]
     Layout { path: PathBuf, what: String },
 
+    /// A file is shorter (or longer) than what describes it says: `len` bytes where `expected` were due.
+    #[error("{}: is {len} bytes, {what} says {expected}: truncated, or from another conversion", path.display())]
+    Length { path: PathBuf, len: u64, expected: u64, what: String },
+
+    /// A stored checksum does not match the bytes it covers; `place` says which bytes.
+    #[error("{}: {place}: crc32c {computed:08x}, the manifest says {stored:08x}: the file is damaged", path.display())]
+    Checksum { path: PathBuf, place: String, stored: u32, computed: u32 },
+
     /// A DRAM budget of `budget` bytes cannot hold the `needed` bytes of what it must; `what` says what and by
     /// how much.
     #[error("the DRAM budget of {budget} bytes falls short {what}")]

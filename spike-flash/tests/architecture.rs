@@ -79,7 +79,8 @@ fn uses() -> BTreeMap<String, BTreeSet<String>> {
             rel.display()
         );
         let text = std::fs::read_to_string(&f).unwrap();
-        let used = crate_uses(&text).into_iter().filter(|u| modules.contains(u.as_str()) && *u != module);
+        let used: Vec<String> =
+            crate_uses(&text).into_iter().filter(|u| modules.contains(u.as_str()) && *u != module).collect();
         out.entry(module).or_default().extend(used);
     }
     out

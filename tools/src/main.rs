@@ -65,6 +65,7 @@ fn parse_precision(s: &str) -> Result<ActPrecision, String> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
     let precision = cli.act_precision;
     spike_flash::engine::run_in_pool(threads, || dispatch(cli.command, precision))?
 }

@@ -15,7 +15,7 @@ pub mod sparse;
 /// to the pool and sleeping until it returns, which matters when a token makes hundreds of parallel calls.
 pub fn run_in_pool<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> crate::Result<R> {
     if n == 0 {
-        return Err(crate::Error::Invalid("--threads must be at least 1".into()));
+        return Err(crate::Error::Invalid("a compute pool needs at least 1 thread".into()));
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)

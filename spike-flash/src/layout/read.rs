@@ -133,10 +133,7 @@ impl Layout {
         let f = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
         let len = f.metadata().map_err(|e| Error::io(&ffn_path, e))?.len();
         if len != m.ffn.len {
-            return Err(err(
-                &ffn_path,
-                format!("is {len} bytes, the manifest says {}: truncated, or from another conversion", m.ffn.len),
-            ));
+            return Err(Error::Length { path: ffn_path, len, expected: m.ffn.len, what: "the manifest".into() });
         }
         let mut h = [0u8; HEADER_USED];
         f.read_exact_at(&mut h, 0).map_err(|e| Error::io(&ffn_path, e))?;
@@ -326,10 +323,12 @@ impl Layout {
         for (name, &want) in &self.manifest.resident.tensors {
             let crc = crc32c::crc32c(g.tensor_data(name)?);
             if crc != want {
-                return Err(err(
-                    &rpath,
-                    format!("tensor `{name}`: crc32c {crc:08x}, the manifest says {want:08x}: the file is damaged"),
-                ));
+                return Err(Error::Checksum {
+                    path: rpath,
+                    place: format!("tensor `{name}`"),
+                    stored: want,
+                    computed: crc,
+                });
             }
         }
         let hf = g.get(super::HF_CONFIG_KEY).is_some();
