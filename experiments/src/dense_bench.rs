@@ -48,13 +48,14 @@ pub fn run(model: &Model, path: &Path, b: &DenseBench, progress: &mut dyn FnMut(
     if b.reps == 0 || b.prompt == 0 || b.gen == 0 {
         return Err(Error::Invalid("the repeats, prompt and generated tokens must be positive".into()));
     }
+    // The state first: it checks the sizes against the model before anything is allocated.
+    let mut state = model.try_new_state(b.prompt.max(b.gen + 1))?;
     let vocab = model.config().vocab_size as u64;
     // Fixed pseudo-random prompt tokens (llama-bench also benchmarks on arbitrary tokens).
     let prompt: Vec<u32> = (0..b.prompt as u64).map(|i| ((i * 2_654_435_761 + 12_345) % vocab) as u32).collect();
     let threads = spike_flash::engine::threads();
     let isa = format!("{:?}", kernels::isa());
     let precision = format!("{:?}", model.precision()).to_lowercase();
-    let mut state = model.new_state(b.prompt.max(b.gen + 1));
     // Warm-up: touches every weight once so the first repeat does not pay for page faults.
     model.forward(&mut state, &prompt[..prompt.len().min(8)], false)?;
 

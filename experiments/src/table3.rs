@@ -166,7 +166,7 @@ pub fn run(b: &FlashBench) -> Result<Vec<RowSummary>> {
             shape[ri] = (dram.total as f64 / (1 << 20) as f64, (c.d_ffn * c.n_layers) as f64);
             let recs = &mut per_row[ri];
             let first = recs.len();
-            let mut state = model.new_state(prompt.len() + b.gen + 1);
+            let mut state = model.try_new_state(prompt.len() + b.gen + 1)?;
             let mut logits = model.forward_with(&mut state, prompt, prompt.len() - 1, &mut ffn)?;
             for _ in 0..b.gen {
                 let next = argmax(&logits);

@@ -737,7 +737,7 @@ pub fn record(
     if cfg.ctx == 0 || cfg.ctx > writer.ctx {
         return Err(Error::Invalid(format!("ctx {} must be 1..={} (the writer's)", cfg.ctx, writer.ctx)));
     }
-    let mut state = model.new_state(cfg.ctx);
+    let mut state = model.try_new_state(cfg.ctx)?;
     'docs: for doc in docs {
         for (i, chunk) in doc.chunks(cfg.ctx).enumerate() {
             let room = cfg.max_tokens.saturating_sub(writer.n_tokens());

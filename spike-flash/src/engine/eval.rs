@@ -41,7 +41,7 @@ pub fn perplexity(
     }
     let vocab = model.config().vocab_size;
     let first = n_ctx / 2;
-    let mut state = model.new_state(n_ctx);
+    let mut state = model.try_new_state(n_ctx)?;
     let (mut sum, mut sum2, mut count) = (0.0f64, 0.0f64, 0usize);
     for c in 0..chunks {
         let chunk = &tokens[c * n_ctx..(c + 1) * n_ctx];

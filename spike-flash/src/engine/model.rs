@@ -270,7 +270,8 @@ impl Model {
         }
     }
 
-    /// A fresh state holding up to `max_seq` tokens.
+    /// A fresh state holding up to `max_seq` tokens, for sizes the caller knows to be small (tests, fixed
+    /// windows); a size that comes from input goes through [`Model::try_new_state`].
     pub fn new_state(&self, max_seq: usize) -> State {
         let len = self.p.cfg.n_layers * max_seq * self.p.cfg.kv_dim();
         State {
@@ -281,6 +282,52 @@ impl Model {
             scratch: Scratch::default(),
             dense: DenseFfn::default(),
         }
+    }
+
+    /// The longest sequence the model addresses: its context length, or its position table's rows; `None` when
+    /// the model file records neither.
+    pub fn max_context(&self) -> Option<usize> {
+        let c = &self.p.cfg;
+        [c.context_length, c.max_positions].into_iter().find(|&n| n > 0)
+    }
+
+    /// A fresh state holding up to `max_seq` tokens, checked before anything is allocated: at least one
+    /// token, no longer than the model's context ([`Model::max_context`]), and a KV cache that fits in the
+    /// memory the system has available (`MemAvailable` of `/proc/meminfo`, where it can be read).
+    pub fn try_new_state(&self, max_seq: usize) -> Result<State> {
+        if max_seq == 0 {
+            return Err(Error::Invalid("a sequence of 0 tokens".into()));
+        }
+        if let Some(ctx) = self.max_context().filter(|&c| max_seq > c) {
+            return Err(Error::Invalid(format!(
+                "a sequence of {max_seq} tokens is longer than the model's context of {ctx} tokens"
+            )));
+        }
+        let len = self.p.cfg.n_layers.checked_mul(max_seq).and_then(|x| x.checked_mul(self.p.cfg.kv_dim()));
+        let bytes = len.and_then(|l| l.checked_mul(2 * std::mem::size_of::<f32>()));
+        let (Some(len), Some(bytes)) = (len, bytes) else {
+            return Err(Error::Invalid(format!("a KV cache for {max_seq} tokens overflows the address space")));
+        };
+        if let Some(avail) = available_memory().filter(|&a| bytes as u64 > a) {
+            return Err(Error::Invalid(format!(
+                "a KV cache for {max_seq} tokens takes {bytes} bytes, more than the {avail} bytes of memory available"
+            )));
+        }
+        let zeros = |what: &str| -> Result<Vec<f32>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len)
+                .map_err(|e| Error::Invalid(format!("allocating the {what} cache for {max_seq} tokens: {e}")))?;
+            v.resize(len, 0.0);
+            Ok(v)
+        };
+        Ok(State {
+            pos: 0,
+            max_seq,
+            k_cache: zeros("key")?,
+            v_cache: zeros("value")?,
+            scratch: Scratch::default(),
+            dense: DenseFfn::default(),
+        })
     }
 
     /// Runs `tokens` through the model with the dense FFN and returns the logits of every new position
@@ -499,4 +546,12 @@ fn add_into(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes, where it can be read.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

@@ -57,12 +57,14 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     if let Some(layout) = &args.flash.layout {
         return run_flash(&args, layout, precision);
     }
+    args.flash.check_unused(&[])?;
     let csv = args.csv.clone().unwrap_or_else(|| PathBuf::from("results/bench/dense.csv"));
     let loaded = super::load_model(args.model.as_deref(), precision)?;
     let b = DenseBench { prompt: args.prompt, gen: args.gen, reps: args.reps };
     let bar = ProgressBar::new((2 * args.reps) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("the template is valid"));
-    let rows = dense_bench::run(&loaded.model, &loaded.path, &b, &mut || bar.inc(1))?;
+    let rows = dense_bench::run(&loaded.model, &loaded.path, &b, &mut || bar.inc(1))
+        .with_context(|| format!("--prompt {} and --gen {}", args.prompt, args.gen))?;
     bar.finish_and_clear();
     super::write_csv(&csv, &rows)?;
     let first = rows.first().expect("a bench with repeats has rows");

@@ -29,6 +29,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    super::check_fraction(args.valid_fraction, "--valid-fraction")?;
     let t0 = Instant::now();
     let trace = Trace::open(&args.trace)?;
     let meta = trace.meta();

@@ -113,6 +113,31 @@ impl FlashArgs {
         })
     }
 
+    /// Without `--layout`, the flash options given (other than those in `allowed`) would be ignored: an error
+    /// naming the first.
+    pub fn check_unused(&self, allowed: &[&str]) -> anyhow::Result<()> {
+        let defaults = IoArgs { io_align: 4096, max_gap: 0, max_merge: 1 << 20, queue_depth: 32 };
+        let given = [
+            ("backend", self.backend != BackendKind::Uring),
+            ("cache", self.cache != CacheChoice::default()),
+            ("budget", self.budget.is_some()),
+            ("hot", self.hot.is_some()),
+            ("compute-all-cached", self.compute_all_cached),
+            ("overlap", self.overlap),
+            ("profile", self.profile.is_some()),
+            ("predictor", self.predictor.is_some()),
+            ("oracle", self.oracle.is_some()),
+            ("io-align", self.io.io_align != defaults.io_align),
+            ("max-gap", self.io.max_gap != defaults.max_gap),
+            ("max-merge", self.io.max_merge != defaults.max_merge),
+            ("queue-depth", self.io.queue_depth != defaults.queue_depth),
+        ];
+        match given.iter().find(|(name, set)| *set && !allowed.contains(name)) {
+            Some((name, _)) => anyhow::bail!("--{name} applies to flash mode only: give --layout, or leave it out"),
+            None => Ok(()),
+        }
+    }
+
     /// What picks the neurons: `--predictor`, `--oracle`, or every neuron.
     pub fn selection(&self) -> Selection {
         match (&self.predictor, &self.oracle) {

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use experiments::record::TokenRecord;
 use spike_flash::engine::input::ActPrecision;
 use spike_flash::engine::sampler::{Sampler, SamplerConfig};
@@ -73,6 +74,7 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     let (loaded, mut flash) = match &args.flash.layout {
         None => {
             anyhow::ensure!(args.trace_out.is_none(), "--trace-out needs flash mode (--layout)");
+            args.flash.check_unused(&[])?;
             (super::load_model(args.model.as_deref(), precision)?, None)
         }
         Some(dir) => {
@@ -98,7 +100,9 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let prompt = tok.encode(&args.prompt)?;
     anyhow::ensure!(!prompt.is_empty(), "the prompt encodes to no tokens");
-    let mut state = model.new_state(prompt.len() + args.n);
+    let mut state = model
+        .try_new_state(prompt.len().saturating_add(args.n))
+        .with_context(|| format!("the prompt's {} tokens and -n {}", prompt.len(), args.n))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut records = Vec::new();

@@ -122,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             anyhow::ensure!(bs > 0 && file_len >= 2 * args.bs, "--bs must be positive and at most half the file");
             let mut b = open_backend(args.backend, &path, &cfg)?;
             let buffer = args.buffer.map_or(2 * args.depth * bs, |b| b as usize);
+            anyhow::ensure!(buffer >= bs, "--buffer {buffer} is smaller than one read of --bs {bs}");
             let s = measure_random(b.as_mut(), file_len, bs, bs, args.depth, buffer, args.seconds, args.seed)
                 .with_context(|| format!("reading {}", path.display()))?;
             println!(

@@ -42,6 +42,12 @@ pub fn load_model(arg: Option<&Path>, precision: ActPrecision) -> anyhow::Result
     Ok(Loaded { path, model, tokenizer })
 }
 
+/// Checks that `--valid-fraction` (named `flag`) is a fraction in [0, 1).
+pub fn check_fraction(value: f64, flag: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(value.is_finite() && (0.0..1.0).contains(&value), "{flag} {value} must be in [0, 1)");
+    Ok(())
+}
+
 /// Creates the parent folder of an output file.
 pub fn ensure_parent(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -120,6 +120,11 @@ fn oracle_thresholds(args: &Args, loaded: &super::Loaded, target: Option<f64>) -
 }
 
 pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
+    anyhow::ensure!(args.ctx >= 4, "-c/--ctx {} is too short: perplexity needs at least 4 tokens per chunk", args.ctx);
+    super::check_fraction(args.valid_fraction, "--valid-fraction")?;
+    if args.flash.layout.is_none() {
+        args.flash.check_unused(&["predictor"])?;
+    }
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let (loaded, mut flash) = match &args.flash.layout {
         None => (super::load_model(args.model.as_deref(), precision)?, None),
@@ -135,6 +140,9 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
             (super::Loaded { path: dir.clone(), model: session.model, tokenizer }, Some((ffn, dram)))
         }
     };
+    if let Some(c) = loaded.model.max_context() {
+        anyhow::ensure!(args.ctx <= c, "-c/--ctx {} is longer than the model's context of {c} tokens", args.ctx);
+    }
     let mut tokens = loaded.tokenizer.encode(&text).with_context(|| format!("tokenizing {}", args.file.display()))?;
     if let Some(c) = args.chunks {
         tokens.truncate(c.saturating_mul(args.ctx));

@@ -71,6 +71,7 @@ fn parse_rank_last(s: &str) -> Result<(usize, usize), String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    super::check_fraction(args.valid_fraction, "--valid-fraction")?;
     let t0 = Instant::now();
     let trace = Trace::open(&args.trace)?;
     let meta = trace.meta();
