@@ -17,16 +17,16 @@ use spike_flash::io::{open_backend, AlignedBuf, BackendKind, IoConfig};
 use spike_flash::layout::{self, ConvertOptions, Layout, LayoutKind, FFN_FILE};
 use spike_flash::model::bind::Source;
 use spike_flash::model::quant::DType;
-use spike_flash::model::synth::{self, LlamaShape};
+use spike_flash::model::synth::{self, SynthSpec};
 
 /// A tiny Llama model (seed 11) converted with `kind`: 2 layers of 128 neurons.
 fn tiny_layout(dir: &Path, kind: LayoutKind) -> PathBuf {
-    shaped_layout(dir, kind, &LlamaShape::tiny())
+    shaped_layout(dir, kind, &SynthSpec::tiny_gguf(DType::Q4_1, 11))
 }
 
 /// A Llama model of `shape` (seed 11) converted with `kind`.
-fn shaped_layout(dir: &Path, kind: LayoutKind, shape: &LlamaShape) -> PathBuf {
-    let bytes = synth::llama_gguf(shape, DType::Q4_1, 11).unwrap();
+fn shaped_layout(dir: &Path, kind: LayoutKind, shape: &SynthSpec) -> PathBuf {
+    let bytes = synth::llama_gguf(shape).unwrap();
     let path = dir.join("tiny.gguf");
     fs::write(&path, bytes).unwrap();
     let model = Model::from_source(&Source::open(&path).unwrap()).unwrap();
@@ -104,7 +104,7 @@ fn layout_bench_counts_bytes_consistently() {
 fn validation_on_layout_sets_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     // 2 layers of 1024 neurons of 480 bytes: an ffn.bin of about 1 MiB, 16 times the profile's largest chunk.
-    let shape = LlamaShape { d_model: 256, d_ffn: 1024, ..LlamaShape::tiny() };
+    let shape = SynthSpec { d_model: 256, d_ffn: 1024, ..SynthSpec::tiny_gguf(DType::Q4_1, 11) };
     let layout = Layout::open(&shaped_layout(tmp.path(), LayoutKind::Bundled, &shape)).unwrap();
     let ffn = layout.dir().join(FFN_FILE);
     let cfg = ProfileConfig {

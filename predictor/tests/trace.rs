@@ -14,7 +14,7 @@ use spike_flash::engine::model::{ActivationSink, DenseFfn, Model};
 use spike_flash::model::config::Activation;
 use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::quant::DType;
-use spike_flash::model::synth::{llama_gguf, LlamaShape};
+use spike_flash::model::synth::{llama_gguf, SynthSpec};
 
 const SEED_MODEL: u64 = 0x7ACE;
 const SEED_DOCS: u64 = 0xD0C5;
@@ -44,8 +44,8 @@ impl ActivationSink for Collect {
 fn tiny_model() -> (PathBuf, tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tiny.gguf");
-    let shape = LlamaShape { n_layers: 3, ..LlamaShape::tiny() };
-    std::fs::write(&path, llama_gguf(&shape, DType::F32, SEED_MODEL).expect("synthetic model")).expect("write");
+    let shape = SynthSpec { n_layers: 3, ..SynthSpec::tiny_gguf(DType::F32, SEED_MODEL) };
+    std::fs::write(&path, llama_gguf(&shape).expect("synthetic model")).expect("write");
     let model = Model::from_gguf(Arc::new(GgufFile::open(&path).expect("opens"))).expect("binds");
     (path, dir, model)
 }

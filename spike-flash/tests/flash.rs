@@ -14,7 +14,7 @@ use spike_flash::io::{open_backend, BackendKind, Fault, FaultyBackend, IoConfig}
 use spike_flash::layout::{self, ConvertOptions, Layout, LayoutKind, RecordDType};
 use spike_flash::model::bind::Source;
 use spike_flash::model::quant::DType;
-use spike_flash::model::synth::{self, LlamaShape, SynthSpec};
+use spike_flash::model::synth::{self, SynthSpec};
 
 fn convert(src: &Path, model: &Model, out: &Path, kind: LayoutKind, dtype: RecordDType) -> Arc<Layout> {
     layout::write(model, src, out, &ConvertOptions { kind, dtype, ..Default::default() }).unwrap();
@@ -59,7 +59,7 @@ fn compare(dense: &Model, model: &Model, ffn: &mut FlashFfn) -> (f32, f32) {
 fn llama_f32_layout_all_neurons_equals_dense() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("tiny.gguf");
-    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 11).unwrap()).unwrap();
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::F32, 11)).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let f = dense.config().d_ffn;
     for kind in [LayoutKind::Bundled, LayoutKind::Split] {
@@ -80,7 +80,7 @@ fn llama_f32_layout_all_neurons_equals_dense() {
 fn llama_q4_1_layout_stays_close_to_dense() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("tiny.gguf");
-    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q4_1, 12).unwrap()).unwrap();
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::Q4_1, 12)).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let f = dense.config().d_ffn;
     let out = tmp.path().join("q.spike");
@@ -100,7 +100,7 @@ fn llama_q4_1_layout_stays_close_to_dense() {
 fn llama_q4_1_rows_q8_0_columns_stay_close_to_dense() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("tiny.gguf");
-    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q4_1, 12).unwrap()).unwrap();
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::Q4_1, 12)).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let f = dense.config().d_ffn;
     let q4 = tmp.path().join("q4.spike");
@@ -157,7 +157,7 @@ fn opt_relu_oracle_flash_equals_dense() {
 fn a_failing_read_names_layer_and_offset() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("tiny.gguf");
-    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 13).unwrap()).unwrap();
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::F32, 13)).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let f = dense.config().d_ffn;
     let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
@@ -186,7 +186,7 @@ fn a_failing_read_names_layer_and_offset() {
 fn the_resident_model_has_no_dense_ffn() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("tiny.gguf");
-    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 14).unwrap()).unwrap();
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::F32, 14)).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
     let model = Model::from_layout(&lay).unwrap();
@@ -203,7 +203,7 @@ fn reordered_layouts_read_the_same_neurons() {
     use rand::SeedableRng;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("tiny.gguf");
-    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::F32, 15).unwrap()).unwrap();
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::F32, 15)).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let (n_layers, f) = (dense.config().n_layers, dense.config().d_ffn);
     let mut rng = rand::rngs::StdRng::seed_from_u64(15);
@@ -304,7 +304,7 @@ fn opt_relu_oracle_with_every_cache_policy_equals_dense() {
 fn window_sizes_change_reads_not_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("tiny.gguf");
-    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q8_0, 16).unwrap()).unwrap();
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::Q8_0, 16)).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let (n_layers, f) = (dense.config().n_layers, dense.config().d_ffn);
     let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);
@@ -343,7 +343,7 @@ fn window_sizes_change_reads_not_tokens() {
 fn overlapped_reads_keep_the_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("tiny.gguf");
-    fs::write(&src, synth::llama_gguf(&LlamaShape::tiny(), DType::Q8_0, 17).unwrap()).unwrap();
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::Q8_0, 17)).unwrap()).unwrap();
     let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
     let (n_layers, f) = (dense.config().n_layers, dense.config().d_ffn);
     let lay = convert(&src, &dense, &tmp.path().join("b.spike"), LayoutKind::Bundled, RecordDType::Source);

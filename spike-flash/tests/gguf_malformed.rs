@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use spike_flash::model::gguf::GgufFile;
+use spike_flash::model::quant::XorShift64;
 use spike_flash::Error;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -505,13 +506,8 @@ fn random_corruption_never_panics() {
     data(&mut full).zeros(8);
     let original = full.bytes();
     let header_len = GgufFile::from_bytes(Path::new(LABEL), original.clone()).unwrap().data_offset() as usize;
-    let mut s: u64 = 0x6775_6766;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
+    let mut rng = XorShift64::new(0x6775_6766);
+    let mut next = || rng.next_u64();
     let (mut ok, mut err) = (0, 0);
     for _ in 0..20_000 {
         let mut bytes = original.clone();

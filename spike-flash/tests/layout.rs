@@ -12,13 +12,12 @@ use spike_flash::layout::{self, ConvertOptions, Layout, LayoutKind, RecordDType}
 use spike_flash::model::bind::Source;
 use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::quant::{self, DType};
-use spike_flash::model::synth::{self, LlamaShape, SynthSpec};
-use spike_flash::model::weights::FfnWeights;
-use spike_flash::model::weights::NeuronRows;
+use spike_flash::model::synth::{self, SynthSpec};
+use spike_flash::model::weights::{FfnWeights, NeuronRows};
 use spike_flash::Error;
 
 fn tiny_gguf(dir: &Path, dtype: DType) -> (PathBuf, Model) {
-    let bytes = synth::llama_gguf(&LlamaShape::tiny(), dtype, 7).unwrap();
+    let bytes = synth::llama_gguf(&SynthSpec::tiny_gguf(dtype, 7)).unwrap();
     let path = dir.join(format!("tiny-{dtype}.gguf"));
     fs::write(&path, bytes).unwrap();
     let model = Model::from_source(&Source::open(&path).unwrap()).unwrap();

@@ -8,20 +8,21 @@ use spike_flash::engine::model::Model;
 use spike_flash::model::gguf::{GgufFile, MetaValue};
 use spike_flash::model::gguf_write::GgufWriter;
 use spike_flash::model::quant::DType;
-use spike_flash::model::synth::{llama_gguf, LlamaShape};
+use spike_flash::model::synth::{llama_gguf, SynthSpec};
 
 const SEED_F32: u64 = 0x11A;
 const SEED_QUANT: u64 = 0x22B;
 
-fn load(shape: &LlamaShape, dtype: DType, seed: u64) -> (Arc<GgufFile>, Model) {
-    let bytes = llama_gguf(shape, dtype, seed).expect("synthetic model");
+/// The model of `shape` with matrices in `dtype` from `seed` (in place of the shape's own).
+fn load(shape: &SynthSpec, dtype: DType, seed: u64) -> (Arc<GgufFile>, Model) {
+    let bytes = llama_gguf(&SynthSpec { dtype, seed, ..shape.clone() }).expect("synthetic model");
     let file = Arc::new(GgufFile::from_bytes(Path::new("tiny.gguf"), bytes).expect("parses"));
     let model = Model::from_gguf(file.clone()).expect("binds");
     (file, model)
 }
 
 /// Naive reference: logits (f64) for every position of `tokens`.
-fn reference(file: &GgufFile, s: &LlamaShape, tokens: &[u32]) -> Vec<Vec<f64>> {
+fn reference(file: &GgufFile, s: &SynthSpec, tokens: &[u32]) -> Vec<Vec<f64>> {
     let t = |name: &str| -> Vec<f64> { file.tensor_f32(name).expect(name).into_iter().map(f64::from).collect() };
     let (d, f, nh, nkv) = (s.d_model, s.d_ffn, s.n_heads, s.n_kv_heads);
     let hd = d / nh;
@@ -45,7 +46,7 @@ fn reference(file: &GgufFile, s: &LlamaShape, tokens: &[u32]) -> Vec<Vec<f64>> {
         }
     };
     let emb = t("token_embd.weight");
-    let out_w = if s.untied_output { t("output.weight") } else { emb.clone() };
+    let out_w = if s.untied { t("output.weight") } else { emb.clone() };
     let mut xs: Vec<Vec<f64>> =
         tokens.iter().map(|&tok| emb[tok as usize * d..(tok as usize + 1) * d].to_vec()).collect();
     for l in 0..s.n_layers {
@@ -115,7 +116,7 @@ fn worst_rel(ours: &[f32], want: &[Vec<f64>], vocab: usize) -> f64 {
 #[test]
 fn f32_model_matches_naive_reference() {
     for untied in [false, true] {
-        let shape = LlamaShape { untied_output: untied, ..LlamaShape::tiny() };
+        let shape = SynthSpec { untied, ..SynthSpec::tiny_gguf(DType::F32, SEED_F32) };
         let (file, model) = load(&shape, DType::F32, SEED_F32);
         let tokens: Vec<u32> = vec![3, 17, 42, 5, 90, 11, 64, 2, 33];
         let mut st = model.new_state(tokens.len());
@@ -129,7 +130,7 @@ fn f32_model_matches_naive_reference() {
 #[test]
 fn quantized_models_match_reference_within_activation_quantization_error() {
     for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::F16, DType::BF16] {
-        let shape = LlamaShape::tiny();
+        let shape = SynthSpec::tiny_gguf(DType::F32, SEED_F32);
         let (file, model) = load(&shape, dtype, SEED_QUANT);
         let tokens: Vec<u32> = vec![1, 2, 3, 50, 60, 70, 95, 0];
         let mut st = model.new_state(tokens.len());
@@ -145,7 +146,7 @@ fn quantized_models_match_reference_within_activation_quantization_error() {
 
 #[test]
 fn batched_prompt_equals_token_by_token_decode() {
-    let shape = LlamaShape::tiny();
+    let shape = SynthSpec::tiny_gguf(DType::F32, SEED_F32);
     for dtype in [DType::F32, DType::Q4_1] {
         let (_, model) = load(&shape, dtype, SEED_QUANT);
         let tokens: Vec<u32> = vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 44];
@@ -170,7 +171,7 @@ fn batched_prompt_equals_token_by_token_decode() {
 
 #[test]
 fn bad_forward_calls_are_errors() {
-    let shape = LlamaShape::tiny();
+    let shape = SynthSpec::tiny_gguf(DType::F32, SEED_F32);
     let (_, model) = load(&shape, DType::F32, 1);
     let mut st = model.new_state(4);
     let e = model.forward(&mut st, &[shape.vocab as u32], false).expect_err("out of vocabulary");
@@ -184,9 +185,8 @@ fn bad_forward_calls_are_errors() {
 #[test]
 fn missing_layer_tensor_is_named() {
     // A one-layer model whose metadata claims two layers.
-    let shape = LlamaShape { n_layers: 1, ..LlamaShape::tiny() };
-    let src = GgufFile::from_bytes(Path::new("src.gguf"), llama_gguf(&shape, DType::F32, 3).expect("synthetic"))
-        .expect("parses");
+    let shape = SynthSpec { n_layers: 1, ..SynthSpec::tiny_gguf(DType::F32, 3) };
+    let src = GgufFile::from_bytes(Path::new("src.gguf"), llama_gguf(&shape).expect("synthetic")).expect("parses");
     let mut w = GgufWriter::new();
     for (k, v) in src.metadata() {
         let v = if k == "llama.block_count" { MetaValue::U32(2) } else { v.clone() };
@@ -204,7 +204,7 @@ fn missing_layer_tensor_is_named() {
 #[test]
 fn sparse_ffn_with_every_neuron_equals_dense() {
     use spike_flash::engine::sparse::{AllNeurons, SparseFfn};
-    let shape = LlamaShape::tiny();
+    let shape = SynthSpec::tiny_gguf(DType::F32, SEED_F32);
     let (_, model) = load(&shape, DType::F32, SEED_F32);
     let tokens: Vec<u32> = vec![4, 8, 15, 16, 23, 42];
     let mut a = model.new_state(tokens.len());

@@ -64,7 +64,7 @@ fn convert_then_verify_a_tiny_model() {
     use spike_flash::model::{quant::DType, synth};
     let dir = tempfile::tempdir().expect("tempdir");
     let model = dir.path().join("tiny.gguf");
-    let bytes = synth::llama_gguf(&synth::LlamaShape::tiny(), DType::Q4_1, 3).expect("synth");
+    let bytes = synth::llama_gguf(&synth::SynthSpec::tiny_gguf(DType::Q4_1, 3)).expect("synth");
     std::fs::write(&model, bytes).expect("write");
     let out_dir = dir.path().join("tiny.spike");
     let out = spike()

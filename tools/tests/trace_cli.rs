@@ -3,7 +3,17 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
+
 use common::{corpus, fail, json, ok, spike, synth};
+
+/// `spike <cmd> -m <model> -f <text>`: how every run on a model and a corpus here starts.
+fn on_model(cmd: &str, model: &Path, text: &Path) -> Command {
+    let mut c = spike();
+    c.arg(cmd).arg("-m").arg(model).arg("-f").arg(text);
+    c
+}
 
 #[test]
 fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
@@ -12,16 +22,7 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     let text = corpus(dir.path(), 12);
     let trace = dir.path().join("t.trace");
     let stdout = ok(
-        spike()
-            .arg("trace")
-            .arg("-m")
-            .arg(&ck)
-            .arg("-f")
-            .arg(&text)
-            .args(["--tokens", "300", "--ctx", "48", "-o"])
-            .arg(&trace)
-            .output()
-            .expect("run"),
+        on_model("trace", &ck, &text).args(["--tokens", "300", "--ctx", "48", "-o"]).arg(&trace).output().expect("run"),
         "trace",
     );
     assert!(stdout.contains(&trace.display().to_string()) && stdout.contains("300 tokens"), "{stdout}");
@@ -69,12 +70,7 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
 
     let ppl = dir.path().join("ppl.json");
     ok(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&ck)
-            .arg("-f")
-            .arg(&text)
+        on_model("perplexity", &ck, &text)
             .args(["-c", "32", "--sparsity", "oracle:0.6", "--thresholds"])
             .arg(&thr)
             .arg("--json")
@@ -91,12 +87,7 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     // Calibrating on the fly from the trace gives the same thresholds.
     let ppl2 = dir.path().join("ppl2.json");
     ok(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&ck)
-            .arg("-f")
-            .arg(&text)
+        on_model("perplexity", &ck, &text)
             .args(["-c", "32", "--sparsity", "oracle:0.6", "--trace"])
             .arg(&trace)
             .arg("--json")
@@ -110,12 +101,7 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     // A trace or thresholds of another model, and modes that do not fit the model, are clear errors.
     let other = synth(dir.path(), "llama", 4, 256);
     let err = fail(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&other)
-            .arg("-f")
-            .arg(&text)
+        on_model("perplexity", &other, &text)
             .args(["-c", "32", "--sparsity", "oracle:0.6", "--trace"])
             .arg(&trace)
             .output()
@@ -124,12 +110,7 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     );
     assert!(err.contains(&trace.display().to_string()) && err.contains("another model"), "{err}");
     let err = fail(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&other)
-            .arg("-f")
-            .arg(&text)
+        on_model("perplexity", &other, &text)
             .args(["-c", "32", "--sparsity", "oracle:0.6", "--thresholds"])
             .arg(&thr)
             .output()
@@ -138,38 +119,17 @@ fn trace_calibrate_stats_and_oracle_perplexity_on_a_silu_model() {
     );
     assert!(err.contains(&thr.display().to_string()) && err.contains("sha256"), "{err}");
     let err = fail(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&ck)
-            .arg("-f")
-            .arg(&text)
-            .args(["--sparsity", "oracle:relu"])
-            .output()
-            .expect("run"),
+        on_model("perplexity", &ck, &text).args(["--sparsity", "oracle:relu"]).output().expect("run"),
         "oracle:relu on a SiLU model",
     );
     assert!(err.contains("ReLU"), "{err}");
     let err = fail(
-        spike()
-            .arg("perplexity")
-            .arg("-m")
-            .arg(&ck)
-            .arg("-f")
-            .arg(&text)
-            .args(["--sparsity", "oracle:0.6"])
-            .output()
-            .expect("run"),
+        on_model("perplexity", &ck, &text).args(["--sparsity", "oracle:0.6"]).output().expect("run"),
         "oracle without thresholds",
     );
     assert!(err.contains("--thresholds") && err.contains("--trace"), "{err}");
     let err = fail(
-        spike()
-            .arg("trace")
-            .arg("-m")
-            .arg(&ck)
-            .arg("-f")
-            .arg(&text)
+        on_model("trace", &ck, &text)
             .args(["--tokens", "1000000", "-o"])
             .arg(dir.path().join("x.trace"))
             .output()
@@ -188,12 +148,7 @@ fn relu_oracle_perplexity_equals_dense() {
     let run = |mode: &str, name: &str| -> serde_json::Value {
         let p = dir.path().join(name);
         ok(
-            spike()
-                .arg("perplexity")
-                .arg("-m")
-                .arg(&ck)
-                .arg("-f")
-                .arg(&text)
+            on_model("perplexity", &ck, &text)
                 .args(["-c", "32", "--sparsity", mode, "--json"])
                 .arg(&p)
                 .output()
@@ -213,19 +168,7 @@ fn relu_oracle_perplexity_equals_dense() {
 
     // A ReLU trace calibrates to threshold 0 whatever the sparsity asked.
     let trace = dir.path().join("opt.trace");
-    ok(
-        spike()
-            .arg("trace")
-            .arg("-m")
-            .arg(&ck)
-            .arg("-f")
-            .arg(&text)
-            .args(["--tokens", "120", "-o"])
-            .arg(&trace)
-            .output()
-            .expect("run"),
-        "trace",
-    );
+    ok(on_model("trace", &ck, &text).args(["--tokens", "120", "-o"]).arg(&trace).output().expect("run"), "trace");
     let thr = dir.path().join("relu.json");
     let stdout = ok(
         spike().arg("calibrate").arg(&trace).args(["--sparsity", "0.9", "-o"]).arg(&thr).output().expect("run"),

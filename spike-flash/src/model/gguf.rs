@@ -464,50 +464,43 @@ impl GgufFile {
 
     /// `key` as an array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
-        let v = self.require(key)?;
-        let MetaValue::Array(items) = v else {
-            return Err(self.bad_key(key, "an array of strings", v));
-        };
-        items
-            .iter()
-            .map(|item| match item {
-                MetaValue::String(s) => Ok(s.as_str()),
-                _ => Err(self.bad_key(key, "an array of strings", v)),
-            })
-            .collect()
+        self.array_of(key, "an array of strings", |_, item| match item {
+            MetaValue::String(s) => Ok(s.as_str()),
+            _ => Err("an array of strings".into()),
+        })
     }
 
     /// `key` as an array of `i32`: an array of any integer type whose every value fits.
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
-        let v = self.require(key)?;
-        let MetaValue::Array(items) = v else {
-            return Err(self.bad_key(key, "an array of integers", v));
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| match item.as_i128() {
-                Some(x) => i32::try_from(x)
-                    .map_err(|_| self.bad_key(key, &format!("integers in the i32 range (element {i} is {x})"), v)),
-                None => Err(self.bad_key(key, "an array of integers", v)),
-            })
-            .collect()
+        self.array_of(key, "an array of integers", |i, item| match item.as_i128() {
+            Some(x) => i32::try_from(x).map_err(|_| format!("integers in the i32 range (element {i} is {x})")),
+            None => Err("an array of integers".into()),
+        })
     }
 
     /// `key` as an array of `f32`: an array of `f32`, or of `f64` (each converted).
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
+        self.array_of(key, "an array of floats", |_, item| match *item {
+            MetaValue::F32(x) => Ok(x),
+            MetaValue::F64(x) => Ok(x as f32),
+            _ => Err("an array of floats".into()),
+        })
+    }
+
+    /// `key` as an array converted element by element: `elem(index, element)` gives the value, or what the
+    /// key was expected to be, which the error reports with the whole value. A value that is not an array
+    /// is reported as not `expected`.
+    fn array_of<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &str,
+        elem: impl Fn(usize, &'a MetaValue) -> std::result::Result<T, String>,
+    ) -> Result<Vec<T>> {
         let v = self.require(key)?;
         let MetaValue::Array(items) = v else {
-            return Err(self.bad_key(key, "an array of floats", v));
+            return Err(self.bad_key(key, expected, v));
         };
-        items
-            .iter()
-            .map(|item| match *item {
-                MetaValue::F32(x) => Ok(x),
-                MetaValue::F64(x) => Ok(x as f32),
-                _ => Err(self.bad_key(key, "an array of floats", v)),
-            })
-            .collect()
+        items.iter().enumerate().map(|(i, item)| elem(i, item).map_err(|e| self.bad_key(key, &e, v))).collect()
     }
 
     /// All tensors, in file order.

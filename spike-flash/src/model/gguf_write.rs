@@ -271,19 +271,6 @@ mod tests {
     use super::*;
     use crate::model::gguf::GgufFile;
 
-    /// Deterministic pseudo-random values (xorshift, seed `seed`) in [-1, 1).
-    fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
     /// One value of every metadata type, plus nested, empty and string arrays.
     fn every_meta() -> Vec<(&'static str, MetaValue)> {
         use MetaValue::*;
@@ -336,7 +323,7 @@ mod tests {
         let mut values = Vec::new();
         for (i, (name, dims, dtype)) in every_tensor().into_iter().enumerate() {
             let n = dims.iter().product::<u64>() as usize;
-            let v = noise(0x5eed_0100 + i as u64, n);
+            let v = quant::xorshift_noise(0x5eed_0100 + i as u64, n, 1.0);
             w.add_tensor_f32(name, &dims, dtype, &v).unwrap();
             values.push(v);
         }

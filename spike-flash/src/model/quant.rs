@@ -310,6 +310,35 @@ fn quantize_block_q8_0(x: &[f32], dst: &mut Vec<u8>) {
     }
 }
 
+/// Marsaglia's xorshift64 (shifts 13, 7, 17): deterministic test data, the same sequence on every platform
+/// and toolchain, with no dependency on `rand`'s stream. Not for anything that needs statistical quality.
+/// A zero state stays zero, so seeds must be nonzero.
+#[derive(Debug, Clone)]
+pub struct XorShift64(u64);
+
+impl XorShift64 {
+    /// A generator whose first output is the state after one step from `seed`.
+    pub fn new(seed: u64) -> XorShift64 {
+        XorShift64(seed)
+    }
+
+    /// The next state.
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+}
+
+/// `n` deterministic test values in `[-scale, scale)` from [`XorShift64`] of `seed`: the top 24 bits of each
+/// state as a fraction, so every value is exact in f32 before the scaling.
+pub fn xorshift_noise(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut rng = XorShift64::new(seed);
+    (0..n).map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale).collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -577,22 +606,9 @@ mod tests {
         assert_eq!(q[2 + 9] & 0x0F, 15);
     }
 
-    /// Deterministic pseudo-random values (xorshift, seed `seed`) in [-scale, scale).
-    fn noise(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
-
     #[test]
     fn round_trips_stay_within_half_a_step() {
-        let x = noise(0x5eed_0001, 32 * 64, 3.0);
+        let x = xorshift_noise(0x5eed_0001, 32 * 64, 3.0);
         for dtype in [DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q8_0] {
             let q = quant(dtype, &x);
             assert_eq!(q.len() as u64, dtype.bytes_for(x.len() as u64).unwrap());

@@ -19,43 +19,22 @@ use super::safetensors::{
 };
 use crate::{Error, Result};
 
-/// Shapes of a synthetic Llama-architecture model.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LlamaShape {
-    pub n_layers: usize,
-    pub d_model: usize,
-    pub d_ffn: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub vocab: usize,
-    pub rope_base: f32,
-    pub norm_eps: f32,
-    /// Write a separate `output.weight` instead of tying it to the embedding.
-    pub untied_output: bool,
-}
-
-impl LlamaShape {
-    /// A model small enough for unit tests, with grouped-query attention.
-    pub fn tiny() -> LlamaShape {
-        LlamaShape {
-            n_layers: 2,
-            d_model: 64,
-            d_ffn: 128,
-            n_heads: 4,
-            n_kv_heads: 2,
-            vocab: 96,
-            rope_base: 10_000.0,
-            norm_eps: 1e-5,
-            untied_output: false,
-        }
+/// A GGUF file (bytes) holding a random Llama model of `spec` (see [`SynthSpec::tiny_gguf`]): matrices in
+/// `spec.dtype` (any ggml type), norms in f32, context length `spec.max_positions`, no tokenizer. Weights
+/// are drawn uniformly with a scale of `1/sqrt(fan_in)` so activations stay of order one; `spec.shards` is
+/// not used. Refuses what a GGUF `llama` cannot hold: another architecture, ReLU, post-norm blocks or an
+/// embedding projection.
+pub fn llama_gguf(spec: &SynthSpec) -> Result<Vec<u8>> {
+    if spec.arch != Arch::Llama || spec.relu || spec.post_norm || spec.word_embed_proj_dim.is_some() {
+        return Err(Error::Invalid(format!(
+            "synthetic GGUF: a {:?} model{} (a GGUF llama is pre-norm, SiLU-gated, without embedding projection)",
+            spec.arch,
+            if spec.relu { " with ReLU" } else { "" }
+        )));
     }
-}
-
-/// A GGUF file (bytes) holding a random Llama model: matrices in `dtype`, norms in f32, no tokenizer.
-/// Weights are drawn uniformly with a scale of `1/sqrt(fan_in)` so activations stay of order one.
-pub fn llama_gguf(shape: &LlamaShape, dtype: DType, seed: u64) -> Result<Vec<u8>> {
+    let (dtype, seed) = (spec.dtype, spec.seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let s = shape;
+    let s = spec;
     let head_dim = s.d_model / s.n_heads;
     let kv = s.n_kv_heads * head_dim;
     let mut w = GgufWriter::new();
@@ -63,7 +42,7 @@ pub fn llama_gguf(shape: &LlamaShape, dtype: DType, seed: u64) -> Result<Vec<u8>
     w.add_meta("general.architecture", MetaValue::String("llama".into()));
     w.add_meta("general.name", MetaValue::String(format!("synthetic llama seed {seed}")));
     w.add_meta("llama.block_count", u32m(s.n_layers));
-    w.add_meta("llama.context_length", u32m(2048));
+    w.add_meta("llama.context_length", u32m(s.max_positions));
     w.add_meta("llama.embedding_length", u32m(s.d_model));
     w.add_meta("llama.feed_forward_length", u32m(s.d_ffn));
     w.add_meta("llama.attention.head_count", u32m(s.n_heads));
@@ -84,7 +63,7 @@ pub fn llama_gguf(shape: &LlamaShape, dtype: DType, seed: u64) -> Result<Vec<u8>
     let norm = |len: usize, rng: &mut StdRng| -> Vec<f32> { (0..len).map(|_| rng.gen_range(0.6..1.4)).collect() };
     let mut rng2 = StdRng::seed_from_u64(seed ^ 0x5eed);
     w.add_tensor_f32("output_norm.weight", &[s.d_model as u64], DType::F32, &norm(s.d_model, &mut rng2))?;
-    if s.untied_output {
+    if s.untied {
         matrix(&mut w, "output.weight", s.vocab, s.d_model, dtype)?;
     }
     for l in 0..s.n_layers {
@@ -106,7 +85,8 @@ pub fn llama_gguf(shape: &LlamaShape, dtype: DType, seed: u64) -> Result<Vec<u8>
 // Hugging Face checkpoints
 // ---------------------------------------------------------------------------------------------------------
 
-/// Shapes and options of a synthetic Hugging Face checkpoint (OPT or Llama).
+/// Shapes and options of a synthetic model: a Hugging Face checkpoint (OPT or Llama,
+/// [`write_hf_checkpoint`]) or a GGUF Llama ([`llama_gguf`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthSpec {
     pub arch: Arch,
@@ -123,7 +103,12 @@ pub struct SynthSpec {
     pub word_embed_proj_dim: Option<usize>,
     /// OPT only: post-norm blocks (`do_layer_norm_before = false`), as OPT-350m.
     pub post_norm: bool,
-    /// Element type of every tensor: F32, F16 or BF16.
+    /// Rotary base (`rope_theta`); Llama only, OPT's config has none and reads as 10000.
+    pub rope_base: f32,
+    /// Norm epsilon (`rms_norm_eps`); Llama only, OPT's config has none and reads as 1e-5.
+    pub norm_eps: f32,
+    /// Element type of the tensors: F32, F16 or BF16 for every tensor of a checkpoint; any ggml type for
+    /// the matrices of a GGUF file (its norms are F32).
     pub dtype: DType,
     pub seed: u64,
     /// Llama only: ReLU instead of SiLU on the gate (OPT is always ReLU).
@@ -148,6 +133,8 @@ impl SynthSpec {
             max_positions: 64,
             word_embed_proj_dim: None,
             post_norm: false,
+            rope_base: 10_000.0,
+            norm_eps: 1e-5,
             dtype: DType::F32,
             seed,
             relu: true,
@@ -166,6 +153,12 @@ impl SynthSpec {
             relu: false,
             ..SynthSpec::tiny_opt(seed)
         }
+    }
+
+    /// A small Llama for GGUF tests, matrices in `dtype`: [`SynthSpec::tiny_llama`] with a vocabulary of 96
+    /// (a GGUF from [`llama_gguf`] carries no tokenizer).
+    pub fn tiny_gguf(dtype: DType, seed: u64) -> SynthSpec {
+        SynthSpec { vocab: 96, dtype, ..SynthSpec::tiny_llama(seed) }
     }
 
     /// OPT 6.7B's shapes: 32 layers, d_model 4096, FFN 16384, 32 heads, vocab 50272, 2048 positions.
@@ -239,9 +232,9 @@ impl SynthSpec {
                 "num_hidden_layers": self.n_layers,
                 "num_key_value_heads": self.n_kv_heads,
                 "pretraining_tp": 1,
-                "rms_norm_eps": 1e-5,
+                "rms_norm_eps": json_f32(self.norm_eps),
                 "rope_scaling": null,
-                "rope_theta": 10000.0,
+                "rope_theta": json_f32(self.rope_base),
                 "tie_word_embeddings": !self.untied,
                 "torch_dtype": torch_dtype,
                 "use_cache": true,
@@ -278,6 +271,12 @@ impl SynthSpec {
             }
         }
         let cfg = ModelConfig::from_hf_config(Path::new("(synthetic config.json)"), &self.hf_config_json())?;
+        if cfg.norm_eps != self.norm_eps || cfg.rope_base != self.rope_base {
+            return bad(format!(
+                "norm epsilon {} / rope base {} that a {:?} config.json does not record",
+                self.norm_eps, self.rope_base, self.arch
+            ));
+        }
         let n = expected_tensors(&cfg).iter().filter(|t| t.required).count();
         if self.shards > n {
             return bad(format!("{} shards for {n} tensors", self.shards));
@@ -295,6 +294,12 @@ impl SynthSpec {
             .map(|t| t.shape.iter().product::<usize>() as u64 * elem)
             .sum())
     }
+}
+
+/// `x` as a JSON number that prints as the shortest decimal reading back as `x` (`1e-5`, not the f64
+/// widening `1.0000000474974513e-5`), as transformers writes its configs.
+fn json_f32(x: f32) -> Value {
+    json!(x.to_string().parse::<f64>().expect("an f32's decimal form parses as f64"))
 }
 
 /// Token ids of the synthetic tokenizer's special tokens, laid out as OPT's (RoBERTa's) vocabulary is.

@@ -93,6 +93,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_positions: args.max_positions,
         word_embed_proj_dim: None,
         post_norm: false,
+        rope_base: 10_000.0,
+        norm_eps: 1e-5,
         dtype: match args.dtype {
             DTypeArg::F32 => DType::F32,
             DTypeArg::F16 => DType::F16,

@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{give_scratch, padded_blocks, reset, take_scratch, Acts, QMatrix, Scratch};
+use super::{for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch, Acts, QMatrix, Scratch};
 use crate::model::quant::{DType, QK};
 
 /// Rows per register tile of the batched kernel.
@@ -17,49 +17,7 @@ const R: usize = 2;
 /// Tokens per register tile of the batched kernel.
 const T: usize = 4;
 
-/// AVX2 kernels over `rows x toks`, see [`super::part`].
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn part(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
-    let dtype = w.dtype;
-    if acts.n() > 1 && dtype.is_quantized() {
-        batched_quantized(w, acts, rows, toks, put);
-        return;
-    }
-    if acts.n() > 1 {
-        batched_float(w, acts, rows, toks, put);
-        return;
-    }
-    for r in rows {
-        let row = w.row(r);
-        for t in toks.clone() {
-            put(t, r, dot_row(dtype, row, acts, t));
-        }
-    }
-}
-
-/// One row of `dtype` times token `t`, by the one-token kernels.
-///
-/// # Safety
-/// A `#[target_feature]` function: calling it from code compiled without these features is `unsafe`, and
-/// sound only when the CPU has them. The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_row(dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32 {
-    match dtype {
-        DType::Q4_0 => dot_q4_0(row, acts.q_tok(t), acts.sc_tok(t)),
-        DType::Q4_1 => dot_q4_1(row, acts.q_tok(t), acts.sc_tok(t)),
-        DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
-        DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
-    }
-}
+simd_entry_points!("avx2,fma,f16c", "AVX2, FMA and F16C");
 
 /// Quantizes one token's values `x` (whole blocks) into `q` and `(d, d * sum)` pairs in `sc`, exactly as
 /// the scalar [`super::quantize_block`] does: the same maximum, the same f32 division and multiplication,
@@ -147,28 +105,31 @@ fn check_acts(nb: usize, q: &[i8], sc: &[f32]) {
     assert!(q.len() >= nb * QK && sc.len() >= nb * 2, "activations shorter than {nb} blocks");
 }
 
-/// Q4_1 row times one token, see [`super::scalar::dot_q4_1`].
+/// One Q4_1 (`Q4_1 = true`) or Q4_0 row times one token, see [`super::scalar::dot_q4_1`] and `dot_q4_0`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_1(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
-    const BB: usize = 20;
-    let nb = row.len() / BB;
+fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
+    let bb = if Q4_1 { 20 } else { 18 };
+    let off = if Q4_1 { 4 } else { 2 };
+    let nb = row.len() / bb;
     check_acts(nb, q, sc);
     let (rp, qp, sp) = (row.as_ptr(), q.as_ptr(), sc.as_ptr());
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut macc = [_mm_setzero_ps(); 2];
     let step = |b: usize, acc: &mut __m256, macc: &mut __m128| {
-        // SAFETY: `b < nb`: the block's bytes `20 b .. 20 b + 20` are in `row`, its 32 values in `q` and
-        // its two floats in `sc` (checked above); all loads are unaligned loads.
-        let (dm, qs, x, s) = unsafe {
+        // SAFETY: `b < nb`: the block's bytes `bb b .. bb b + bb` are in `row` (the 16 packed bytes end at
+        // `bb b + off + 16 = bb (b + 1)`), its 32 values in `q` and its two floats in `sc` (checked above);
+        // all loads are unaligned loads.
+        let (h, qs, x, s) = unsafe {
             (
-                rp.add(BB * b).cast::<u32>().read_unaligned(),
-                _mm_loadu_si128(rp.add(BB * b + 4).cast()),
+                q4_scale_bits::<Q4_1>(rp.add(bb * b)),
+                _mm_loadu_si128(rp.add(bb * b + off).cast()),
                 _mm256_loadu_si256(qp.add(QK * b).cast()),
                 sp.add(2 * b).cast::<u64>().read_unaligned(),
             )
         };
-        // [d_w, m_w] * [d_x, d_x sum_x]: the block's scale and its offset term.
-        let f = _mm_cvtph_ps(_mm_cvtsi32_si128(dm as i32));
+        // [d_w, m_w] (Q4_1) or [d_w, d_w] (Q4_0) * [d_x, d_x sum_x]: the block's scale, and its offset term
+        // or the factor of its `- 8` term.
+        let f = _mm_cvtph_ps(_mm_cvtsi32_si128(h as i32));
         let prod = _mm_mul_ps(f, _mm_castsi128_ps(_mm_cvtsi64_si128(s as i64)));
         *macc = _mm_add_ps(*macc, prod);
         *acc = _mm256_fmadd_ps(dot_u8_i8(nibbles(qs), x), _mm256_broadcastss_ps(prod), *acc);
@@ -184,48 +145,13 @@ fn dot_q4_1(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
     if b < nb {
         step(b, &mut acc[0], &mut macc[0]);
     }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + lane1(_mm_add_ps(macc[0], macc[1]))
-}
-
-/// Q4_0 row times one token, see [`super::scalar::dot_q4_0`].
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
-    const BB: usize = 18;
-    let nb = row.len() / BB;
-    check_acts(nb, q, sc);
-    let (rp, qp, sp) = (row.as_ptr(), q.as_ptr(), sc.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut macc = [_mm_setzero_ps(); 2];
-    let step = |b: usize, acc: &mut __m256, macc: &mut __m128| {
-        // SAFETY: `b < nb`: the block's bytes `18 b .. 18 b + 18` are in `row`, its 32 values in `q` and
-        // its two floats in `sc` (checked above); all loads are unaligned loads.
-        let (d, qs, x, s) = unsafe {
-            (
-                rp.add(BB * b).cast::<u16>().read_unaligned(),
-                _mm_loadu_si128(rp.add(BB * b + 2).cast()),
-                _mm256_loadu_si256(qp.add(QK * b).cast()),
-                sp.add(2 * b).cast::<u64>().read_unaligned(),
-            )
-        };
-        // [d_w, d_w] * [d_x, d_x sum_x]: the block's scale and the factor of its `- 8` term.
-        let dd = u32::from(d) | (u32::from(d) << 16);
-        let f = _mm_cvtph_ps(_mm_cvtsi32_si128(dd as i32));
-        let prod = _mm_mul_ps(f, _mm_castsi128_ps(_mm_cvtsi64_si128(s as i64)));
-        *macc = _mm_add_ps(*macc, prod);
-        *acc = _mm256_fmadd_ps(dot_u8_i8(nibbles(qs), x), _mm256_broadcastss_ps(prod), *acc);
-    };
-    let mut b = 0;
-    while b + 2 <= nb {
-        let [a0, a1] = &mut acc;
-        let [m0, m1] = &mut macc;
-        step(b, a0, m0);
-        step(b + 1, a1, m1);
-        b += 2;
+    let sum = hsum(_mm256_add_ps(acc[0], acc[1]));
+    let offsets = lane1(_mm_add_ps(macc[0], macc[1]));
+    if Q4_1 {
+        sum + offsets
+    } else {
+        sum - 8.0 * offsets
     }
-    if b < nb {
-        step(b, &mut acc[0], &mut macc[0]);
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1])) - 8.0 * lane1(_mm_add_ps(macc[0], macc[1]))
 }
 
 /// Q8_0 row times one token, see [`super::scalar::dot_q8_0`].
@@ -306,30 +232,6 @@ fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
-/// Float rows times many tokens: each row is converted to f32 once and dotted with every token.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn batched_float(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
-    let mut s = take_scratch();
-    reset(&mut s.row, w.cols, 0.0);
-    for r in rows {
-        super::scalar::dequantize_row(w.dtype, w.row(r), &mut s.row);
-        let row = &s.row;
-        // SAFETY: reinterpreting f32 values as their little-endian bytes: any bytes are valid `u8`, the
-        // length is exact, and `u8` has no alignment requirement.
-        let bytes = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), row.len() * 4) };
-        for t in toks.clone() {
-            put(t, r, dot_float(DType::F32, bytes, acts.x_tok(t)));
-        }
-    }
-    give_scratch(s);
-}
-
 /// Unpacks one quantized row into the scratch layout of [`micro`]: `u` gets `QK` unsigned bytes per block
 /// (nibbles, or Q8_0 magnitudes), `sg` the signed Q8_0 bytes, `dw` one scale per block, `mw` `(0, m)` per
 /// block with `m` the coefficient of the activation block sum (`m_w`, `-8 d_w`, or 0 for Q8_0).
@@ -380,44 +282,30 @@ fn batched_quantized(
     reset(&mut s.dw, R * nb, 0.0);
     reset(&mut s.mw, R * nbp * 2, 0.0);
     let signed = w.dtype == DType::Q8_0;
-    let mut r0 = rows.start;
-    while r0 < rows.end {
-        let nr = R.min(rows.end - r0);
-        for i in 0..R {
-            let (u, sg) = (&mut s.u[i * nb * QK..(i + 1) * nb * QK], &mut s.sg[i * nb * QK..(i + 1) * nb * QK]);
-            let (dw, mw) = (&mut s.dw[i * nb..(i + 1) * nb], &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2]);
-            if i < nr {
-                unpack_row(w.dtype, w.row(r0 + i), u, sg, dw, mw);
-            } else {
-                // A missing row of the last tile: zero weights, computed and dropped.
+    let unpack = |s: &mut Scratch, i: usize, row: Option<usize>| {
+        let (u, sg) = (&mut s.u[i * nb * QK..(i + 1) * nb * QK], &mut s.sg[i * nb * QK..(i + 1) * nb * QK]);
+        let (dw, mw) = (&mut s.dw[i * nb..(i + 1) * nb], &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2]);
+        match row {
+            Some(r) => unpack_row(w.dtype, w.row(r), u, sg, dw, mw),
+            None => {
                 u.fill(0);
                 sg.fill(0);
                 dw.fill(0.0);
                 mw.fill(0.0);
             }
         }
-        let mut t0 = toks.start;
-        while t0 < toks.end {
-            let nt = T.min(toks.end - t0);
-            let res = match (signed, nt) {
-                (false, 4) => micro::<4, false>(&s, nb, acts, t0),
-                (false, 3) => micro::<3, false>(&s, nb, acts, t0),
-                (false, 2) => micro::<2, false>(&s, nb, acts, t0),
-                (false, _) => micro::<1, false>(&s, nb, acts, t0),
-                (true, 4) => micro::<4, true>(&s, nb, acts, t0),
-                (true, 3) => micro::<3, true>(&s, nb, acts, t0),
-                (true, 2) => micro::<2, true>(&s, nb, acts, t0),
-                (true, _) => micro::<1, true>(&s, nb, acts, t0),
-            };
-            for (i, res) in res.iter().enumerate().take(nr) {
-                for (j, &v) in res.iter().enumerate().take(nt) {
-                    put(t0 + j, r0 + i, v);
-                }
-            }
-            t0 += nt;
-        }
-        r0 += nr;
-    }
+    };
+    let tile = |s: &Scratch, t0: usize, nt: usize| match (signed, nt) {
+        (false, 4) => micro::<4, false>(s, nb, acts, t0),
+        (false, 3) => micro::<3, false>(s, nb, acts, t0),
+        (false, 2) => micro::<2, false>(s, nb, acts, t0),
+        (false, _) => micro::<1, false>(s, nb, acts, t0),
+        (true, 4) => micro::<4, true>(s, nb, acts, t0),
+        (true, 3) => micro::<3, true>(s, nb, acts, t0),
+        (true, 2) => micro::<2, true>(s, nb, acts, t0),
+        (true, _) => micro::<1, true>(s, nb, acts, t0),
+    };
+    for_each_tile::<R, T>(&mut s, rows, toks, unpack, tile, put);
     give_scratch(s);
 }
 

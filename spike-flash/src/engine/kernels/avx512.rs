@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{give_scratch, padded_blocks, reset, take_scratch, Acts, QMatrix, Scratch};
+use super::{for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch, Acts, QMatrix, Scratch};
 use crate::model::quant::{DType, QK};
 
 /// Rows per register tile of the batched kernel.
@@ -40,22 +40,9 @@ const fn nibble_index(off: usize, stride: usize) -> [u8; 64] {
     idx
 }
 
-/// `vpermb` indices gathering the f16 scales of a block pair into the low 8 bytes: Q4_1 `[d0, m0, d1, m1]`.
-const fn scale_index_q4_1() -> [u8; 64] {
+/// `vpermb` indices gathering the f16 scales of a block pair, the bytes `src`, into the low 8 bytes.
+const fn scale_index(src: [u8; 8]) -> [u8; 64] {
     let mut idx = [0u8; 64];
-    let src = [0u8, 1, 2, 3, 20, 21, 22, 23];
-    let mut i = 0;
-    while i < 8 {
-        idx[i] = src[i];
-        i += 1;
-    }
-    idx
-}
-
-/// As [`scale_index_q4_1`] for Q4_0: `[d0, d0, d1, d1]`.
-const fn scale_index_q4_0() -> [u8; 64] {
-    let mut idx = [0u8; 64];
-    let src = [0u8, 1, 0, 1, 18, 19, 18, 19];
     let mut i = 0;
     while i < 8 {
         idx[i] = src[i];
@@ -66,8 +53,10 @@ const fn scale_index_q4_0() -> [u8; 64] {
 
 static NIBBLES_Q4_1: [u8; 64] = nibble_index(4, 20);
 static NIBBLES_Q4_0: [u8; 64] = nibble_index(2, 18);
-static SCALES_Q4_1: [u8; 64] = scale_index_q4_1();
-static SCALES_Q4_0: [u8; 64] = scale_index_q4_0();
+/// Q4_1: `[d0, m0, d1, m1]` from blocks of 20 bytes.
+static SCALES_Q4_1: [u8; 64] = scale_index([0, 1, 2, 3, 20, 21, 22, 23]);
+/// Q4_0: `[d0, d0, d1, d1]` from blocks of 18 bytes.
+static SCALES_Q4_0: [u8; 64] = scale_index([0, 1, 0, 1, 18, 19, 18, 19]);
 
 /// Loads one of the index tables above.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
@@ -78,10 +67,10 @@ fn table(t: &'static [u8; 64]) -> __m512i {
 }
 
 /// `permutexvar_ps` indices broadcasting lane 0 to lanes 0..8 and lane 2 to lanes 8..16: the scales of a
-/// block pair from `[s0, _, s1, _]`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+/// block pair from `[s0, _, s1, _]`. Also used by the fused kernels of `wide.rs`, hence only AVX-512 F.
+#[target_feature(enable = "avx512f")]
 #[inline]
-fn pair_broadcast() -> __m512i {
+pub(super) fn pair_broadcast() -> __m512i {
     _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0)
 }
 
@@ -95,49 +84,10 @@ fn unpack_nibbles(raw: __m512i, idx: __m512i) -> __m512i {
     _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
 }
 
-/// AVX-512 kernels over `rows x toks`, see [`super::part`].
-///
-/// # Safety
-/// The CPU must support AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-pub(super) unsafe fn part(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
-    let dtype = w.dtype;
-    if acts.n() > 1 && dtype.is_quantized() {
-        batched_quantized(w, acts, rows, toks, put);
-        return;
-    }
-    if acts.n() > 1 {
-        batched_float(w, acts, rows, toks, put);
-        return;
-    }
-    for r in rows {
-        let row = w.row(r);
-        for t in toks.clone() {
-            put(t, r, dot_row(dtype, row, acts, t));
-        }
-    }
-}
-
-/// One row of `dtype` times token `t`, by the one-token kernels.
-///
-/// # Safety
-/// A `#[target_feature]` function: calling it from code compiled without these features is `unsafe`, and
-/// sound only when the CPU has them. The CPU must support AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-pub(super) fn dot_row(dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32 {
-    match dtype {
-        DType::Q4_0 => dot_q4::<false>(row, acts.q_tok(t), acts.sc_tok(t)),
-        DType::Q4_1 => dot_q4::<true>(row, acts.q_tok(t), acts.sc_tok(t)),
-        DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
-        DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
-    }
-}
+simd_entry_points!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c",
+    "AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C"
+);
 
 /// Checks that `q` and `sc` hold `pairs` block pairs.
 fn check_acts(pairs: usize, q: &[i8], sc: &[f32]) {
@@ -171,7 +121,6 @@ fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
     let pairs = nb.div_ceil(2);
     check_acts(pairs, q, sc);
     let (rp, qp, sp) = (row.as_ptr(), q.as_ptr(), sc.as_ptr());
-    let bidx = pair_broadcast();
     let low = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); 2];
     let mut macc = [_mm_setzero_ps(); 2];
@@ -180,19 +129,11 @@ fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         // 16 packed bytes end at `bb b + off + 16 = bb (b + 1)`), and `p < pairs`, whose 64 values and 4
         // scales the token holds (checked above); unaligned loads.
         let (q0, q1, h0, h1, x, s) = unsafe {
-            let h = |b: usize| -> u32 {
-                if Q4_1 {
-                    rp.add(bb * b).cast::<u32>().read_unaligned()
-                } else {
-                    let d = u32::from(rp.add(bb * b).cast::<u16>().read_unaligned());
-                    d | (d << 16)
-                }
-            };
             (
                 _mm_loadu_si128(rp.add(bb * b0 + off).cast()),
                 _mm_loadu_si128(rp.add(bb * b1 + off).cast()),
-                h(b0),
-                h(b1),
+                q4_scale_bits::<Q4_1>(rp.add(bb * b0)),
+                q4_scale_bits::<Q4_1>(rp.add(bb * b1)),
                 _mm512_loadu_si512(qp.add(64 * p).cast()),
                 _mm_loadu_ps(sp.add(4 * p)),
             )
@@ -200,12 +141,7 @@ fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         let t = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q0), q1);
         let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(t), _mm256_srli_epi16::<4>(t));
         let z = _mm512_and_si512(_mm512_shuffle_i64x2::<0b11_01_10_00>(z, z), low);
-        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z, x);
-        let f = _mm_cvtph_ps(_mm_cvtsi64_si128((u64::from(h0) | (u64::from(h1) << 32)) as i64));
-        let prod = _mm_mul_ps(f, s);
-        *macc = _mm_add_ps(*macc, prod);
-        let scale = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(prod));
-        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+        add_q4_pair(_mm512_dpbusd_epi32(_mm512_setzero_si512(), z, x), h0, h1, s, acc, macc);
     };
     let mut p = 0;
     while p + 2 <= nb / 2 {
@@ -225,10 +161,33 @@ fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         }
         p += 1;
     }
-    let m = _mm_blend_ps::<0b1010>(_mm_setzero_ps(), _mm_add_ps(macc[0], macc[1]));
+    q4_total::<Q4_1>(_mm512_add_ps(acc[0], acc[1]), _mm_add_ps(macc[0], macc[1]))
+}
+
+/// Adds a Q4 block pair to the accumulators of a Q4 dot product: `dot` holds the pair's integer dot
+/// products (block `2p` in lanes 0..8, `2p + 1` in lanes 8..16), `h0` and `h1` the blocks' scale words
+/// ([`q4_scale_bits`]), `s` the activation pair's `[d_x0, d_x0 sum_x0, d_x1, d_x1 sum_x1]`. The products of
+/// the two go to `macc` (lanes 1 and 3 are the offset terms, see [`q4_total`]); lanes 0 and 2 scale `dot`
+/// into `acc`. Shared with the fused kernels of `wide.rs`, hence only AVX-512 F and F16C.
+#[target_feature(enable = "avx512f,f16c")]
+#[inline]
+pub(super) fn add_q4_pair(dot: __m512i, h0: u32, h1: u32, s: __m128, acc: &mut __m512, macc: &mut __m128) {
+    let f = _mm_cvtph_ps(_mm_cvtsi64_si128((u64::from(h0) | (u64::from(h1) << 32)) as i64));
+    let prod = _mm_mul_ps(f, s);
+    *macc = _mm_add_ps(*macc, prod);
+    let scale = _mm512_permutexvar_ps(pair_broadcast(), _mm512_castps128_ps512(prod));
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+}
+
+/// The value of a Q4 dot product from its accumulators ([`add_q4_pair`]): the sum of `acc`, plus the offset
+/// terms (lanes 1 and 3 of `macc`) for Q4_1, or minus 8 times them for Q4_0.
+#[target_feature(enable = "avx512f,f16c")]
+#[inline]
+pub(super) fn q4_total<const Q4_1: bool>(acc: __m512, macc: __m128) -> f32 {
+    let m = _mm_blend_ps::<0b1010>(_mm_setzero_ps(), macc);
     let m = _mm_hadd_ps(m, m);
     let offsets = _mm_cvtss_f32(_mm_hadd_ps(m, m));
-    let sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    let sum = _mm512_reduce_add_ps(acc);
     if Q4_1 {
         sum + offsets
     } else {
@@ -322,30 +281,6 @@ fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
 }
 
-/// Float rows times many tokens: each row is converted to f32 once and dotted with every token.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn batched_float(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
-    let mut s = take_scratch();
-    reset(&mut s.row, w.cols, 0.0);
-    for r in rows {
-        super::scalar::dequantize_row(w.dtype, w.row(r), &mut s.row);
-        let row = &s.row;
-        // SAFETY: reinterpreting f32 values as their little-endian bytes: any bytes are valid `u8`, the
-        // length is exact, and `u8` has no alignment requirement.
-        let bytes = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), row.len() * 4) };
-        for t in toks.clone() {
-            put(t, r, dot_float(DType::F32, bytes, acts.x_tok(t)));
-        }
-    }
-    give_scratch(s);
-}
-
 /// Unpacks one quantized row into the scratch layout of [`micro`], per block pair `p`: `u[64 p ..]` the 64
 /// unsigned values, `dw[16 p ..]` the two scales each broadcast to 8 lanes, `mw[4 p ..]` `(0, m0, 0, m1)`
 /// with `m` the coefficient of the activation block sum.
@@ -413,40 +348,26 @@ fn batched_quantized(
     reset(&mut s.u, R * pairs * 64, 0);
     reset(&mut s.dw, R * pairs * 16, 0.0);
     reset(&mut s.mw, R * nbp * 2, 0.0);
-    let mut r0 = rows.start;
-    while r0 < rows.end {
-        let nr = R.min(rows.end - r0);
-        for i in 0..R {
-            let u = &mut s.u[i * pairs * 64..(i + 1) * pairs * 64];
-            let dw = &mut s.dw[i * pairs * 16..(i + 1) * pairs * 16];
-            let mw = &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2];
-            if i < nr {
-                unpack_row(w.dtype, w.row(r0 + i), pairs, u, dw, mw);
-            } else {
-                // A missing row of the last tile: zero weights, computed and dropped.
+    let unpack = |s: &mut Scratch, i: usize, row: Option<usize>| {
+        let u = &mut s.u[i * pairs * 64..(i + 1) * pairs * 64];
+        let dw = &mut s.dw[i * pairs * 16..(i + 1) * pairs * 16];
+        let mw = &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2];
+        match row {
+            Some(r) => unpack_row(w.dtype, w.row(r), pairs, u, dw, mw),
+            None => {
                 u.fill(0);
                 dw.fill(0.0);
                 mw.fill(0.0);
             }
         }
-        let mut t0 = toks.start;
-        while t0 < toks.end {
-            let nt = T.min(toks.end - t0);
-            let res = match nt {
-                4 => micro::<4>(&s, pairs, acts, t0),
-                3 => micro::<3>(&s, pairs, acts, t0),
-                2 => micro::<2>(&s, pairs, acts, t0),
-                _ => micro::<1>(&s, pairs, acts, t0),
-            };
-            for (i, res) in res.iter().enumerate().take(nr) {
-                for (j, &v) in res.iter().enumerate().take(nt) {
-                    put(t0 + j, r0 + i, v);
-                }
-            }
-            t0 += nt;
-        }
-        r0 += nr;
-    }
+    };
+    let tile = |s: &Scratch, t0: usize, nt: usize| match nt {
+        4 => micro::<4>(s, pairs, acts, t0),
+        3 => micro::<3>(s, pairs, acts, t0),
+        2 => micro::<2>(s, pairs, acts, t0),
+        _ => micro::<1>(s, pairs, acts, t0),
+    };
+    for_each_tile::<R, T>(&mut s, rows, toks, unpack, tile, put);
     give_scratch(s);
 }
 

@@ -47,6 +47,84 @@
 //! VNNI's `vpdpbusd`, two blocks per register. Both convert the f16 scales with F16C. See the `avx2` and
 //! `avx512` modules for the details of each kernel.
 
+/// The entry points every SIMD module has, written once: `part` (the batched kernels for many tokens, the
+/// one-token kernels row by row otherwise) and `dot_row` (one row of any dtype times one token), plus
+/// `batched_float`. Each module supplies its kernels under the same names (`dot_q4::<Q4_1>`, `dot_q8_0`,
+/// `dot_float`, `batched_quantized`), and the expansion compiles them with the module's target features,
+/// so the calls inside inline as direct calls between functions of one feature set.
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_entry_points {
+    ($features:literal, $cpu:literal) => {
+        /// The kernels of this module over `rows x toks`, see [`super::part`].
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU must support ", $cpu, ".")]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn part(
+            w: &QMatrix,
+            acts: &Acts,
+            rows: Range<usize>,
+            toks: Range<usize>,
+            put: &mut impl FnMut(usize, usize, f32),
+        ) {
+            let dtype = w.dtype;
+            if acts.n() > 1 && dtype.is_quantized() {
+                batched_quantized(w, acts, rows, toks, put);
+                return;
+            }
+            if acts.n() > 1 {
+                batched_float(w, acts, rows, toks, put);
+                return;
+            }
+            for r in rows {
+                let row = w.row(r);
+                for t in toks.clone() {
+                    put(t, r, dot_row(dtype, row, acts, t));
+                }
+            }
+        }
+
+        /// One row of `dtype` times token `t`, by the one-token kernels.
+        ///
+        /// # Safety
+        /// A `#[target_feature]` function: calling it from code compiled without these features is `unsafe`,
+        #[doc = concat!("and sound only when the CPU has them. The CPU must support ", $cpu, ".")]
+        #[target_feature(enable = $features)]
+        pub(super) fn dot_row(dtype: DType, row: &[u8], acts: &Acts, t: usize) -> f32 {
+            match dtype {
+                DType::Q4_0 => dot_q4::<false>(row, acts.q_tok(t), acts.sc_tok(t)),
+                DType::Q4_1 => dot_q4::<true>(row, acts.q_tok(t), acts.sc_tok(t)),
+                DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
+                DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
+            }
+        }
+
+        /// Float rows times many tokens: each row is converted to f32 once and dotted with every token.
+        #[target_feature(enable = $features)]
+        fn batched_float(
+            w: &QMatrix,
+            acts: &Acts,
+            rows: Range<usize>,
+            toks: Range<usize>,
+            put: &mut impl FnMut(usize, usize, f32),
+        ) {
+            let mut s = take_scratch();
+            reset(&mut s.row, w.cols, 0.0);
+            for r in rows {
+                super::scalar::dequantize_row(w.dtype, w.row(r), &mut s.row);
+                let row = &s.row;
+                // SAFETY: reinterpreting f32 values as their little-endian bytes: any bytes are valid `u8`,
+                // the length is exact, and `u8` has no alignment requirement.
+                let bytes = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), row.len() * 4) };
+                for t in toks.clone() {
+                    put(t, r, dot_float(DType::F32, bytes, acts.x_tok(t)));
+                }
+            }
+            give_scratch(s);
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -509,6 +587,61 @@ fn part(
         Isa::Avx512 => unsafe { avx512::part(w, acts, rows, toks, put) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::part(w, acts, rows, toks, put),
+    }
+}
+
+/// The tile loop of the batched quantized kernels: rows `rows` in tiles of `R`, each tile unpacked into
+/// `s` once (`unpack(s, i, Some(r))` puts row `r` in slot `i`; `unpack(s, i, None)` zeroes a slot the last
+/// tile has no row for, whose results are computed and dropped), then run against the tokens of `toks`,
+/// `T` at a time, by `micro(s, t0, nt)`, whose `[row][token]` results go to `put`.
+///
+/// Inlined into each kernel, so the closures compile with the caller's target features.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn for_each_tile<const R: usize, const T: usize>(
+    s: &mut Scratch,
+    rows: Range<usize>,
+    toks: Range<usize>,
+    mut unpack: impl FnMut(&mut Scratch, usize, Option<usize>),
+    mut micro: impl FnMut(&Scratch, usize, usize) -> [[f32; T]; R],
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let nr = R.min(rows.end - r0);
+        for i in 0..R {
+            unpack(s, i, (i < nr).then_some(r0 + i));
+        }
+        let mut t0 = toks.start;
+        while t0 < toks.end {
+            let nt = T.min(toks.end - t0);
+            let res = micro(s, t0, nt);
+            for (i, res) in res.iter().enumerate().take(nr) {
+                for (j, &v) in res.iter().enumerate().take(nt) {
+                    put(t0 + j, r0 + i, v);
+                }
+            }
+            t0 += nt;
+        }
+        r0 += nr;
+    }
+}
+
+/// The f16 scale words of the Q4 block at `p` as one `u32`, low half first: `[d, m]` for Q4_1 (`Q4_1 =
+/// true`), `[d, d]` for Q4_0 (the scale, and the factor of its `- 8` term), ready for one F16C conversion.
+///
+/// # Safety
+/// `p` points at the start of a block: 4 bytes (Q4_1) or 2 bytes (Q4_0) readable, any alignment.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn q4_scale_bits<const Q4_1: bool>(p: *const u8) -> u32 {
+    if Q4_1 {
+        // SAFETY: the caller guarantees 4 readable bytes at `p`; unaligned read.
+        unsafe { p.cast::<u32>().read_unaligned() }
+    } else {
+        // SAFETY: the caller guarantees 2 readable bytes at `p`; unaligned read.
+        let d = u32::from(unsafe { p.cast::<u16>().read_unaligned() });
+        d | (d << 16)
     }
 }
 

@@ -220,6 +220,24 @@ fn for_all_cases(dtypes: &[DType], mut f: impl FnMut(DType, usize, usize, usize,
     }
 }
 
+/// The matrix of `wdata` and its product with the `n` tokens of `x` (prepared into `acts`) by the scalar
+/// kernels, token-major.
+fn scalar_matmul<'a>(
+    acts: &mut Acts,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    wdata: &'a [u8],
+    x: &[f32],
+) -> (QMatrix<'a>, Vec<f32>) {
+    let w = QMatrix::new(dtype, rows, cols, wdata).expect("test matrix is well formed");
+    acts.prepare(dtype, x, n, cols);
+    let mut out = vec![0.0f32; n * rows];
+    matmul_with(Isa::Scalar, &w, acts, &mut out);
+    (w, out)
+}
+
 #[test]
 fn simd_kernels_match_scalar() {
     let isas = available_simd();
@@ -231,10 +249,7 @@ fn simd_kernels_match_scalar() {
     let mut acts = Acts::new();
     let mut worst = std::collections::BTreeMap::new();
     for_all_cases(&all, |dtype, rows, cols, n, wdata, x| {
-        let w = QMatrix::new(dtype, rows, cols, wdata).expect("test matrix is well formed");
-        acts.prepare(dtype, x, n, cols);
-        let mut want = vec![0.0f32; n * rows];
-        matmul_with(Isa::Scalar, &w, &acts, &mut want);
+        let (w, want) = scalar_matmul(&mut acts, dtype, rows, cols, n, wdata, x);
         for &isa in &isas {
             let mut got = vec![f32::NAN; n * rows];
             matmul_with(isa, &w, &acts, &mut got);
@@ -265,10 +280,7 @@ fn quantized_kernels_stay_within_the_activation_quantization_bound() {
     let mut acts = Acts::new();
     let (mut sum_err, mut sum_bound) = (0.0f64, 0.0f64);
     for_all_cases(&QUANTIZED, |dtype, rows, cols, n, wdata, x| {
-        let w = QMatrix::new(dtype, rows, cols, wdata).expect("test matrix is well formed");
-        acts.prepare(dtype, x, n, cols);
-        let mut got = vec![0.0f32; n * rows];
-        matmul_with(Isa::Scalar, &w, &acts, &mut got);
+        let (w, got) = scalar_matmul(&mut acts, dtype, rows, cols, n, wdata, x);
         for t in 0..n {
             let xt = &x[t * cols..(t + 1) * cols];
             for r in 0..rows {
@@ -288,10 +300,7 @@ fn quantized_kernels_stay_within_the_activation_quantization_bound() {
 fn float_kernels_match_the_exact_reference() {
     let mut acts = Acts::new();
     for_all_cases(&FLOATS, |dtype, rows, cols, n, wdata, x| {
-        let w = QMatrix::new(dtype, rows, cols, wdata).expect("test matrix is well formed");
-        acts.prepare(dtype, x, n, cols);
-        let mut got = vec![0.0f32; n * rows];
-        matmul_with(Isa::Scalar, &w, &acts, &mut got);
+        let (w, got) = scalar_matmul(&mut acts, dtype, rows, cols, n, wdata, x);
         for t in 0..n {
             let xt = &x[t * cols..(t + 1) * cols];
             for r in 0..rows {

@@ -147,6 +147,8 @@ pub fn dot_wide_reference(dtype: DType, row: &[u8], a: &WideActs, t: usize) -> f
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::super::avx512::{add_q4_pair, pair_broadcast, q4_total};
+    use super::super::q4_scale_bits;
     use super::*;
 
     /// Rows `rows` of `w` times token 0 of `a` into `out`.
@@ -191,13 +193,6 @@ mod avx512 {
         _mm512_dpbusd_epi32(h255, z, xl)
     }
 
-    /// Lanes 0..8 take lane 0 of a 4-float vector, lanes 8..16 its lane 2: one scale per block of a pair.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn pair_broadcast() -> __m512i {
-        _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0)
-    }
-
     /// One Q4_1 (`Q4_1 = true`) or Q4_0 row, two blocks per step. A block pair's four f16 weight scales
     /// (`d0, m0, d1, m1`, or `d0, d0, d1, d1` for Q4_0) are converted at once and multiplied by the activation
     /// pair's `(step, block sum)` values: lanes 0 and 2 scale the integer dot products, lanes 1 and 3 are the
@@ -212,7 +207,6 @@ mod avx512 {
         );
         let (rp, hp, lp, sp) = (row.as_ptr(), qh.as_ptr(), ql.as_ptr(), sc.as_ptr());
         let nib = _mm_set1_epi8(0x0F);
-        let bidx = pair_broadcast();
         let mut acc = _mm512_setzero_ps();
         let mut macc = _mm_setzero_ps();
         let mut b = 0;
@@ -225,19 +219,11 @@ mod avx512 {
             // `b * 32 .. b * 32 + 64` and scales `2b .. 2b + 4` lie inside whole block pairs of the buffers
             // (asserted; padded to a multiple of 8 blocks with zeros); unaligned loads.
             let (p0, p1, h0, h1, xh, xl, s) = unsafe {
-                let h = |k: usize| -> u32 {
-                    if Q4_1 {
-                        rp.add(bb * k).cast::<u32>().read_unaligned()
-                    } else {
-                        let d = u32::from(rp.add(bb * k).cast::<u16>().read_unaligned());
-                        d | (d << 16)
-                    }
-                };
                 (
                     _mm_loadu_si128(rp.add(bb * b + off).cast()),
                     _mm_loadu_si128(rp.add(bb * b1 + off).cast()),
-                    h(b),
-                    h(b1),
+                    q4_scale_bits::<Q4_1>(rp.add(bb * b)),
+                    q4_scale_bits::<Q4_1>(rp.add(bb * b1)),
                     _mm512_loadu_si512(hp.add(b * QK).cast()),
                     _mm512_loadu_si512(lp.add(b * QK).cast()),
                     _mm_loadu_ps(sp.add(2 * b)),
@@ -251,22 +237,10 @@ mod avx512 {
             let z0 = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo0), hi0);
             let z1 = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo1), hi1);
             let z = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(z0), z1);
-            let f = _mm_cvtph_ps(_mm_cvtsi64_si128((u64::from(h0) | (u64::from(h1) << 32)) as i64));
-            let prod = _mm_mul_ps(f, s);
-            macc = _mm_add_ps(macc, prod);
-            let scale = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(prod));
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(combine(z, xh, xl)), scale, acc);
+            add_q4_pair(combine(z, xh, xl), h0, h1, s, &mut acc, &mut macc);
             b += 2;
         }
-        let m = _mm_blend_ps::<0b1010>(_mm_setzero_ps(), macc);
-        let m = _mm_hadd_ps(m, m);
-        let offsets = _mm_cvtss_f32(_mm_hadd_ps(m, m));
-        let sum = _mm512_reduce_add_ps(acc);
-        if Q4_1 {
-            sum + offsets
-        } else {
-            sum - 8.0 * offsets
-        }
+        q4_total::<Q4_1>(acc, macc)
     }
 
     /// One Q8_0 row: `|w|` times the activations with `w`'s sign, two blocks per step.
