@@ -85,56 +85,46 @@ pub fn random_layout_set(rng: &mut impl rand::Rng, layout: &Layout) -> Result<Ve
     neuron_read_set(layout, layer, &random_neurons(rng, f, count))
 }
 
-/// Validates `model` against measured reads of random mixed sets of a file of `file_len` bytes: per
-/// `(depth, backend)`, `sets_per_depth` sets of 64..=1024 reads of log-uniform sizes 4 KiB..1 MiB at unaligned
-/// offsets. See [`validate_sets`] for how they are measured.
+/// Where a validation's read sets come from.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadSets<'a> {
+    /// Sets of 64..=1024 reads of log-uniform sizes 4 KiB..1 MiB at unaligned offsets of a file of this
+    /// many bytes ([`random_mixed_set`]).
+    Mixed { file_len: u64 },
+    /// One layer's batches of the flash loop over this layout's `ffn.bin` ([`random_layout_set`]); the
+    /// backends must read that file.
+    Layout(&'a Layout),
+}
+
+/// Validates `model` against measured reads: per `(depth, backend)`, `sets_per_depth` sets drawn from
+/// `sets` with one generator seeded with `seed`. See [`validate_sets`] for how they are measured.
 pub fn validate(
     backends: &mut [(usize, Box<dyn ReadBackend>)],
     model: &CostModel,
-    file_len: u64,
+    sets: ReadSets,
     sets_per_depth: usize,
     passes: usize,
     seed: u64,
 ) -> Result<Vec<ValidationRow>> {
-    validate_drawn(backends, model, file_len, sets_per_depth, passes, seed, &mut |rng| {
-        let n = rng.gen_range(64..=1024);
-        Ok(random_mixed_set(rng, file_len, n, 4096, 1 << 20))
-    })
-}
-
-/// Validates `model` against measured reads of `layout`'s `ffn.bin` (the backends must read that file): per
-/// `(depth, backend)`, `sets_per_depth` sets from [`random_layout_set`]. See [`validate_sets`].
-pub fn validate_layout(
-    backends: &mut [(usize, Box<dyn ReadBackend>)],
-    model: &CostModel,
-    layout: &Layout,
-    sets_per_depth: usize,
-    passes: usize,
-    seed: u64,
-) -> Result<Vec<ValidationRow>> {
-    let file_len = layout.manifest().ffn.len;
-    validate_drawn(backends, model, file_len, sets_per_depth, passes, seed, &mut |rng| random_layout_set(rng, layout))
-}
-
-/// Per backend, `sets_per_depth` read sets drawn by `draw` from one generator seeded with `seed`, then
-/// [`validate_sets`] with the same generator.
-fn validate_drawn(
-    backends: &mut [(usize, Box<dyn ReadBackend>)],
-    model: &CostModel,
-    file_len: u64,
-    sets_per_depth: usize,
-    passes: usize,
-    seed: u64,
-    draw: &mut dyn FnMut(&mut StdRng) -> Result<Vec<ReadReq>>,
-) -> Result<Vec<ValidationRow>> {
+    let file_len = match sets {
+        ReadSets::Mixed { file_len } => file_len,
+        ReadSets::Layout(l) => l.manifest().ffn.len,
+    };
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut sets = Vec::new();
+    let mut drawn = Vec::new();
     for b in 0..backends.len() {
         for _ in 0..sets_per_depth {
-            sets.push((b, draw(&mut rng)?));
+            let set = match sets {
+                ReadSets::Mixed { file_len } => {
+                    let n = rng.gen_range(64..=1024);
+                    random_mixed_set(&mut rng, file_len, n, 4096, 1 << 20)
+                }
+                ReadSets::Layout(l) => random_layout_set(&mut rng, l)?,
+            };
+            drawn.push((b, set));
         }
     }
-    validate_sets(backends, model, file_len, sets, passes, &mut rng)
+    validate_sets(backends, model, file_len, drawn, passes, &mut rng)
 }
 
 /// Measures each `(backend index, reads)` set with its backend (`backends[i] = (queue depth, backend)`) and
@@ -266,7 +256,7 @@ mod validate_tests {
                 (d, open_backend(BackendKind::Uring, f.path(), &io).unwrap())
             })
             .collect();
-        let rows = validate(&mut backends, &model, f.len(), 2, 3, 9).unwrap();
+        let rows = validate(&mut backends, &model, ReadSets::Mixed { file_len: f.len() }, 2, 3, 9).unwrap();
         assert_eq!(rows.len(), 4);
         for r in &rows {
             assert!(r.measured_min_ms <= r.measured_ms && r.measured_ms <= r.measured_max_ms);

@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use experiments::cost_validation::{neuron_read_set, random_neurons, validate_layout};
+use experiments::cost_validation::{neuron_read_set, random_neurons, validate, ReadSets};
 use experiments::device::{run_profile_file, ProfileConfig};
 use experiments::layout_bench::{run_layout_bench, LayoutBenchConfig};
 use rand::SeedableRng;
@@ -122,7 +122,7 @@ fn validation_on_layout_sets_runs_end_to_end() {
             (d, open_backend(BackendKind::Uring, &ffn, &IoConfig { queue_depth: d, ..IoConfig::default() }).unwrap())
         })
         .collect();
-    let rows = validate_layout(&mut backends, &model, &layout, 3, 2, 9).unwrap();
+    let rows = validate(&mut backends, &model, ReadSets::Layout(&layout), 3, 2, 9).unwrap();
     assert_eq!(rows.len(), 6);
     for r in &rows {
         assert!(r.measured_min_ms <= r.measured_ms && r.measured_ms <= r.measured_max_ms, "{r:?}");

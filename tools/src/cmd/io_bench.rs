@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use experiments::cost_validation::{device_spread, validate, validate_layout, ErrorSummary};
+use experiments::cost_validation::{device_spread, validate, ErrorSummary, ReadSets};
 use experiments::device::measure_random;
 use spike_flash::cost::CostModel;
 use spike_flash::io::ScratchFile;
@@ -155,8 +155,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             let name = backends.first().map_or("none", |b| b.1.name());
             let rows = match &layout {
-                Some(l) => validate_layout(&mut backends, &model, l, args.sets, args.passes, args.seed),
-                None => validate(&mut backends, &model, file_len, args.sets, args.passes, args.seed),
+                Some(l) => validate(&mut backends, &model, ReadSets::Layout(l), args.sets, args.passes, args.seed),
+                None => {
+                    validate(&mut backends, &model, ReadSets::Mixed { file_len }, args.sets, args.passes, args.seed)
+                }
             }
             .with_context(|| format!("reading {}", path.display()))?;
             let kind = if layout.is_some() { "layout sets (one layer's neurons, 1 to all)" } else { "mixed sets" };
