@@ -170,12 +170,26 @@ impl TraceMeta {
         docs
     }
 
-    /// Splits the tokens into train and validation indices (each ascending) such that no document contributes
-    /// to both. Documents are shuffled with `seed` and given to validation until it holds at least
+    /// Whether [`TraceMeta::split`] splits by segment instead of by document: a trace of one document in several
+    /// segments (context windows) could otherwise give one side nothing.
+    pub fn splits_by_segment(&self) -> bool {
+        self.documents().len() < 2 && self.segments.len() >= 2
+    }
+
+    /// The units a split keeps whole: the documents, or the segments when [`TraceMeta::splits_by_segment`].
+    fn split_units(&self) -> Vec<Range<usize>> {
+        match self.splits_by_segment() {
+            true => self.segments.iter().map(Segment::range).collect(),
+            false => self.documents(),
+        }
+    }
+
+    /// Splits the tokens into train and validation indices (each ascending) such that no document (no segment,
+    /// for a one-document trace: [`TraceMeta::splits_by_segment`]) contributes to both. Documents are shuffled with `seed` and given to validation until it holds at least
     /// `valid_fraction` of the tokens (so it may hold up to one document more); when `valid_fraction` is
     /// below 1, training keeps at least one document. `valid_fraction` is clamped to `[0, 1]`.
     pub fn split(&self, valid_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-        let docs = self.documents();
+        let docs = self.split_units();
         let frac = if valid_fraction.is_nan() { 0.0 } else { valid_fraction.clamp(0.0, 1.0) };
         let target = frac * self.n_tokens as f64;
         let mut order: Vec<usize> = (0..docs.len()).collect();

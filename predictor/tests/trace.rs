@@ -187,6 +187,29 @@ fn the_document_split_never_shares_a_document() {
 }
 
 #[test]
+fn a_one_document_trace_splits_by_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("one.trace");
+    // One document of 100 tokens in segments of 8: a split by document would leave one side empty.
+    synthetic_trace(&p, &[100], 8, 1, 4, 8);
+    let trace = Trace::open(&p).expect("opens");
+    assert_eq!(trace.documents().len(), 1);
+    assert!(trace.meta().splits_by_segment());
+    let segments: Vec<std::ops::Range<usize>> = trace.meta().segments.iter().map(|s| s.range()).collect();
+    for seed in 0..10u64 {
+        let (train, valid) = trace.split(0.2, seed);
+        assert_eq!(train.len() + valid.len(), 100);
+        assert!(!train.is_empty() && !valid.is_empty(), "seed {seed}");
+        assert!(valid.len() >= 20, "seed {seed}: {} validation tokens", valid.len());
+        // Whole segments on each side.
+        for r in &segments {
+            let in_valid = r.clone().filter(|t| valid.binary_search(t).is_ok()).count();
+            assert!(in_valid == 0 || in_valid == r.len(), "seed {seed}: segment {r:?} split");
+        }
+    }
+}
+
+#[test]
 fn truncated_flipped_and_versioned_traces_are_clear_errors_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("good.trace");

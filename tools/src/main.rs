@@ -5,7 +5,7 @@
 use std::io::ErrorKind;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use spike_flash::engine::input::ActPrecision;
 
 mod cmd;
@@ -89,8 +89,35 @@ fn dispatch(command: Command, precision: ActPrecision) -> anyhow::Result<()> {
     }
 }
 
+/// `--version`: the package version, the commit built from, and what this CPU runs (the kernels chosen at run
+/// time and the CPU model).
+fn version() -> &'static str {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let text = format!(
+        "{} (commit {}; kernels {:?} on {cpu})",
+        env!("CARGO_PKG_VERSION"),
+        env!("SPIKE_COMMIT"),
+        spike_flash::engine::kernels::isa()
+    );
+    // The version is asked for once per process; clap keeps it for the life of the command.
+    Box::leak(text.into_boxed_str())
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let matches = Cli::command().version(version()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A closed pipe (`spike generate | head`) is how the reader says it has seen enough.

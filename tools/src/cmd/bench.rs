@@ -24,7 +24,8 @@ pub struct Args {
     /// Repeats; the median is reported.
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// CSV file for the per-repeat rows (flash mode: per-token rows; default results/bench/flash.csv).
+    /// CSV file for the per-repeat rows (flash mode: the per-token rows, and the table beside it as
+    /// NAME.summary.csv; required there). Without it a dense bench writes no file.
     #[arg(long)]
     csv: Option<PathBuf>,
     #[command(flatten)]
@@ -58,7 +59,6 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
         return run_flash(&args, layout, precision);
     }
     args.flash.check_unused(&[])?;
-    let csv = args.csv.clone().unwrap_or_else(|| PathBuf::from("results/bench/dense.csv"));
     let loaded = super::load_model(args.model.as_deref(), precision)?;
     let b = DenseBench { prompt: args.prompt, gen: args.gen, reps: args.reps };
     let bar = ProgressBar::new((2 * args.reps) as u64);
@@ -66,7 +66,6 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     let rows = dense_bench::run(&loaded.model, &loaded.path, &b, &mut || bar.inc(1))
         .with_context(|| format!("--prompt {} and --gen {}", args.prompt, args.gen))?;
     bar.finish_and_clear();
-    super::write_csv(&csv, &rows)?;
     let first = rows.first().expect("a bench with repeats has rows");
     println!(
         "model: {}  threads: {}  isa: {}  activations: {}  repeats: {}",
@@ -81,7 +80,13 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
         let (median, lo, hi) = dense_bench::spread(&rows, test);
         println!("{:<6} {:>8} {:>12.1} {:>12.1} {:>12.1}", format!("{test}{tokens}"), tokens, median, lo, hi);
     }
-    println!("rows written to {}", csv.display());
+    match &args.csv {
+        Some(csv) => {
+            super::write_csv(csv, &rows)?;
+            println!("rows written to {}", csv.display());
+        }
+        None => println!("rows not written (give --csv FILE to keep them)"),
+    }
     Ok(())
 }
 
@@ -107,7 +112,7 @@ fn run_flash(args: &Args, layout: &std::path::Path, precision: ActPrecision) -> 
         rows,
         prompts,
         gen: args.gen,
-        csv: args.csv.clone().unwrap_or_else(|| PathBuf::from("results/bench/flash.csv")),
+        csv: args.csv.clone().context("flash mode writes its per-token rows: give --csv FILE")?,
     };
     eprintln!(
         "flash bench: {} rows x {} prompts of {} tokens, {} decoded each; backend {}, budget {}",

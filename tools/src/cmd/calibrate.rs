@@ -32,6 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     super::check_fraction(args.valid_fraction, "--valid-fraction")?;
     let t0 = Instant::now();
     let trace = Trace::open(&args.trace)?;
+    super::note_split(&trace);
     let meta = trace.meta();
     let bar = ProgressBar::new(meta.n_layers as u64);
     bar.set_style(

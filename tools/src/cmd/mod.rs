@@ -48,6 +48,18 @@ pub fn check_fraction(value: f64, flag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says on stderr when `trace` is one document, whose train/validation split is then by segment.
+pub fn note_split(trace: &predictor::trace::Trace) {
+    if trace.meta().splits_by_segment() {
+        eprintln!(
+            "note: {} holds one document: train and validation are split by segment ({} of them), so both come \
+             from the same text",
+            trace.path().display(),
+            trace.meta().segments.len()
+        );
+    }
+}
+
 /// Creates the parent folder of an output file.
 pub fn ensure_parent(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -113,6 +113,7 @@ fn oracle_thresholds(args: &Args, loaded: &super::Loaded, target: Option<f64>) -
         anyhow::bail!("--sparsity oracle:{s} needs --thresholds FILE (from spike calibrate) or --trace TRACE");
     };
     let trace = Trace::open(tp)?;
+    super::note_split(&trace);
     trace.check_model(&identity)?;
     eprintln!("calibrating thresholds for sparsity {s} on {}", tp.display());
     let t = Thresholds::calibrate(&trace, s, args.valid_fraction, args.seed, &mut |_| {})?;

@@ -74,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     super::check_fraction(args.valid_fraction, "--valid-fraction")?;
     let t0 = Instant::now();
     let trace = Trace::open(&args.trace)?;
+    super::note_split(&trace);
     let meta = trace.meta();
     let identity = meta.identity();
     let relu = meta.activation == spike_flash::model::config::Activation::Relu;
