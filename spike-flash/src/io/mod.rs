@@ -36,7 +36,7 @@ pub use config::{IoConfig, MAX_READ};
 pub use mmap::MmapBackend;
 pub use pool::PoolBackend;
 pub use stats::{IoStats, HIST_BUCKETS};
-pub use testing::{Fault, FaultyBackend, MemBackend};
+pub use testing::{CappedAlloc, Fault, FaultyBackend, MemBackend};
 pub use uring::UringBackend;
 
 use crate::{Error, Result};
