@@ -242,8 +242,8 @@ pub fn write(model: &Model, source_path: &Path, out_dir: &Path, opts: &ConvertOp
     };
     fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     // Held until this function returns: no other writer of `out_dir` can check, write or install meanwhile,
-    // so the existence check below stays true until the install, and any partial directory of this output
-    // found now belongs to no running writer.
+    // so the existence check below stays true until the install, and a partial directory of this output whose
+    // process has ended, or is this one, is garbage.
     let _lock = OutputLock::acquire(out_dir)?;
     let removed_stale =
         install::remove_stale(&parent, |n| install::pid_between(n, &format!("{name}{PARTIAL_MARK}"), ""))?;
