@@ -10,6 +10,8 @@ pub mod calibrate;
 pub mod corpus;
 pub mod error;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod lowrank;
 pub mod metrics;
 pub mod select;

@@ -81,6 +81,15 @@ pub enum Error {
     #[error("layer {layer}: {source}")]
     InLayer { layer: usize, source: Box<Error> },
 
+    /// Another writer (process or thread) holds the lock of the output `path`: writing it too would replace
+    /// that writer's work, or have it replace ours.
+    #[error("{}: another process is writing this output now (it holds {}); wait for it to finish or write elsewhere", path.display(), lock.display())]
+    OutputBusy { path: PathBuf, lock: PathBuf },
+
+    /// The output exists and replacing it was not asked for.
+    #[error("{}: already exists", path.display())]
+    OutputExists { path: PathBuf },
+
     /// An argument or configuration value is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),

@@ -17,6 +17,8 @@ pub mod cache;
 pub mod cost;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod io;
 pub mod layout;
 pub mod model;

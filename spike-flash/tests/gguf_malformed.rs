@@ -10,6 +10,10 @@ use spike_flash::Error;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// "No huge allocation", enforced: any single allocation above 64 MiB aborts this test binary.
+#[global_allocator]
+static ALLOC: spike_flash::io::CappedAlloc<{ 64 << 20 }> = spike_flash::io::CappedAlloc;
+
 const LABEL: &str = "bad.gguf";
 
 // GGUF value type ids.
@@ -529,4 +533,33 @@ fn random_corruption_never_panics() {
         }
     }
     assert!(ok > 0 && err > 0, "ok {ok}, err {err}");
+}
+
+/// Found by the gguf fuzz harness (`fuzz/regressions/gguf/block-count-huge.gguf`): a model whose
+/// `llama.block_count` states far more layers than the file holds. Binding it reserved the layer list from
+/// that count (an abort: "memory allocation of 275251800 bytes failed"); it must fail on the first missing
+/// layer instead.
+#[test]
+fn block_count_far_beyond_the_tensors_fails_without_allocating() {
+    use spike_flash::model::gguf::MetaValue;
+    use spike_flash::model::gguf_write::GgufWriter;
+    use spike_flash::model::quant::DType;
+    use spike_flash::model::synth::{llama_gguf, SynthSpec};
+
+    let valid =
+        GgufFile::from_bytes(Path::new(LABEL), llama_gguf(&SynthSpec::tiny_gguf(DType::F32, 3)).unwrap()).unwrap();
+    // 1 << 20 is the largest count the configuration accepts (MAX_DIM).
+    for count in [3u32, 1 << 20] {
+        let mut w = GgufWriter::new();
+        for (k, v) in valid.metadata() {
+            let v = if k == "llama.block_count" { MetaValue::U32(count) } else { v.clone() };
+            w.add_meta(k, v);
+        }
+        for t in valid.tensors() {
+            w.add_tensor(t.name.clone(), &t.dims, t.dtype, valid.tensor_data(&t.name).unwrap().to_vec()).unwrap();
+        }
+        let g = GgufFile::from_bytes(Path::new(LABEL), w.to_bytes().unwrap()).unwrap();
+        let e = quickly(|| spike_flash::model::bind::gguf_llama(std::sync::Arc::new(g))).err().expect("refused");
+        assert!(e.to_string().contains("blk.2.attn_norm.weight"), "block_count {count}: {e}");
+    }
 }

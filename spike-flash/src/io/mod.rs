@@ -16,6 +16,7 @@
 
 mod buf;
 mod config;
+pub mod install;
 mod mmap;
 pub mod plan;
 mod pool;
@@ -39,21 +40,44 @@ pub use pool::PoolBackend;
 pub use runs::RunReader;
 pub use scratch::{fill_pattern, pattern_byte, ScratchFile};
 pub use stats::{IoStats, HIST_BUCKETS};
-pub use testing::{Fault, FaultyBackend, MemBackend};
+pub use testing::{CappedAlloc, Fault, FaultyBackend, MemBackend};
 pub use uring::UringBackend;
 
 use crate::{Error, Result};
 
-/// A temporary name beside `path` (same folder, so a rename is atomic): `.NAME.PID.tmp`.
+/// A temporary name beside `path` (same folder, so a rename is atomic): `.NAME.PID.N.tmp`, with `N` counting
+/// the calls of this process, so that threads writing beside each other never share one.
 pub fn temp_path(path: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+/// The process id in `name` if it is one of [`temp_path`]'s names, for any file: `.FILE.PID.N.tmp`, or
+/// `.FILE.PID.tmp` as earlier versions wrote.
+pub fn temp_pid(name: &str) -> Option<u32> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (head, last) = rest.rsplit_once('.')?;
+    let (file, pid) = match head.rsplit_once('.') {
+        Some((file, pid)) if !file.is_empty() && digits(pid) && digits(last) => (file, pid),
+        _ => (head, last),
+    };
+    if file.is_empty() || !digits(pid) {
+        return None;
+    }
+    // No process has id 0.
+    pid.parse().ok().filter(|&p| p > 0)
 }
 
 /// Writes `path` atomically: `fill` writes a temporary file beside it, which is synced and renamed over
 /// `path`, and the folder is synced; `path` then holds the old contents or the whole new ones, never a part.
-/// On any error the temporary file is removed.
+/// The write holds `path`'s [`install::OutputLock`], so a second writer of the same path meanwhile (another
+/// process or thread) is refused with [`Error::OutputBusy`] instead of one silently replacing the other.
+/// On any error (a full disk included) the temporary file is removed.
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()> {
+    let _lock = install::OutputLock::acquire(path)?;
     let tmp = temp_path(path);
     let result = (|| -> Result<()> {
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

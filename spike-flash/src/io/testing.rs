@@ -1,5 +1,6 @@
 //! Backends for tests: [`MemBackend`] (an in-memory file that counts like a device backend) and
-//! [`FaultyBackend`] (wraps another backend and fails chosen requests).
+//! [`FaultyBackend`] (wraps another backend and fails chosen requests); and [`CappedAlloc`], the allocator of
+//! the fuzz harnesses and their replays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -142,5 +143,44 @@ impl ReadBackend for FaultyBackend {
 
     fn reset_stats(&mut self) {
         self.inner.reset_stats();
+    }
+}
+
+/// A global allocator for fuzz harnesses and their replays in tests: the system allocator, refusing any single
+/// allocation of more than `LIMIT` bytes. A refused allocation makes Rust abort with "memory allocation of N
+/// bytes failed", so a reader that sizes a buffer from a count in its input fails loudly under test even on a
+/// machine that could have served it.
+pub struct CappedAlloc<const LIMIT: usize>;
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, or returns null, which the
+// `GlobalAlloc` contract allows for any allocation that cannot be served; `System` upholds the rest.
+unsafe impl<const LIMIT: usize> std::alloc::GlobalAlloc for CappedAlloc<LIMIT> {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > LIMIT {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller meets `alloc`'s contract (non-zero size), which is the same for `System`.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.size() > LIMIT {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: as for `alloc`.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from this allocator, hence from `System`, with this `layout`.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if new_size > LIMIT {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: `ptr` came from `System` with `layout`; the caller meets `realloc`'s other conditions.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
     }
 }

@@ -10,6 +10,7 @@ use super::{
     ResidentInfo, Section, SourceInfo, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK,
     RESIDENT_FILE, VERSION,
 };
+use crate::io::install::{self, OutputLock, Stale};
 use crate::model::config::ModelConfig;
 use crate::model::fetch::model_sha256;
 use crate::model::gguf::{GgufFile, MetaValue};
@@ -111,6 +112,8 @@ pub struct Summary {
     pub max_abs_error_rows: f32,
     /// Largest `|stored - source|` over every column value (down, fc2).
     pub max_abs_error_columns: f32,
+    /// Partial directories of this output left by writers no longer running, removed before writing.
+    pub removed_stale: Vec<Stale>,
 }
 
 fn layout_err(path: &Path, what: impl Into<String>) -> Error {
@@ -197,6 +200,10 @@ fn resident_writer(
 
 /// Converts `model`, read from `source_path`, into the layout directory `out_dir` (`NAME.spike`). The
 /// directory appears complete or not at all: it is written as `NAME.spike.partial-<pid>` and renamed last.
+/// The whole conversion holds `out_dir`'s [`OutputLock`]: a second writer of the same output meanwhile is
+/// refused ([`Error::OutputBusy`]), and an existing `out_dir` is refused ([`Error::OutputExists`]) unless
+/// `opts.force`. Partial directories of `out_dir` whose writers are no longer running are removed first and
+/// listed in [`Summary::removed_stale`].
 /// For a Hugging Face checkpoint (a directory), `resident.bin` keeps the tensors under their checkpoint names
 /// with `config.json` and `tokenizer.json` as metadata strings.
 pub fn write(
@@ -238,16 +245,20 @@ pub fn write(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if out_dir.exists() && !opts.force {
-        return Err(layout_err(out_dir, "already exists; pass --force to replace it"));
-    }
     fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let partial = parent.join(format!("{name}{PARTIAL_MARK}{}", std::process::id()));
-    if partial.exists() {
-        fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    // Held until this function returns: no other writer of `out_dir` can check, write or install meanwhile,
+    // so the existence check below stays true until the install, and a partial directory of this output whose
+    // process has ended, or is this one, is garbage.
+    let _lock = OutputLock::acquire(out_dir)?;
+    let removed_stale =
+        install::remove_stale(&parent, |n| install::pid_between(n, &format!("{name}{PARTIAL_MARK}"), ""))?;
+    if out_dir.exists() && !opts.force {
+        return Err(Error::OutputExists { path: out_dir.to_path_buf() });
     }
+    let partial = parent.join(format!("{name}{PARTIAL_MARK}{}", std::process::id()));
     fs::create_dir(&partial).map_err(|e| Error::io(&partial, e))?;
-    let written = write_into(&partial, model, &src, source_path, opts, &plan);
+    let written = write_into(&partial, model, &src, source_path, opts, &plan)
+        .and_then(|w| install_dir(&partial, out_dir, &parent, opts.force).map(|()| w));
     let (manifest_bytes, resident_bytes, ffn_bytes, errors) = match written {
         Ok(w) => w,
         Err(e) => {
@@ -256,7 +267,6 @@ pub fn write(
             return Err(e);
         }
     };
-    install(&partial, out_dir, &parent, name)?;
 
     let isolated: u64 = plan.sections.iter().map(|s| round_up(s.stride, opts.align)).sum();
     let payload: u64 = plan.sections.iter().map(|s| s.record_bytes).sum();
@@ -282,22 +292,52 @@ pub fn write(
         manifest_bytes,
         max_abs_error_rows: errors.rows,
         max_abs_error_columns: errors.columns,
+        removed_stale,
     })
 }
 
-/// Renames the finished `partial` directory to `out_dir`, replacing an old one only now.
-fn install(partial: &Path, out_dir: &Path, parent: &Path, name: &str) -> Result<()> {
-    let old = parent.join(format!("{name}.old-{}", std::process::id()));
-    let had_old = out_dir.exists();
-    if had_old {
-        fs::rename(out_dir, &old).map_err(|e| Error::io(out_dir, e))?;
+/// Installs the finished `partial` directory as `out_dir`. Without `force`, a rename that refuses to replace
+/// anything: an `out_dir` that appeared meanwhile (a writer that does not take the lock) is kept and this
+/// conversion refused. With `force`, an existing `out_dir` is swapped with `partial` in one step, so `out_dir`
+/// is always a complete layout, old or new; the old one, now under the partial name, is then removed (or, if
+/// this process dies first, by the next writer as a stale partial).
+fn install_dir(partial: &Path, out_dir: &Path, parent: &Path, force: bool) -> Result<()> {
+    let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists;
+    if force && out_dir.exists() {
+        match install::rename_exchange(partial, out_dir) {
+            Ok(()) => {
+                sync_dir(parent)?;
+                // Best effort: the new layout is in place; an old one left here is removed as a stale partial
+                // by the next writer of this output, once this process has ended.
+                let _ = fs::remove_dir_all(partial);
+                return Ok(());
+            }
+            // The file system cannot swap: move the old layout aside first (a crash between the two renames
+            // leaves it under `.replaced-PID`, never deleted).
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let mut aside = out_dir.as_os_str().to_os_string();
+                aside.push(format!(".replaced-{}", std::process::id()));
+                let aside = PathBuf::from(aside);
+                fs::rename(out_dir, &aside).map_err(|e| Error::io(out_dir, e))?;
+                install::rename_noreplace(partial, out_dir).map_err(|e| Error::io(out_dir, e))?;
+                sync_dir(parent)?;
+                let _ = fs::remove_dir_all(&aside);
+                return Ok(());
+            }
+            // Gone since the check: install as new.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(out_dir, e)),
+        }
     }
-    fs::rename(partial, out_dir).map_err(|e| Error::io(out_dir, e))?;
-    File::open(parent).and_then(|d| d.sync_all()).map_err(|e| Error::io(parent, e))?;
-    if had_old {
-        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    match install::rename_noreplace(partial, out_dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if exists(&e) => Err(Error::OutputExists { path: out_dir.to_path_buf() }),
+        Err(e) => Err(Error::io(out_dir, e)),
     }
-    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
 }
 
 /// Sizes and types fixed before writing.

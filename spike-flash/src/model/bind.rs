@@ -127,7 +127,9 @@ fn llama_gguf_names(t: &dyn Tensors, source: Arc<dyn WeightSource>, cfg: ModelCo
     let tok_embd = t.matrix("token_embd.weight", v, d)?;
     let output = if cfg.tied_embeddings { tok_embd } else { t.matrix("output.weight", v, d)? };
     let output_norm = Some(rms("output_norm.weight")?);
-    let mut layers = Vec::with_capacity(cfg.n_layers);
+    // Not reserved from `n_layers`, a count the file states: a layer is pushed only once its tensors are found
+    // in the file, so the file's contents bound the growth.
+    let mut layers = Vec::new();
     for l in 0..cfg.n_layers {
         let n = |s: &str| format!("blk.{l}.{s}.weight");
         layers.push(LayerWeights {
@@ -214,7 +216,8 @@ fn hf_names(t: &dyn Tensors, source: Arc<dyn WeightSource>, cfg: ModelConfig, ff
             };
             let output = if t.contains("lm_head.weight") { t.matrix("lm_head.weight", v, e)? } else { tok_embd };
             let output_norm = if cfg.final_norm { Some(ln(&format!("{p}.final_layer_norm"))?) } else { None };
-            let mut layers = Vec::with_capacity(cfg.n_layers);
+            // Grown as layers are found, not reserved from `n_layers` (see `llama_gguf_names`).
+            let mut layers = Vec::new();
             for l in 0..cfg.n_layers {
                 let n = |s: &str| format!("{p}.layers.{l}.{s}");
                 layers.push(LayerWeights {
@@ -249,7 +252,8 @@ fn hf_names(t: &dyn Tensors, source: Arc<dyn WeightSource>, cfg: ModelConfig, ff
             let rms = |name: &str| -> Result<Norm> { Ok(Norm::Rms { w: t.vector(name, d)? }) };
             let tok_embd = t.matrix("model.embed_tokens.weight", v, d)?;
             let output = if t.contains("lm_head.weight") { t.matrix("lm_head.weight", v, d)? } else { tok_embd };
-            let mut layers = Vec::with_capacity(cfg.n_layers);
+            // Grown as layers are found, not reserved from `n_layers` (see `llama_gguf_names`).
+            let mut layers = Vec::new();
             for l in 0..cfg.n_layers {
                 let n = |s: &str| format!("model.layers.{l}.{s}");
                 layers.push(LayerWeights {

@@ -17,6 +17,7 @@ use super::quant::{self, DType};
 use super::safetensors::{
     dtype_to_safetensors, expected_tensors, HfCheckpoint, CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TOKENIZER_FILE,
 };
+use crate::io::install::{self, OutputLock, Stale};
 use crate::{Error, Result};
 
 /// A GGUF file (bytes) holding a random Llama model of `spec` (see [`SynthSpec::tiny_gguf`]): matrices in
@@ -322,7 +323,7 @@ pub struct SynthProgress<'a> {
 /// Writes a random-weight Hugging Face checkpoint into `dir` (created if needed): the safetensors file(s),
 /// `config.json`, `tokenizer.json` and `tokenizer_config.json`. See [`write_hf_checkpoint_with_progress`].
 pub fn write_hf_checkpoint(spec: &SynthSpec, dir: &Path) -> Result<()> {
-    write_hf_checkpoint_with_progress(spec, dir, &mut |_| {})
+    write_hf_checkpoint_with_progress(spec, dir, &mut |_| {}).map(|_| ())
 }
 
 /// [`write_hf_checkpoint`], calling `progress` after every tensor.
@@ -335,15 +336,19 @@ pub fn write_hf_checkpoint(spec: &SynthSpec, dir: &Path) -> Result<()> {
 /// [-1.2, -0.1] so that, with pre-activations of unit variance, about 55-90% of each neuron's ReLU outputs
 /// are zero (about 70% over all neurons), which gives sparsity experiments something to find. Files are
 /// written under temporary names and renamed; `config.json` comes last, so a directory with a `config.json`
-/// is complete.
+/// is complete. A temporary file is removed on any error (a full disk included). The whole write holds `dir`'s
+/// [`OutputLock`], so a second writer of the same directory meanwhile is refused ([`Error::OutputBusy`]);
+/// temporary files in `dir` left by writers no longer running are removed first and returned.
 pub fn write_hf_checkpoint_with_progress(
     spec: &SynthSpec,
     dir: &Path,
     progress: &mut dyn FnMut(&SynthProgress),
-) -> Result<()> {
+) -> Result<Vec<Stale>> {
     let cfg = spec.config()?;
     let st_dtype = dtype_to_safetensors(spec.dtype).expect("SynthSpec::config accepts only F32, F16 and BF16");
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let _lock = OutputLock::acquire(dir)?;
+    let removed = install::remove_stale(dir, crate::io::temp_pid)?;
     let plans: Vec<Plan> = expected_tensors(&cfg)
         .into_iter()
         .filter(|t| t.required)
@@ -396,11 +401,17 @@ pub fn write_hf_checkpoint_with_progress(
             .iter()
             .map(|p| (p.name.as_str(), LazyTensor { plan: p, dtype: spec.dtype, st_dtype, ctx: &ctx }))
             .collect();
-        safetensors::tensor::serialize_to_file(views, &info, &tmp).map_err(|e| match e {
-            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
-            other => Error::Safetensors { path: tmp.clone(), what: format!("writing: {other}") },
-        })?;
-        rename(&tmp, &path)?;
+        let written = safetensors::tensor::serialize_to_file(views, &info, &tmp)
+            .map_err(|e| match e {
+                safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
+                other => Error::Safetensors { path: tmp.clone(), what: format!("writing: {other}") },
+            })
+            .and_then(|()| rename(&tmp, &path));
+        if let Err(e) = written {
+            // Best effort: the temporary file is garbage either way, and the first error is the one to report.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         for p in group {
             weight_map.insert(p.name.clone(), json!(file));
         }
@@ -426,7 +437,7 @@ pub fn write_hf_checkpoint_with_progress(
     });
     write_json(&dir.join("tokenizer_config.json"), &tok_config)?;
     write_json(&dir.join(CONFIG_FILE), &spec.hf_config_json())?;
-    Ok(())
+    Ok(removed)
 }
 
 /// A tensor to generate: uniform values in `init` from a per-tensor seed.

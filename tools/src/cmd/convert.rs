@@ -81,9 +81,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         force: args.force,
         ..Default::default()
     };
-    let s = layout::write(&model, &path, &args.out, &opts)
-        .with_context(|| format!("converting {} into {}", path.display(), args.out.display()))?;
+    let s = match layout::write(&model, &path, &args.out, &opts) {
+        Err(spike_flash::Error::OutputExists { path: out }) => {
+            anyhow::bail!("{}: already exists; pass --force to replace it", out.display())
+        }
+        r => r.with_context(|| format!("converting {} into {}", path.display(), args.out.display()))?,
+    };
     let secs = start.elapsed().as_secs_f64();
+    for r in &s.removed_stale {
+        println!("{r}");
+    }
     println!("converted {} into {} in {secs:.2} s", path.display(), s.out_dir.display());
     println!("  layout {:?}, rows {}, columns {}, align {}, pack {}", s.kind, s.dtype, s.column_dtype, s.align, s.pack);
     let records: Vec<String> =

@@ -112,12 +112,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("progress bar template")?,
     );
     let start = Instant::now();
-    write_hf_checkpoint_with_progress(&spec, &args.out, &mut |p| {
+    let removed = write_hf_checkpoint_with_progress(&spec, &args.out, &mut |p| {
         bar.set_position(p.bytes_done);
         bar.set_message(p.tensor.to_string());
     })
     .with_context(|| format!("writing the synthetic checkpoint to {}", args.out.display()))?;
     bar.finish_and_clear();
+    for r in &removed {
+        println!("{r}");
+    }
     let secs = start.elapsed().as_secs_f64();
     let family = match arch {
         Arch::Opt => "OPT",

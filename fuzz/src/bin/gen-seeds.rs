@@ -1,0 +1,177 @@
+//! Writes the seed corpora (`fuzz/corpus/<harness>/`): small valid files made by the toolkit's own writers,
+//! packed as each harness reads them. `gen-seeds [DIR]` (default `corpus`). Shapes are the smallest the
+//! writers accept, so each seed is a few KB; the seeds are fixed (named constants) except the layouts' random
+//! `layout_id`.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array1, Array2};
+use predictor::calibrate::{Method, Thresholds};
+use predictor::lowrank::LowRank;
+use predictor::trace::TraceWriter;
+use predictor::{LayerPredictor, ModelIdentity, Predictor};
+use spike_flash::engine::model::{ActivationSink, Model};
+use spike_flash::fuzz_targets::{pack, SplitMix};
+use spike_flash::layout::{self, ConvertOptions, LayoutKind, RecordDType};
+use spike_flash::model::bind::Source;
+use spike_flash::model::config::{Activation, Arch};
+use spike_flash::model::quant::DType;
+use spike_flash::model::synth::{self, SynthSpec};
+
+const SEED_GGUF: u64 = 0x66_7566;
+const SEED_HF: u64 = 0x68_66;
+const SEED_ACTS: u64 = 0x7472;
+const SEED_PRED: u64 = 0x7072;
+/// The sha256 the trace, thresholds and predictor seeds claim (any 64 hex digits do).
+const SHA: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn shape(dtype: DType) -> SynthSpec {
+    SynthSpec {
+        n_layers: 1,
+        d_model: 32,
+        d_ffn: 32,
+        n_heads: 2,
+        n_kv_heads: 1,
+        vocab: 16,
+        ..SynthSpec::tiny_gguf(dtype, SEED_GGUF)
+    }
+}
+
+fn put(dir: &Path, name: &str, bytes: &[u8]) -> Res<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(name), bytes)?;
+    println!("{} ({} bytes)", dir.join(name).display(), bytes.len());
+    Ok(())
+}
+
+fn gguf(out: &Path, scratch: &Path) -> Res<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for dtype in [DType::Q4_1, DType::Q8_0] {
+        let bytes = synth::llama_gguf(&shape(dtype))?;
+        put(&out.join("gguf"), &format!("llama-{dtype}.gguf"), &bytes)?;
+        let p = scratch.join(format!("llama-{dtype}.gguf"));
+        std::fs::write(&p, &bytes)?;
+        files.push(p);
+    }
+    Ok(files)
+}
+
+fn safetensors(out: &Path, scratch: &Path) -> Res<()> {
+    for arch in [Arch::Opt, Arch::Llama] {
+        let spec = SynthSpec {
+            arch,
+            n_layers: 1,
+            d_model: 16,
+            d_ffn: 32,
+            n_heads: 2,
+            n_kv_heads: if arch == Arch::Opt { 2 } else { 1 },
+            vocab: 16,
+            max_positions: 8,
+            dtype: DType::F16,
+            ..SynthSpec::tiny_opt(SEED_HF)
+        };
+        let dir = scratch.join(format!("{arch:?}"));
+        synth::write_hf_checkpoint(&spec, &dir)?;
+        let config = std::fs::read(dir.join("config.json"))?;
+        let st = std::fs::read(dir.join("model.safetensors"))?;
+        put(&out.join("safetensors"), &format!("{arch:?}.bin").to_lowercase(), &pack(&[&config, &st]))?;
+    }
+    Ok(())
+}
+
+fn layouts(out: &Path, scratch: &Path, ggufs: &[PathBuf]) -> Res<()> {
+    for (src, kind, dtype) in [
+        (&ggufs[0], LayoutKind::Bundled, RecordDType::Source),
+        (&ggufs[0], LayoutKind::Split, RecordDType::Source),
+        (&ggufs[1], LayoutKind::Bundled, RecordDType::F16),
+    ] {
+        let model = Model::from_source(&Source::open(src)?)?;
+        let name = format!("{kind:?}-{}", src.file_stem().and_then(|s| s.to_str()).unwrap_or("model")).to_lowercase();
+        let dir = scratch.join(format!("{name}.spike"));
+        let opts = ConvertOptions { kind, dtype, align: 512, ..Default::default() };
+        layout::write(&model, src, &dir, &opts)?;
+        let files = [layout::MANIFEST_FILE, layout::RESIDENT_FILE, layout::FFN_FILE];
+        let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(dir.join(f))).collect::<Result<_, _>>()?;
+        put(&out.join("layout"), &format!("{name}.bin"), &pack(&[&bytes[0], &bytes[1], &bytes[2]]))?;
+    }
+    Ok(())
+}
+
+fn identity(activation: Activation) -> ModelIdentity {
+    ModelIdentity { sha256: SHA.into(), n_layers: 2, d_model: 8, d_ffn: 16, activation }
+}
+
+fn trace(out: &Path, scratch: &Path) -> Res<()> {
+    let id = identity(Activation::Silu);
+    let path = scratch.join("t.trace");
+    let mut w = TraceWriter::create(&path, id.clone(), 4, "fuzz seed")?;
+    let mut rng = SplitMix::new(SEED_ACTS);
+    let mut value = || (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0;
+    for (tokens, new_doc) in [(&[1u32, 5, 9][..], true), (&[2u32, 3][..], false), (&[7u32, 7, 1, 4][..], true)] {
+        w.begin_segment(tokens, new_doc)?;
+        for _ in tokens {
+            for l in 0..id.n_layers {
+                let x: Vec<f32> = (0..id.d_model).map(|_| value()).collect();
+                let n: Vec<f32> = (0..id.d_ffn).map(|_| value()).collect();
+                w.record(l, &x, &n);
+            }
+        }
+    }
+    w.finish()?;
+    put(&out.join("trace"), "small.trace", &std::fs::read(&path)?)
+}
+
+fn thresholds(out: &Path, scratch: &Path) -> Res<()> {
+    let relu = Thresholds::relu(identity(Activation::Relu))?;
+    let quantile = Thresholds {
+        model: identity(Activation::Silu),
+        method: Method::Quantile,
+        target_sparsity: Some(0.5),
+        thresholds: vec![0.125, 0.25],
+        train_sparsity: vec![0.5, 0.48],
+        valid_sparsity: vec![0.52, 0.5],
+        trace: Some("small.trace".into()),
+        valid_fraction: 0.25,
+        seed: 1,
+        train_tokens: 6,
+        valid_tokens: 3,
+        ..relu.clone()
+    };
+    for (name, t) in [("relu.json", &relu), ("quantile.json", &quantile)] {
+        let p = scratch.join(name);
+        t.save(&p)?;
+        put(&out.join("thresholds"), name, &std::fs::read(&p)?)?;
+    }
+    Ok(())
+}
+
+fn predictor_file(out: &Path) -> Res<()> {
+    let id = identity(Activation::Silu);
+    let mut rng = SplitMix::new(SEED_PRED);
+    let mut value = || (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0;
+    let mut layers = Vec::new();
+    for (l, r) in [2usize, 3].into_iter().enumerate() {
+        let a = Array2::from_shape_fn((id.d_model, r), |_| value());
+        let b = Array2::from_shape_fn((r, id.d_ffn), |_| value());
+        let bias = Array1::from_shape_fn(id.d_ffn, |_| value());
+        let weights = LowRank::new(a, b, bias)?.to_compact();
+        layers.push(LayerPredictor { weights, decision_threshold: -0.25 * l as f32, act_threshold: 0.0 });
+    }
+    let p = Predictor::new(id, 0.95, layers)?;
+    put(&out.join("predictor"), "small.pred", &predictor::file::to_bytes(&p)?)
+}
+
+fn main() -> Res<()> {
+    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "corpus".into()));
+    let scratch = spike_fuzz::scratch("gen-seeds");
+    let ggufs = gguf(&out, &scratch)?;
+    safetensors(&out, &scratch)?;
+    layouts(&out, &scratch, &ggufs)?;
+    trace(&out, &scratch)?;
+    thresholds(&out, &scratch)?;
+    predictor_file(&out)?;
+    std::fs::remove_dir_all(&scratch)?;
+    Ok(())
+}

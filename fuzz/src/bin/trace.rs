@@ -1,0 +1,11 @@
+//! AFL harness: `predictor::fuzz_targets::trace` (see docs/fuzzing.md).
+
+#[global_allocator]
+static ALLOC: spike_fuzz::Alloc = spike_fuzz::Alloc {};
+
+fn main() {
+    let path = spike_fuzz::scratch("trace").join("input");
+    afl::fuzz!(|data: &[u8]| {
+        let _ = predictor::fuzz_targets::trace(&path, data);
+    });
+}
