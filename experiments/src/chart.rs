@@ -53,6 +53,15 @@ pub struct Series {
     pub point_labels: Vec<String>,
 }
 
+/// Where a chart's legend goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LegendAt {
+    #[default]
+    UpperLeft,
+    UpperRight,
+    MiddleRight,
+}
+
 /// A line chart.
 #[derive(Debug, Clone)]
 pub struct LineChart {
@@ -61,6 +70,8 @@ pub struct LineChart {
     pub y_label: String,
     /// Plot x on a log2 axis with ticks at powers of two, labelled 512, 1K, 2K, ..., 1M, 2M, ...
     pub log2_x: bool,
+    /// Where the legend goes: where no line runs.
+    pub legend: LegendAt,
     pub series: Vec<Series>,
 }
 
@@ -152,7 +163,11 @@ impl LineChart {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(match self.legend {
+                LegendAt::UpperLeft => SeriesLabelPosition::UpperLeft,
+                LegendAt::UpperRight => SeriesLabelPosition::UpperRight,
+                LegendAt::MiddleRight => SeriesLabelPosition::MiddleRight,
+            })
             .label_font(("sans-serif", 20))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
@@ -203,6 +218,7 @@ mod tests {
             x_label: "chunk".into(),
             y_label: "MiB/s".into(),
             log2_x: true,
+            legend: LegendAt::UpperLeft,
             series: vec![Series {
                 label: "qd 1".into(),
                 points: vec![(4096.0, 50.0), (65536.0, 400.0)],

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::output::{self, Row};
 use super::spec::SETTINGS;
-use crate::chart::{LineChart, Series};
+use crate::chart::{LegendAt, LineChart, Series};
 use crate::Result;
 
 /// What [`plot`] did.
@@ -75,18 +75,19 @@ pub fn plot(dir: &Path) -> Result<Plotted> {
     for (key, pts) in &groups {
         let label = &labels[key];
         let budget_note = if pts.iter().any(|p| p.budget_decides) { " (budget caps the cache)" } else { "" };
-        let (mut xy, mut names) = (Vec::new(), Vec::new());
+        let (mut xy, mut ks) = (Vec::new(), Vec::new());
         for p in pts {
             if let (Some(held), Some(read)) = (metric(p, "window_held_mb"), metric(p, "mb_read_per_token")) {
                 xy.push((held, read));
-                names.push(format!("K={}", p.window));
+                ks.push(p.window);
             }
         }
+        let names = k_labels(&xy, &ks);
         tradeoff.push(Series { label: format!("{label}{budget_note}"), points: xy, point_labels: names });
         let share = |m: &str| -> Vec<(f64, f64)> {
             pts.iter().filter_map(|p| metric(p, m).map(|v| (f64::from(p.window), 100.0 * v))).collect()
         };
-        let sep = if label.is_empty() { "" } else { ": " };
+        let sep = ": ";
         usage.push(Series {
             label: format!("{label}{sep}held by the window (aggregated usage){budget_note}"),
             points: share("window_held_share"),
@@ -106,6 +107,7 @@ pub fn plot(dir: &Path) -> Result<Plotted> {
                 x_label: "DRAM held by the window's neuron records (MB, median over tokens)".into(),
                 y_label: "read from flash per token (MB, median)".into(),
                 log2_x: false,
+                legend: LegendAt::UpperRight,
                 series: tradeoff,
             },
         ),
@@ -114,8 +116,9 @@ pub fn plot(dir: &Path) -> Result<Plotted> {
             LineChart {
                 title: format!("Aggregated neuron usage vs window size, {model} ({kind})"),
                 x_label: "window size K (tokens)".into(),
-                y_label: "FFN neurons, % of all layers' (median over tokens)".into(),
+                y_label: "share of the FFN's neurons, all layers (%, median over tokens)".into(),
                 log2_x: false,
+                legend: LegendAt::MiddleRight,
                 series: usage,
             },
         ),
@@ -147,15 +150,42 @@ fn group_of(r: &Row) -> Vec<(&'static str, String)> {
     g
 }
 
-/// A legend label per series: the settings that differ between series, file settings by their file name
-/// only (no machine paths); empty when there is one series.
+/// Labels `K=k` for points `xy` of window sizes `ks`, joined into `K=a..b` where points lie closer than 4% of
+/// the plot's extent, whose labels would overlap.
+fn k_labels(xy: &[(f64, f64)], ks: &[u32]) -> Vec<String> {
+    let extent = |f: fn(&(f64, f64)) -> f64| {
+        let (lo, hi) = xy.iter().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        (hi - lo).max(f64::MIN_POSITIVE)
+    };
+    let (wx, wy) = (extent(|p| p.0), extent(|p| p.1));
+    let near = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0) / wx).hypot((a.1 - b.1) / wy) < 0.04;
+    let mut labels = vec![String::new(); xy.len()];
+    let mut start = 0;
+    while start < xy.len() {
+        let mut end = start;
+        while end + 1 < xy.len() && near(xy[start], xy[end + 1]) {
+            end += 1;
+        }
+        labels[start] = if end == start { format!("K={}", ks[start]) } else { format!("K={}..{}", ks[start], ks[end]) };
+        start = end + 1;
+    }
+    labels
+}
+
+/// A legend label per series: the settings that differ between series; with one series, the two that say
+/// most about what it is (selection, budget), short enough for the legend. File settings by their file name only (no machine
+/// paths).
 fn series_labels<T>(
     groups: &BTreeMap<Vec<(&'static str, String)>, T>,
 ) -> BTreeMap<Vec<(&'static str, String)>, String> {
     let keys: Vec<&Vec<(&'static str, String)>> = groups.keys().collect();
     let varies = |i: usize| keys.iter().any(|k| k[i].1 != keys[0][i].1);
     let n = keys.first().map_or(0, |k| k.len());
-    let varied: Vec<usize> = (0..n).filter(|&i| varies(i)).collect();
+    let mut varied: Vec<usize> = (0..n).filter(|&i| varies(i)).collect();
+    if varied.is_empty() {
+        let describe = ["selection", "budget"];
+        varied = (0..n).filter(|&i| keys.iter().any(|k| describe.contains(&k[i].0))).collect();
+    }
     keys.iter()
         .map(|k| {
             let parts: Vec<String> = varied
@@ -175,4 +205,15 @@ fn series_labels<T>(
             ((*k).clone(), parts.join(", "))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_points_share_one_label() {
+        let xy = [(0.0, 60.0), (35.0, 38.0), (61.0, 0.2), (61.2, 0.1), (61.3, 0.0)];
+        assert_eq!(k_labels(&xy, &[0, 1, 8, 9, 10]), ["K=0", "K=1", "K=8..10", "", ""]);
+    }
 }

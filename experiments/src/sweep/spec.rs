@@ -316,20 +316,21 @@ impl Spec {
             "q4_1" => RecordDType::Q4_1,
             other => return Err(bad("dtype", format!("`{other}` is not source, f32, f16, q8_0 or q4_1"))),
         };
-        let selection =
-            match get("selection").unwrap_or("all") {
-                "all" => Selection::All,
-                s => match s.split_once(':') {
-                    Some(("predictor", p)) if !p.is_empty() => Selection::Predictor(PathBuf::from(p)),
-                    Some(("oracle", p)) if !p.is_empty() => Selection::Oracle(PathBuf::from(p)),
-                    _ => return Err(bad(
+        let selection = match get("selection").unwrap_or("all") {
+            "all" => Selection::All,
+            s => match s.split_once(':') {
+                Some(("predictor", p)) if !p.is_empty() => Selection::Predictor(PathBuf::from(p)),
+                Some(("oracle", p)) if !p.is_empty() => Selection::Oracle(PathBuf::from(p)),
+                _ => {
+                    return Err(bad(
                         "selection",
                         format!(
                             "`{s}` is not all, predictor:PATH (a predictor file) or oracle:PATH (a thresholds file)"
                         ),
-                    )),
-                },
-            };
+                    ))
+                }
+            },
+        };
         let hot = match get("hot").unwrap_or("none") {
             "none" => None,
             p => Some(PathBuf::from(p)),

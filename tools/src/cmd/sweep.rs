@@ -50,10 +50,22 @@ enum Action {
 /// A progress bar over the steps of the points still to run (a prompt pass or a decoded token each).
 struct Bar(ProgressBar);
 
+impl Bar {
+    /// Prints a line above the bar, or on stderr when the bar is hidden (not a terminal: a log file, GNU
+    /// parallel, a Slurm job), where indicatif would drop it.
+    fn say(&self, text: String) {
+        if self.0.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.0.println(text);
+        }
+    }
+}
+
 impl Progress for Bar {
     fn start(&mut self, points: usize, units: u64) {
         self.0.set_length(units);
-        self.0.println(format!("{points} points to run"));
+        self.say(format!("{points} points to run"));
     }
 
     fn point(&mut self, point: &Point, label: &str) {
@@ -65,7 +77,7 @@ impl Progress for Bar {
     }
 
     fn note(&mut self, text: &str) {
-        self.0.println(format!("note: {text}"));
+        self.say(format!("note: {text}"));
     }
 }
 
