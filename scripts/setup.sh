@@ -13,10 +13,12 @@ if ! command -v python3 >/dev/null || ! python3 -m pip --version >/dev/null 2>&1
     echo "setup: installing python3 and pip with apt-get"
     apt-get update -qq && apt-get install -y -qq python3 python3-pip
 fi
-# Charts need a TrueType font (plotters draws text with ab_glyph); fio is the yardstick of scripts/io-vs-fio.sh.
+# Charts need a TrueType font (plotters draws text with ab_glyph); fio is the yardstick of scripts/io-vs-fio.sh;
+# GNU parallel runs sweep shards (docs/sweeps.md, and the sharded test of tools/tests/sweep_cli.rs).
 need_apt=()
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 command -v fio >/dev/null || need_apt+=(fio)
+command -v parallel >/dev/null || need_apt+=(parallel)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: apt-get install ${need_apt[*]}"
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

@@ -49,6 +49,17 @@ pub struct Series {
     pub label: String,
     /// (x, y) in data units (for a log2 x axis, x is the raw value, e.g. bytes).
     pub points: Vec<(f64, f64)>,
+    /// Text written beside each point (e.g. `K=3`), or none when empty.
+    pub point_labels: Vec<String>,
+}
+
+/// Where a chart's legend goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LegendAt {
+    #[default]
+    UpperLeft,
+    UpperRight,
+    MiddleRight,
 }
 
 /// A line chart.
@@ -59,6 +70,8 @@ pub struct LineChart {
     pub y_label: String,
     /// Plot x on a log2 axis with ticks at powers of two, labelled 512, 1K, 2K, ..., 1M, 2M, ...
     pub log2_x: bool,
+    /// Where the legend goes: where no line runs.
+    pub legend: LegendAt,
     pub series: Vec<Series>,
 }
 
@@ -106,6 +119,10 @@ impl LineChart {
             x1 = x0 + 1.0;
         }
         let y1 = if y1 > 0.0 { y1 * 1.08 } else { 1.0 };
+        // Room on the right for the last point's label.
+        if !no_point_labels(self) {
+            x1 += (x1 - x0) * 0.06;
+        }
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, ("sans-serif", 30))
             .margin(20)
@@ -120,8 +137,8 @@ impl LineChart {
             .x_desc(&self.x_label)
             .y_desc(&self.y_label)
             .x_labels(n_x)
-            .x_label_formatter(&|x| if log2_x { binary_label(x.exp2()) } else { format!("{x}") })
-            .y_label_formatter(&|y| format!("{y:.0}"))
+            .x_label_formatter(&|x| if log2_x { binary_label(x.exp2()) } else { tick_label(*x, x1 - x0) })
+            .y_label_formatter(&|y| tick_label(*y, y1))
             .label_style(("sans-serif", 20))
             .axis_desc_style(("sans-serif", 22))
             .draw()
@@ -135,10 +152,22 @@ impl LineChart {
                 .label(&s.label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
+            let style = ("sans-serif", 17).into_font().color(&color);
+            chart
+                .draw_series(
+                    pts.iter()
+                        .zip(&s.point_labels)
+                        .map(|(&p, text)| EmptyElement::at(p) + Text::new(text.clone(), (7, -20), style.clone())),
+                )
+                .map_err(e)?;
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(match self.legend {
+                LegendAt::UpperLeft => SeriesLabelPosition::UpperLeft,
+                LegendAt::UpperRight => SeriesLabelPosition::UpperRight,
+                LegendAt::MiddleRight => SeriesLabelPosition::MiddleRight,
+            })
             .label_font(("sans-serif", 20))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
@@ -146,6 +175,22 @@ impl LineChart {
             .map_err(e)?;
         Ok(())
     }
+}
+
+/// Whether no series has point labels (then the x range needs no room for them).
+fn no_point_labels(chart: &LineChart) -> bool {
+    chart.series.iter().all(|s| s.point_labels.is_empty())
+}
+
+/// A tick value with as many decimals as an axis spanning `range` needs (none from 10 up, up to 3 below 0.1).
+pub fn tick_label(v: f64, range: f64) -> String {
+    let decimals = match range.abs() {
+        r if r >= 10.0 => 0,
+        r if r >= 1.0 => 1,
+        r if r >= 0.1 => 2,
+        _ => 3,
+    };
+    format!("{v:.decimals$}")
 }
 
 #[cfg(test)]
@@ -157,6 +202,8 @@ mod tests {
         assert_eq!(binary_label(4096.0), "4K");
         assert_eq!(binary_label(1048576.0), "1M");
         assert_eq!(binary_label(512.0), "512");
+        assert_eq!(tick_label(0.25, 0.5), "0.25");
+        assert_eq!(tick_label(120.0, 300.0), "120");
     }
 
     #[test]
@@ -171,7 +218,12 @@ mod tests {
             x_label: "chunk".into(),
             y_label: "MiB/s".into(),
             log2_x: true,
-            series: vec![Series { label: "qd 1".into(), points: vec![(4096.0, 50.0), (65536.0, 400.0)] }],
+            legend: LegendAt::UpperLeft,
+            series: vec![Series {
+                label: "qd 1".into(),
+                points: vec![(4096.0, 50.0), (65536.0, 400.0)],
+                point_labels: vec!["a".into(), "b".into()],
+            }],
         };
         let (png, svg) = (dir.path().join("c.png"), dir.path().join("c.svg"));
         chart.write(&png, &svg).unwrap();

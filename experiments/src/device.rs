@@ -277,6 +277,7 @@ pub fn draw_profile(p: &DeviceProfile, out: &Path) -> crate::Result<Vec<PathBuf>
             .map(|&d| Series {
                 label: format!("queue depth {d}"),
                 points: p.points.iter().filter(|q| q.queue_depth == d).map(|q| (q.chunk_bytes as f64, f(q))).collect(),
+                point_labels: Vec::new(),
             })
             .collect()
     };
@@ -296,6 +297,7 @@ pub fn draw_profile(p: &DeviceProfile, out: &Path) -> crate::Result<Vec<PathBuf>
             x_label: "chunk size (bytes, log2 scale)".into(),
             y_label: y.into(),
             log2_x: true,
+            legend: crate::chart::LegendAt::UpperLeft,
             series: s,
         };
         let (png, svg) = (out.join(format!("{name}.png")), out.join(format!("{name}.svg")));

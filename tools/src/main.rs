@@ -57,6 +57,8 @@ enum Command {
     Calibrate(cmd::calibrate::Args),
     /// Train low-rank sparsity predictors (one per layer) on a trace; writes the predictor and per-layer CSV.
     TrainPredictor(cmd::train_predictor::Args),
+    /// Run a sweep spec's grid of flash settings (or one shard of it); `merge` joins shards, `plot` draws charts.
+    Sweep(cmd::sweep::Args),
 }
 
 fn parse_precision(s: &str) -> Result<ActPrecision, String> {
@@ -86,6 +88,7 @@ fn dispatch(command: Command, precision: ActPrecision) -> anyhow::Result<()> {
         Command::TraceStats(a) => cmd::trace_stats::run(a),
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::TrainPredictor(a) => cmd::train_predictor::run(a),
+        Command::Sweep(a) => cmd::sweep::run(a, precision),
     }
 }
 
