@@ -6,27 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-
 use predictor::fuzz_targets;
 
 #[global_allocator]
 static ALLOC: spike_flash::io::CappedAlloc<{ 256 << 20 }> = spike_flash::io::CappedAlloc;
 
-/// Seed of the mutants.
-const SEED_MUTANTS: u64 = 0xF022;
-/// Mutants per harness.
-const MUTANTS: usize = 3000;
-
 fn replay(harness: &str, target: impl Fn(&[u8]) -> bool) {
-    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fuzz");
-    let r = spike_flash::fuzz_targets::replay(&fuzz_dir, harness, MUTANTS, SEED_MUTANTS, target).unwrap();
+    let r = spike_flash::fuzz_targets::replay_verdict(env!("CARGO_MANIFEST_DIR"), harness, target).unwrap();
     eprintln!("{harness}: {r:?}");
-    assert!(r.seeds > 0, "no seed corpus in {}: run gen-seeds (docs/fuzzing.md)", fuzz_dir.display());
-    assert!(r.refused_seeds.is_empty(), "{harness}: seeds refused: {:?}", r.refused_seeds);
-    assert!(r.panics.is_empty(), "{harness}: {} inputs panicked: {:?}", r.panics.len(), r.panics);
-    // The mutants reach past the first checks: some are still accepted, some refused.
-    assert!(r.accepted > 0 && r.accepted < r.mutants, "{harness}: {} of {} mutants accepted", r.accepted, r.mutants);
 }
 
 #[test]
@@ -52,7 +39,7 @@ fn predictor() {
 /// with a changed byte under every checksum is accepted again once fixed.
 #[test]
 fn checksum_fixups_match_the_readers() {
-    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fuzz").join("corpus");
+    let fuzz_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fuzz").join("corpus");
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("input");
     let seed = |h: &str, f: &str| std::fs::read(fuzz_dir.join(h).join(f)).unwrap();

@@ -280,3 +280,33 @@ pub fn replay(
     }
     Ok(r)
 }
+
+/// Seed of the replay tests' mutants.
+pub const SEED_MUTANTS: u64 = 0xF022;
+/// Mutants per harness in the replay tests.
+pub const MUTANTS: usize = 3000;
+
+/// The replay tests' verdict on `harness` (the fuzz folder beside the crate whose manifest folder is
+/// `manifest_dir`): every seed accepted, no input panicked, and the mutants reach past the first checks (some
+/// accepted, some refused). `Err` says what failed.
+pub fn replay_verdict(
+    manifest_dir: &str,
+    harness: &str,
+    target: impl Fn(&[u8]) -> bool,
+) -> std::result::Result<Replay, String> {
+    let fuzz_dir = Path::new(manifest_dir).join("..").join("fuzz");
+    let r = replay(&fuzz_dir, harness, MUTANTS, SEED_MUTANTS, target).map_err(|e| format!("{harness}: {e}"))?;
+    if r.seeds == 0 {
+        return Err(format!("no seed corpus in {}: run gen-seeds (docs/fuzzing.md)", fuzz_dir.display()));
+    }
+    if !r.refused_seeds.is_empty() {
+        return Err(format!("{harness}: seeds refused: {:?}", r.refused_seeds));
+    }
+    if !r.panics.is_empty() {
+        return Err(format!("{harness}: {} inputs panicked: {:?}", r.panics.len(), r.panics));
+    }
+    if r.accepted == 0 || r.accepted >= r.mutants {
+        return Err(format!("{harness}: {} of {} mutants accepted", r.accepted, r.mutants));
+    }
+    Ok(r)
+}

@@ -6,27 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-
 use spike_flash::fuzz_targets;
 
 #[global_allocator]
 static ALLOC: spike_flash::io::CappedAlloc<{ 256 << 20 }> = spike_flash::io::CappedAlloc;
 
-/// Seed of the mutants.
-const SEED_MUTANTS: u64 = 0xF022;
-/// Mutants per harness.
-const MUTANTS: usize = 3000;
-
 fn replay(harness: &str, target: impl Fn(&[u8]) -> bool) {
-    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fuzz");
-    let r = spike_flash::fuzz_targets::replay(&fuzz_dir, harness, MUTANTS, SEED_MUTANTS, target).unwrap();
+    let r = spike_flash::fuzz_targets::replay_verdict(env!("CARGO_MANIFEST_DIR"), harness, target).unwrap();
     eprintln!("{harness}: {r:?}");
-    assert!(r.seeds > 0, "no seed corpus in {}: run gen-seeds (docs/fuzzing.md)", fuzz_dir.display());
-    assert!(r.refused_seeds.is_empty(), "{harness}: seeds refused: {:?}", r.refused_seeds);
-    assert!(r.panics.is_empty(), "{harness}: {} inputs panicked: {:?}", r.panics.len(), r.panics);
-    // The mutants reach past the first checks: some are still accepted, some refused.
-    assert!(r.accepted > 0 && r.accepted < r.mutants, "{harness}: {} of {} mutants accepted", r.accepted, r.mutants);
 }
 
 #[test]
