@@ -81,6 +81,10 @@ pub enum Error {
     #[error("layer {layer}: {source}")]
     InLayer { layer: usize, source: Box<Error> },
 
+    /// A planting plan (`experiments/plans/*.toml`) does not parse, or its parameter `key` is out of range.
+    #[error("{}: planting plan: {key}: {what}", path.display())]
+    Plan { path: PathBuf, key: String, what: String },
+
     /// An argument or configuration value is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),
