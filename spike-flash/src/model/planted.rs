@@ -568,7 +568,7 @@ fn mix64(mut z: u64) -> u64 {
 /// A seed for `what` under `seed` (FNV-1a of the name, mixed).
 fn sub_seed(seed: u64, what: &str) -> u64 {
     let h = what.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
-    mix64(seed ^ mix64(h ^ 0x706c_616e_7465_64))
+    mix64(seed ^ mix64(h ^ 0x0070_6c61_6e74_6564))
 }
 
 #[cfg(test)]
