@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use predictor::calibrate::Thresholds;
-use predictor::stats::{layer_stats, HotSet, LayerStats, StatsConfig};
+use predictor::metrics::Confusion;
+use predictor::stats::{layer_stats, reuse, ActiveSets, HotSet, LayerStats, ReuseRow, StatsConfig};
 use predictor::trace::Trace;
 use spike_flash::model::config::Activation;
 
@@ -76,11 +77,28 @@ struct CoactSummaryRow<'a> {
     distinct_top1: usize,
 }
 
+/// One layer's predicted sets, measured against the true ones (`predictor.csv`).
+#[derive(serde::Serialize)]
+struct PredictorRow<'a> {
+    setting: &'a str,
+    layer: usize,
+    tokens: usize,
+    true_active: f64,
+    predicted_active: f64,
+    false_negative_rate: f64,
+    predicted_true_ratio: f64,
+}
+
 /// What `spike trace-stats` measures at: thresholds files, sparsities to calibrate on the training split,
-/// magnitudes for every layer; and how the trace is split and sampled.
+/// magnitudes for every layer, predictors whose predicted sets are measured like active sets; and how the
+/// trace is split and sampled.
 #[derive(Debug, Clone, Default)]
 pub struct TraceStatsConfig {
     pub thresholds: Vec<PathBuf>,
+    /// Predictor files (`spike train-predictor`): per token, the predicted set (what the flash loop's
+    /// window caches) gets the reuse statistics, and is compared with the true set (the predictor's own
+    /// activation threshold) over every token of the trace.
+    pub predictors: Vec<PathBuf>,
     pub sparsity: Vec<f64>,
     pub abs_threshold: Vec<f32>,
     /// Fraction of the tokens (whole documents) held out for validation.
@@ -142,6 +160,27 @@ pub fn settings(args: &TraceStatsConfig, trace: &Trace) -> Result<Vec<Setting>> 
         });
     }
     Ok(out)
+}
+
+/// A predictor's measurement in one layer.
+struct PredictedLayer {
+    layer: usize,
+    confusion: Confusion,
+}
+
+fn reuse_csv<'a>(setting: &'a str, layer: String, r: &ReuseRow) -> ReuseCsv<'a> {
+    ReuseCsv {
+        setting,
+        layer,
+        k: r.k,
+        tokens: r.tokens,
+        active: r.active,
+        reuse: r.reuse,
+        held: r.held,
+        loaded: r.loaded,
+        reuse_independent: r.reuse_independent,
+        held_independent: r.held_independent,
+    }
 }
 
 fn range(v: impl Iterator<Item = f64> + Clone) -> (f64, f64, f64) {
@@ -244,11 +283,33 @@ pub fn run(
     }
     let (train, valid) = trace.split(args.valid_fraction, args.seed);
     let cfg = StatsConfig { k_max: args.k_max, coact_sample: args.coact_sample, seed: args.seed, ..Default::default() };
+    let mut predictors = Vec::new();
+    for p in &args.predictors {
+        let pred = predictor::file::read(p)?;
+        pred.check_model(p, &meta.identity())
+            .map_err(|e| Error::Invalid(format!("using {} with {}: {e}", p.display(), trace_path.display())))?;
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        predictors.push((format!("predicted-{stem}"), pred));
+    }
     let mut per: Vec<Vec<LayerStats>> = settings.iter().map(|_| Vec::new()).collect();
+    let mut per_pred: Vec<Vec<(PredictedLayer, Vec<ReuseRow>)>> = predictors.iter().map(|_| Vec::new()).collect();
     for l in 0..meta.n_layers {
         let acts = trace.layer_acts(l)?;
         for (i, s) in settings.iter().enumerate() {
             per[i].push(layer_stats(l, &acts, s.thresholds[l], &meta.segments, &train, &valid, &cfg));
+        }
+        if !predictors.is_empty() {
+            let x = trace.layer_inputs(l)?;
+            for (i, (_, pred)) in predictors.iter().enumerate() {
+                let layer = &pred.layers()[l];
+                let logits = pred.logits(l, x.view())?;
+                let truth = acts.mapv(|v| v.abs() > layer.act_threshold);
+                let c = Confusion::of(logits.view(), truth.view(), layer.decision_threshold)?;
+                let thr = layer.decision_threshold;
+                let sets = ActiveSets::from_fn(logits.nrows(), logits.ncols(), |t, n| logits[[t, n]] > thr);
+                let rows = reuse(&sets, &meta.segments, args.k_max);
+                per_pred[i].push((PredictedLayer { layer: l, confusion: c }, rows));
+            }
         }
         progress(l + 1, meta.n_layers);
     }
@@ -346,6 +407,60 @@ pub fn run(
         write_hot(&hot, &trace, s, layers, train.len())?;
         text.push_str(&summary(s, layers, args.k_max));
         let _ = writeln!(text, "hot set (neurons by training-split frequency): {}", hot.display());
+    }
+    let mut pr = Vec::new();
+    for ((slug, pred), layers) in predictors.iter().zip(&per_pred) {
+        let mut all = Confusion::default();
+        for (pl, rows) in layers {
+            let c = &pl.confusion;
+            all.tp += c.tp;
+            all.fp += c.fp;
+            all.fn_ += c.fn_;
+            all.tn += c.tn;
+            pr.push(PredictorRow {
+                setting: slug,
+                layer: pl.layer,
+                tokens: (c.total() / meta.d_ffn.max(1) as u64) as usize,
+                true_active: c.truly_active() as f64 / c.total().max(1) as f64,
+                predicted_active: c.predicted_active() as f64 / c.total().max(1) as f64,
+                false_negative_rate: c.false_negative_rate(),
+                predicted_true_ratio: c.predicted_true_ratio(),
+            });
+            for r in rows {
+                re.push(reuse_csv(slug, pl.layer.to_string(), r));
+            }
+        }
+        let reuse_rows: Vec<&Vec<ReuseRow>> = layers.iter().map(|(_, r)| r).collect();
+        let _ = writeln!(
+            text,
+            "== {slug}: the predictor's predicted sets (target recall {:.2}) over every token of this trace\n\
+             true active {:.4}, predicted {:.4}: false negatives {:.4}, predicted/true {:.3} (all layers pooled)",
+            pred.target_recall(),
+            all.truly_active() as f64 / all.total().max(1) as f64,
+            all.predicted_active() as f64 / all.total().max(1) as f64,
+            all.false_negative_rate(),
+            all.predicted_true_ratio()
+        );
+        let _ = writeln!(text, "   k  reuse  held   loaded  (shares of the FFN, mean over layers)");
+        for k in 0..args.k_max {
+            let m = |g: fn(&ReuseRow) -> f64| range(reuse_rows.iter().map(|l| g(&l[k]))).0;
+            let _ =
+                writeln!(text, "  {:2}  {:.3}  {:.3}  {:.4}", k + 1, m(|r| r.reuse), m(|r| r.held), m(|r| r.loaded));
+            let mean = ReuseRow {
+                k: k + 1,
+                tokens: reuse_rows.first().map_or(0, |l| l[k].tokens),
+                active: m(|r| r.active),
+                reuse: m(|r| r.reuse),
+                held: m(|r| r.held),
+                loaded: m(|r| r.loaded),
+                reuse_independent: m(|r| r.reuse_independent),
+                held_independent: m(|r| r.held_independent),
+            };
+            re.push(reuse_csv(slug, "mean".into(), &mean));
+        }
+    }
+    if !pr.is_empty() {
+        write_csv(&out.join("predictor.csv"), pr)?;
     }
     write_csv(&out.join("sparsity.csv"), sp)?;
     write_csv(&out.join("reuse.csv"), re)?;

@@ -90,6 +90,10 @@ pub enum Error {
     #[error("{}: already exists", path.display())]
     OutputExists { path: PathBuf },
 
+    /// A planting plan (`experiments/plans/*.toml`) does not parse, or its parameter `key` is out of range.
+    #[error("{}: planting plan: {key}: {what}", path.display())]
+    Plan { path: PathBuf, key: String, what: String },
+
     /// An argument or configuration value is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),

@@ -6,6 +6,7 @@ pub mod config;
 pub mod fetch;
 pub mod gguf;
 pub mod gguf_write;
+pub mod planted;
 pub mod quant;
 pub mod safetensors;
 pub mod synth;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::config::{Activation, Arch, ModelConfig};
 use super::gguf::MetaValue;
 use super::gguf_write::GgufWriter;
+use super::planted::{PlanFile, Planted};
 use super::quant::{self, DType};
 use super::safetensors::{
     dtype_to_safetensors, expected_tensors, HfCheckpoint, CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TOKENIZER_FILE,
@@ -118,6 +119,9 @@ pub struct SynthSpec {
     pub untied: bool,
     /// Number of safetensors files; more than one writes `model.safetensors.index.json`.
     pub shards: usize,
+    /// OPT only: construct the weights by this planting plan ([`super::planted`]) instead of drawing them
+    /// uniformly; the checkpoint's `config.json` and `planted.json` record the plan.
+    pub planted: Option<PlanFile>,
 }
 
 impl SynthSpec {
@@ -141,6 +145,7 @@ impl SynthSpec {
             relu: true,
             untied: false,
             shards: 1,
+            planted: None,
         }
     }
 
@@ -177,9 +182,38 @@ impl SynthSpec {
         }
     }
 
+    /// The `tiny` preset of `spike synth` (planted in tests and CI): 4 layers, d_model 128, FFN 1024, 4 heads
+    /// (head_dim 32), vocab 512, 1024 positions, f32.
+    pub fn opt_tiny_preset(seed: u64) -> SynthSpec {
+        SynthSpec {
+            n_layers: 4,
+            d_model: 128,
+            d_ffn: 1024,
+            n_heads: 4,
+            n_kv_heads: 4,
+            vocab: 512,
+            max_positions: 1024,
+            ..SynthSpec::tiny_opt(seed)
+        }
+    }
+
+    /// OPT 1.3B's shapes: 24 layers, d_model 2048, FFN 8192, 32 heads, vocab 50272, 2048 positions.
+    pub fn opt_1_3b(seed: u64, dtype: DType) -> SynthSpec {
+        SynthSpec { n_layers: 24, d_model: 2048, d_ffn: 8192, ..SynthSpec::opt_6_7b(seed, dtype) }
+    }
+
     /// The `config.json` this checkpoint gets: the keys and spellings of transformers' `OPTConfig` /
-    /// `LlamaConfig`.
+    /// `LlamaConfig`, plus `spike_planted` (the plan's record) for a planted checkpoint.
     pub fn hf_config_json(&self) -> Value {
+        let mut v = self.hf_config_json_plain();
+        if let (Some(p), Some(obj)) = (&self.planted, v.as_object_mut()) {
+            obj.insert("_name_or_path".into(), json!(format!("spike-planted-opt-seed{}", self.seed)));
+            obj.insert("spike_planted".into(), p.record());
+        }
+        v
+    }
+
+    fn hf_config_json_plain(&self) -> Value {
         let torch_dtype = match self.dtype {
             DType::F16 => "float16",
             DType::BF16 => "bfloat16",
@@ -255,6 +289,9 @@ impl SynthSpec {
         }
         if self.vocab < SYNTH_SPECIALS.len() + 1 {
             return bad(format!("vocabulary of {} tokens (at least {})", self.vocab, SYNTH_SPECIALS.len() + 1));
+        }
+        if self.planted.is_some() && (self.arch != Arch::Opt || self.post_norm || self.word_embed_proj_dim.is_some()) {
+            return bad("a planted model that is not a pre-norm OPT without embedding projection".into());
         }
         match self.arch {
             Arch::Opt => {
@@ -359,6 +396,16 @@ pub fn write_hf_checkpoint_with_progress(
             shape: t.shape,
         })
         .collect();
+    let planted = match &spec.planted {
+        Some(p) => {
+            let planted = Planted::new(&p.plan, &cfg, spec.seed)?;
+            for t in &plans {
+                planted.check_name(&t.name)?;
+            }
+            Some(planted)
+        }
+        None => None,
+    };
     let elem = spec.dtype.block_bytes() as u64;
     let bytes_of = |p: &Plan| p.shape.iter().product::<usize>() as u64 * elem;
     let total: u64 = plans.iter().map(bytes_of).sum();
@@ -399,7 +446,10 @@ pub fn write_hf_checkpoint_with_progress(
         let tmp = crate::io::temp_path(&path);
         let views: Vec<(&str, LazyTensor)> = group
             .iter()
-            .map(|p| (p.name.as_str(), LazyTensor { plan: p, dtype: spec.dtype, st_dtype, ctx: &ctx }))
+            .map(|p| {
+                let t = LazyTensor { plan: p, dtype: spec.dtype, st_dtype, ctx: &ctx, planted: planted.as_ref() };
+                (p.name.as_str(), t)
+            })
             .collect();
         let written = safetensors::tensor::serialize_to_file(views, &info, &tmp)
             .map_err(|e| match e {
@@ -436,9 +486,26 @@ pub fn write_hf_checkpoint_with_progress(
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
     write_json(&dir.join("tokenizer_config.json"), &tok_config)?;
+    let planted_meta = dir.join(PLANTED_FILE);
+    match (&spec.planted, &planted) {
+        (Some(p), Some(c)) => {
+            let mut record = p.record();
+            if let Some(obj) = record.as_object_mut() {
+                obj.insert("construction".into(), c.describe());
+            }
+            write_json(&planted_meta, &record)?;
+        }
+        _ if planted_meta.exists() => {
+            std::fs::remove_file(&planted_meta).map_err(|e| Error::io(&planted_meta, e))?;
+        }
+        _ => {}
+    }
     write_json(&dir.join(CONFIG_FILE), &spec.hf_config_json())?;
     Ok(removed)
 }
+
+/// The file a planted checkpoint describes its plan and construction in.
+pub const PLANTED_FILE: &str = "planted.json";
 
 /// A tensor to generate: uniform values in `init` from a per-tensor seed.
 struct Plan {
@@ -462,6 +529,7 @@ struct LazyTensor<'a, 'p> {
     dtype: DType,
     st_dtype: safetensors::Dtype,
     ctx: &'a RefCell<WriteCtx<'p>>,
+    planted: Option<&'a Planted>,
 }
 
 impl safetensors::View for LazyTensor<'_, '_> {
@@ -475,7 +543,13 @@ impl safetensors::View for LazyTensor<'_, '_> {
 
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
         let n: usize = self.plan.shape.iter().product();
-        let bytes = synth_values(self.plan.seed, n, self.plan.init, self.dtype);
+        let bytes = match self.planted {
+            Some(p) => {
+                let v = p.tensor(&self.plan.name, &self.plan.shape).expect("every name was checked before writing");
+                encode_values(&v, self.dtype)
+            }
+            None => synth_values(self.plan.seed, n, self.plan.init, self.dtype),
+        };
         let mut ctx = self.ctx.borrow_mut();
         ctx.tensors_done += 1;
         ctx.bytes_done += bytes.len() as u64;
@@ -551,6 +625,22 @@ pub fn synth_values(seed: u64, n: usize, (lo, hi): (f32, f32), dtype: DType) -> 
         let mut rng = StdRng::seed_from_u64(mix64(seed ^ mix64(ci as u64 + 1)));
         for c in buf.chunks_exact_mut(elem) {
             let x = lo + (hi - lo) * rng.gen::<f32>();
+            match dtype {
+                DType::F16 => c.copy_from_slice(&quant::f32_to_f16_bits(x).to_le_bytes()),
+                DType::BF16 => c.copy_from_slice(&quant::f32_to_bf16_bits(x).to_le_bytes()),
+                _ => c.copy_from_slice(&x.to_le_bytes()),
+            }
+        }
+    });
+    out
+}
+
+/// `values` encoded as `dtype` (F32, F16 or BF16), little-endian.
+pub fn encode_values(values: &[f32], dtype: DType) -> Vec<u8> {
+    let elem = dtype.block_bytes();
+    let mut out = vec![0u8; values.len() * elem];
+    out.par_chunks_mut(SYNTH_CHUNK * elem).zip(values.par_chunks(SYNTH_CHUNK)).for_each(|(buf, vals)| {
+        for (c, &x) in buf.chunks_exact_mut(elem).zip(vals) {
             match dtype {
                 DType::F16 => c.copy_from_slice(&quant::f32_to_f16_bits(x).to_le_bytes()),
                 DType::BF16 => c.copy_from_slice(&quant::f32_to_bf16_bits(x).to_le_bytes()),

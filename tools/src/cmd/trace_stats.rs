@@ -15,6 +15,10 @@ pub struct Args {
     /// Thresholds file(s) from `spike calibrate` (repeatable).
     #[arg(long)]
     thresholds: Vec<PathBuf>,
+    /// Predictor file(s) from `spike train-predictor` (repeatable): their predicted sets get the reuse
+    /// statistics (what the window caches) and are compared with the true sets, in predictor.csv.
+    #[arg(long)]
+    predictor: Vec<PathBuf>,
     /// Calibrate thresholds for this sparsity on the training split and use them (repeatable). Default, when
     /// no thresholds are given: 0.5 and 0.7 for models that are not ReLU; ReLU models always use threshold 0.
     #[arg(long)]
@@ -44,6 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let cfg = TraceStatsConfig {
         thresholds: args.thresholds,
+        predictors: args.predictor,
         sparsity: args.sparsity,
         abs_threshold: args.abs_threshold,
         valid_fraction: args.valid_fraction,
@@ -62,8 +67,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
     print!("{text}");
     println!(
-        "wrote sparsity.csv, reuse.csv, coactivation.csv, coactivation-summary.csv, hot-*.json and summary.txt to {} \
-         in {:.1} s",
+        "wrote sparsity.csv, reuse.csv, coactivation.csv, coactivation-summary.csv, hot-*.json, summary.txt (and \
+         predictor.csv with --predictor) to {} in {:.1} s",
         args.out.display(),
         t0.elapsed().as_secs_f64()
     );
