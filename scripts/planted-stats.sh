@@ -4,7 +4,7 @@
 # it with trace-stats (true sets, and the predictor's predicted sets, which the window caches).
 #
 #   bash scripts/planted-stats.sh [--preset tiny|opt-1.3b|opt-6.7b] [--plan FILE] [--calib-tokens N]
-#                                 [--heldout-tokens N] [--epochs E] [--rank R] [--rank-last K:R]
+#                                 [--heldout-tokens N] [--epochs E] [--lr LR] [--rank R] [--rank-last K:R]
 #
 # Calibration text: /usr/share/common-licenses/GPL-3. Held-out text: Apache-2.0 then MPL-2.0 from the same
 # folder. Both split into documents at blank lines. Big files go to ${SPIKE_CACHE_DIR:-~/.cache/spike}/planted/
@@ -15,7 +15,8 @@ preset=opt-1.3b
 plan=experiments/plans/opt-planted-v2.toml
 calib_tokens=4000
 heldout_tokens=800
-epochs=40
+epochs=30
+lr=0.01
 rank=128
 rank_last=4:1024
 while [[ $# -gt 0 ]]; do
@@ -25,6 +26,7 @@ while [[ $# -gt 0 ]]; do
         --calib-tokens) calib_tokens=$2; shift 2 ;;
         --heldout-tokens) heldout_tokens=$2; shift 2 ;;
         --epochs) epochs=$2; shift 2 ;;
+        --lr) lr=$2; shift 2 ;;
         --rank) rank=$2; shift 2 ;;
         --rank-last) rank_last=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -47,7 +49,7 @@ run() { echo "+ $*" >&2; nice -n 19 "$@"; }
 [[ -f $model/config.json ]] || run "$spike" synth --arch opt --preset "$preset" --planted "$plan" -o "$model"
 run "$spike" trace -m "$model" -f "$lic/GPL-3" --split paragraphs --tokens "$calib_tokens" -o "$cache/$tag-calib.trace"
 run "$spike" train-predictor "$cache/$tag-calib.trace" -o "$cache/$tag-calib.pred" --rank "$rank" \
-    --rank-last "$rank_last" --epochs "$epochs"
+    --rank-last "$rank_last" --epochs "$epochs" --lr "$lr"
 run "$spike" trace -m "$model" -f "$lic/Apache-2.0" -f "$lic/MPL-2.0" --split paragraphs \
     --tokens "$heldout_tokens" -o "$cache/$tag-heldout.trace"
 run "$spike" trace-stats "$cache/$tag-heldout.trace" --predictor "$cache/$tag-calib.pred" --k-max 5 \

@@ -472,7 +472,8 @@ impl Planted {
         Ok(out)
     }
 
-    /// The keys a planted `config.json` adds: the plan's record.
+    /// The construction's derived sizes (block widths and the seed), which `planted.json` records beside
+    /// the plan.
     pub fn describe(&self) -> Value {
         json!({
             "position_features": self.n_pf(),
@@ -597,6 +598,32 @@ mod tests {
         }
         let extra = format!("{PLAN_V1}\n[extra]\nx = 1\n");
         assert!(matches!(PlantPlan::parse(Path::new("x.toml"), &extra), Err(Error::Plan { .. })));
+    }
+
+    #[test]
+    fn paper_presets_are_plantable_without_writing() {
+        use crate::model::quant::DType;
+        use crate::model::safetensors::expected_tensors;
+        use crate::model::synth::SynthSpec;
+        let plan = PlanFile {
+            plan: PlantPlan::parse(Path::new("v1.toml"), PLAN_V1).expect("v1 parses"),
+            path: PathBuf::from("v1.toml"),
+            sha256: String::new(),
+        };
+        for (spec, bytes) in [
+            (SynthSpec::opt_6_7b(0, DType::F16), 13_316_947_968u64),
+            (SynthSpec::opt_1_3b(0, DType::F16), 2_631_516_160),
+        ] {
+            let spec = SynthSpec { planted: Some(plan.clone()), ..spec };
+            let cfg = spec.config().expect("config");
+            assert_eq!(spec.tensor_bytes().expect("bytes"), bytes);
+            let p = Planted::new(&plan.plan, &cfg, 0).expect("plantable");
+            assert_eq!((p.n_pf(), p.d_c), (16, 96));
+            for t in expected_tensors(&cfg).into_iter().filter(|t| t.required) {
+                p.check_name(&t.name).expect("every tensor has a construction");
+            }
+            assert!(spec.hf_config_json()["spike_planted"]["planted"] == json!(true));
+        }
     }
 
     #[test]
