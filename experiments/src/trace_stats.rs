@@ -168,6 +168,21 @@ struct PredictedLayer {
     confusion: Confusion,
 }
 
+/// The mean over layers of each layer's reuse row for window `k + 1` (the token count of the first layer).
+fn mean_reuse<'r>(layers: impl Iterator<Item = &'r [ReuseRow]> + Clone, k: usize) -> ReuseRow {
+    let m = |g: fn(&ReuseRow) -> f64| range(layers.clone().map(|l| g(&l[k]))).0;
+    ReuseRow {
+        k: k + 1,
+        tokens: layers.clone().next().map_or(0, |l| l[k].tokens),
+        active: m(|r| r.active),
+        reuse: m(|r| r.reuse),
+        held: m(|r| r.held),
+        loaded: m(|r| r.loaded),
+        reuse_independent: m(|r| r.reuse_independent),
+        held_independent: m(|r| r.held_independent),
+    }
+}
+
 fn reuse_csv<'a>(setting: &'a str, layer: String, r: &ReuseRow) -> ReuseCsv<'a> {
     ReuseCsv {
         setting,
@@ -343,18 +358,7 @@ pub fn run(
                 concentration_count: ls.concentration_count,
             });
             for r in &ls.reuse {
-                re.push(ReuseCsv {
-                    setting: &s.slug,
-                    layer: ls.layer.to_string(),
-                    k: r.k,
-                    tokens: r.tokens,
-                    active: r.active,
-                    reuse: r.reuse,
-                    held: r.held,
-                    loaded: r.loaded,
-                    reuse_independent: r.reuse_independent,
-                    held_independent: r.held_independent,
-                });
+                re.push(reuse_csv(&s.slug, ls.layer.to_string(), r));
             }
             for nf in &ls.friends {
                 for (rank, fr) in nf.friends.iter().enumerate() {
@@ -389,19 +393,8 @@ pub fn run(
             });
         }
         for k in 0..args.k_max {
-            let m = |g: fn(&predictor::stats::ReuseRow) -> f64| range(layers.iter().map(|l| g(&l.reuse[k]))).0;
-            re.push(ReuseCsv {
-                setting: &s.slug,
-                layer: "mean".into(),
-                k: k + 1,
-                tokens: layers[0].reuse[k].tokens,
-                active: m(|r| r.active),
-                reuse: m(|r| r.reuse),
-                held: m(|r| r.held),
-                loaded: m(|r| r.loaded),
-                reuse_independent: m(|r| r.reuse_independent),
-                held_independent: m(|r| r.held_independent),
-            });
+            let mean = mean_reuse(layers.iter().map(|l| &l.reuse[..]), k);
+            re.push(reuse_csv(&s.slug, "mean".into(), &mean));
         }
         let hot = out.join(format!("hot-{}.json", s.slug));
         write_hot(&hot, &trace, s, layers, train.len())?;
@@ -443,19 +436,8 @@ pub fn run(
         );
         let _ = writeln!(text, "   k  reuse  held   loaded  (shares of the FFN, mean over layers)");
         for k in 0..args.k_max {
-            let m = |g: fn(&ReuseRow) -> f64| range(reuse_rows.iter().map(|l| g(&l[k]))).0;
-            let _ =
-                writeln!(text, "  {:2}  {:.3}  {:.3}  {:.4}", k + 1, m(|r| r.reuse), m(|r| r.held), m(|r| r.loaded));
-            let mean = ReuseRow {
-                k: k + 1,
-                tokens: reuse_rows.first().map_or(0, |l| l[k].tokens),
-                active: m(|r| r.active),
-                reuse: m(|r| r.reuse),
-                held: m(|r| r.held),
-                loaded: m(|r| r.loaded),
-                reuse_independent: m(|r| r.reuse_independent),
-                held_independent: m(|r| r.held_independent),
-            };
+            let mean = mean_reuse(reuse_rows.iter().map(|l| &l[..]), k);
+            let _ = writeln!(text, "  {:2}  {:.3}  {:.3}  {:.4}", k + 1, mean.reuse, mean.held, mean.loaded);
             re.push(reuse_csv(slug, "mean".into(), &mean));
         }
     }

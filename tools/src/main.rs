@@ -115,7 +115,10 @@ fn version() -> &'static str {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().version(version()).get_matches();
+    // The version reads /proc/cpuinfo and probes the kernels: only when it is asked for.
+    let asked = std::env::args_os().skip(1).any(|a| a == "--version" || a == "-V");
+    let command = if asked { Cli::command().version(version()) } else { Cli::command() };
+    let matches = command.get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

@@ -48,6 +48,11 @@ struct Scratch {
 }
 
 impl State {
+    /// An empty sequence of at most `max_seq` tokens over zeroed key and value caches.
+    fn with_caches(max_seq: usize, k_cache: Vec<f32>, v_cache: Vec<f32>) -> State {
+        State { pos: 0, max_seq, k_cache, v_cache, scratch: Scratch::default(), dense: DenseFfn::default() }
+    }
+
     /// Tokens processed so far.
     pub fn pos(&self) -> usize {
         self.pos
@@ -274,14 +279,7 @@ impl Model {
     /// windows); a size that comes from input goes through [`Model::try_new_state`].
     pub fn new_state(&self, max_seq: usize) -> State {
         let len = self.p.cfg.n_layers * max_seq * self.p.cfg.kv_dim();
-        State {
-            pos: 0,
-            max_seq,
-            k_cache: vec![0.0; len],
-            v_cache: vec![0.0; len],
-            scratch: Scratch::default(),
-            dense: DenseFfn::default(),
-        }
+        State::with_caches(max_seq, vec![0.0; len], vec![0.0; len])
     }
 
     /// The longest sequence the model addresses: its context length, or its position table's rows; `None` when
@@ -320,14 +318,7 @@ impl Model {
             v.resize(len, 0.0);
             Ok(v)
         };
-        Ok(State {
-            pos: 0,
-            max_seq,
-            k_cache: zeros("key")?,
-            v_cache: zeros("value")?,
-            scratch: Scratch::default(),
-            dense: DenseFfn::default(),
-        })
+        Ok(State::with_caches(max_seq, zeros("key")?, zeros("value")?))
     }
 
     /// Runs `tokens` through the model with the dense FFN and returns the logits of every new position

@@ -116,7 +116,12 @@ impl FlashArgs {
     /// Without `--layout`, the flash options given (other than those in `allowed`) would be ignored: an error
     /// naming the first.
     pub fn check_unused(&self, allowed: &[&str]) -> anyhow::Result<()> {
-        let defaults = IoArgs { io_align: 4096, max_gap: 0, max_merge: 1 << 20, queue_depth: 32 };
+        // The read settings' defaults, as clap fills them in.
+        let defaults = {
+            use clap::{Args, FromArgMatches};
+            let m = IoArgs::augment_args(clap::Command::new("defaults")).get_matches_from(["defaults"]);
+            IoArgs::from_arg_matches(&m)?
+        };
         let given = [
             ("backend", self.backend != BackendKind::Uring),
             ("cache", self.cache != CacheChoice::default()),
