@@ -104,7 +104,7 @@ fn layout_bench_counts_bytes_consistently() {
 fn validation_on_layout_sets_runs_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     // 2 layers of 1024 neurons of 480 bytes: an ffn.bin of about 1 MiB, 16 times the profile's largest chunk.
-    let shape = SynthSpec { d_model: 256, d_ffn: 1024, ..SynthSpec::tiny_gguf(DType::Q4_1, 11) };
+    let shape = SynthSpec::tiny_gguf(DType::Q4_1, 11).with_model(|m| (m.d_model, m.d_ffn) = (256, 1024));
     let layout = Layout::open(&shaped_layout(tmp.path(), LayoutKind::Bundled, &shape)).unwrap();
     let ffn = layout.dir().join(FFN_FILE);
     let cfg = ProfileConfig {

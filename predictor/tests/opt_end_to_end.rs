@@ -93,7 +93,7 @@ fn predictor_recovers_a_planted_relu_model_end_to_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = SynthSpec::tiny_opt(SEED_MODEL);
     write_hf_checkpoint(&spec, dir.path()).expect("synth");
-    let (l_n, d, f) = (spec.n_layers, spec.d_model, spec.d_ffn);
+    let (l_n, d, f) = (spec.model.n_layers, spec.model.d_model, spec.model.d_ffn);
     plant_low_rank_fc1(dir.path(), l_n, d, f);
     let source = Source::open(dir.path()).expect("open");
     let model = Model::from_source(&source).expect("model");

@@ -44,7 +44,7 @@ impl ActivationSink for Collect {
 fn tiny_model() -> (PathBuf, tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tiny.gguf");
-    let shape = SynthSpec { n_layers: 3, ..SynthSpec::tiny_gguf(DType::F32, SEED_MODEL) };
+    let shape = SynthSpec::tiny_gguf(DType::F32, SEED_MODEL).with_model(|m| m.n_layers = 3);
     std::fs::write(&path, llama_gguf(&shape).expect("synthetic model")).expect("write");
     let model = Model::from_gguf(Arc::new(GgufFile::open(&path).expect("opens"))).expect("binds");
     (path, dir, model)

@@ -68,13 +68,12 @@ fn opt_matches_numpy_reference() {
     if !numpy_available() {
         return;
     }
-    let post_norm_350m = SynthSpec {
-        word_embed_proj_dim: Some(32),
-        post_norm: true,
-        untied: true,
-        shards: 2,
-        ..SynthSpec::tiny_opt(SEED_OPT + 1)
-    };
+    let post_norm_350m = SynthSpec::tiny_opt(SEED_OPT + 1).with_model(|m| {
+        m.word_embed_proj_dim = Some(32);
+        m.pre_norm = false;
+        m.tied_embeddings = false;
+    });
+    let post_norm_350m = SynthSpec { shards: 2, ..post_norm_350m };
     for (spec, gelu) in
         [(SynthSpec::tiny_opt(SEED_OPT), false), (post_norm_350m, false), (SynthSpec::tiny_opt(SEED_OPT + 2), true)]
     {
@@ -96,7 +95,7 @@ fn opt_matches_numpy_reference() {
         let (worst, same) = compare(&ours, &want, model.config().vocab_size);
         eprintln!(
             "post_norm={} proj={:?} gelu={gelu}: worst {worst:.2e} of range",
-            spec.post_norm, spec.word_embed_proj_dim
+            !spec.model.pre_norm, spec.model.word_embed_proj_dim
         );
         assert!(same, "argmax differs");
         assert!(worst < 1e-4, "worst relative logit error {worst}");

@@ -22,7 +22,8 @@ fn load(shape: &SynthSpec, dtype: DType, seed: u64) -> (Arc<GgufFile>, Model) {
 }
 
 /// Naive reference: logits (f64) for every position of `tokens`.
-fn reference(file: &GgufFile, s: &SynthSpec, tokens: &[u32]) -> Vec<Vec<f64>> {
+fn reference(file: &GgufFile, spec: &SynthSpec, tokens: &[u32]) -> Vec<Vec<f64>> {
+    let s = &spec.model;
     let t = |name: &str| -> Vec<f64> { file.tensor_f32(name).expect(name).into_iter().map(f64::from).collect() };
     let (d, f, nh, nkv) = (s.d_model, s.d_ffn, s.n_heads, s.n_kv_heads);
     let hd = d / nh;
@@ -46,7 +47,7 @@ fn reference(file: &GgufFile, s: &SynthSpec, tokens: &[u32]) -> Vec<Vec<f64>> {
         }
     };
     let emb = t("token_embd.weight");
-    let out_w = if s.untied { t("output.weight") } else { emb.clone() };
+    let out_w = if !s.tied_embeddings { t("output.weight") } else { emb.clone() };
     let mut xs: Vec<Vec<f64>> =
         tokens.iter().map(|&tok| emb[tok as usize * d..(tok as usize + 1) * d].to_vec()).collect();
     for l in 0..s.n_layers {
@@ -98,7 +99,7 @@ fn reference(file: &GgufFile, s: &SynthSpec, tokens: &[u32]) -> Vec<Vec<f64>> {
         }
     }
     let on = t("output_norm.weight");
-    xs.iter().map(|x| matvec(&out_w, s.vocab, d, &rms(x, &on))).collect()
+    xs.iter().map(|x| matvec(&out_w, s.vocab_size, d, &rms(x, &on))).collect()
 }
 
 /// Largest |a - b| over the rows, relative to each row's logit range.
@@ -116,13 +117,13 @@ fn worst_rel(ours: &[f32], want: &[Vec<f64>], vocab: usize) -> f64 {
 #[test]
 fn f32_model_matches_naive_reference() {
     for untied in [false, true] {
-        let shape = SynthSpec { untied, ..SynthSpec::tiny_gguf(DType::F32, SEED_F32) };
+        let shape = SynthSpec::tiny_gguf(DType::F32, SEED_F32).with_model(|m| m.tied_embeddings = !untied);
         let (file, model) = load(&shape, DType::F32, SEED_F32);
         let tokens: Vec<u32> = vec![3, 17, 42, 5, 90, 11, 64, 2, 33];
         let mut st = model.new_state(tokens.len());
         let ours = model.forward(&mut st, &tokens, true).expect("forward");
         let want = reference(&file, &shape, &tokens);
-        let rel = worst_rel(&ours, &want, shape.vocab);
+        let rel = worst_rel(&ours, &want, shape.model.vocab_size);
         assert!(rel < 1e-5, "untied={untied}: worst relative logit error {rel}");
     }
 }
@@ -138,7 +139,7 @@ fn quantized_models_match_reference_within_activation_quantization_error() {
         // The reference uses the same (dequantized) weights; what differs is that the engine quantizes the
         // activations to 8 bits for block-quantized weights.
         let want = reference(&file, &shape, &tokens);
-        let rel = worst_rel(&ours, &want, shape.vocab);
+        let rel = worst_rel(&ours, &want, shape.model.vocab_size);
         let bound = if dtype.is_quantized() { 2e-2 } else { 1e-5 };
         assert!(rel < bound, "{dtype}: worst relative logit error {rel} (bound {bound})");
     }
@@ -150,7 +151,7 @@ fn batched_prompt_equals_token_by_token_decode() {
     for dtype in [DType::F32, DType::Q4_1] {
         let (_, model) = load(&shape, dtype, SEED_QUANT);
         let tokens: Vec<u32> = vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 44];
-        let vocab = shape.vocab;
+        let vocab = shape.model.vocab_size;
         let mut a = model.new_state(tokens.len());
         let batched = model.forward(&mut a, &tokens, true).expect("batched");
         let mut b = model.new_state(tokens.len());
@@ -174,7 +175,7 @@ fn bad_forward_calls_are_errors() {
     let shape = SynthSpec::tiny_gguf(DType::F32, SEED_F32);
     let (_, model) = load(&shape, DType::F32, 1);
     let mut st = model.new_state(4);
-    let e = model.forward(&mut st, &[shape.vocab as u32], false).expect_err("out of vocabulary");
+    let e = model.forward(&mut st, &[shape.model.vocab_size as u32], false).expect_err("out of vocabulary");
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
     let e = model.forward(&mut st, &[1, 2, 3, 4, 5], false).expect_err("too long");
     assert!(e.to_string().contains("capacity"), "{e}");
@@ -185,7 +186,7 @@ fn bad_forward_calls_are_errors() {
 #[test]
 fn missing_layer_tensor_is_named() {
     // A one-layer model whose metadata claims two layers.
-    let shape = SynthSpec { n_layers: 1, ..SynthSpec::tiny_gguf(DType::F32, 3) };
+    let shape = SynthSpec::tiny_gguf(DType::F32, 3).with_model(|m| m.n_layers = 1);
     let src = GgufFile::from_bytes(Path::new("src.gguf"), llama_gguf(&shape).expect("synthetic")).expect("parses");
     let mut w = GgufWriter::new();
     for (k, v) in src.metadata() {

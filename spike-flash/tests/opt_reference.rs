@@ -200,13 +200,11 @@ fn opt_350m_structure_agrees() {
     if !numpy_available() {
         return;
     }
-    let spec = SynthSpec {
-        word_embed_proj_dim: Some(32),
-        post_norm: true,
-        untied: true,
-        dtype: DType::BF16,
-        shards: 2,
-        ..SynthSpec::tiny_opt(SEED + 1)
-    };
+    let opt_350m = SynthSpec::tiny_opt(SEED + 1).with_model(|m| {
+        m.word_embed_proj_dim = Some(32);
+        m.pre_norm = false;
+        m.tied_embeddings = false;
+    });
+    let spec = SynthSpec { dtype: DType::BF16, shards: 2, ..opt_350m };
     compare(&spec, &[2, 5, 300, 299, 31, 100, 7]);
 }

@@ -11,7 +11,7 @@ use spike_flash::model::gguf::GgufFile;
 use spike_flash::model::quant::DType;
 use spike_flash::model::safetensors::{expected_tensors, HfCheckpoint, INDEX_FILE, SINGLE_FILE};
 use spike_flash::model::synth::{
-    llama_hf_to_gguf, permute_qk_rows, write_hf_checkpoint, write_hf_checkpoint_with_progress, SynthSpec,
+    llama_gguf, llama_hf_to_gguf, permute_qk_rows, write_hf_checkpoint, write_hf_checkpoint_with_progress, SynthSpec,
 };
 use spike_flash::model::tokenizer::Tokenizer;
 
@@ -115,7 +115,7 @@ fn synthetic_values_depend_only_on_seed_and_name() {
 #[test]
 fn sharded_checkpoint_equals_single_file() {
     let (one, two) = (tmp(), tmp());
-    let spec = SynthSpec { untied: true, ..SynthSpec::tiny_llama(SEED_LLAMA) };
+    let spec = SynthSpec::tiny_llama(SEED_LLAMA).with_model(|m| m.tied_embeddings = false);
     write_hf_checkpoint(&spec, one.path()).expect("single");
     write_hf_checkpoint(&SynthSpec { shards: 2, ..spec.clone() }, two.path()).expect("sharded");
     assert!(!two.path().join(SINGLE_FILE).exists());
@@ -194,14 +194,12 @@ fn known_values_round_trip_in_every_dtype() {
 fn opt_variants_open() {
     // OPT-350m's structure (post-norm, 512-wide embeddings projected to d_model), untied, in bf16, sharded.
     let dir = tmp();
-    let spec = SynthSpec {
-        word_embed_proj_dim: Some(32),
-        post_norm: true,
-        untied: true,
-        dtype: DType::BF16,
-        shards: 3,
-        ..SynthSpec::tiny_opt(SEED_OPT)
-    };
+    let opt_350m = SynthSpec::tiny_opt(SEED_OPT).with_model(|m| {
+        m.word_embed_proj_dim = Some(32);
+        m.pre_norm = false;
+        m.tied_embeddings = false;
+    });
+    let spec = SynthSpec { dtype: DType::BF16, shards: 3, ..opt_350m };
     write_hf_checkpoint(&spec, dir.path()).expect("write");
     let ck = HfCheckpoint::open(dir.path()).expect("open");
     let c = ck.config();
@@ -260,7 +258,7 @@ fn progress_reports_every_tensor() {
 #[test]
 fn synthetic_tokenizer_round_trips_ascii() {
     let dir = tmp();
-    let spec = SynthSpec { vocab: 600, ..SynthSpec::tiny_opt(SEED_OPT) };
+    let spec = SynthSpec::tiny_opt(SEED_OPT).with_model(|m| m.vocab_size = 600);
     write_hf_checkpoint(&spec, dir.path()).expect("write");
     let ck = HfCheckpoint::open(dir.path()).expect("open");
     let tok = ck.tokenizer().expect("tokenizer");
@@ -276,7 +274,7 @@ fn synthetic_tokenizer_round_trips_ascii() {
 
     // Llama: `<s>` (id 0) is BOS. A vocabulary too small for all bytes keeps printable ASCII.
     let dir = tmp();
-    let spec = SynthSpec { vocab: 120, ..SynthSpec::tiny_llama(SEED_LLAMA) };
+    let spec = SynthSpec::tiny_llama(SEED_LLAMA).with_model(|m| m.vocab_size = 120);
     write_hf_checkpoint(&spec, dir.path()).expect("write");
     let tok = Tokenizer::from_file(&dir.path().join("tokenizer.json")).expect("tokenizer");
     assert_eq!((tok.bos(), tok.eos(), tok.adds_bos()), (Some(0), Some(2), true));
@@ -427,7 +425,7 @@ fn hf_llama_reference(ck: &HfCheckpoint, tokens: &[u32]) -> Vec<Vec<f64>> {
 fn llama_hf_to_gguf_matches_the_half_split_reference() {
     for untied in [false, true] {
         let dir = tmp();
-        let spec = SynthSpec { untied, ..SynthSpec::tiny_llama(SEED_LLAMA) };
+        let spec = SynthSpec::tiny_llama(SEED_LLAMA).with_model(|m| m.tied_embeddings = !untied);
         write_hf_checkpoint(&spec, dir.path()).expect("write");
         let ck = HfCheckpoint::open(dir.path()).expect("open");
         let gguf_path = dir.path().join("model.gguf");
@@ -474,7 +472,8 @@ fn llama_hf_to_gguf_matches_the_half_split_reference() {
 #[test]
 fn converter_refuses_what_gguf_llama_cannot_express() {
     let dir = tmp();
-    write_hf_checkpoint(&SynthSpec { relu: true, ..SynthSpec::tiny_llama(SEED_LLAMA) }, dir.path()).expect("write");
+    write_hf_checkpoint(&SynthSpec::tiny_llama(SEED_LLAMA).with_model(|m| m.activation = Activation::Relu), dir.path())
+        .expect("write");
     let err = llama_hf_to_gguf(dir.path(), &dir.path().join("x.gguf"), DType::F16).expect_err("relu llama");
     assert!(err.to_string().contains("non-SiLU"), "{err}");
     let dir = tmp();
@@ -489,16 +488,33 @@ fn bad_specs_are_refused() {
     let bad = [
         SynthSpec { dtype: DType::Q4_0, ..SynthSpec::tiny_opt(1) },
         SynthSpec { shards: 0, ..SynthSpec::tiny_opt(1) },
-        SynthSpec { n_kv_heads: 2, ..SynthSpec::tiny_opt(1) },
-        SynthSpec { n_heads: 5, n_kv_heads: 5, ..SynthSpec::tiny_opt(1) },
-        SynthSpec { word_embed_proj_dim: Some(16), ..SynthSpec::tiny_llama(1) },
-        SynthSpec { vocab: 3, ..SynthSpec::tiny_opt(1) },
+        SynthSpec::tiny_opt(1).with_model(|m| m.n_kv_heads = 2),
+        SynthSpec::tiny_opt(1).with_model(|m| (m.n_heads, m.n_kv_heads) = (5, 5)),
+        SynthSpec::tiny_llama(1).with_model(|m| m.word_embed_proj_dim = Some(16)),
+        SynthSpec::tiny_opt(1).with_model(|m| m.vocab_size = 3),
         SynthSpec { shards: 1000, ..SynthSpec::tiny_opt(1) },
     ];
     for spec in bad {
         assert!(write_hf_checkpoint(&spec, dir.path()).is_err(), "{spec:?}");
     }
     assert!(std::fs::read_dir(dir.path()).expect("dir").next().is_none(), "nothing written for a bad spec");
+}
+
+#[test]
+fn specs_the_file_cannot_record_are_refused() {
+    // An OPT config.json records no norm epsilon; a changed d_model without with_model leaves head_dim stale.
+    let mut eps = SynthSpec::tiny_opt(1);
+    eps.model.norm_eps = 1e-6;
+    let mut stale = SynthSpec::tiny_llama(1);
+    stale.model.d_model = 128;
+    for spec in [eps, stale] {
+        let err = spec.config().expect_err("not what config.json reads back as").to_string();
+        assert!(err.contains("norm_eps") || err.contains("head_dim"), "{err}");
+    }
+    // A GGUF llama pairs rotary dimensions interleaved; tiny_llama's are half-split, as in a config.json.
+    let err = llama_gguf(&SynthSpec::tiny_llama(1)).expect_err("half-split rotary in a GGUF").to_string();
+    assert!(err.contains("rope_style"), "{err}");
+    llama_gguf(&SynthSpec::tiny_gguf(DType::F32, 1)).expect("tiny_gguf is what its file reads back as");
 }
 
 #[test]

@@ -28,15 +28,10 @@ const SHA: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn shape(dtype: DType) -> SynthSpec {
-    SynthSpec {
-        n_layers: 1,
-        d_model: 32,
-        d_ffn: 32,
-        n_heads: 2,
-        n_kv_heads: 1,
-        vocab: 16,
-        ..SynthSpec::tiny_gguf(dtype, SEED_GGUF)
-    }
+    SynthSpec::tiny_gguf(dtype, SEED_GGUF).with_model(|m| {
+        (m.n_layers, m.d_model, m.d_ffn) = (1, 32, 32);
+        (m.n_heads, m.n_kv_heads, m.vocab_size) = (2, 1, 16);
+    })
 }
 
 fn put(dir: &Path, name: &str, bytes: &[u8]) -> Res<()> {
@@ -60,18 +55,18 @@ fn gguf(out: &Path, scratch: &Path) -> Res<Vec<PathBuf>> {
 
 fn safetensors(out: &Path, scratch: &Path) -> Res<()> {
     for arch in [Arch::Opt, Arch::Llama] {
-        let spec = SynthSpec {
-            arch,
-            n_layers: 1,
-            d_model: 16,
-            d_ffn: 32,
-            n_heads: 2,
-            n_kv_heads: if arch == Arch::Opt { 2 } else { 1 },
-            vocab: 16,
-            max_positions: 8,
-            dtype: DType::F16,
-            ..SynthSpec::tiny_opt(SEED_HF)
+        let family = match arch {
+            Arch::Opt => SynthSpec::tiny_opt(SEED_HF),
+            Arch::Llama => SynthSpec::tiny_llama(SEED_HF),
         };
+        let spec = family.with_model(|m| {
+            (m.n_layers, m.d_model, m.d_ffn) = (1, 16, 32);
+            (m.n_heads, m.n_kv_heads) = (2, if arch == Arch::Opt { 2 } else { 1 });
+            (m.vocab_size, m.max_positions) = (16, 8);
+            // ReLU in both families: the Llama seed's gated FFN is a ReLU one.
+            m.activation = Activation::Relu;
+        });
+        let spec = SynthSpec { dtype: DType::F16, ..spec };
         let dir = scratch.join(format!("{arch:?}"));
         synth::write_hf_checkpoint(&spec, &dir)?;
         let config = std::fs::read(dir.join("config.json"))?;

@@ -392,7 +392,7 @@ fn hf_llama(k: &HfKeys, model_type: &str) -> Result<ModelConfig> {
 }
 
 /// `d / heads` when it divides evenly, else 0, which [`ModelConfig::validate`] rejects with both numbers.
-fn whole_heads(d: usize, heads: usize) -> usize {
+pub(crate) fn whole_heads(d: usize, heads: usize) -> usize {
     if heads > 0 && d.is_multiple_of(heads) {
         d / heads
     } else {

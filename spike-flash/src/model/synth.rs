@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use super::config::{Activation, Arch, ModelConfig};
-use super::gguf::MetaValue;
+use super::config::{whole_heads, Activation, Arch, ModelConfig, RopeStyle};
+use super::gguf::{GgufFile, MetaValue};
 use super::gguf_write::GgufWriter;
 use super::planted::{PlanFile, Planted};
 use super::quant::{self, DType};
@@ -22,21 +22,22 @@ use crate::io::install::{self, OutputLock, Stale};
 use crate::{Error, Result};
 
 /// A GGUF file (bytes) holding a random Llama model of `spec` (see [`SynthSpec::tiny_gguf`]): matrices in
-/// `spec.dtype` (any ggml type), norms in f32, context length `spec.max_positions`, no tokenizer. Weights
-/// are drawn uniformly with a scale of `1/sqrt(fan_in)` so activations stay of order one; `spec.shards` is
-/// not used. Refuses what a GGUF `llama` cannot hold: another architecture, ReLU, post-norm blocks or an
-/// embedding projection.
+/// `spec.dtype` (any ggml type), norms in f32, no tokenizer. Weights are drawn uniformly with a scale of
+/// `1/sqrt(fan_in)` so activations stay of order one; `spec.shards` is not used. Refuses what a GGUF `llama`
+/// cannot hold (another architecture, ReLU, post-norm blocks, an embedding projection), and a `spec.model`
+/// that is not what the written file reads back as.
 pub fn llama_gguf(spec: &SynthSpec) -> Result<Vec<u8>> {
-    if spec.arch != Arch::Llama || spec.relu || spec.post_norm || spec.word_embed_proj_dim.is_some() {
+    let s = &spec.model;
+    let relu = s.activation != Activation::Silu;
+    if s.arch != Arch::Llama || relu || !s.pre_norm || s.word_embed_proj_dim.is_some() {
         return Err(Error::Invalid(format!(
             "synthetic GGUF: a {:?} model{} (a GGUF llama is pre-norm, SiLU-gated, without embedding projection)",
-            spec.arch,
-            if spec.relu { " with ReLU" } else { "" }
+            s.arch,
+            if relu { " with ReLU" } else { "" }
         )));
     }
     let (dtype, seed) = (spec.dtype, spec.seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let s = spec;
     let head_dim = s.d_model / s.n_heads;
     let kv = s.n_kv_heads * head_dim;
     let mut w = GgufWriter::new();
@@ -52,7 +53,7 @@ pub fn llama_gguf(spec: &SynthSpec) -> Result<Vec<u8>> {
     w.add_meta("llama.rope.freq_base", MetaValue::F32(s.rope_base));
     w.add_meta("llama.rope.dimension_count", u32m(head_dim));
     w.add_meta("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(s.norm_eps));
-    w.add_meta("llama.vocab_size", u32m(s.vocab));
+    w.add_meta("llama.vocab_size", u32m(s.vocab_size));
 
     let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize, dt: DType| -> Result<()> {
         let scale = 1.0 / (cols as f32).sqrt();
@@ -60,13 +61,13 @@ pub fn llama_gguf(spec: &SynthSpec) -> Result<Vec<u8>> {
         w.add_tensor_f32(name, &[cols as u64, rows as u64], dt, &v)
     };
     // The embedding feeds the residual stream directly: give it unit-ish entries.
-    let emb: Vec<f32> = (0..s.vocab * s.d_model).map(|i| ((i as f32 * 0.618).sin()) * 0.9).collect();
-    w.add_tensor_f32("token_embd.weight", &[s.d_model as u64, s.vocab as u64], dtype, &emb)?;
+    let emb: Vec<f32> = (0..s.vocab_size * s.d_model).map(|i| ((i as f32 * 0.618).sin()) * 0.9).collect();
+    w.add_tensor_f32("token_embd.weight", &[s.d_model as u64, s.vocab_size as u64], dtype, &emb)?;
     let norm = |len: usize, rng: &mut StdRng| -> Vec<f32> { (0..len).map(|_| rng.gen_range(0.6..1.4)).collect() };
     let mut rng2 = StdRng::seed_from_u64(seed ^ 0x5eed);
     w.add_tensor_f32("output_norm.weight", &[s.d_model as u64], DType::F32, &norm(s.d_model, &mut rng2))?;
-    if s.untied {
-        matrix(&mut w, "output.weight", s.vocab, s.d_model, dtype)?;
+    if !s.tied_embeddings {
+        matrix(&mut w, "output.weight", s.vocab_size, s.d_model, dtype)?;
     }
     for l in 0..s.n_layers {
         let n = |x: &str| format!("blk.{l}.{x}.weight");
@@ -80,43 +81,33 @@ pub fn llama_gguf(spec: &SynthSpec) -> Result<Vec<u8>> {
         matrix(&mut w, &n("ffn_up"), s.d_ffn, s.d_model, dtype)?;
         matrix(&mut w, &n("ffn_down"), s.d_model, s.d_ffn, dtype)?;
     }
-    w.to_bytes()
+    let file = GgufFile::from_bytes(Path::new("(synthetic GGUF)"), w.to_bytes()?)?;
+    let read = ModelConfig::from_gguf(&file)?;
+    if read != *s {
+        return Err(Error::Invalid(format!(
+            "synthetic GGUF: a configuration the file does not record: {}",
+            differences(s, &read)
+        )));
+    }
+    Ok(file.bytes().to_vec())
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Hugging Face checkpoints
 // ---------------------------------------------------------------------------------------------------------
 
-/// Shapes and options of a synthetic model: a Hugging Face checkpoint (OPT or Llama,
-/// [`write_hf_checkpoint`]) or a GGUF Llama ([`llama_gguf`]).
+/// A synthetic model: its configuration and how its file is written. Either a Hugging Face checkpoint (OPT or
+/// Llama, [`write_hf_checkpoint`]) or a GGUF Llama ([`llama_gguf`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthSpec {
-    pub arch: Arch,
-    pub n_layers: usize,
-    pub d_model: usize,
-    pub d_ffn: usize,
-    pub n_heads: usize,
-    /// Llama only; OPT has as many KV heads as heads.
-    pub n_kv_heads: usize,
-    pub vocab: usize,
-    /// `max_position_embeddings`: OPT's position table has this many usable rows (plus 2).
-    pub max_positions: usize,
-    /// OPT only: width of the token embedding when it differs from `d_model` (OPT-350m's 512).
-    pub word_embed_proj_dim: Option<usize>,
-    /// OPT only: post-norm blocks (`do_layer_norm_before = false`), as OPT-350m.
-    pub post_norm: bool,
-    /// Rotary base (`rope_theta`); Llama only, OPT's config has none and reads as 10000.
-    pub rope_base: f32,
-    /// Norm epsilon (`rms_norm_eps`); Llama only, OPT's config has none and reads as 1e-5.
-    pub norm_eps: f32,
+    /// The configuration the written model reads back as, to the last field: a spec whose `model` the file
+    /// cannot record (a norm epsilon in an OPT `config.json`, a stale `head_dim`, half-split rotary pairs in
+    /// a GGUF llama) is refused. [`SynthSpec::with_model`] changes it and derives the dependent fields again.
+    pub model: ModelConfig,
     /// Element type of the tensors: F32, F16 or BF16 for every tensor of a checkpoint; any ggml type for
     /// the matrices of a GGUF file (its norms are F32).
     pub dtype: DType,
     pub seed: u64,
-    /// Llama only: ReLU instead of SiLU on the gate (OPT is always ReLU).
-    pub relu: bool,
-    /// Write a separate `lm_head.weight` instead of tying it to the token embedding.
-    pub untied: bool,
     /// Number of safetensors files; more than one writes `model.safetensors.index.json`.
     pub shards: usize,
     /// OPT only: construct the weights by this planting plan ([`super::planted`]) instead of drawing them
@@ -125,81 +116,106 @@ pub struct SynthSpec {
 }
 
 impl SynthSpec {
-    /// A small pre-norm OPT for tests: 2 layers, d_model 64, FFN 256, 4 heads, vocab 320, f32, one file.
+    /// A small pre-norm OPT for tests: 2 layers, d_model 64, FFN 256, 4 heads, vocab 320, 64 positions, f32,
+    /// tied embeddings, one file.
     pub fn tiny_opt(seed: u64) -> SynthSpec {
         SynthSpec {
-            arch: Arch::Opt,
-            n_layers: 2,
-            d_model: 64,
-            d_ffn: 256,
-            n_heads: 4,
-            n_kv_heads: 4,
-            vocab: 320,
-            max_positions: 64,
-            word_embed_proj_dim: None,
-            post_norm: false,
-            rope_base: 10_000.0,
-            norm_eps: 1e-5,
+            model: ModelConfig {
+                arch: Arch::Opt,
+                n_layers: 2,
+                d_model: 64,
+                d_ffn: 256,
+                n_heads: 4,
+                n_kv_heads: 4,
+                head_dim: 16,
+                vocab_size: 320,
+                context_length: 64,
+                // What an OPT `config.json` reads as: it records neither.
+                norm_eps: 1e-5,
+                rope_base: 10_000.0,
+                rope_dim: 0,
+                rope_style: RopeStyle::Half,
+                activation: Activation::Relu,
+                tied_embeddings: true,
+                pre_norm: true,
+                word_embed_proj_dim: None,
+                max_positions: 64,
+                qkv_bias: true,
+                out_bias: true,
+                ffn_bias: true,
+                norm_affine: true,
+                final_norm: true,
+            },
             dtype: DType::F32,
             seed,
-            relu: true,
-            untied: false,
             shards: 1,
             planted: None,
         }
     }
 
-    /// A small Llama for tests: 2 layers, d_model 64, FFN 128, 4 heads / 2 KV heads, vocab 320, f32.
+    /// A small Llama checkpoint for tests: 2 layers, d_model 64, FFN 128, 4 heads / 2 KV heads, vocab 320,
+    /// 2048 positions, norm epsilon 1e-5, rope base 10000, f32, tied embeddings.
     pub fn tiny_llama(seed: u64) -> SynthSpec {
-        SynthSpec {
-            arch: Arch::Llama,
-            d_ffn: 128,
-            n_kv_heads: 2,
-            max_positions: 2048,
-            relu: false,
-            ..SynthSpec::tiny_opt(seed)
-        }
+        SynthSpec::tiny_opt(seed).with_model(|m| {
+            m.arch = Arch::Llama;
+            m.d_ffn = 128;
+            m.n_kv_heads = 2;
+            m.max_positions = 2048;
+            m.activation = Activation::Silu;
+            (m.qkv_bias, m.out_bias, m.ffn_bias) = (false, false, false);
+        })
     }
 
     /// A small Llama for GGUF tests, matrices in `dtype`: [`SynthSpec::tiny_llama`] with a vocabulary of 96
-    /// (a GGUF from [`llama_gguf`] carries no tokenizer).
+    /// (a GGUF from [`llama_gguf`] carries no tokenizer) and rotary pairs interleaved, as GGUF's llama has them.
     pub fn tiny_gguf(dtype: DType, seed: u64) -> SynthSpec {
-        SynthSpec { vocab: 96, dtype, ..SynthSpec::tiny_llama(seed) }
+        let spec = SynthSpec::tiny_llama(seed).with_model(|m| {
+            m.vocab_size = 96;
+            m.rope_style = RopeStyle::Interleaved;
+        });
+        SynthSpec { dtype, ..spec }
     }
 
     /// OPT 6.7B's shapes: 32 layers, d_model 4096, FFN 16384, 32 heads, vocab 50272, 2048 positions.
     pub fn opt_6_7b(seed: u64, dtype: DType) -> SynthSpec {
-        SynthSpec {
-            n_layers: 32,
-            d_model: 4096,
-            d_ffn: 16384,
-            n_heads: 32,
-            n_kv_heads: 32,
-            vocab: 50272,
-            max_positions: 2048,
-            dtype,
-            ..SynthSpec::tiny_opt(seed)
-        }
+        let spec = SynthSpec::tiny_opt(seed).with_model(|m| {
+            (m.n_layers, m.d_model, m.d_ffn) = (32, 4096, 16384);
+            (m.n_heads, m.n_kv_heads) = (32, 32);
+            (m.vocab_size, m.max_positions) = (50272, 2048);
+        });
+        SynthSpec { dtype, ..spec }
     }
 
     /// The `tiny` preset of `spike synth` (planted in tests and CI): 4 layers, d_model 128, FFN 1024, 4 heads
     /// (head_dim 32), vocab 512, 1024 positions, f32.
     pub fn opt_tiny_preset(seed: u64) -> SynthSpec {
-        SynthSpec {
-            n_layers: 4,
-            d_model: 128,
-            d_ffn: 1024,
-            n_heads: 4,
-            n_kv_heads: 4,
-            vocab: 512,
-            max_positions: 1024,
-            ..SynthSpec::tiny_opt(seed)
-        }
+        SynthSpec::tiny_opt(seed).with_model(|m| {
+            (m.n_layers, m.d_model, m.d_ffn) = (4, 128, 1024);
+            (m.vocab_size, m.max_positions) = (512, 1024);
+        })
     }
 
     /// OPT 1.3B's shapes: 24 layers, d_model 2048, FFN 8192, 32 heads, vocab 50272, 2048 positions.
     pub fn opt_1_3b(seed: u64, dtype: DType) -> SynthSpec {
-        SynthSpec { n_layers: 24, d_model: 2048, d_ffn: 8192, ..SynthSpec::opt_6_7b(seed, dtype) }
+        SynthSpec::opt_6_7b(seed, dtype).with_model(|m| (m.n_layers, m.d_model, m.d_ffn) = (24, 2048, 8192))
+    }
+
+    /// This spec with its configuration changed by `edit`, then the fields that depend on others derived
+    /// again as both file formats derive them: `head_dim` (whole heads of `d_model`; 0 when the heads do not
+    /// divide it, which the readers refuse), `rope_dim` (a Llama rotates whole heads, OPT has no rotary),
+    /// `context_length` (all of `max_positions`) and `final_norm` (pre-norm models only). The rest is as
+    /// `edit` leaves it.
+    pub fn with_model(mut self, edit: impl FnOnce(&mut ModelConfig)) -> SynthSpec {
+        edit(&mut self.model);
+        let m = &mut self.model;
+        m.head_dim = whole_heads(m.d_model, m.n_heads);
+        m.rope_dim = match m.arch {
+            Arch::Llama => m.head_dim,
+            Arch::Opt => 0,
+        };
+        m.context_length = m.max_positions;
+        m.final_norm = m.pre_norm;
+        self
     }
 
     /// The `config.json` this checkpoint gets: the keys and spellings of transformers' `OPTConfig` /
@@ -219,34 +235,35 @@ impl SynthSpec {
             DType::BF16 => "bfloat16",
             _ => "float32",
         };
-        match self.arch {
+        let m = &self.model;
+        match m.arch {
             Arch::Opt => json!({
                 "_name_or_path": format!("spike-synthetic-opt-seed{}", self.seed),
                 "activation_dropout": 0.0,
-                "activation_function": "relu",
+                "activation_function": m.activation.hf_name(),
                 "architectures": ["OPTForCausalLM"],
                 "attention_dropout": 0.0,
                 "bos_token_id": SYNTH_EOS,
-                "do_layer_norm_before": !self.post_norm,
+                "do_layer_norm_before": m.pre_norm,
                 "dropout": 0.0,
                 "enable_bias": true,
                 "eos_token_id": SYNTH_EOS,
-                "ffn_dim": self.d_ffn,
-                "hidden_size": self.d_model,
+                "ffn_dim": m.d_ffn,
+                "hidden_size": m.d_model,
                 "init_std": 0.02,
                 "layer_norm_elementwise_affine": true,
                 "layerdrop": 0.0,
-                "max_position_embeddings": self.max_positions,
+                "max_position_embeddings": m.max_positions,
                 "model_type": "opt",
-                "num_attention_heads": self.n_heads,
-                "num_hidden_layers": self.n_layers,
+                "num_attention_heads": m.n_heads,
+                "num_hidden_layers": m.n_layers,
                 "pad_token_id": SYNTH_PAD,
                 "prefix": "</s>",
-                "tie_word_embeddings": !self.untied,
+                "tie_word_embeddings": m.tied_embeddings,
                 "torch_dtype": torch_dtype,
                 "use_cache": true,
-                "vocab_size": self.vocab,
-                "word_embed_proj_dim": self.word_embed_proj_dim.unwrap_or(self.d_model),
+                "vocab_size": m.vocab_size,
+                "word_embed_proj_dim": m.embed_dim(),
             }),
             Arch::Llama => json!({
                 "_name_or_path": format!("spike-synthetic-llama-seed{}", self.seed),
@@ -255,65 +272,64 @@ impl SynthSpec {
                 "attention_dropout": 0.0,
                 "bos_token_id": SYNTH_BOS,
                 "eos_token_id": SYNTH_EOS,
-                "head_dim": self.d_model / self.n_heads.max(1),
-                "hidden_act": if self.relu { "relu" } else { "silu" },
-                "hidden_size": self.d_model,
+                "head_dim": m.d_model / m.n_heads.max(1),
+                "hidden_act": m.activation.hf_name(),
+                "hidden_size": m.d_model,
                 "initializer_range": 0.02,
-                "intermediate_size": self.d_ffn,
-                "max_position_embeddings": self.max_positions,
+                "intermediate_size": m.d_ffn,
+                "max_position_embeddings": m.max_positions,
                 "mlp_bias": false,
                 "model_type": "llama",
-                "num_attention_heads": self.n_heads,
-                "num_hidden_layers": self.n_layers,
-                "num_key_value_heads": self.n_kv_heads,
+                "num_attention_heads": m.n_heads,
+                "num_hidden_layers": m.n_layers,
+                "num_key_value_heads": m.n_kv_heads,
                 "pretraining_tp": 1,
-                "rms_norm_eps": json_f32(self.norm_eps),
+                "rms_norm_eps": json_f32(m.norm_eps),
                 "rope_scaling": null,
-                "rope_theta": json_f32(self.rope_base),
-                "tie_word_embeddings": !self.untied,
+                "rope_theta": json_f32(m.rope_base),
+                "tie_word_embeddings": m.tied_embeddings,
                 "torch_dtype": torch_dtype,
                 "use_cache": true,
-                "vocab_size": self.vocab,
+                "vocab_size": m.vocab_size,
             }),
         }
     }
 
-    /// The model configuration of this checkpoint, read back from its `config.json` as a reader would.
+    /// The model configuration of this checkpoint, read back from its `config.json` as a reader would: equal
+    /// to `self.model`, or the spec is refused.
     pub fn config(&self) -> Result<ModelConfig> {
         let bad = |what: String| Err(Error::Invalid(format!("synthetic checkpoint: {what}")));
+        let m = &self.model;
         if dtype_to_safetensors(self.dtype).is_none() {
             return bad(format!("dtype {} (use f32, f16 or bf16)", self.dtype));
         }
         if self.shards == 0 {
             return bad("0 shards".into());
         }
-        if self.vocab < SYNTH_SPECIALS.len() + 1 {
-            return bad(format!("vocabulary of {} tokens (at least {})", self.vocab, SYNTH_SPECIALS.len() + 1));
+        if m.vocab_size < SYNTH_SPECIALS.len() + 1 {
+            return bad(format!("vocabulary of {} tokens (at least {})", m.vocab_size, SYNTH_SPECIALS.len() + 1));
         }
-        if self.planted.is_some() && (self.arch != Arch::Opt || self.post_norm || self.word_embed_proj_dim.is_some()) {
+        if self.planted.is_some() && (m.arch != Arch::Opt || !m.pre_norm || m.word_embed_proj_dim.is_some()) {
             return bad("a planted model that is not a pre-norm OPT without embedding projection".into());
         }
-        match self.arch {
+        match m.arch {
             Arch::Opt => {
-                if self.n_kv_heads != self.n_heads {
-                    return bad(format!("OPT with {} KV heads for {} heads", self.n_kv_heads, self.n_heads));
+                if m.n_kv_heads != m.n_heads {
+                    return bad(format!("OPT with {} KV heads for {} heads", m.n_kv_heads, m.n_heads));
                 }
-                if !self.relu {
+                if m.activation != Activation::Relu {
                     return bad("OPT without ReLU".into());
                 }
             }
             Arch::Llama => {
-                if self.word_embed_proj_dim.is_some() || self.post_norm {
+                if m.word_embed_proj_dim.is_some() || !m.pre_norm {
                     return bad("a Llama with an embedding projection or post-norm".into());
                 }
             }
         }
         let cfg = ModelConfig::from_hf_config(Path::new("(synthetic config.json)"), &self.hf_config_json())?;
-        if cfg.norm_eps != self.norm_eps || cfg.rope_base != self.rope_base {
-            return bad(format!(
-                "norm epsilon {} / rope base {} that a {:?} config.json does not record",
-                self.norm_eps, self.rope_base, self.arch
-            ));
+        if cfg != *m {
+            return bad(format!("a configuration its config.json does not record: {}", differences(m, &cfg)));
         }
         let n = expected_tensors(&cfg).iter().filter(|t| t.required).count();
         if self.shards > n {
@@ -332,6 +348,27 @@ impl SynthSpec {
             .map(|t| t.shape.iter().product::<usize>() as u64 * elem)
             .sum())
     }
+}
+
+/// The fields in which `want` and `got` differ, as `field want (reads back as got)`, comma-separated.
+fn differences(want: &ModelConfig, got: &ModelConfig) -> String {
+    let fields = |c: &ModelConfig| match serde_json::to_value(c) {
+        Ok(Value::Object(o)) => o,
+        _ => serde_json::Map::new(),
+    };
+    // The f32 fields as f32s print (1e-5 rather than its f64 widening).
+    let show = |v: Option<&Value>| match v {
+        Some(Value::Number(n)) if !n.is_u64() => format!("{}", n.as_f64().unwrap_or(f64::NAN) as f32),
+        Some(v) => v.to_string(),
+        None => "nothing".into(),
+    };
+    let got = fields(got);
+    let diff: Vec<String> = fields(want)
+        .into_iter()
+        .filter(|(k, v)| got.get(k) != Some(v))
+        .map(|(k, v)| format!("{k} {} (reads back as {})", show(Some(&v)), show(got.get(&k))))
+        .collect();
+    diff.join(", ")
 }
 
 /// `x` as a JSON number that prints as the shortest decimal reading back as `x` (`1e-5`, not the f64
@@ -475,14 +512,14 @@ pub fn write_hf_checkpoint_with_progress(
         write_json(&dir.join(INDEX_FILE), &index)?;
     }
     // OPT was trained with `</s>` in front of every document; its tokenizer adds it as BOS.
-    let bos = match spec.arch {
+    let bos = match spec.model.arch {
         Arch::Opt => SYNTH_EOS,
         Arch::Llama => SYNTH_BOS,
     };
-    write_json(&dir.join(TOKENIZER_FILE), &synth_tokenizer_json(spec.vocab, bos))?;
+    write_json(&dir.join(TOKENIZER_FILE), &synth_tokenizer_json(spec.model.vocab_size, bos))?;
     let tok_config = json!({
         "add_bos_token": true, "add_eos_token": false, "bos_token": SYNTH_SPECIALS[bos as usize],
-        "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": spec.max_positions,
+        "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": spec.model.max_positions,
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
     write_json(&dir.join("tokenizer_config.json"), &tok_config)?;

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use spike_flash::model::config::Arch;
+use spike_flash::model::config::{Activation, Arch};
 use spike_flash::model::planted::PlanFile;
 use spike_flash::model::quant::DType;
 use spike_flash::model::synth::{write_hf_checkpoint_with_progress, SynthSpec};
@@ -120,35 +120,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Preset::Opt1_3b => SynthSpec::opt_1_3b(args.seed, DType::F16),
                 Preset::Opt6_7b => SynthSpec::opt_6_7b(args.seed, DType::F16),
             };
-            SynthSpec { planted: plan.clone(), untied: args.untied, shards: args.shards, ..base }
+            let base = base.with_model(|m| m.tied_embeddings = !args.untied);
+            SynthSpec { planted: plan.clone(), shards: args.shards, ..base }
         }
         None => {
             let need = |v: Option<usize>, flag: &str| v.with_context(|| format!("{flag} is needed without --preset"));
             let heads = need(args.heads, "--heads")?;
-            SynthSpec {
-                arch,
-                n_layers: need(args.layers, "--layers")?,
-                d_model: need(args.d_model, "--d-model")?,
-                d_ffn: need(args.ffn, "--ffn")?,
-                n_heads: heads,
-                n_kv_heads: args.kv_heads.unwrap_or(heads),
-                vocab: need(args.vocab, "--vocab")?,
-                max_positions: args.max_positions.unwrap_or(2048),
-                word_embed_proj_dim: None,
-                post_norm: false,
-                rope_base: 10_000.0,
-                norm_eps: 1e-5,
-                dtype: match args.dtype.unwrap_or(DTypeArg::F16) {
-                    DTypeArg::F32 => DType::F32,
-                    DTypeArg::F16 => DType::F16,
-                    DTypeArg::Bf16 => DType::BF16,
-                },
-                seed: args.seed,
-                relu: matches!(arch, Arch::Opt) || args.relu,
-                untied: args.untied,
-                shards: args.shards,
-                planted: plan.clone(),
-            }
+            let layers = need(args.layers, "--layers")?;
+            let d_model = need(args.d_model, "--d-model")?;
+            let ffn = need(args.ffn, "--ffn")?;
+            let vocab = need(args.vocab, "--vocab")?;
+            // The family's tiny spec gives the rest: norm epsilon 1e-5, rope base 10000, pre-norm, no
+            // embedding projection.
+            let family = match arch {
+                Arch::Opt => SynthSpec::tiny_opt(args.seed),
+                Arch::Llama => SynthSpec::tiny_llama(args.seed),
+            };
+            let base = family.with_model(|m| {
+                m.n_layers = layers;
+                m.d_model = d_model;
+                m.d_ffn = ffn;
+                m.n_heads = heads;
+                m.n_kv_heads = args.kv_heads.unwrap_or(heads);
+                m.vocab_size = vocab;
+                m.max_positions = args.max_positions.unwrap_or(2048);
+                if args.relu {
+                    m.activation = Activation::Relu;
+                }
+                m.tied_embeddings = !args.untied;
+            });
+            let dtype = match args.dtype.unwrap_or(DTypeArg::F16) {
+                DTypeArg::F32 => DType::F32,
+                DTypeArg::F16 => DType::F16,
+                DTypeArg::Bf16 => DType::BF16,
+            };
+            SynthSpec { dtype, shards: args.shards, planted: plan.clone(), ..base }
         }
     };
     let total = spec.tensor_bytes().context("checking the shapes")?;
