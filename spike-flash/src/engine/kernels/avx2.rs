@@ -345,25 +345,8 @@ fn micro<const NT: usize, const SIGNED: bool>(s: &Scratch, nb: usize, acts: &Act
             }
         }
     }
-    if !SIGNED {
-        // The offset terms: `sum_b m_b * (d_x sum_x)_b`, with `mw = (0, m)` against the tokens' `(d, d sum)`.
-        for k in (0..nbp * 2).step_by(8) {
-            for j in 0..NT {
-                // SAFETY: `k + 8 <= 2 nbp`, the length of each token's scales and of each scratch row of `mw`.
-                let x = unsafe { _mm256_loadu_ps(sp[j].add(k)) };
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: as above.
-                    let m = unsafe { _mm256_loadu_ps(mp.add(i * nbp * 2 + k)) };
-                    acc[j] = _mm256_fmadd_ps(m, x, acc[j]);
-                }
-            }
-        }
-    }
-    let mut out = [[0.0f32; T]; R];
-    for i in 0..R {
-        for j in 0..NT {
-            out[i][j] = hsum(acc[i][j]);
-        }
-    }
-    out
+    micro_tail!(
+        acc, sp, mp, nbp,
+        offsets: !SIGNED, lanes: 8, load: _mm256_loadu_ps, fmadd: _mm256_fmadd_ps, sum: hsum,
+    )
 }

@@ -403,23 +403,8 @@ fn micro<const NT: usize>(s: &Scratch, pairs: usize, acts: &Acts, t0: usize) -> 
             }
         }
     }
-    // The offset terms: `sum_b m_b * (d_x sum_x)_b`, with `mw = (0, m)` against the tokens' `(d, d sum)`.
-    for k in (0..nbp * 2).step_by(16) {
-        for j in 0..NT {
-            // SAFETY: `k + 16 <= 2 nbp`, the length of each token's scales and of each scratch row of `mw`.
-            let x = unsafe { _mm512_loadu_ps(sp[j].add(k)) };
-            for (i, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: as above.
-                let m = unsafe { _mm512_loadu_ps(mp.add(i * nbp * 2 + k)) };
-                acc[j] = _mm512_fmadd_ps(m, x, acc[j]);
-            }
-        }
-    }
-    let mut out = [[0.0f32; T]; R];
-    for i in 0..R {
-        for j in 0..NT {
-            out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
-        }
-    }
-    out
+    micro_tail!(
+        acc, sp, mp, nbp,
+        offsets: true, lanes: 16, load: _mm512_loadu_ps, fmadd: _mm512_fmadd_ps, sum: _mm512_reduce_add_ps,
+    )
 }

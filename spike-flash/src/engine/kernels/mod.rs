@@ -125,6 +125,43 @@ macro_rules! simd_entry_points {
     };
 }
 
+/// The tail of the batched micro-kernels (`micro` in each SIMD module), written once for both register
+/// widths: adds the offset terms `sum_b m_b * (d_x sum_x)_b` to the `[row][token]` accumulators `$acc` when
+/// `$offsets` holds (the scratch rows of `mw = (0, m)` at `$mp` against the tokens' `(d, d sum)` at `$sp[j]`,
+/// `2 $nbp` floats each), then evaluates to the `[[f32; T]; R]` tile of their sums. `$load`, `$fmadd` and
+/// `$sum` are the module's unaligned load, fused multiply-add and horizontal sum of `$lanes` f32 lanes; `R`,
+/// `T` and `NT` are the kernel's. Expanded in the kernel's body, so it compiles with the kernel's target
+/// features, as the code written out in place would.
+#[cfg(target_arch = "x86_64")]
+macro_rules! micro_tail {
+    (
+        $acc:ident, $sp:ident, $mp:ident, $nbp:ident,
+        offsets: $offsets:expr, lanes: $lanes:literal, load: $load:ident, fmadd: $fmadd:ident, sum: $sum:ident $(,)?
+    ) => {{
+        if $offsets {
+            for k in (0..$nbp * 2).step_by($lanes) {
+                for j in 0..NT {
+                    // SAFETY: `k + lanes <= 2 nbp` (the kernel asserts `2 nbp` is a multiple of the lane count),
+                    // the length of each token's scales and of each scratch row of `mw`.
+                    let x = unsafe { $load($sp[j].add(k)) };
+                    for (i, acc) in $acc.iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        let m = unsafe { $load($mp.add(i * $nbp * 2 + k)) };
+                        acc[j] = $fmadd(m, x, acc[j]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0.0f32; T]; R];
+        for i in 0..R {
+            for j in 0..NT {
+                out[i][j] = $sum($acc[i][j]);
+            }
+        }
+        out
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
