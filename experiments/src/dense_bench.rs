@@ -20,7 +20,13 @@ pub struct DenseBench {
     pub gen: usize,
     /// Repeats of each test.
     pub reps: usize,
+    /// Also measure the memory read bandwidth in each repeat, after decode (test `mem`): with the weight bytes
+    /// one decode step reads, it bounds the decode speed.
+    pub memory: bool,
 }
+
+/// Bytes of the buffer the memory test reads: far beyond any cache of this machine kind.
+pub const MEMORY_TEST_BYTES: usize = 1 << 30;
 
 /// One repeat of one test.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -30,6 +36,8 @@ pub struct Row {
     pub tokens: usize,
     pub ms: f64,
     pub tokens_per_s: f64,
+    /// The memory test's read bandwidth, 10^9 bytes per second (empty for pp and tg).
+    pub gb_per_s: Option<f64>,
     pub threads: usize,
     pub isa: String,
     pub act_precision: String,
@@ -56,6 +64,8 @@ pub fn run(model: &Model, path: &Path, b: &DenseBench, progress: &mut dyn FnMut(
     let threads = spike_flash::engine::threads();
     let isa = format!("{:?}", kernels::isa());
     let precision = format!("{:?}", model.precision()).to_lowercase();
+    // The memory test's buffer, written once so its pages exist before any pass is timed.
+    let buffer = if b.memory { Some(memory_buffer(MEMORY_TEST_BYTES)?) } else { None };
     // Warm-up: touches every weight once so the first repeat does not pay for page faults.
     model.forward(&mut state, &prompt[..prompt.len().min(8)], false)?;
 
@@ -78,6 +88,17 @@ pub fn run(model: &Model, path: &Path, b: &DenseBench, progress: &mut dyn FnMut(
         let ms = t.elapsed().as_secs_f64() * 1e3;
         rows.push(row("tg", rep, b.gen, ms, threads, (&isa, &precision), path));
         progress();
+
+        if let Some(buf) = &buffer {
+            let t = Instant::now();
+            std::hint::black_box(read_all(buf, threads));
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let mut r = row("mem", rep, 0, ms, threads, (&isa, &precision), path);
+            r.tokens_per_s = f64::NAN;
+            r.gb_per_s = Some(MEMORY_TEST_BYTES as f64 / (ms / 1e3) / 1e9);
+            rows.push(r);
+            progress();
+        }
     }
 
     Ok(rows)
@@ -98,9 +119,60 @@ fn row(
         tokens,
         ms,
         tokens_per_s: tokens as f64 / (ms / 1e3),
+        gb_per_s: None,
         threads,
         isa: isa.to_string(),
         act_precision: precision.to_string(),
         model: model.display().to_string(),
+    }
+}
+
+/// A buffer of `bytes` (a multiple of 64), every page written.
+fn memory_buffer(bytes: usize) -> Result<Vec<u64>> {
+    let n = bytes / 8;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::Invalid(format!("cannot allocate the memory test's {bytes}-byte buffer")))?;
+    v.extend((0..n as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    Ok(v)
+}
+
+/// Reads every word of `buf` once, split over `threads` threads (the engine's count), and returns a sum that
+/// depends on all of them (so no read can be dropped). Eight independent sums per thread keep the loads
+/// streaming rather than waiting on one add chain.
+pub fn read_all(buf: &[u64], threads: usize) -> u64 {
+    let share = buf.len().div_ceil(threads.max(1)).next_multiple_of(8);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = buf
+            .chunks(share.max(8))
+            .map(|part| {
+                s.spawn(move || {
+                    let mut acc = [0u64; 8];
+                    let words = part.chunks_exact(8);
+                    let rest: u64 = words.remainder().iter().fold(0, |a, &x| a.wrapping_add(x));
+                    for w in words {
+                        for (a, &x) in acc.iter_mut().zip(w) {
+                            *a = a.wrapping_add(x);
+                        }
+                    }
+                    acc.iter().fold(rest, |a, &x| a.wrapping_add(x))
+                })
+            })
+            .collect();
+        parts.into_iter().map(|h| h.join().unwrap_or(0)).fold(0, u64::wrapping_add)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_all_sums_every_word_once() {
+        for (n, threads) in [(0usize, 2usize), (1, 1), (7, 3), (64, 2), (1001, 2), (4096, 5)] {
+            let buf: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xF00D).collect();
+            let want = buf.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+            assert_eq!(read_all(&buf, threads), want, "{n} words over {threads} threads");
+        }
     }
 }

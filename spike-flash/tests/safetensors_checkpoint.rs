@@ -526,3 +526,20 @@ fn paper_scale_spec_is_consistent() {
     let bytes = spec.tensor_bytes().expect("bytes");
     assert!((13_300_000_000..13_400_000_000).contains(&bytes), "{bytes}");
 }
+
+/// The weight bytes of one decode step, against the checkpoint's own tensor sizes: everything once, except the
+/// learned position table, of which one row is read (tied embeddings: the table is the output head, read whole).
+#[test]
+fn decode_bytes_match_the_checkpoint_tensors() {
+    let dir = tmp();
+    let spec = SynthSpec::tiny_opt(SEED_OPT);
+    write_hf_checkpoint(&spec, dir.path()).expect("write");
+    let tensors = raw_tensors(&dir.path().join(SINGLE_FILE));
+    let all: usize = tensors.values().map(|(_, _, b)| b.len()).sum();
+    let (dtype, shape, positions) =
+        tensors.iter().find(|(n, _)| n.ends_with("embed_positions.weight")).map(|(_, t)| t).expect("positions");
+    assert_eq!(dtype, "F32", "the tiny checkpoint is f32, as the engine holds norms, biases and positions");
+    let expected = all - positions.len() + positions.len() / shape[0];
+    let model = Model::from_source(&spike_flash::model::bind::Source::open(dir.path()).expect("open")).expect("bind");
+    assert_eq!(model.parts().decode_bytes(), expected as u64);
+}

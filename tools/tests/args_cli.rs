@@ -47,6 +47,12 @@ fn flash_options_without_a_layout_are_refused() {
 }
 
 #[test]
+fn dense_options_with_a_layout_are_refused() {
+    // Checked before the layout is opened.
+    refused(&["bench", "--layout", "none.spike", "--memory-bound", "--csv", "b.csv"], "--memory-bound");
+}
+
+#[test]
 fn fractions_and_buffers_out_of_range_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("none.trace");

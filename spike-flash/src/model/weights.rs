@@ -149,6 +149,41 @@ impl ModelParts {
         &self.source.shard_bytes(w.shard)[w.offset..w.offset + w.len]
     }
 
+    /// The weight bytes one decode step reads: every matrix once (the output head included, the FFN's only
+    /// when it is in DRAM), one row of the token embedding (the whole table when it is also the output head,
+    /// counted there) and of a learned position table, and the f32 norms and biases.
+    pub fn decode_bytes(&self) -> u64 {
+        let lin = |l: &Linear| (l.w.len + l.b.as_ref().map_or(0, |b| 4 * b.len())) as u64;
+        let norm = |n: &Norm| match n {
+            Norm::Rms { w } => 4 * w.len() as u64,
+            Norm::Layer { w, b } => 4 * (w.len() + b.len()) as u64,
+        };
+        let ffn = |f: &FfnWeights| match f {
+            FfnWeights::Gated { gate, up, down } => lin(gate) + lin(up) + lin(down),
+            FfnWeights::Plain { fc1, fc2 } => lin(fc1) + lin(fc2),
+            FfnWeights::Streamed { .. } => 0,
+        };
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                norm(&l.attn_norm) + lin(&l.q) + lin(&l.k) + lin(&l.v) + lin(&l.o) + norm(&l.ffn_norm) + ffn(&l.ffn)
+            })
+            .sum();
+        let tied = self.tok_embd == self.output;
+        let embd_row = if tied { 0 } else { self.tok_embd.row_bytes() as u64 };
+        let position_row = match &self.positions {
+            Positions::Rope => 0,
+            Positions::Learned { table, rows, .. } => 4 * (table.len() / (*rows).max(1)) as u64,
+        };
+        layers
+            + self.output.len as u64
+            + embd_row
+            + position_row
+            + self.project_in.iter().chain(&self.project_out).map(lin).sum::<u64>()
+            + self.output_norm.as_ref().map_or(0, norm)
+    }
+
     /// The bytes of row `r` of matrix `w`.
     ///
     /// # Panics

@@ -48,6 +48,11 @@ pub struct Args {
     /// Flash mode: text whose tokens make the prompts.
     #[arg(long, default_value = "/usr/share/common-licenses/GPL-3")]
     text: PathBuf,
+    /// Dense mode: also measure the memory read bandwidth in every repeat (reading a 1 GiB buffer with the
+    /// compute threads, after decode) and print the decode bound it sets: bandwidth over the weight bytes one
+    /// decode step reads, beside the measured decode speed.
+    #[arg(long)]
+    memory_bound: bool,
     /// Flash mode: number of prompts (each --prompt tokens, then --gen decoded tokens).
     #[arg(long, default_value_t = 2)]
     prompts: usize,
@@ -60,8 +65,8 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     }
     args.flash.check_unused(&[])?;
     let loaded = super::load_model(args.model.as_deref(), precision)?;
-    let b = DenseBench { prompt: args.prompt, gen: args.gen, reps: args.reps };
-    let bar = ProgressBar::new((2 * args.reps) as u64);
+    let b = DenseBench { prompt: args.prompt, gen: args.gen, reps: args.reps, memory: args.memory_bound };
+    let bar = ProgressBar::new(((2 + usize::from(b.memory)) * args.reps) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}").expect("the template is valid"));
     let rows = dense_bench::run(&loaded.model, &loaded.path, &b, &mut || bar.inc(1))
         .with_context(|| format!("--prompt {} and --gen {}", args.prompt, args.gen))?;
@@ -80,6 +85,26 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
         let (median, lo, hi) = dense_bench::spread(&rows, test);
         println!("{:<6} {:>8} {:>12.1} {:>12.1} {:>12.1}", format!("{test}{tokens}"), tokens, median, lo, hi);
     }
+    if b.memory {
+        let gbps: Vec<f64> = rows.iter().filter_map(|r| r.gb_per_s).collect();
+        let (lo, hi) = gbps.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let bw = experiments::summary::median(gbps);
+        let bytes = loaded.model.parts().decode_bytes() as f64;
+        let bound = bw * 1e9 / bytes;
+        let (tg, _, _) = dense_bench::spread(&rows, "tg");
+        println!(
+            "memory read: {bw:.2} GB/s median (min {lo:.2}, max {hi:.2}; {} GiB buffer, {} threads, after each decode)",
+            dense_bench::MEMORY_TEST_BYTES >> 30,
+            first.threads
+        );
+        println!(
+            "decode bound: {:.3} GB of weights per token / {bw:.2} GB/s = {bound:.2} tok/s; tg{} median {tg:.2} tok/s \
+             = {:.0}% of the bound",
+            bytes / 1e9,
+            args.gen,
+            100.0 * tg / bound
+        );
+    }
     match &args.csv {
         Some(csv) => {
             super::write_csv(csv, &rows)?;
@@ -96,6 +121,7 @@ fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Re
 }
 
 fn run_flash(args: &Args, layout: &std::path::Path, precision: ActPrecision) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.memory_bound, "--memory-bound measures the dense engine: it does not apply with --layout");
     let mut rows = flash_rows(args, layout, "")?;
     if let Some(split) = &args.split_layout {
         rows.extend(flash_rows(args, split, " (split)")?);
