@@ -73,15 +73,24 @@ pub struct FlashFfn {
 }
 
 /// Choices of the flash loop.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlashOptions {
     /// Compute over every cached neuron, not only the selected ones: more compute, and cached neurons the
-    /// selector missed still contribute.
+    /// selector missed still contribute. Default false.
     pub compute_all_cached: bool,
     /// While a layer computes (one-token steps), read the records the selector predicts, from this layer's
     /// FFN input, for the next layer, on a second backend and thread; the next layer reads only what that
-    /// prediction missed.
+    /// prediction missed. Default false.
     pub overlap: bool,
+    /// Check each record read against the layout's checksum table as it arrives, before it is used or cached
+    /// ([`Layout::check_records`]). Default true; off only to measure the check's cost.
+    pub verify_reads: bool,
+}
+
+impl Default for FlashOptions {
+    fn default() -> Self {
+        FlashOptions { compute_all_cached: false, overlap: false, verify_reads: true }
+    }
 }
 
 fn nanos(t: Instant) -> u64 {
@@ -307,8 +316,23 @@ impl FlashFfn {
         self.backend
             .read_batch(&self.reqs, &mut self.staging)
             .map_err(|e| Error::InLayer { layer, source: Box::new(e) })?;
+        self.check(layer, 0..count)?;
         self.stats.io_ns += nanos(t1);
         self.stats.neurons_read += count as u64;
+        Ok(())
+    }
+
+    /// Checks the staged records of `self.missing[range]` against the checksum table, unless the options turn
+    /// the check off; counts the time.
+    fn check(&mut self, layer: usize, range: std::ops::Range<usize>) -> Result<()> {
+        if !self.opts.verify_reads || range.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let (p, at) = (self.fmt.payload, self.staging_at);
+        let rows = &self.staging.as_slice()[at + range.start * p..at + range.end * p];
+        self.layout.check_records(layer, &self.missing[range], rows)?;
+        self.stats.verify_ns += nanos(t);
         Ok(())
     }
 }
