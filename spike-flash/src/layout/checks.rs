@@ -44,6 +44,11 @@ impl Bad {
 }
 
 impl Layout {
+    /// DRAM the checksum table takes (4 bytes per record), counted in a flash run's budget.
+    pub fn checksum_bytes(&self) -> u64 {
+        (self.checksums.capacity() * 4) as u64
+    }
+
     /// The position (place in file order) of neuron `neuron` of `layer`.
     fn position_of(&self, layer: usize, neuron: u32) -> u32 {
         match self.position.get(layer) {
@@ -62,7 +67,9 @@ impl Layout {
         let m = &self.manifest;
         let f = m.model.d_ffn;
         let payload = self.payload_bytes();
-        let li = m.layers.get(layer).ok_or_else(|| Error::Invalid(format!("layer {layer} of {}", m.layers.len())))?;
+        if layer >= m.layers.len() {
+            return Err(Error::Invalid(format!("layer {layer} of {}", m.layers.len())));
+        }
         if rows.len() < neurons.len() * payload {
             return Err(Error::Invalid(format!(
                 "{} bytes hold fewer than {} records of {payload} bytes",
@@ -98,9 +105,16 @@ impl Layout {
         } else {
             (0..neurons.len()).map(check).fold(None, Bad::merge)
         };
-        let Some(b) = bad else { return Ok(()) };
-        let s = &li.sections[b.section];
-        Err(Error::RecordChecksum {
+        match bad {
+            None => Ok(()),
+            Some(b) => Err(self.record_error(layer, b)),
+        }
+    }
+
+    /// The error for the failing records `b` of `layer`.
+    fn record_error(&self, layer: usize, b: Bad) -> Error {
+        let s = &self.manifest.layers[layer].sections[b.section];
+        Error::RecordChecksum {
             path: self.ffn_path(),
             layer,
             section: s.name.clone(),
@@ -112,12 +126,12 @@ impl Layout {
             len: s.record_bytes,
             stored: b.stored,
             computed: b.computed,
-        })
+        }
     }
 
     /// Checks every checksum of the layout: everything [`Layout::load`] checks (`resident.bin` included), every
     /// record against the checksum table and every section's crc32c. The error lists each section whose crc
-    /// or records fail (with the positions that fail), and what is wrong in `resident.bin`.
+    /// or records fail (the records as the flash loop names them), and what is wrong in `resident.bin`.
     pub fn verify(&self) -> Result<VerifyReport> {
         let m = &self.manifest;
         let f = m.model.d_ffn;
@@ -137,25 +151,38 @@ impl Layout {
                     length: s.len,
                     source: e,
                 })?;
-                let place = format!("{FFN_FILE}: layer {l} section `{}`", s.name);
                 let crc = crc32c::crc32c(&buf);
                 if crc != s.crc32c {
-                    failures.push(format!("{place}: crc32c {crc:08x}, the manifest says {:08x}", s.crc32c));
+                    failures.push(format!(
+                        "{FFN_FILE}: layer {l} section `{}`: crc32c {crc:08x}, the manifest says {:08x}",
+                        s.name, s.crc32c
+                    ));
                 }
                 let table = &self.checksums[(l * ns + si) * f..(l * ns + si + 1) * f];
                 let (stride, len) = (s.record_stride as usize, s.record_bytes as usize);
-                let bad: Vec<usize> = (0..f)
+                let neuron_at = |k: usize| match &layer.order {
+                    Some(order) => order[k],
+                    None => k as u32,
+                };
+                let bad = (0..f)
                     .into_par_iter()
                     .with_min_len(256)
-                    .filter(|&k| crc32c::crc32c(&buf[k * stride..k * stride + len]) != table[k])
-                    .collect();
-                if let (Some(&first), Some(&last)) = (bad.first(), bad.last()) {
-                    failures.push(format!(
-                        "{place}: {} of its {f} records fail their crc32c in the checksum table, at positions \
-                         {first}..={last} (the first at byte offset {})",
-                        bad.len(),
-                        s.offset + (first * stride) as u64
-                    ));
+                    .map(|k| {
+                        let (stored, computed) = (table[k], crc32c::crc32c(&buf[k * stride..k * stride + len]));
+                        let (pos, neuron) = (k as u32, neuron_at(k));
+                        (stored != computed).then_some(Bad {
+                            section: si,
+                            count: 1,
+                            first: pos,
+                            last: pos,
+                            neuron,
+                            stored,
+                            computed,
+                        })
+                    })
+                    .reduce(|| None, Bad::merge);
+                if let Some(b) = bad {
+                    failures.push(self.record_error(l, b).to_string());
                 }
                 report.sections += 1;
                 report.records += f as u64;

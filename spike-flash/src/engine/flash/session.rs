@@ -113,6 +113,7 @@ impl FlashConfig {
 /// Where the model's DRAM goes in flash mode, bytes.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Dram {
+    /// `resident.bin` (read into memory) and the layout's checksum table.
     pub resident: u64,
     pub selector: u64,
     pub caches: u64,
@@ -201,8 +202,8 @@ impl FlashSession {
         }
         let m = self.layout.manifest();
         let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, self.layout.payload_bytes());
-        let mut dram =
-            Dram { resident: m.resident.len, selector: selector_bytes, staging: ffn.dram_bytes(), ..Dram::default() };
+        let resident = m.resident.len + self.layout.checksum_bytes();
+        let mut dram = Dram { resident, selector: selector_bytes, staging: ffn.dram_bytes(), ..Dram::default() };
         let fixed = dram.resident + dram.selector + dram.staging;
         let budget = c.budget.map(|b| (b, b.resolve(m.source.len)));
         dram.budget = budget.map(|(_, bytes)| bytes);
