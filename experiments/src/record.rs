@@ -27,7 +27,8 @@ pub struct TokenRecord {
     /// Copying records out of the read backends' scratch buffers (requests whose destination could not take
     /// the aligned device read), ms: part of `io_ms`, except the prefetch thread's copies with overlap.
     pub io_copy_ms: f64,
-    /// Checking the records that arrived against the layout's checksum table, ms: part of `io_ms`.
+    /// Checking the records that arrived against the layout's checksum table, ms: part of `io_ms` (with
+    /// io_uring, partly while the step's other reads are still in flight).
     pub verify_ms: f64,
     /// The cost model's prediction for the same reads, ms (0 without a device profile).
     pub predicted_io_ms: f64,
