@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use spike_flash::engine::flash::{FlashConfig, FlashOptions, FlashSession};
 use spike_flash::engine::model::Model;
 use spike_flash::engine::sampler::argmax;
-use spike_flash::io::BackendKind;
+use spike_flash::io::{BackendKind, IoConfig};
 use spike_flash::layout::{self, ConvertOptions, Layout, LayoutKind, Manifest};
 use spike_flash::model::bind::Source;
 use spike_flash::model::gguf::GgufFile;
@@ -53,8 +53,11 @@ fn dense_tokens(ck: &Path) -> Vec<u32> {
 /// neuron of every layer per token through `backend`, decode greedily. A panic is returned as an error
 /// starting with `PANIC`.
 fn flash_tokens(dir: &Path, backend: BackendKind, overlap: bool) -> Result<Vec<u32>, String> {
+    flash_tokens_with(FlashConfig { backend, overlap, ..FlashConfig::new(dir) })
+}
+
+fn flash_tokens_with(config: FlashConfig) -> Result<Vec<u32>, String> {
     let run = || -> spike_flash::Result<Vec<u32>> {
-        let config = FlashConfig { backend, overlap, ..FlashConfig::new(dir) };
         let session = FlashSession::open(config, true)?;
         let (mut ffn, _) = session.ffn(None)?;
         let model = &session.model;
@@ -200,6 +203,37 @@ fn a_flipped_record_in_each_section_is_named_by_layer_section_position_and_offse
                 e.contains(&format!("layer 1 section `{}`", s.name)) && e.contains(&format!("position {k}")),
                 "{e}"
             );
+        }
+    }
+}
+
+/// Runs of records read in chunks smaller than a layer (`max_merge`): the records a chunk holds whole are
+/// checked as it arrives, those that straddle two chunks after the batch; damage in either kind is caught and
+/// named, and unflipped the chunked reads generate the dense tokens.
+#[test]
+fn records_inside_and_across_chunk_boundaries_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ck, dirs) = layouts(tmp.path());
+    let dir = &dirs[0];
+    let m = manifest(dir);
+    let s = &m.layers[0].sections[0];
+    let (f, stride) = (m.model.d_ffn as u64, s.record_stride);
+    let io = IoConfig { max_merge: 4096, ..IoConfig::default() };
+    let want = dense_tokens(&ck);
+    // Layer 0's records start at byte 512 of the 4 KiB-aligned range the run is read in: record 4 spans
+    // 3584..4352 of it, across the first chunk boundary; record 5 (4352..5120) lies inside the second chunk.
+    assert_eq!((s.offset, stride), (512, 768));
+    for backend in BackendKind::ALL {
+        let config = FlashConfig { backend, io: io.clone(), ..FlashConfig::new(dir) };
+        assert_eq!(flash_tokens_with(config.clone()).as_ref(), Ok(&want), "{backend}");
+        for k in [4u64, 5] {
+            let at = s.offset + k * stride + 700;
+            xor(&dir.join(layout::FFN_FILE), at, 0x02);
+            let e = flash_tokens_with(config.clone()).unwrap_err();
+            xor(&dir.join(layout::FFN_FILE), at, 0x02);
+            let place =
+                format!("the record at position {k} (neuron {}), at byte offset {}", f - 1 - k, s.offset + k * stride);
+            assert!(e.contains(&place), "{backend}: `{place}` not in: {e}");
         }
     }
 }
