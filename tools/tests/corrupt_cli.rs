@@ -65,6 +65,14 @@ fn manifest(lay: &Path) -> Manifest {
     serde_json::from_slice(&std::fs::read(lay.join(layout::MANIFEST_FILE)).expect("read")).expect("manifest")
 }
 
+/// The manifest of `lay` as JSON, without its seal, to be edited.
+fn unsealed(lay: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lay.join(layout::MANIFEST_FILE)).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove(layout::MANIFEST_CRC_KEY);
+    v
+}
+
 fn convert(ck: &Path, lay: PathBuf, kind: &str) -> PathBuf {
     let out = spike().arg("convert").arg("-m").arg(ck).arg("-o").arg(&lay).args(["--layout", kind]).output();
     ok(out.expect("run spike convert"), "convert");
@@ -124,8 +132,7 @@ fn an_edited_manifest_cannot_switch_the_resident_checks_off() {
     let ck = synth(tmp.path(), "llama", 13, 128);
     let lay = convert(&ck, tmp.path().join("l.spike"), "bundled");
     let mpath = lay.join(layout::MANIFEST_FILE);
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    v.as_object_mut().unwrap().remove(layout::MANIFEST_CRC_KEY);
+    let mut v = unsealed(&lay);
     v["resident"]["tensors"] = serde_json::json!({});
     std::fs::write(&mpath, layout::seal_manifest(&serde_json::to_vec_pretty(&v).unwrap()).unwrap()).unwrap();
     let gen = ["generate".as_ref(), "--layout".as_ref(), lay.as_os_str(), "-p".as_ref(), PROMPT.as_ref()];
@@ -141,13 +148,11 @@ fn version_2_layouts_are_refused_with_the_advice_to_convert_again() {
     let tmp = tempfile::tempdir().unwrap();
     let ck = synth(tmp.path(), "llama", 14, 128);
     let lay = convert(&ck, tmp.path().join("old.spike"), "bundled");
-    let mpath = lay.join(layout::MANIFEST_FILE);
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
     // As version 2 wrote it: no seal, no checksum table.
-    v.as_object_mut().unwrap().remove(layout::MANIFEST_CRC_KEY);
+    let mut v = unsealed(&lay);
     v["ffn"].as_object_mut().unwrap().remove("checksums");
     v["version"] = 2.into();
-    std::fs::write(&mpath, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    std::fs::write(lay.join(layout::MANIFEST_FILE), serde_json::to_vec_pretty(&v).unwrap()).unwrap();
     let needles = ["manifest.json", "format version 2", "convert the model again with `spike convert`"];
     let gen = ["generate".as_ref(), "--layout".as_ref(), lay.as_os_str(), "-p".as_ref(), PROMPT.as_ref()];
     refused(&gen, &needles);

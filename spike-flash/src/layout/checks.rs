@@ -3,11 +3,10 @@
 //! section in [`Layout::verify`].
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 
-use super::read::{Layout, VerifyReport};
+use super::read::{read_exact, Layout, VerifyReport};
 use super::FFN_FILE;
 use crate::{Error, Result};
 
@@ -30,6 +29,13 @@ struct Bad {
 }
 
 impl Bad {
+    /// The record at position `pos` of section `section`, holding neuron `neuron`, whose entry in the checksum
+    /// table is `stored`: a failure when `bytes` do not match it.
+    fn check(section: usize, pos: u32, neuron: u32, stored: u32, bytes: &[u8]) -> Option<Bad> {
+        let computed = crc32c::crc32c(bytes);
+        (stored != computed).then_some(Bad { section, count: 1, first: pos, last: pos, neuron, stored, computed })
+    }
+
     /// The failures of `a` and `b` together: those of the lower section when they differ.
     fn merge(a: Option<Bad>, b: Option<Bad>) -> Option<Bad> {
         match (a, b) {
@@ -87,17 +93,7 @@ impl Layout {
             let pos = self.position_of(layer, neuron);
             let row = &rows[k * payload..(k + 1) * payload];
             self.parts.iter().enumerate().find_map(|(section, &(at, len))| {
-                let stored = table[section * f + pos as usize];
-                let computed = crc32c::crc32c(&row[at..at + len]);
-                (stored != computed).then_some(Bad {
-                    section,
-                    count: 1,
-                    first: pos,
-                    last: pos,
-                    neuron,
-                    stored,
-                    computed,
-                })
+                Bad::check(section, pos, neuron, table[section * f + pos as usize], &row[at..at + len])
             })
         };
         let bad = if neurons.len() * payload >= PARALLEL_BYTES {
@@ -145,12 +141,7 @@ impl Layout {
             for (si, s) in layer.sections.iter().enumerate() {
                 // `Layout::open` placed every section inside the file.
                 buf.resize(s.len as usize, 0);
-                file.read_exact_at(&mut buf, s.offset).map_err(|e| Error::Read {
-                    path: ffn_path.clone(),
-                    offset: s.offset,
-                    length: s.len,
-                    source: e,
-                })?;
+                read_exact(&file, &ffn_path, &mut buf, s.offset)?;
                 let crc = crc32c::crc32c(&buf);
                 if crc != s.crc32c {
                     failures.push(format!(
@@ -167,19 +158,7 @@ impl Layout {
                 let bad = (0..f)
                     .into_par_iter()
                     .with_min_len(256)
-                    .map(|k| {
-                        let (stored, computed) = (table[k], crc32c::crc32c(&buf[k * stride..k * stride + len]));
-                        let (pos, neuron) = (k as u32, neuron_at(k));
-                        (stored != computed).then_some(Bad {
-                            section: si,
-                            count: 1,
-                            first: pos,
-                            last: pos,
-                            neuron,
-                            stored,
-                            computed,
-                        })
-                    })
+                    .map(|k| Bad::check(si, k as u32, neuron_at(k), table[k], &buf[k * stride..k * stride + len]))
                     .reduce(|| None, Bad::merge);
                 if let Some(b) = bad {
                     failures.push(self.record_error(l, b).to_string());

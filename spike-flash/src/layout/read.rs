@@ -204,12 +204,7 @@ impl Layout {
         }
         // Likewise no larger than the file.
         let mut table = vec![0u8; t.len as usize];
-        f.read_exact_at(&mut table, t.offset).map_err(|e| Error::Read {
-            path: ffn_path.clone(),
-            offset: t.offset,
-            length: t.len,
-            source: e,
-        })?;
+        read_exact(&f, &ffn_path, &mut table, t.offset)?;
         let crc = crc32c::crc32c(&table);
         if crc != t.crc32c {
             return Err(Error::Checksum {
@@ -240,12 +235,7 @@ impl Layout {
         for (off, len) in self.record_spans(layer, neuron)? {
             let start = out.len();
             out.resize(start + len as usize, 0);
-            file.read_exact_at(&mut out[start..], off).map_err(|e| Error::Read {
-                path: ffn_path.clone(),
-                offset: off,
-                length: len,
-                source: e,
-            })?;
+            read_exact(&file, &ffn_path, &mut out[start..], off)?;
         }
         self.check_records(layer, &[neuron as u32], &out)?;
         Ok(out)
@@ -341,6 +331,16 @@ impl Layout {
             })
         }
     }
+}
+
+/// Reads `buf.len()` bytes at `offset` of `file` (at `path`); a failure or a short read names both.
+pub(super) fn read_exact(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    file.read_exact_at(buf, offset).map_err(|e| Error::Read {
+        path: path.to_path_buf(),
+        offset,
+        length: buf.len() as u64,
+        source: e,
+    })
 }
 
 fn show(v: Option<u64>) -> String {
