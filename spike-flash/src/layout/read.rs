@@ -166,18 +166,24 @@ impl Layout {
         if len != m.ffn.len {
             return Err(Error::Length { path: ffn_path, len, expected: m.ffn.len, what: "the manifest".into() });
         }
-        // The whole header block: `check_manifest` placed the checksum table at or after `align`, inside the
-        // manifest's `ffn.len`, which is the file's length, so the buffer is no larger than the file.
-        let mut block = vec![0u8; m.align as usize];
-        f.read_exact_at(&mut block, 0).map_err(|e| Error::io(&ffn_path, e))?;
         let mut h = [0u8; HEADER_USED];
-        h.copy_from_slice(&block[..HEADER_USED]);
+        read_exact(&f, &ffn_path, &mut h, 0)?;
         let hd = FfnHeader::decode(&h).map_err(|w| err(&ffn_path, w))?;
-        if let Some(at) = block[HEADER_USED..].iter().position(|&b| b != 0) {
-            return Err(err(
-                &ffn_path,
-                format!("byte {} of the header block is not zero: the file is damaged", HEADER_USED + at),
-            ));
+        // The rest of the header block is zero. `check_manifest` placed the checksum table at or after `align`,
+        // inside the manifest's `ffn.len`, which is the file's length: the block lies inside the file. Read in
+        // pieces of at most 64 KiB, whatever `align` says.
+        let mut piece = vec![0u8; (m.align as usize).min(1 << 16)];
+        let mut at = HEADER_USED as u64;
+        while at < m.align {
+            let n = piece.len().min((m.align - at) as usize);
+            read_exact(&f, &ffn_path, &mut piece[..n], at)?;
+            if let Some(i) = piece[..n].iter().position(|&b| b != 0) {
+                return Err(err(
+                    &ffn_path,
+                    format!("byte {} of the header block is not zero: the file is damaged", at + i as u64),
+                ));
+            }
+            at += n as u64;
         }
         let want_id = layout_id_bytes(&m.layout_id);
         let t = &m.ffn.checksums;
