@@ -27,6 +27,9 @@ pub struct TokenRecord {
     /// Copying records out of the read backends' scratch buffers (requests whose destination could not take
     /// the aligned device read), ms: part of `io_ms`, except the prefetch thread's copies with overlap.
     pub io_copy_ms: f64,
+    /// Checking the records that arrived against the layout's checksum table, ms: part of `io_ms` (with
+    /// io_uring, partly while the step's other reads are still in flight).
+    pub verify_ms: f64,
     /// The cost model's prediction for the same reads, ms (0 without a device profile).
     pub predicted_io_ms: f64,
     /// Memory management (read lists, cache bookkeeping, row copies), ms.
@@ -70,6 +73,7 @@ impl TokenRecord {
             mean_chunk: if reads == 0 { 0.0 } else { bytes_read as f64 / reads as f64 },
             io_ms,
             io_copy_ms: ms(a.io.copy_ns, b.io.copy_ns),
+            verify_ms: ms(f.verify_ns, g.verify_ns),
             predicted_io_ms: ms(f.predicted_io_ns, g.predicted_io_ns),
             mm_ms,
             ffn_compute_ms: compute_ms,

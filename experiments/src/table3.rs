@@ -102,6 +102,8 @@ pub struct RowSummary {
     pub io_ms: f64,
     /// Of the I/O, copying out of the backends' scratch buffers.
     pub io_copy_ms: f64,
+    /// Of the I/O, checking the records read against the layout's checksum table.
+    pub verify_ms: f64,
     pub predicted_io_ms: f64,
     /// Median over tokens of the cost model's predicted I/O time over the measured one (tokens that read, with
     /// a `--profile`; NaN without). With `+overlap` the measured time is only the wait, so the ratio exceeds 1
@@ -201,6 +203,7 @@ pub fn run(b: &FlashBench) -> Result<Vec<RowSummary>> {
             tokens: recs.len(),
             io_ms: m(&|r| r.io_ms),
             io_copy_ms: m(&|r| r.io_copy_ms),
+            verify_ms: m(&|r| r.verify_ms),
             predicted_io_ms: m(&|r| r.predicted_io_ms),
             predicted_over_measured: median(
                 recs.iter()

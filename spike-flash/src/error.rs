@@ -72,6 +72,29 @@ pub enum Error {
     #[error("{}: {place}: crc32c {computed:08x}, the manifest says {stored:08x}: the file is damaged", path.display())]
     Checksum { path: PathBuf, place: String, stored: u32, computed: u32 },
 
+    /// Records of `ffn.bin` do not match their crc32c in the layout's checksum table: `count` records of layer
+    /// `layer`'s section `section` checked together (one batch of reads), at positions `first..=last` in the
+    /// file; the first of them holds neuron `neuron` and lies at byte `offset`, `len` bytes.
+    #[error(
+        "{}: layer {layer} section `{section}`: {}, at byte offset {offset} ({len} bytes): crc32c {computed:08x}, \
+         the checksum table says {stored:08x}: the file is damaged (`spike verify` lists every damaged record)",
+        path.display(),
+        records_failing(*count, *first, *last, *neuron)
+    )]
+    RecordChecksum {
+        path: PathBuf,
+        layer: usize,
+        section: String,
+        count: usize,
+        first: u32,
+        last: u32,
+        neuron: u32,
+        offset: u64,
+        len: u64,
+        stored: u32,
+        computed: u32,
+    },
+
     /// A DRAM budget of `budget` bytes cannot hold the `needed` bytes of what it must; `what` says what and by
     /// how much.
     #[error("the DRAM budget of {budget} bytes falls short {what}")]
@@ -97,6 +120,15 @@ pub enum Error {
     /// An argument or configuration value is out of range.
     #[error("invalid argument: {0}")]
     Invalid(String),
+}
+
+/// Which records [`Error::RecordChecksum`] is about.
+fn records_failing(count: usize, first: u32, last: u32, neuron: u32) -> String {
+    if count == 1 {
+        format!("the record at position {first} (neuron {neuron})")
+    } else {
+        format!("{count} records at positions {first}..={last} fail their crc32c; the first, position {first} (neuron {neuron})")
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -282,7 +282,11 @@ fn opt_relu_oracle_with_every_cache_policy_equals_dense() {
             let (model, mut ffn) = flash(&lay, BackendKind::Pool, Box::new(oracle));
             ffn.set_caches(caches(spec, &lay, if spec == "all" { f } else { slots })).unwrap();
             for (all_cached, overlap) in [(false, false), (true, false), (false, true)] {
-                let opts = spike_flash::engine::flash::FlashOptions { compute_all_cached: all_cached, overlap };
+                let opts = spike_flash::engine::flash::FlashOptions {
+                    compute_all_cached: all_cached,
+                    overlap,
+                    ..Default::default()
+                };
                 ffn.set_options(opts).unwrap();
                 let (p, d) = compare(&dense, &model, &mut ffn);
                 assert!(p < 1e-5 && d < 1e-5, "{spec} slots {slots} {opts:?}: prompt {p}, decode {d}");

@@ -169,13 +169,15 @@ fn packing_and_summary() {
     assert_eq!((s.record_bytes, s.record_stride), (148, 512));
     assert!((s.read_amplification - 512.0 / 148.0).abs() < 1e-9);
     let f = model.config().d_ffn as u64;
-    assert_eq!(s.ffn_bytes, 512 + 2 * f * 512);
+    // The checksum table ends the file: a u32 per record of the 2 layers, in whole alignment units.
+    let table = |sections: u64, align: u64| (4 * 2 * sections * f).div_ceil(align) * align;
+    assert_eq!(s.ffn_bytes, 512 + 2 * f * 512 + table(1, 512));
     assert_eq!(fs::metadata(tmp.path().join("a.spike/ffn.bin")).unwrap().len(), s.ffn_bytes);
     let lay = Layout::open(&tmp.path().join("a.spike")).unwrap();
     lay.verify().unwrap();
     let s = layout::write(&model, &path, &tmp.path().join("b.spike"), &ConvertOptions::default()).unwrap();
     assert_eq!((s.record_bytes, s.record_stride), (148, 148));
-    assert_eq!(s.ffn_bytes, 4096 + 2 * (f * 148).div_ceil(4096) * 4096);
+    assert_eq!(s.ffn_bytes, 4096 + 2 * (f * 148).div_ceil(4096) * 4096 + table(1, 4096));
     let o = ConvertOptions { column_dtype: Some(RecordDType::Q4_1), ..Default::default() };
     let s = layout::write(&model, &path, &tmp.path().join("b4.spike"), &o).unwrap();
     assert_eq!((s.record_bytes, s.record_stride, s.neuron_bytes), (120, 120, 120));
@@ -186,7 +188,7 @@ fn packing_and_summary() {
     assert_eq!(strides, [(40, 40), (40, 40), (68, 68)]);
     assert_eq!((s.record_bytes, s.record_stride, s.neuron_bytes), (40, 40, 148));
     let (rows, cols) = ((f * 40).div_ceil(512) * 512, (f * 68).div_ceil(512) * 512);
-    assert_eq!(s.ffn_bytes, 512 + 2 * (2 * rows + cols));
+    assert_eq!(s.ffn_bytes, 512 + 2 * (2 * rows + cols) + table(3, 512));
     assert!((s.read_amplification - 3.0 * 512.0 / 148.0).abs() < 1e-9);
     let lay = Layout::open(&tmp.path().join("s.spike")).unwrap();
     lay.verify().unwrap();
@@ -206,6 +208,13 @@ fn packing_and_summary() {
         assert!(matches!(layout::write(&model, &path, &tmp.path().join("c.spike"), &bad), Err(Error::Invalid(_))));
     }
     assert!(!tmp.path().join("c.spike").exists());
+}
+
+/// Writes `v` as the manifest `mpath`, sealed (a deliberate edit, as docs/format.md says a tool makes one).
+fn write_sealed(mpath: &Path, v: &serde_json::Value) {
+    let mut v = v.clone();
+    v.as_object_mut().unwrap().remove(layout::MANIFEST_CRC_KEY);
+    fs::write(mpath, layout::seal_manifest(serde_json::to_string_pretty(&v).unwrap().as_bytes()).unwrap()).unwrap();
 }
 
 fn converted(tmp: &Path) -> (PathBuf, Model, PathBuf) {
@@ -293,27 +302,47 @@ fn open_refuses_another_version_and_format() {
     let mpath = out.join("manifest.json");
     let text = fs::read_to_string(&mpath).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for old in [1, 3] {
+    for old in [1, 2] {
         v["version"] = old.into();
-        fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+        write_sealed(&mpath, &v);
         let e = Layout::open(&out).unwrap_err().to_string();
-        assert!(e.contains("manifest.json") && e.contains(&format!("version {old}")) && e.contains("version 2"), "{e}");
+        assert!(e.contains("manifest.json") && e.contains(&format!("format version {old}")), "{e}");
+        assert!(e.contains("convert the model again with `spike convert`"), "{e}");
+        // As a version 2 layout was written: no seal.
+        let mut unsealed = v.clone();
+        unsealed.as_object_mut().unwrap().remove(layout::MANIFEST_CRC_KEY);
+        fs::write(&mpath, serde_json::to_string_pretty(&unsealed).unwrap()).unwrap();
+        let e = Layout::open(&out).unwrap_err().to_string();
+        assert!(e.contains(&format!("format version {old}")) && e.contains("spike convert"), "{e}");
     }
-    v["version"] = 2.into();
+    v["version"] = 4.into();
+    write_sealed(&mpath, &v);
+    let e = Layout::open(&out).unwrap_err().to_string();
+    assert!(e.contains("format version 4, this reader reads version 3 only"), "{e}");
+    v["version"] = 3.into();
     v["format"] = "other".into();
-    fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+    write_sealed(&mpath, &v);
     let e = Layout::open(&out).unwrap_err().to_string();
     assert!(e.contains("`format`"), "{e}");
     v["format"] = "spike-layout".into();
     v["align"] = 300.into();
-    fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+    write_sealed(&mpath, &v);
     let e = Layout::open(&out).unwrap_err().to_string();
     assert!(e.contains("align 300"), "{e}");
     v["align"] = 4096.into();
     v["layers"][1]["sections"][0]["offset"] = v["layers"][0]["sections"][0]["offset"].clone();
-    fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+    write_sealed(&mpath, &v);
     let e = Layout::open(&out).unwrap_err().to_string();
     assert!(e.contains("overlaps"), "{e}");
+    // An edit in place, not sealed again: refused as an edit before anything it says is believed.
+    assert!(text.contains("\"pack\": 1,"));
+    fs::write(&mpath, text.replace("\"pack\": 1,", "\"pack\": 4096,")).unwrap();
+    let e = Layout::open(&out).unwrap_err().to_string();
+    assert!(e.contains("manifest.json") && e.contains("damaged, or was edited"), "{e}");
+    // Re-serialized (members in another order): the seal is no longer last, which is refused alike.
+    fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+    let e = Layout::open(&out).unwrap_err().to_string();
+    assert!(e.contains("is not the last member") && e.contains("edited"), "{e}");
 }
 
 /// The column type and the per-section record sizes are checked against each other and against `ffn.bin`'s
@@ -329,8 +358,8 @@ fn open_checks_column_types_and_section_records() {
     assert_eq!((good["dtype"].as_str(), good["column_dtype"].as_str()), (Some("q4_1"), Some("q8_0")));
     assert_eq!(good["layers"][0]["sections"][2]["record_bytes"], 68);
     let ffn = out.join("ffn.bin");
-    let header = fs::read(&ffn).unwrap()[..64].to_vec();
-    assert_eq!(&header[8..12], &2u32.to_le_bytes(), "version 2");
+    let header = fs::read(&ffn).unwrap()[..84].to_vec();
+    assert_eq!(&header[8..12], &3u32.to_le_bytes(), "version 3");
     assert_eq!(&header[24..28], &3u32.to_le_bytes(), "rows: ggml q4_1");
     assert_eq!(&header[28..32], &40u32.to_le_bytes(), "record_bytes: a row");
     assert_eq!(&header[56..60], &8u32.to_le_bytes(), "columns: ggml q8_0");
@@ -338,7 +367,7 @@ fn open_checks_column_types_and_section_records() {
     let open_with = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut v = good.clone();
         edit(&mut v);
-        fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+        write_sealed(&mpath, &v);
         Layout::open(&out).unwrap_err().to_string()
     };
     let e = open_with(&|v| v["column_dtype"] = "bf16".into());
@@ -356,10 +385,10 @@ fn open_checks_column_types_and_section_records() {
     // A header with a valid crc that names other columns than the manifest: refused by name.
     let mut h = header.clone();
     h[56..60].copy_from_slice(&1u32.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..60]);
-    h[60..64].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..80]);
+    h[80..84].copy_from_slice(&crc.to_le_bytes());
     let mut bytes = fs::read(&ffn).unwrap();
-    bytes[..64].copy_from_slice(&h);
+    bytes[..84].copy_from_slice(&h);
     fs::write(&ffn, bytes).unwrap();
     let e = open_with(&|v| v["ffn"]["header_crc32c"] = crc.into());
     assert!(e.contains("ffn.bin") && e.contains("column_dtype does not match the manifest"), "{e}");
@@ -487,16 +516,24 @@ fn opt_checkpoint_bundled_and_split() {
     }
 }
 
+/// A manifest edited to list fewer resident tensors (and sealed again, as a deliberate edit would be) checks
+/// nothing less: loading, as every command running the layout does, and verifying refuse it alike.
 #[test]
-fn verify_flags_resident_tensors_the_manifest_does_not_list() {
+fn a_manifest_listing_fewer_resident_tensors_is_refused_on_load_and_verify() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, _, out) = converted(tmp.path());
     let mpath = out.join("manifest.json");
     let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&mpath).unwrap()).unwrap();
     v["resident"]["tensors"].as_object_mut().unwrap().remove("output_norm.weight").unwrap();
-    fs::write(&mpath, serde_json::to_string(&v).unwrap()).unwrap();
+    write_sealed(&mpath, &v);
+    let want = "tensor `output_norm.weight` is not in the manifest's resident.tensors";
     let e = Layout::open(&out).unwrap().verify().unwrap_err().to_string();
-    assert!(e.contains("tensor `output_norm.weight` is not in the manifest"), "{e}");
+    assert!(e.contains(want), "{e}");
+    let e = Layout::load(&out).err().unwrap().to_string();
+    assert!(e.contains("resident.bin") && e.contains(want), "{e}");
+    v["resident"]["tensors"] = serde_json::json!({});
+    write_sealed(&mpath, &v);
+    assert!(Layout::load(&out).is_err(), "an empty list switches nothing off");
 }
 
 #[test]

@@ -175,9 +175,12 @@ impl Model {
         Model::new(crate::model::bind::gguf_llama(file)?)
     }
 
-    /// The resident model of a flash layout (see [`Layout::resident_parts`]): every FFN is left on flash.
+    /// The resident model of a flash layout (`resident.bin` read and checked by [`Layout::resident`]): every
+    /// FFN is left on flash.
+    ///
+    /// [`Layout::resident`]: crate::layout::Layout::resident
     pub fn from_layout(layout: &crate::layout::Layout) -> Result<Model> {
-        Model::new(layout.resident_parts()?)
+        Model::new(layout.resident()?.parts)
     }
 
     /// Binds an opened model file or checkpoint.

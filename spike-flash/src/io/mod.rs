@@ -146,6 +146,22 @@ pub trait ReadBackend: Send {
     /// error the content of `buf` is unspecified (but no read into it is still in flight).
     fn read_batch(&mut self, reqs: &[ReadReq], buf: &mut AlignedBuf) -> Result<()>;
 
+    /// [`read_batch`](Self::read_batch), handing each request's bytes to `arrived(index, bytes)` as they
+    /// arrive, on the calling thread, so that the caller can work on them (check them, say) while the batch's
+    /// other reads are still in flight. Each request of `reqs` is handed over exactly once before `Ok` is
+    /// returned, in any order. An error from `arrived` ends the batch: no further read is issued, the reads in
+    /// flight are waited for, and the error is returned as it is. By default every request is handed over once
+    /// the whole batch has arrived; io_uring hands a batch of direct reads over as each completes.
+    fn read_batch_arriving(
+        &mut self,
+        reqs: &[ReadReq],
+        buf: &mut AlignedBuf,
+        arrived: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.read_batch(reqs, buf)?;
+        hand_over(reqs, buf.as_slice(), arrived)
+    }
+
     /// Counters since opening or the last reset.
     fn stats(&self) -> &IoStats;
 
@@ -173,6 +189,14 @@ pub trait ReadBackend: Send {
     fn config(&self) -> Option<&IoConfig> {
         None
     }
+}
+
+/// Hands every request of a finished batch to `arrived`, in order.
+fn hand_over(reqs: &[ReadReq], buf: &[u8], arrived: &mut dyn FnMut(usize, &[u8]) -> Result<()>) -> Result<()> {
+    for (i, r) in reqs.iter().enumerate() {
+        arrived(i, &buf[r.dst..r.dst + r.len])?;
+    }
+    Ok(())
 }
 
 /// Which backend [`open_backend`] builds.

@@ -45,6 +45,14 @@ struct Slot {
     submitted: Option<Instant>,
 }
 
+/// Requests handed over as they arrive ([`ReadBackend::read_batch_arriving`]): the batch's requests, the
+/// address of the caller's buffer, and the callback.
+struct Early<'a> {
+    reqs: &'a [ReadReq],
+    buf_addr: usize,
+    arrived: &'a mut dyn FnMut(usize, &[u8]) -> Result<()>,
+}
+
 /// io_uring read backend.
 pub struct UringBackend {
     path: PathBuf,
@@ -107,6 +115,27 @@ impl UringBackend {
         })
     }
 
+    /// Plans a batch and sets up its slots and counters; returns the address of the caller's buffer.
+    fn start(&mut self, reqs: &[ReadReq], buf: &mut AlignedBuf) -> Result<usize> {
+        let info = BufInfo { len: buf.len(), addr: buf.as_mut_ptr() as usize };
+        self.plan.build(reqs, &self.cfg, self.file_len, &self.path, Some(info))?;
+        self.scratch.resize(self.plan.scratch_len)?;
+        let (buf_addr, scratch_addr) = (buf.as_mut_ptr() as usize, self.scratch.as_mut_ptr() as usize);
+        self.slots.clear();
+        self.slots.extend(self.plan.spans.iter().map(|s| Slot {
+            addr: match s.target {
+                Target::Direct(dst) => buf_addr + dst,
+                Target::Scratch(at) => scratch_addr + at,
+            },
+            done: 0,
+            submitted: None,
+        }));
+        self.stats.batches += 1;
+        self.stats.requests += reqs.len() as u64;
+        self.stats.bytes_requested += Plan::bytes_requested(reqs);
+        Ok(buf_addr)
+    }
+
     /// Whether the file is registered with the ring.
     pub fn file_registered(&self) -> bool {
         self.fixed
@@ -146,9 +175,11 @@ impl UringBackend {
         }
     }
 
-    /// Runs the planned spans to completion. Returns the first error, but only after every submitted read has
-    /// completed.
-    fn run(&mut self) -> Result<()> {
+    /// Runs the planned spans to completion. With `early` (the batch's requests, the caller's buffer's address
+    /// and a callback; only when every span is a direct read into its own range of the buffer), each request
+    /// is handed to the callback as its read completes. Returns the first error (a read's, or the callback's),
+    /// but only after every submitted read has completed.
+    fn run(&mut self, mut early: Option<Early<'_>>) -> Result<()> {
         let n = self.plan.spans.len();
         let qd = self.cfg.queue_depth;
         let (mut next, mut inflight) = (0usize, 0usize);
@@ -198,6 +229,21 @@ impl UringBackend {
                 slot.done += res as usize;
                 if slot.done >= span.need {
                     self.stats.latency_ns += slot.submitted.map_or(0, |t| (now - t).as_nanos() as u64);
+                    if let (Some(e), None, Target::Direct(dst)) = (early.as_mut(), &first_err, span.target) {
+                        let i = self.plan.order[span.first];
+                        // SAFETY: span `key` is a direct read of exactly request `i` (`Early`'s condition) into
+                        // `dst..dst + len` of the caller's buffer, which `Plan::build` checked lies inside it; the
+                        // read has completed (`done >= need`, and `need` is the whole request), so the kernel no
+                        // longer writes there, and the spans still in flight target other, disjoint ranges
+                        // (checked before the batch started). `read_batch_arriving` holds the buffer's only
+                        // (mutable) borrow and uses it for nothing else while the batch runs, so this shared
+                        // view is the only reference to these bytes while the callback runs.
+                        let bytes =
+                            unsafe { std::slice::from_raw_parts((e.buf_addr + dst) as *const u8, e.reqs[i].len) };
+                        if let Err(err) = (e.arrived)(i, bytes) {
+                            first_err = Some(err);
+                        }
+                    }
                 } else if res == 0 || !slot.done.is_multiple_of(512) {
                     let msg = format!("short read: {} of {} bytes, then end of file", slot.done, span.need);
                     let e = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, msg);
@@ -241,29 +287,42 @@ impl ReadBackend for UringBackend {
     }
 
     fn read_batch(&mut self, reqs: &[ReadReq], buf: &mut AlignedBuf) -> Result<()> {
-        let info = BufInfo { len: buf.len(), addr: buf.as_mut_ptr() as usize };
-        self.plan.build(reqs, &self.cfg, self.file_len, &self.path, Some(info))?;
-        self.scratch.resize(self.plan.scratch_len)?;
-        let (buf_addr, scratch_addr) = (buf.as_mut_ptr() as usize, self.scratch.as_mut_ptr() as usize);
-        self.slots.clear();
-        self.slots.extend(self.plan.spans.iter().map(|s| Slot {
-            addr: match s.target {
-                Target::Direct(dst) => buf_addr + dst,
-                Target::Scratch(at) => scratch_addr + at,
-            },
-            done: 0,
-            submitted: None,
-        }));
-
-        self.stats.batches += 1;
-        self.stats.requests += reqs.len() as u64;
-        self.stats.bytes_requested += Plan::bytes_requested(reqs);
+        self.start(reqs, buf)?;
         let t0 = Instant::now();
-        let res = self.run();
+        let res = self.run(None);
         self.stats.wait_ns += t0.elapsed().as_nanos() as u64;
         res?;
         self.plan.finish(reqs, self.scratch.as_slice(), buf.as_mut_slice(), &mut self.stats);
         Ok(())
+    }
+
+    fn read_batch_arriving(
+        &mut self,
+        reqs: &[ReadReq],
+        buf: &mut AlignedBuf,
+        arrived: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let buf_addr = self.start(reqs, buf)?;
+        // Early hand-over needs every span to be a direct read into its own range of the buffer (as the chunks
+        // of a run of records are): a scratch span's requests are copied out only once every read is done, and
+        // a range two reads share could still be written while it is handed over.
+        let direct = self.plan.spans.iter().try_fold(0usize, |end, s| match s.target {
+            Target::Direct(dst) if dst >= end => Some(dst + s.len),
+            _ => None,
+        });
+        let t0 = Instant::now();
+        let res = match direct {
+            Some(_) => self.run(Some(Early { reqs, buf_addr, arrived: &mut *arrived })),
+            None => self.run(None),
+        };
+        self.stats.wait_ns += t0.elapsed().as_nanos() as u64;
+        res?;
+        self.plan.finish(reqs, self.scratch.as_slice(), buf.as_mut_slice(), &mut self.stats);
+        match direct {
+            // Requests of no bytes have no span.
+            Some(_) => reqs.iter().enumerate().filter(|(_, r)| r.len == 0).try_for_each(|(i, _)| arrived(i, &[])),
+            None => super::hand_over(reqs, buf.as_slice(), arrived),
+        }
     }
 
     fn stats(&self) -> &IoStats {

@@ -11,10 +11,13 @@ use crate::model::config::ModelConfig;
 use crate::model::quant::DType;
 use crate::{Error, Result};
 
+mod checks;
 mod read;
+mod resident;
 mod write;
 
 pub use read::{Layout, NeuronF32, VerifyReport};
+pub use resident::{Loaded, Resident};
 pub use write::{
     check_order, write, ConvertOptions, RecordDType, SectionRecords, Summary, HF_CONFIG_KEY, HF_TOKENIZER_KEY,
 };
@@ -22,11 +25,13 @@ pub use write::{
 /// The manifest's `format` member.
 pub const FORMAT: &str = "spike-layout";
 /// The format version this code writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// `ffn.bin`'s magic.
 pub const FFN_MAGIC: &[u8; 8] = b"SPIKEFFN";
 /// Bytes of `ffn.bin`'s header that carry data (the header occupies `align` bytes).
-pub const HEADER_USED: usize = 64;
+pub const HEADER_USED: usize = 84;
+/// The manifest's last member: its own crc32c.
+pub const MANIFEST_CRC_KEY: &str = "manifest_crc32c";
 /// The smallest allowed alignment.
 pub const MIN_ALIGN: u64 = 512;
 /// The default alignment.
@@ -89,6 +94,18 @@ pub struct ResidentInfo {
 pub struct FfnInfo {
     pub len: u64,
     pub header_crc32c: u32,
+    /// Where the checksum table lies in `ffn.bin`.
+    pub checksums: ChecksumsInfo,
+}
+
+/// `ffn.checksums` in the manifest: the checksum table (a crc32c per record) at the end of `ffn.bin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChecksumsInfo {
+    pub offset: u64,
+    /// `4 * n_layers * n_sections * d_ffn` rounded up to `align`.
+    pub len: u64,
+    /// Over all `len` bytes.
+    pub crc32c: u32,
 }
 
 /// One section of `ffn.bin`.
@@ -167,6 +184,56 @@ pub fn record_bytes(kind: LayoutKind, row: DType, column: DType, d: usize, gated
     section_record_bytes(kind, row, column, d, gated).and_then(|v| v.first().copied())
 }
 
+/// Bytes of the checksum table of `n_layers` layers of `n_sections` sections of `d_ffn` records: a u32 per
+/// record, rounded up to `align`; `None` on overflow.
+pub fn checksum_table_len(n_layers: usize, n_sections: usize, d_ffn: usize, align: u64) -> Option<u64> {
+    let entries = (n_layers as u64).checked_mul(n_sections as u64)?.checked_mul(d_ffn as u64)?;
+    entries.checked_mul(4)?.checked_next_multiple_of(align)
+}
+
+/// Adds the manifest's own checksum to `json`, a manifest serialized without it: `,\n  "manifest_crc32c": N`
+/// inserted before the closing brace, `N` the crc32c of every byte before the key's opening quote
+/// (`docs/format.md`). What the writer does last; a tool (or test) that edits a manifest on purpose seals it
+/// again with this.
+pub fn seal_manifest(json: &[u8]) -> Result<Vec<u8>> {
+    let bad = || Error::Invalid("a manifest to seal must be a JSON object with members".into());
+    let close = json.iter().rposition(|&b| b == b'}').ok_or_else(bad)?;
+    let body = json[..close].trim_ascii_end();
+    if !body.trim_ascii_start().starts_with(b"{") || body.ends_with(b"{") {
+        return Err(bad());
+    }
+    let mut out = body.to_vec();
+    out.extend_from_slice(b",\n  ");
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(format!("\"{MANIFEST_CRC_KEY}\": {crc}\n}}\n").as_bytes());
+    Ok(out)
+}
+
+/// Checks a manifest's own checksum (see [`seal_manifest`]): `Ok(false)` when the manifest has none, `Err`
+/// saying what is wrong when it has one that does not match or is not its last member.
+pub fn check_manifest_seal(text: &[u8]) -> Result<bool, String> {
+    let key = format!("\"{MANIFEST_CRC_KEY}\"");
+    let Some(at) = text.windows(key.len()).rposition(|w| w == key.as_bytes()) else { return Ok(false) };
+    // What follows the key: `: N` then only the closing brace, with white space anywhere between.
+    let rest = text[at + key.len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":").ok_or_else(|| format!("`{MANIFEST_CRC_KEY}` has no value"))?;
+    let rest = rest.trim_ascii_start();
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let stored = std::str::from_utf8(&rest[..digits]).ok().and_then(|d| d.parse::<u32>().ok());
+    let Some(stored) = stored else { return Err(format!("`{MANIFEST_CRC_KEY}` is not a 32-bit unsigned integer")) };
+    if rest[digits..].trim_ascii() != b"}" {
+        return Err(format!("`{MANIFEST_CRC_KEY}` is not the last member: the manifest was edited, or is damaged"));
+    }
+    let computed = crc32c::crc32c(&text[..at]);
+    if computed != stored {
+        return Err(format!(
+            "crc32c {computed:08x}, its `{MANIFEST_CRC_KEY}` says {stored:08x}: the manifest is damaged, or was \
+             edited (an edit must be sealed again, docs/format.md)"
+        ));
+    }
+    Ok(true)
+}
+
 /// The 16 bytes a layout id's 32 hex digits encode.
 pub fn layout_id_bytes(id: &str) -> Option<[u8; 16]> {
     if id.len() != 32 || !id.is_ascii() {
@@ -191,10 +258,14 @@ pub struct FfnHeader {
     pub record_stride: u64,
     pub layout_id: [u8; 16],
     pub column_dtype: u32,
+    /// The checksum table's crc32c, offset and length.
+    pub table_crc32c: u32,
+    pub table_offset: u64,
+    pub table_len: u64,
 }
 
 impl FfnHeader {
-    /// The 64 used header bytes, crc included.
+    /// The used header bytes, crc included.
     pub fn encode(&self) -> [u8; HEADER_USED] {
         let mut h = [0u8; HEADER_USED];
         h[0..8].copy_from_slice(FFN_MAGIC);
@@ -207,23 +278,35 @@ impl FfnHeader {
         h[32..40].copy_from_slice(&self.record_stride.to_le_bytes());
         h[40..56].copy_from_slice(&self.layout_id);
         h[56..60].copy_from_slice(&self.column_dtype.to_le_bytes());
-        let crc = crc32c::crc32c(&h[..60]);
-        h[60..64].copy_from_slice(&crc.to_le_bytes());
+        h[60..64].copy_from_slice(&self.table_crc32c.to_le_bytes());
+        h[64..72].copy_from_slice(&self.table_offset.to_le_bytes());
+        h[72..80].copy_from_slice(&self.table_len.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..80]);
+        h[80..84].copy_from_slice(&crc.to_le_bytes());
         h
     }
 
-    /// Parses the 64 used header bytes: `Err` names what is wrong (magic, crc).
+    /// The header's own crc32c (bytes 80..84), as the manifest's `ffn.header_crc32c` records it.
+    pub fn crc_of(h: &[u8; HEADER_USED]) -> u32 {
+        u32::from_le_bytes([h[80], h[81], h[82], h[83]])
+    }
+
+    /// Parses the used header bytes: `Err` names what is wrong (magic, version, crc).
     pub fn decode(h: &[u8; HEADER_USED]) -> Result<FfnHeader, String> {
         if &h[0..8] != FFN_MAGIC {
             return Err(format!("bad magic {:?}, expected {:?}", &h[0..8], std::str::from_utf8(FFN_MAGIC)));
         }
         let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-        let crc = crc32c::crc32c(&h[..60]);
-        if crc != u32_at(60) {
-            return Err(format!("header crc32c is {:08x}, the header says {:08x}", crc, u32_at(60)));
+        let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
+        match u32_at(8) {
+            VERSION => {}
+            v @ 1..VERSION => return Err(format!("format version {v}: {}", OLD_VERSION)),
+            v => return Err(format!("format version {v}, this reader reads version {VERSION} only")),
         }
-        let mut stride = [0u8; 8];
-        stride.copy_from_slice(&h[32..40]);
+        let crc = crc32c::crc32c(&h[..80]);
+        if crc != Self::crc_of(h) {
+            return Err(format!("header crc32c is {:08x}, the header says {:08x}", crc, Self::crc_of(h)));
+        }
         let mut layout_id = [0u8; 16];
         layout_id.copy_from_slice(&h[40..56]);
         Ok(FfnHeader {
@@ -233,12 +316,19 @@ impl FfnHeader {
             kind: u32_at(20),
             dtype: u32_at(24),
             record_bytes: u32_at(28),
-            record_stride: u64::from_le_bytes(stride),
+            record_stride: u64_at(32),
             layout_id,
             column_dtype: u32_at(56),
+            table_crc32c: u32_at(60),
+            table_offset: u64_at(64),
+            table_len: u64_at(72),
         })
     }
 }
+
+/// What a reader says of a layout of an older format version.
+pub const OLD_VERSION: &str = "a layout of an older format (without a checksum per record); convert the model \
+                               again with `spike convert`";
 
 /// Reads a per-layer list of neuron ids (a neuron order for [`ConvertOptions::order`], a hot list for the
 /// neuron cache): `[[...], ...]`, `{"order": [[...], ...]}`, or a hot-neuron file of
@@ -275,14 +365,56 @@ mod tests {
             record_stride: 4096,
             layout_id: layout_id_bytes("00112233445566778899aabbccddeeff").expect("id"),
             column_dtype: 8,
+            table_crc32c: 0xdead_beef,
+            table_offset: 1 << 33,
+            table_len: 8192,
         };
         let mut b = h.encode();
         assert_eq!(&b[56..60], &[8, 0, 0, 0]);
+        assert_eq!(&b[60..64], &0xdead_beefu32.to_le_bytes());
+        assert_eq!(&b[64..72], &(1u64 << 33).to_le_bytes());
+        assert_eq!(&b[80..84], &crc32c::crc32c(&b[..80]).to_le_bytes());
         assert_eq!(FfnHeader::decode(&b), Ok(h));
         b[17] ^= 1;
         assert!(FfnHeader::decode(&b).expect_err("crc").contains("crc32c"));
+        b[17] ^= 1;
+        b[8] = 2;
+        let e = FfnHeader::decode(&b).expect_err("version 2");
+        assert!(e.contains("format version 2") && e.contains("spike convert"), "{e}");
+        b[8] = 9;
+        assert!(FfnHeader::decode(&b).expect_err("version 9").contains("reads version 3 only"));
         b[0] = b'X';
         assert!(FfnHeader::decode(&b).expect_err("magic").contains("magic"));
+    }
+
+    #[test]
+    fn a_sealed_manifest_checks_and_any_change_is_caught() {
+        let sealed = seal_manifest(b"{\n  \"a\": 1,\n  \"b\": [2, 3]\n}\n").expect("seal");
+        let text = String::from_utf8(sealed.clone()).expect("utf-8");
+        let at = text.find("\"manifest_crc32c\"").expect("key");
+        assert_eq!(&text[..at], "{\n  \"a\": 1,\n  \"b\": [2, 3],\n  ");
+        assert_eq!(text[at..].trim_end(), format!("\"manifest_crc32c\": {}\n}}", crc32c::crc32c(&sealed[..at])));
+        let v: serde_json::Value = serde_json::from_slice(&sealed).expect("still JSON");
+        assert_eq!(v["b"][1], 3);
+        assert_eq!(check_manifest_seal(&sealed), Ok(true));
+        assert_eq!(check_manifest_seal(b"{\"a\": 1}"), Ok(false), "no seal");
+        for (i, bit) in (0..sealed.len()).flat_map(|i| [0x01u8, 0x20, 0x80].map(|b| (i, b))) {
+            let mut m = sealed.clone();
+            m[i] ^= bit;
+            // Every single flipped bit is caught: by the crc, or as a seal that is no longer one (the key or its
+            // place damaged: then the manifest has no seal, or its JSON breaks, which the reader refuses too).
+            let caught = match check_manifest_seal(&m) {
+                Err(_) => true,
+                Ok(false) => true,
+                Ok(true) => false,
+            };
+            assert!(caught, "flip of {bit:#x} at byte {i}");
+        }
+        let mut moved: serde_json::Value = serde_json::from_slice(&sealed).expect("json");
+        moved["z"] = 1.into();
+        let e = check_manifest_seal(serde_json::to_string(&moved).expect("json").as_bytes()).expect_err("not last");
+        assert!(e.contains("not the last member"), "{e}");
+        assert!(seal_manifest(b"{}").is_err() && seal_manifest(b"[1]").is_err());
     }
 
     #[test]
@@ -305,5 +437,9 @@ mod tests {
         assert_eq!(dtype_by_name("q4_1"), Some(DType::Q4_1));
         assert_eq!(dtype_by_name("bf16"), None);
         assert_eq!(layout_id_bytes("zz"), None);
+        // The default model bundled: 30 layers x 1536 records, 4 bytes each, in 4 KiB units.
+        assert_eq!(checksum_table_len(30, 1, 1536, 4096), Some(184_320));
+        assert_eq!(checksum_table_len(2, 3, 100, 512), Some(2560));
+        assert_eq!(checksum_table_len(usize::MAX, 3, 100, 512), None);
     }
 }

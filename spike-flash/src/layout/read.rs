@@ -5,32 +5,38 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    dtype_by_name, layout_id_bytes, round_up, section_record_bytes, FfnHeader, LayoutKind, Manifest, FFN_FILE, FORMAT,
-    HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
+    check_manifest_seal, checksum_table_len, dtype_by_name, layout_id_bytes, round_up, section_record_bytes, FfnHeader,
+    LayoutKind, Manifest, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_CRC_KEY, MANIFEST_FILE, MIN_ALIGN, OLD_VERSION,
+    PARTIAL_MARK, RESIDENT_FILE, VERSION,
 };
 use crate::model::config::ModelConfig;
-use crate::model::gguf::GgufFile;
 use crate::model::quant::{self, DType};
 use crate::{Error, Result};
 
-/// An opened, validated layout.
+/// An opened layout: its manifest, `ffn.bin`'s header and its checksum table checked ([`Layout::open`]).
 #[derive(Debug)]
 pub struct Layout {
-    dir: PathBuf,
-    manifest: Manifest,
+    pub(super) dir: PathBuf,
+    pub(super) manifest: Manifest,
     /// Element type of the rows (gate, up, fc1).
-    dtype: DType,
+    pub(super) dtype: DType,
     /// Element type of the columns (down, fc2).
-    column_dtype: DType,
-    gated: bool,
+    pub(super) column_dtype: DType,
+    pub(super) gated: bool,
     /// Per layer, the position of each neuron (empty for the identity order).
-    position: Vec<Vec<u32>>,
+    pub(super) position: Vec<Vec<u32>>,
+    /// The checksum table: a crc32c per record, by layer, section and position.
+    pub(super) checksums: Vec<u32>,
+    /// Per section of a layer: where its part lies in a payload of the bundled format (offset, length).
+    pub(super) parts: Vec<(usize, usize)>,
 }
 
 /// What [`Layout::verify`] checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     pub sections: usize,
+    /// Records checked against the checksum table.
+    pub records: u64,
     pub tensors: usize,
     pub bytes: u64,
 }
@@ -53,7 +59,10 @@ fn err(path: &Path, what: impl Into<String>) -> Error {
 }
 
 impl Layout {
-    /// Opens the layout in `dir`, checking everything `docs/format.md` lists short of the checksums.
+    /// Opens the layout in `dir`, checking its structure (`docs/format.md`, Validation on load): the manifest
+    /// (its own checksum first), `ffn.bin`'s length and header, and its checksum table, which it loads. Neither
+    /// `resident.bin`'s contents nor the records are read: what runs a model opens a layout with
+    /// [`Layout::load`], which checks `resident.bin` too; the records are checked as they are read.
     pub fn open(dir: &Path) -> Result<Layout> {
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.contains(PARTIAL_MARK) {
@@ -67,6 +76,8 @@ impl Layout {
             }
             Err(e) => return Err(Error::io(&mpath, e)),
         };
+        // The seal first: a damaged manifest is reported as damaged, not as whatever the damage made of it.
+        let sealed = check_manifest_seal(&text).map_err(|w| err(&mpath, w))?;
         let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| Error::json(&mpath, &e))?;
         match value.get("format").and_then(|f| f.as_str()) {
             Some(FORMAT) => {}
@@ -74,6 +85,9 @@ impl Layout {
         }
         match value.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == u64::from(VERSION) => {}
+            Some(v @ 1..) if v < u64::from(VERSION) => {
+                return Err(err(&mpath, format!("format version {v}: {OLD_VERSION}")));
+            }
             other => {
                 return Err(err(
                     &mpath,
@@ -81,11 +95,26 @@ impl Layout {
                 ))
             }
         }
+        if !sealed {
+            return Err(err(
+                &mpath,
+                format!("has no `{MANIFEST_CRC_KEY}` as its last member: damaged, or edited without sealing it again"),
+            ));
+        }
         let manifest: Manifest = serde_json::from_value(value)
             .map_err(|e| err(&mpath, format!("does not describe a version {VERSION} layout: {e}")))?;
-        let Checked { dtype, column_dtype, gated, position } = check_manifest(&mpath, &manifest)?;
-        let layout = Layout { dir: dir.to_path_buf(), manifest, dtype, column_dtype, gated, position };
-        layout.check_files()?;
+        let Checked { dtype, column_dtype, gated, position, parts } = check_manifest(&mpath, &manifest)?;
+        let mut layout = Layout {
+            dir: dir.to_path_buf(),
+            manifest,
+            dtype,
+            column_dtype,
+            gated,
+            position,
+            checksums: Vec::new(),
+            parts,
+        };
+        layout.checksums = layout.check_files()?;
         Ok(layout)
     }
 
@@ -127,7 +156,9 @@ impl Layout {
         Ok(())
     }
 
-    fn check_files(&self) -> Result<()> {
+    /// Checks `ffn.bin`'s length and header against the manifest and `resident.bin`'s length; returns the
+    /// checksum table, read and checked.
+    fn check_files(&self) -> Result<Vec<u32>> {
         let m = &self.manifest;
         let ffn_path = self.dir.join(FFN_FILE);
         let f = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
@@ -136,13 +167,29 @@ impl Layout {
             return Err(Error::Length { path: ffn_path, len, expected: m.ffn.len, what: "the manifest".into() });
         }
         let mut h = [0u8; HEADER_USED];
-        f.read_exact_at(&mut h, 0).map_err(|e| Error::io(&ffn_path, e))?;
+        read_exact(&f, &ffn_path, &mut h, 0)?;
         let hd = FfnHeader::decode(&h).map_err(|w| err(&ffn_path, w))?;
-        let crc = u32::from_le_bytes([h[60], h[61], h[62], h[63]]);
+        // The rest of the header block is zero. `check_manifest` placed the checksum table at or after `align`,
+        // inside the manifest's `ffn.len`, which is the file's length: the block lies inside the file. Read in
+        // pieces of at most 64 KiB, whatever `align` says.
+        let mut piece = vec![0u8; (m.align as usize).min(1 << 16)];
+        let mut at = HEADER_USED as u64;
+        while at < m.align {
+            let n = piece.len().min((m.align - at) as usize);
+            read_exact(&f, &ffn_path, &mut piece[..n], at)?;
+            if let Some(i) = piece[..n].iter().position(|&b| b != 0) {
+                return Err(err(
+                    &ffn_path,
+                    format!("byte {} of the header block is not zero: the file is damaged", at + i as u64),
+                ));
+            }
+            at += n as u64;
+        }
         let want_id = layout_id_bytes(&m.layout_id);
-        let checks: [(&str, bool); 10] = [
+        let t = &m.ffn.checksums;
+        let checks: [(&str, bool); 13] = [
             ("version", hd.version == VERSION),
-            ("header crc32c (manifest)", crc == m.ffn.header_crc32c),
+            ("header crc32c (manifest)", FfnHeader::crc_of(&h) == m.ffn.header_crc32c),
             ("layout_id", Some(hd.layout_id) == want_id),
             ("align", u64::from(hd.align) == m.align),
             ("n_layers", hd.n_layers as usize == m.layers.len()),
@@ -151,6 +198,9 @@ impl Layout {
             ("column_dtype", hd.column_dtype == self.column_dtype.ggml_id()),
             ("record_bytes", u64::from(hd.record_bytes) == m.record_bytes),
             ("record_stride", hd.record_stride == m.record_stride),
+            ("checksum table offset", hd.table_offset == t.offset),
+            ("checksum table length", hd.table_len == t.len),
+            ("checksum table crc32c", hd.table_crc32c == t.crc32c),
         ];
         if let Some((what, _)) = checks.iter().find(|(_, ok)| !ok) {
             return Err(err(
@@ -158,79 +208,32 @@ impl Layout {
                 format!("header's {what} does not match the manifest: files of two conversions?"),
             ));
         }
+        // Likewise no larger than the file.
+        let mut table = vec![0u8; t.len as usize];
+        read_exact(&f, &ffn_path, &mut table, t.offset)?;
+        let crc = crc32c::crc32c(&table);
+        if crc != t.crc32c {
+            return Err(Error::Checksum {
+                path: ffn_path,
+                place: format!("the checksum table (offset {}, {} bytes)", t.offset, t.len),
+                stored: t.crc32c,
+                computed: crc,
+            });
+        }
+        let entries = m.layers.len() * self.parts.len() * m.model.d_ffn;
+        let checksums =
+            table.chunks_exact(4).take(entries).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let rpath = self.dir.join(RESIDENT_FILE);
         let rlen = std::fs::metadata(&rpath).map_err(|e| Error::io(&rpath, e))?.len();
         if rlen != m.resident.len {
             return Err(err(&rpath, format!("is {rlen} bytes, the manifest says {}", m.resident.len)));
         }
-        Ok(())
-    }
-
-    /// Checks every section's and resident tensor's crc32c; the error names each layer and section, or
-    /// tensor, that fails.
-    pub fn verify(&self) -> Result<VerifyReport> {
-        let m = &self.manifest;
-        let mut failures = Vec::new();
-        let mut report = VerifyReport { sections: 0, tensors: 0, bytes: 0 };
-        let ffn_path = self.dir.join(FFN_FILE);
-        let f = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
-        let mut buf = Vec::new();
-        for (l, layer) in m.layers.iter().enumerate() {
-            for s in &layer.sections {
-                buf.resize(s.len as usize, 0);
-                f.read_exact_at(&mut buf, s.offset).map_err(|e| Error::io(&ffn_path, e))?;
-                let crc = crc32c::crc32c(&buf);
-                if crc != s.crc32c {
-                    failures.push(format!(
-                        "{FFN_FILE}: layer {l} section `{}`: crc32c {crc:08x}, the manifest says {:08x}",
-                        s.name, s.crc32c
-                    ));
-                }
-                report.sections += 1;
-                report.bytes += s.len;
-            }
-        }
-        let rpath = self.dir.join(RESIDENT_FILE);
-        let whole = std::fs::read(&rpath).map_err(|e| Error::io(&rpath, e))?;
-        let crc = crc32c::crc32c(&whole);
-        report.bytes += whole.len() as u64;
-        match GgufFile::from_bytes(&rpath, whole) {
-            Ok(g) => {
-                for (name, &want) in &m.resident.tensors {
-                    match g.tensor_data(name) {
-                        Ok(data) => {
-                            let crc = crc32c::crc32c(data);
-                            if crc != want {
-                                failures.push(format!(
-                                    "{RESIDENT_FILE}: tensor `{name}`: crc32c {crc:08x}, the manifest says {want:08x}"
-                                ));
-                            }
-                            report.tensors += 1;
-                        }
-                        Err(_) => failures.push(format!("{RESIDENT_FILE}: tensor `{name}` is missing")),
-                    }
-                }
-                for t in g.tensors().iter().filter(|t| !m.resident.tensors.contains_key(&t.name)) {
-                    failures.push(format!("{RESIDENT_FILE}: tensor `{}` is not in the manifest", t.name));
-                }
-            }
-            Err(e) => failures.push(format!("{RESIDENT_FILE}: does not parse: {e}")),
-        }
-        if crc != m.resident.crc32c {
-            failures.push(format!(
-                "{RESIDENT_FILE}: whole-file crc32c {crc:08x}, the manifest says {:08x}",
-                m.resident.crc32c
-            ));
-        }
-        if failures.is_empty() {
-            Ok(report)
-        } else {
-            Err(err(&self.dir, format!("verification failed: {}", failures.join("; "))))
-        }
+        Ok(checksums)
     }
 
     /// The payload of neuron `neuron` (original index) of `layer`, in the bundled record format whatever the
-    /// layout's kind (split layouts' rows and column are read from each section and concatenated).
+    /// layout's kind (split layouts' rows and column are read from each section and concatenated), checked
+    /// against the checksum table.
     pub fn neuron_record(&self, layer: usize, neuron: usize) -> Result<Vec<u8>> {
         let ffn_path = self.dir.join(FFN_FILE);
         let file = File::open(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
@@ -238,13 +241,9 @@ impl Layout {
         for (off, len) in self.record_spans(layer, neuron)? {
             let start = out.len();
             out.resize(start + len as usize, 0);
-            file.read_exact_at(&mut out[start..], off).map_err(|e| Error::Read {
-                path: ffn_path.clone(),
-                offset: off,
-                length: len,
-                source: e,
-            })?;
+            read_exact(&file, &ffn_path, &mut out[start..], off)?;
         }
+        self.check_records(layer, &[neuron as u32], &out)?;
         Ok(out)
     }
 
@@ -311,54 +310,6 @@ impl Layout {
         Ok(())
     }
 
-    /// The parts of the model that stay in DRAM: `resident.bin` read into memory (not mapped: under a memory
-    /// budget its pages must not be evicted and re-read), every tensor's crc32c checked, bound with the FFN left
-    /// on flash.
-    pub fn resident_parts(&self) -> Result<crate::model::weights::ModelParts> {
-        let rpath = self.dir.join(RESIDENT_FILE);
-        let bytes = std::fs::read(&rpath).map_err(|e| Error::io(&rpath, e))?;
-        let mut g = GgufFile::from_bytes(&rpath, bytes)?;
-        // The tokenizer's vocabulary is most of the metadata; the model does not need it (see `tokenizer`).
-        g.retain_metadata(|k| !k.starts_with("tokenizer.") && k != super::HF_TOKENIZER_KEY);
-        for (name, &want) in &self.manifest.resident.tensors {
-            let crc = crc32c::crc32c(g.tensor_data(name)?);
-            if crc != want {
-                return Err(Error::Checksum {
-                    path: rpath,
-                    place: format!("tensor `{name}`"),
-                    stored: want,
-                    computed: crc,
-                });
-            }
-        }
-        let hf = g.get(super::HF_CONFIG_KEY).is_some();
-        if !hf {
-            let cfg = ModelConfig::from_gguf(&g)?;
-            if cfg != self.manifest.model {
-                return Err(err(&rpath, "its metadata describes another model than the manifest"));
-            }
-        }
-        crate::model::bind::resident(std::sync::Arc::new(g), self.manifest.model.clone(), hf)
-    }
-
-    /// The model's tokenizer, from `resident.bin`'s metadata.
-    pub fn tokenizer(&self) -> Result<crate::model::tokenizer::Tokenizer> {
-        let rpath = self.dir.join(RESIDENT_FILE);
-        let g = GgufFile::open(&rpath)?;
-        match g.get(super::HF_TOKENIZER_KEY) {
-            Some(_) => {
-                let json = g.get_str(super::HF_TOKENIZER_KEY)?;
-                let config = g.get_str(super::HF_CONFIG_KEY)?;
-                let config: serde_json::Value = serde_json::from_str(config).map_err(|e| Error::json(&rpath, &e))?;
-                crate::model::tokenizer::Tokenizer::from_json(&rpath, json, Some(config), None)
-            }
-            None if g.get(super::HF_CONFIG_KEY).is_some() => {
-                Err(err(&rpath, "the checkpoint this layout was converted from had no tokenizer.json"))
-            }
-            None => crate::model::tokenizer::Tokenizer::from_gguf(&g),
-        }
-    }
-
     /// Decodes a payload returned by [`Layout::neuron_record`].
     pub fn decode_neuron(&self, bytes: &[u8]) -> Result<NeuronF32> {
         let d = self.manifest.model.d_model;
@@ -388,6 +339,16 @@ impl Layout {
     }
 }
 
+/// Reads `buf.len()` bytes at `offset` of `file` (at `path`); a failure or a short read names both.
+pub(super) fn read_exact(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    file.read_exact_at(buf, offset).map_err(|e| Error::Read {
+        path: path.to_path_buf(),
+        offset,
+        length: buf.len() as u64,
+        source: e,
+    })
+}
+
 fn show(v: Option<u64>) -> String {
     v.map_or_else(|| "missing".to_string(), |v| v.to_string())
 }
@@ -399,10 +360,12 @@ struct Checked {
     gated: bool,
     /// Per layer, the position of each neuron (empty for the identity order).
     position: Vec<Vec<u32>>,
+    /// Per section of a layer: its part of a payload in the bundled format (offset, length).
+    parts: Vec<(usize, usize)>,
 }
 
 /// Checks the manifest's internal consistency; returns the row and column types, whether the FFN is gated,
-/// and the per-layer neuron positions.
+/// the per-layer neuron positions and where each section's part lies in a payload.
 fn check_manifest(mpath: &Path, m: &Manifest) -> Result<Checked> {
     let dtype = dtype_by_name(&m.dtype).ok_or_else(|| err(mpath, format!("unknown row dtype `{}`", m.dtype)))?;
     let column_dtype = dtype_by_name(&m.column_dtype)
@@ -437,6 +400,22 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<Checked> {
         return Err(err(mpath, format!("{} layers listed, the model has {}", m.layers.len(), m.model.n_layers)));
     }
     let names = m.kind.section_names(gated);
+    let t = &m.ffn.checksums;
+    let table_len = checksum_table_len(m.layers.len(), names.len(), f, m.align);
+    let placed = t.offset >= m.align && t.offset.is_multiple_of(m.align);
+    if !placed || Some(t.len) != table_len || t.offset.checked_add(t.len) != Some(m.ffn.len) {
+        return Err(err(
+            mpath,
+            format!(
+                "ffn.checksums (offset {}, len {}) is not an aligned table of {} bytes after the header, ending \
+                 ffn.bin ({} bytes)",
+                t.offset,
+                t.len,
+                show(table_len),
+                m.ffn.len
+            ),
+        ));
+    }
     let mut spans = Vec::new();
     let mut positions = Vec::with_capacity(m.layers.len());
     for (l, layer) in m.layers.iter().enumerate() {
@@ -452,10 +431,10 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<Checked> {
                 Some("has a record_stride that is not record_bytes rounded to pack")
             } else if s.offset % m.align != 0 {
                 Some("is not aligned")
-            } else if s.len != round_up(f as u64 * stride, m.align) {
+            } else if Some(s.len) != (f as u64).checked_mul(stride).map(|b| round_up(b, m.align)) {
                 Some("has the wrong length")
-            } else if s.offset < m.align || s.offset.checked_add(s.len).is_none_or(|e| e > m.ffn.len) {
-                Some("lies outside ffn.bin's data")
+            } else if s.offset < m.align || s.offset.checked_add(s.len).is_none_or(|e| e > t.offset) {
+                Some("lies outside ffn.bin's data (between the header and the checksum table)")
             } else {
                 None
             };
@@ -473,10 +452,10 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<Checked> {
         positions.push(match &layer.order {
             None => Vec::new(),
             Some(order) => {
-                let mut pos = vec![u32::MAX; f];
                 if order.len() != f {
                     return Err(err(mpath, format!("layer {l}: order has {} entries, d_ffn is {f}", order.len())));
                 }
+                let mut pos = vec![u32::MAX; f];
                 for (k, &n) in order.iter().enumerate() {
                     match pos.get_mut(n as usize) {
                         Some(p) if *p == u32::MAX => *p = k as u32,
@@ -496,5 +475,11 @@ fn check_manifest(mpath: &Path, m: &Manifest) -> Result<Checked> {
             ));
         }
     }
-    Ok(Checked { dtype, column_dtype, gated, position: positions })
+    let mut parts = Vec::with_capacity(recs.len());
+    let mut at = 0;
+    for &rb in &recs {
+        parts.push((at, rb as usize));
+        at += rb as usize;
+    }
+    Ok(Checked { dtype, column_dtype, gated, position: positions, parts })
 }

@@ -6,9 +6,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{
-    layout_id_bytes, record_bytes, round_up, section_record_bytes, FfnHeader, FfnInfo, LayerInfo, LayoutKind, Manifest,
-    ResidentInfo, Section, SourceInfo, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK,
-    RESIDENT_FILE, VERSION,
+    checksum_table_len, layout_id_bytes, record_bytes, round_up, seal_manifest, section_record_bytes, ChecksumsInfo,
+    FfnHeader, FfnInfo, LayerInfo, LayoutKind, Manifest, ResidentInfo, Section, SourceInfo, FFN_FILE, FORMAT,
+    MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
 };
 use crate::io::install::{self, OutputLock, Stale};
 use crate::model::config::ModelConfig;
@@ -496,9 +496,10 @@ fn write_into(
     let resident_info = ResidentInfo { len: resident.len() as u64, crc32c: crc32c::crc32c(&resident), tensors };
     drop(resident);
 
-    // ffn.bin
+    // ffn.bin: the header (written again at the end, when the checksum table's place and crc are known), the
+    // sections, the checksum table.
     let align = opts.align;
-    let header = FfnHeader {
+    let mut header = FfnHeader {
         version: VERSION,
         align: u32::try_from(align).map_err(|_| Error::Invalid(format!("alignment {align} too large")))?,
         n_layers: cfg.n_layers as u32,
@@ -509,18 +510,22 @@ fn write_into(
         record_stride: plan.sections[0].stride,
         layout_id: id_bytes,
         column_dtype: plan.column.ggml_id(),
+        table_crc32c: 0,
+        table_offset: 0,
+        table_len: 0,
     };
-    let hbytes = header.encode();
-    let mut head = vec![0u8; align as usize];
-    head[..HEADER_USED].copy_from_slice(&hbytes);
     let ffn_path = dir.join(FFN_FILE);
     let file = File::create(&ffn_path).map_err(|e| Error::io(&ffn_path, e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&head).map_err(|e| Error::io(&ffn_path, e))?;
+    out.write_all(&vec![0u8; align as usize]).map_err(|e| Error::io(&ffn_path, e))?;
     let mut offset = align;
     let mut layers = Vec::with_capacity(cfg.n_layers);
     let mut errors = MaxErrors::default();
     let names = opts.kind.section_names(plan.gated);
+    let table_len = checksum_table_len(cfg.n_layers, names.len(), cfg.d_ffn, align)
+        .ok_or_else(|| Error::Invalid(format!("a checksum table for {} layers overflows", cfg.n_layers)))?;
+    // One crc32c per record, in table order: layer, section, position.
+    let mut table = Vec::with_capacity(table_len as usize);
     for l in 0..cfg.n_layers {
         let rows = NeuronRows::from_parts(model, l)?;
         let parts = neuron_parts(model, l, opts.kind);
@@ -548,6 +553,10 @@ fn write_into(
         let mut sections = Vec::with_capacity(names.len());
         for ((name, buf), sp) in names.iter().zip(&bufs).zip(&plan.sections) {
             out.write_all(buf).map_err(|e| Error::io(&ffn_path, e))?;
+            for k in 0..cfg.d_ffn {
+                let at = (k as u64 * sp.stride) as usize;
+                table.extend_from_slice(&crc32c::crc32c(&buf[at..at + sp.record_bytes as usize]).to_le_bytes());
+            }
             sections.push(Section {
                 name: name.to_string(),
                 offset,
@@ -560,7 +569,16 @@ fn write_into(
         }
         layers.push(LayerInfo { order: order.cloned(), sections });
     }
+    table.resize(table_len as usize, 0);
+    let checksums = ChecksumsInfo { offset, len: table_len, crc32c: crc32c::crc32c(&table) };
+    out.write_all(&table).map_err(|e| Error::io(&ffn_path, e))?;
+    offset += table_len;
+    header.table_crc32c = checksums.crc32c;
+    header.table_offset = checksums.offset;
+    header.table_len = checksums.len;
+    let hbytes = header.encode();
     let file = out.into_inner().map_err(|e| Error::io(&ffn_path, e.into_error()))?;
+    std::os::unix::fs::FileExt::write_all_at(&file, &hbytes, 0).map_err(|e| Error::io(&ffn_path, e))?;
     file.sync_all().map_err(|e| Error::io(&ffn_path, e))?;
     drop(file);
 
@@ -584,13 +602,11 @@ fn write_into(
         record_stride: plan.sections[0].stride,
         pack: opts.pack,
         resident: resident_info.clone(),
-        ffn: FfnInfo {
-            len: offset,
-            header_crc32c: u32::from_le_bytes([hbytes[60], hbytes[61], hbytes[62], hbytes[63]]),
-        },
+        ffn: FfnInfo { len: offset, header_crc32c: FfnHeader::crc_of(&hbytes), checksums },
         layers,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
+    let json = seal_manifest(&json)?;
     write_synced(&dir.join(MANIFEST_FILE), &json)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
     Ok((json.len() as u64, resident_info.len, offset, errors))

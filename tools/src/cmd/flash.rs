@@ -53,6 +53,11 @@ pub struct FlashArgs {
     /// source model (memory-mapped), outside the DRAM budget: for quality, not speed.
     #[arg(long, conflicts_with = "predictor")]
     pub oracle: Option<PathBuf>,
+    /// Do not check the records read from ffn.bin against the layout's checksum table. The check is on by
+    /// default (a damaged record is an error naming its layer, section, positions and byte offset); turning it
+    /// off is for measuring what it costs (scripts/verify-cost.sh): damaged records then go unnoticed.
+    #[arg(long)]
+    pub no_verify_reads: bool,
     #[command(flatten)]
     pub io: IoArgs,
 }
@@ -109,6 +114,7 @@ impl FlashArgs {
             overlap: self.overlap,
             profile: self.profile.clone(),
             precision,
+            verify_reads: !self.no_verify_reads,
             ..FlashConfig::new(layout)
         })
     }
@@ -132,6 +138,7 @@ impl FlashArgs {
             ("profile", self.profile.is_some()),
             ("predictor", self.predictor.is_some()),
             ("oracle", self.oracle.is_some()),
+            ("no-verify-reads", self.no_verify_reads),
             ("io-align", self.io.io_align != defaults.io_align),
             ("max-gap", self.io.max_gap != defaults.max_gap),
             ("max-merge", self.io.max_merge != defaults.max_merge),

@@ -63,6 +63,8 @@ pub struct FlashFfn {
     direct: RunReader,
     /// The neurons of a run of records, in file order (reused).
     in_file: Vec<u32>,
+    /// Per record of a run being read: whether it has been checked against the checksum table (reused).
+    checked: Vec<bool>,
     caches: Option<Vec<LayerCache>>,
     opts: FlashOptions,
     scratch: Scratch,
@@ -73,19 +75,36 @@ pub struct FlashFfn {
 }
 
 /// Choices of the flash loop.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlashOptions {
     /// Compute over every cached neuron, not only the selected ones: more compute, and cached neurons the
-    /// selector missed still contribute.
+    /// selector missed still contribute. Default false.
     pub compute_all_cached: bool,
     /// While a layer computes (one-token steps), read the records the selector predicts, from this layer's
     /// FFN input, for the next layer, on a second backend and thread; the next layer reads only what that
-    /// prediction missed.
+    /// prediction missed. Default false.
     pub overlap: bool,
+    /// Check each record read against the layout's checksum table as it arrives, before it is used or cached
+    /// ([`Layout::check_records`]). Default true; off only to measure the check's cost.
+    pub verify_reads: bool,
+}
+
+impl Default for FlashOptions {
+    fn default() -> Self {
+        FlashOptions { compute_all_cached: false, overlap: false, verify_reads: true }
+    }
 }
 
 fn nanos(t: Instant) -> u64 {
     t.elapsed().as_nanos() as u64
+}
+
+/// An error of reading `layer`, saying which layer; a damaged record's error names its layer already.
+fn in_layer(layer: usize, e: Error) -> Error {
+    match e {
+        e @ Error::RecordChecksum { .. } => e,
+        e => Error::InLayer { layer, source: Box::new(e) },
+    }
 }
 
 impl FlashFfn {
@@ -132,6 +151,7 @@ impl FlashFfn {
             staging_at: 0,
             direct,
             in_file: Vec::new(),
+            checked: Vec::new(),
             caches: None,
             opts: FlashOptions::default(),
             scratch: Scratch::default(),
@@ -291,11 +311,13 @@ impl FlashFfn {
         // One record per neuron (bundled), all of `missing`: if they are one run in the file (taken in file
         // order: a reordered layout stores the neurons in another order), read the aligned range around it.
         let one_each = self.reqs.len() == count && self.reqs.iter().all(|r| r.len == payload);
+        let mut run = false;
         if count > 0 && count == self.missing.len() && one_each {
             if let Some((at, range)) = self.direct.plan(&mut self.reqs, &self.missing, payload, &mut self.in_file) {
                 self.missing.clone_from(&self.in_file);
                 self.staging_at = at;
                 len = range;
+                run = true;
             }
         }
         self.staging.resize(len)?;
@@ -304,11 +326,66 @@ impl FlashFfn {
             self.stats.predicted_io_ns += (cost.predict(&self.reqs, *depth)?.seconds * 1e9) as u64;
         }
         let t1 = Instant::now();
-        self.backend
-            .read_batch(&self.reqs, &mut self.staging)
-            .map_err(|e| Error::InLayer { layer, source: Box::new(e) })?;
+        if run && self.opts.verify_reads {
+            self.read_run_checked(layer, count)?;
+        } else {
+            self.backend.read_batch(&self.reqs, &mut self.staging).map_err(|e| in_layer(layer, e))?;
+            self.check(layer, 0..count)?;
+        }
         self.stats.io_ns += nanos(t1);
         self.stats.neurons_read += count as u64;
+        Ok(())
+    }
+
+    /// Reads the run of `count` records planned in `self.reqs` (chunks of the aligned range around it) and
+    /// checks them against the checksum table: the records a chunk holds whole as the chunk arrives, while the
+    /// later chunks are still in flight (where the backend hands chunks over early), and the records that
+    /// straddle two chunks once all have arrived.
+    fn read_run_checked(&mut self, layer: usize, count: usize) -> Result<()> {
+        let (p, at) = (self.fmt.payload, self.staging_at);
+        self.checked.clear();
+        self.checked.resize(count, false);
+        let (layout, missing, checked, reqs) = (&self.layout, &self.missing, &mut self.checked, &self.reqs);
+        let mut spent = 0;
+        let mut arrived = |i: usize, bytes: &[u8]| -> Result<()> {
+            let t = Instant::now();
+            let (lo, hi) = (reqs[i].dst, reqs[i].dst + bytes.len());
+            // The records that start at or after `lo` and end at or before `hi`.
+            let (k0, k1) = (lo.saturating_sub(at).div_ceil(p), (hi.saturating_sub(at) / p).min(count));
+            if k0 < k1 {
+                let from = at + k0 * p - lo;
+                layout.check_records(layer, &missing[k0..k1], &bytes[from..from + (k1 - k0) * p])?;
+                checked[k0..k1].fill(true);
+            }
+            spent += nanos(t);
+            Ok(())
+        };
+        let r = self.backend.read_batch_arriving(reqs, &mut self.staging, &mut arrived);
+        self.stats.verify_ns += spent;
+        r.map_err(|e| in_layer(layer, e))?;
+        let mut k = 0;
+        while k < count {
+            let start = k;
+            while k < count && !self.checked[k] {
+                k += 1;
+            }
+            self.check(layer, start..k)?;
+            k += 1;
+        }
+        Ok(())
+    }
+
+    /// Checks the staged records of `self.missing[range]` against the checksum table, unless the options turn
+    /// the check off; counts the time.
+    fn check(&mut self, layer: usize, range: std::ops::Range<usize>) -> Result<()> {
+        if !self.opts.verify_reads || range.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let (p, at) = (self.fmt.payload, self.staging_at);
+        let rows = &self.staging.as_slice()[at + range.start * p..at + range.end * p];
+        self.layout.check_records(layer, &self.missing[range], rows)?;
+        self.stats.verify_ns += nanos(t);
         Ok(())
     }
 }

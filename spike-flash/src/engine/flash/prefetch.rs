@@ -120,8 +120,12 @@ impl FlashFfn {
             // The prefetch read exactly the missing records, in order (hybrid and naive rows, whose selection
             // does not change): its buffer becomes the staging buffer, no copy.
             std::mem::swap(&mut self.staging, &mut buf);
+            self.staging_at = 0;
             p.give_back(reqs, buf);
             self.stats.mm_ns += nanos(t1);
+            let t2 = Instant::now();
+            self.check(layer, 0..self.missing.len())?;
+            self.stats.io_ns += nanos(t2);
             return Ok(0);
         }
         // Split missing into (not prefetched) ++ (prefetched), remembering where each prefetched row is.
@@ -138,6 +142,7 @@ impl FlashFfn {
             rest.extend(from.iter().map(|&(m, _)| m));
             self.missing = rest;
             self.staging.resize(self.missing.len() * payload)?;
+            self.staging_at = 0;
             let dst = self.staging.as_mut_slice();
             for (i, &(_, k)) in from.iter().enumerate() {
                 let at = (n_rest + i) * payload;
@@ -146,7 +151,12 @@ impl FlashFfn {
         }
         p.give_back(reqs, buf);
         self.stats.mm_ns += nanos(t1);
-        Ok(self.missing.len() - from.len())
+        // The prefetched records this layer uses, checked as the ones it reads now will be.
+        let (n, taken) = (self.missing.len(), from.len());
+        let t2 = Instant::now();
+        self.check(layer, n - taken..n)?;
+        self.stats.io_ns += nanos(t2);
+        Ok(n - taken)
     }
 
     /// Starts reading, for layer `layer`, the neurons the selector predicts from `x` (this layer's FFN input)

@@ -16,7 +16,7 @@ use crate::engine::input::ActPrecision;
 use crate::engine::model::Model;
 use crate::engine::sparse::{AllNeurons, NeuronSelector};
 use crate::io::{open_backend, trim_heap, BackendKind, IoConfig};
-use crate::layout::Layout;
+use crate::layout::{Layout, Loaded};
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -80,6 +80,9 @@ pub struct FlashConfig {
     pub profile: Option<PathBuf>,
     /// How activations are quantized for block-quantized weights. Default [`ActPrecision::default`].
     pub precision: ActPrecision,
+    /// Check every record read from `ffn.bin` against the layout's checksum table as it arrives. Default true;
+    /// off only to measure what the check costs (a damaged record then goes unnoticed).
+    pub verify_reads: bool,
 }
 
 impl FlashConfig {
@@ -96,6 +99,7 @@ impl FlashConfig {
             overlap: false,
             profile: None,
             precision: ActPrecision::default(),
+            verify_reads: true,
         }
     }
 
@@ -109,6 +113,7 @@ impl FlashConfig {
 /// Where the model's DRAM goes in flash mode, bytes.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Dram {
+    /// `resident.bin` (read into memory) and the layout's checksum table.
     pub resident: u64,
     pub selector: u64,
     pub caches: u64,
@@ -153,16 +158,18 @@ pub struct FlashSession {
 }
 
 impl FlashSession {
-    /// Opens `config.layout`, loads its resident model (and its tokenizer when `tokenizer`: it takes about
-    /// 13 MiB of heap) and checks the configuration.
+    /// Opens `config.layout` with every check of a valid layout ([`Layout::load`], the checks `spike verify`
+    /// makes but reading every record), loads its resident model, keeps its tokenizer when `tokenizer` (it
+    /// takes about 13 MiB of heap; it is built, and so checked, either way) and checks the configuration.
     pub fn open(config: FlashConfig, tokenizer: bool) -> Result<FlashSession> {
         let config = config.validated()?;
-        let layout = Arc::new(Layout::open(&config.layout)?);
+        let Loaded { layout, mut resident } = Layout::load(&config.layout)?;
         let tokenizer = match tokenizer {
-            true => Some(layout.tokenizer()?),
+            true => Some(resident.take_tokenizer(&layout)?),
             false => None,
         };
-        let mut model = Model::from_layout(&layout)?;
+        let layout = Arc::new(layout);
+        let mut model = Model::new(resident.parts)?;
         model.set_precision(config.precision);
         // Building the tokenizer leaves freed heap behind; under a memory cgroup it would count.
         trim_heap();
@@ -185,14 +192,18 @@ impl FlashSession {
         let (selector, selector_bytes) =
             selector.unwrap_or_else(|| (Box::new(AllNeurons { d_ffn: model.config().d_ffn }), 0));
         let mut ffn = FlashFfn::new(model, self.layout.clone(), io, selector)?;
-        ffn.set_options(FlashOptions { compute_all_cached: c.compute_all_cached, overlap: c.overlap })?;
+        ffn.set_options(FlashOptions {
+            compute_all_cached: c.compute_all_cached,
+            overlap: c.overlap,
+            verify_reads: c.verify_reads,
+        })?;
         if let Some(p) = &c.profile {
             ffn.set_cost_model(CostModel::load(p, &c.io)?, c.io.queue_depth);
         }
         let m = self.layout.manifest();
         let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, self.layout.payload_bytes());
-        let mut dram =
-            Dram { resident: m.resident.len, selector: selector_bytes, staging: ffn.dram_bytes(), ..Dram::default() };
+        let resident = m.resident.len + self.layout.checksum_bytes();
+        let mut dram = Dram { resident, selector: selector_bytes, staging: ffn.dram_bytes(), ..Dram::default() };
         let fixed = dram.resident + dram.selector + dram.staging;
         let budget = c.budget.map(|b| (b, b.resolve(m.source.len)));
         dram.budget = budget.map(|(_, bytes)| bytes);

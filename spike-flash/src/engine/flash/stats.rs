@@ -18,8 +18,12 @@ pub struct FlashStats {
     pub neurons_computed: u64,
     /// Time choosing the active neurons (the predictor or oracle).
     pub select_ns: u64,
-    /// Wall time of the batched reads (waiting for the device, and the backend's copy-out).
+    /// Wall time of the batched reads (waiting for the device, the backend's copy-out, and checking the records
+    /// that arrived against the layout's checksum table).
     pub io_ns: u64,
+    /// Of `io_ns`, checking the records that arrived against the checksum table (with io_uring, the checks of
+    /// a run's chunks overlap the reads still in flight).
+    pub verify_ns: u64,
     /// Time placing rows: building read lists, cache bookkeeping and row copies.
     pub mm_ns: u64,
     /// Time computing the FFN over the rows.
