@@ -115,7 +115,6 @@ fn check_round_trip(
             for (a, b) in got.second_col.iter().zip(&col) {
                 worst_cols = worst_cols.max((a - b).abs());
             }
-            assert_eq!(got.b1, None);
         }
     }
     assert_eq!(summary.max_abs_error_rows, worst_rows, "{case}: reported row error");
@@ -460,29 +459,24 @@ fn opt_checkpoint_bundled_and_split() {
         let s = layout::write(&model, &ck, &out, &ConvertOptions { column_dtype: cd, ..opts(kind, rd) }).unwrap();
         let rb = want.bytes_for(d as u64).unwrap();
         let cb = want_col.bytes_for(d as u64).unwrap();
-        assert_eq!(s.neuron_bytes, rb + cb + 4);
+        assert_eq!(s.neuron_bytes, rb + cb, "the fc1 bias stays in resident.bin");
         let lay = Layout::open(&out).unwrap();
         assert_eq!((lay.dtype(), lay.column_dtype()), (want, want_col));
-        let bias = if kind == LayoutKind::Bundled { 4 } else { 0 };
-        assert_eq!(lay.payload_bytes() as u64, rb + cb + bias, "split OPT records carry no bias");
+        assert_eq!(lay.payload_bytes() as u64, rb + cb, "OPT records carry no bias");
         let records: Vec<u64> = s.sections.iter().map(|r| r.record_bytes).collect();
-        assert_eq!(records, if kind == LayoutKind::Bundled { vec![rb + cb + 4] } else { vec![rb, cb] });
+        assert_eq!(records, if kind == LayoutKind::Bundled { vec![rb + cb] } else { vec![rb, cb] });
         lay.verify().unwrap();
         lay.check_model(model.config(), None).unwrap();
         assert_eq!(lay.manifest().layers[0].sections.len(), if kind == LayoutKind::Split { 2 } else { 1 });
         for l in 0..model.config().n_layers {
             let rows = NeuronRows::from_model(&model, l).unwrap();
-            let b1 = rows.b1.as_ref().expect("OPT has fc1 biases");
-            assert_eq!(b1.len(), f);
-            for (n, &bias) in b1.iter().enumerate().take(f) {
+            for n in 0..f {
                 let got = lay.decode_neuron(&lay.neuron_record(l, n).unwrap()).unwrap();
                 let first = rows.first[n * d..(n + 1) * d].to_vec();
                 let first = if want == DType::F16 { first } else { roundtrip(want, &first) };
                 assert_eq!(bits(&got.first), bits(&first), "fc1 row, layer {l} neuron {n}");
                 assert_eq!(bits(&got.second_col), bits(&roundtrip(want_col, &rows.second_t[n * d..(n + 1) * d])));
                 assert_eq!(got.up, None);
-                let want_b1 = if kind == LayoutKind::Bundled { Some(bias) } else { None };
-                assert_eq!(got.b1.map(f32::to_bits), want_b1.map(f32::to_bits), "b1, layer {l} neuron {n}");
             }
         }
         if want == DType::F16 {

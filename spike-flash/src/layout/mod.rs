@@ -164,7 +164,7 @@ pub fn round_up(x: u64, a: u64) -> u64 {
 }
 
 /// Payload bytes of one record of each section of a layer, in the order of [`LayoutKind::section_names`]:
-/// bundled, one neuron (gate row | up row | down column, or fc1 row | fc2 column | fc1 bias f32); split, a row
+/// bundled, one neuron (gate row | up row | down column, or fc1 row | fc2 column); split, a row
 /// of `row` elements (gate, up, fc1) or a column of `column` elements (down, fc2). `None` when `d` is not a
 /// whole number of blocks of either type.
 pub fn section_record_bytes(kind: LayoutKind, row: DType, column: DType, d: usize, gated: bool) -> Option<Vec<u64>> {
@@ -172,7 +172,7 @@ pub fn section_record_bytes(kind: LayoutKind, row: DType, column: DType, d: usiz
     let cb = column.bytes_for(d as u64)?;
     Some(match (kind, gated) {
         (LayoutKind::Bundled, true) => vec![2 * rb + cb],
-        (LayoutKind::Bundled, false) => vec![rb + cb + 4],
+        (LayoutKind::Bundled, false) => vec![rb + cb],
         (LayoutKind::Split, true) => vec![rb, rb, cb],
         (LayoutKind::Split, false) => vec![rb, cb],
     })
@@ -422,8 +422,8 @@ mod tests {
         use LayoutKind::{Bundled, Split};
         assert_eq!(record_bytes(Bundled, DType::Q4_1, DType::Q4_1, 64, true), Some(3 * 40));
         assert_eq!(record_bytes(Bundled, DType::Q4_1, DType::Q8_0, 64, true), Some(2 * 40 + 68));
-        assert_eq!(record_bytes(Bundled, DType::F32, DType::F32, 64, false), Some(2 * 256 + 4));
-        assert_eq!(record_bytes(Bundled, DType::F16, DType::Q8_0, 64, false), Some(128 + 68 + 4));
+        assert_eq!(record_bytes(Bundled, DType::F32, DType::F32, 64, false), Some(2 * 256));
+        assert_eq!(record_bytes(Bundled, DType::F16, DType::Q8_0, 64, false), Some(128 + 68));
         assert_eq!(record_bytes(Split, DType::Q8_0, DType::Q8_0, 64, true), Some(68));
         assert_eq!(record_bytes(Split, DType::Q8_0, DType::Q8_0, 48, true), None);
         assert_eq!(record_bytes(Split, DType::F32, DType::Q8_0, 48, true), None, "48 is not a whole q8_0 block");

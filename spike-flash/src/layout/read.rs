@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::{
     check_manifest_seal, checksum_table_len, dtype_by_name, layout_id_bytes, round_up, section_record_bytes, FfnHeader,
-    LayoutKind, Manifest, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_CRC_KEY, MANIFEST_FILE, MIN_ALIGN, OLD_VERSION,
-    PARTIAL_MARK, RESIDENT_FILE, VERSION,
+    Manifest, FFN_FILE, FORMAT, HEADER_USED, MANIFEST_CRC_KEY, MANIFEST_FILE, MIN_ALIGN, OLD_VERSION, PARTIAL_MARK,
+    RESIDENT_FILE, VERSION,
 };
 use crate::model::config::ModelConfig;
 use crate::model::quant::{self, DType};
@@ -50,8 +50,6 @@ pub struct NeuronF32 {
     pub up: Option<Vec<f32>>,
     /// Column of down / fc2.
     pub second_col: Vec<f32>,
-    /// fc1 bias (plain FFNs in bundled layouts; split layouts keep it in resident.bin only).
-    pub b1: Option<f32>,
 }
 
 fn err(path: &Path, what: impl Into<String>) -> Error {
@@ -272,8 +270,7 @@ impl Layout {
     /// [`Layout::neuron_reads`] places at its destination, whatever the layout's kind.
     pub fn payload_bytes(&self) -> usize {
         let rows = if self.gated { 2 } else { 1 };
-        let bias = if !self.gated && self.manifest.kind == LayoutKind::Bundled { 4 } else { 0 };
-        rows * self.row_bytes() + self.column_bytes() + bias
+        rows * self.row_bytes() + self.column_bytes()
     }
 
     /// Where neuron `neuron` (original numbering) of `layer` is stored: the file offset and payload length of
@@ -292,8 +289,7 @@ impl Layout {
     }
 
     /// Appends the reads that place neuron `neuron` of `layer` at byte `dst` of a buffer, in the bundled
-    /// payload format (gate | up | down, or fc1 | fc2 | fc1 bias; a split layout's parts land one after the
-    /// other, and its plain records carry no bias).
+    /// payload format (gate | up | down, or fc1 | fc2; a split layout's parts land one after the other).
     pub fn neuron_reads(
         &self,
         layer: usize,
@@ -314,7 +310,6 @@ impl Layout {
     pub fn decode_neuron(&self, bytes: &[u8]) -> Result<NeuronF32> {
         let d = self.manifest.model.d_model;
         let (rb, cb) = (self.row_bytes(), self.column_bytes());
-        // Split plain (OPT) layouts keep the fc1 bias in resident.bin only: their records are a row and a column.
         let want = self.payload_bytes();
         if bytes.len() != want {
             return Err(Error::Invalid(format!("a neuron record is {want} bytes, got {}", bytes.len())));
@@ -326,14 +321,12 @@ impl Layout {
         };
         if self.gated {
             let (first, up) = (decode(self.dtype, 0, rb)?, decode(self.dtype, rb, rb)?);
-            Ok(NeuronF32 { first, up: Some(up), second_col: decode(self.column_dtype, 2 * rb, cb)?, b1: None })
+            Ok(NeuronF32 { first, up: Some(up), second_col: decode(self.column_dtype, 2 * rb, cb)? })
         } else {
-            let b1 = bytes.get(rb + cb..rb + cb + 4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             Ok(NeuronF32 {
                 first: decode(self.dtype, 0, rb)?,
                 up: None,
                 second_col: decode(self.column_dtype, rb, cb)?,
-                b1,
             })
         }
     }

@@ -528,7 +528,7 @@ fn write_into(
     let mut table = Vec::with_capacity(table_len as usize);
     for l in 0..cfg.n_layers {
         let rows = NeuronRows::from_parts(model, l)?;
-        let parts = neuron_parts(model, l, opts.kind);
+        let parts = neuron_parts(model, l);
         let mut bufs: Vec<Vec<u8>> = plan.sections.iter().map(|s| vec![0u8; s.len as usize]).collect();
         let mut scratch = Vec::new();
         let order = opts.order.as_ref().map(|o| &o[l]);
@@ -624,27 +624,22 @@ enum Part {
     Row { w: WeightRef, up: bool },
     /// Column `n` of the second matrix (down, fc2).
     Column,
-    /// The fc1 bias of neuron `n`, f32.
-    Bias,
 }
 
-fn neuron_parts(model: &ModelParts, l: usize, kind: LayoutKind) -> Vec<Part> {
+fn neuron_parts(model: &ModelParts, l: usize) -> Vec<Part> {
     match &model.layers[l].ffn {
         // Refused by `Plan::new`.
         FfnWeights::Streamed { .. } => Vec::new(),
         FfnWeights::Gated { gate, up, .. } => {
             vec![Part::Row { w: gate.w, up: false }, Part::Row { w: up.w, up: true }, Part::Column]
         }
-        FfnWeights::Plain { fc1, .. } => match kind {
-            LayoutKind::Bundled => vec![Part::Row { w: fc1.w, up: false }, Part::Column, Part::Bias],
-            // Split layouts keep the fc1 bias in resident.bin only.
-            LayoutKind::Split => vec![Part::Row { w: fc1.w, up: false }, Part::Column],
-        },
+        // The fc1 bias stays in resident.bin (4 bytes more would make a record straddle one more page).
+        FfnWeights::Plain { fc1, .. } => vec![Part::Row { w: fc1.w, up: false }, Part::Column],
     }
 }
 
 impl Part {
-    /// Appends the part for neuron `n` to `out` in `dtype` (rows and columns; the bias is always f32); returns
+    /// Appends the part for neuron `n` to `out` in `dtype` ; returns
     /// the largest error against the source's values.
     fn encode(
         &self,
@@ -665,11 +660,6 @@ impl Part {
                 &m[n * d..(n + 1) * d]
             }
             Part::Column => &rows.second_t[n * d..(n + 1) * d],
-            Part::Bias => {
-                let b = rows.b1.as_ref().and_then(|b| b.get(n)).copied().unwrap_or(0.0);
-                out.extend_from_slice(&b.to_le_bytes());
-                return Ok(0.0);
-            }
         };
         let start = out.len();
         quant::quantize(dtype, exact, out)?;
