@@ -10,6 +10,7 @@ use std::process::Command;
 mod common;
 
 use common::{fail, ok, spike};
+use experiments::sweep::METRICS;
 
 /// Metrics that depend only on the settings, the model and the prompts: byte and neuron counts, shares and
 /// DRAM sizes. They must agree between runs; times need not.
@@ -125,7 +126,7 @@ fn sharded_with_gnu_parallel_merges_to_the_unsharded_run() {
         assert!(whole.join(f).exists(), "{f} missing");
     }
     let a = rows(&whole);
-    assert_eq!(a.len(), 6 * 23, "one row per point and metric");
+    assert_eq!(a.len(), 6 * METRICS.len(), "one row per point and metric");
     // A window holds more as it grows; every row says it was measured, not planted, with no budget deciding.
     let metric = |rows: &BTreeMap<(String, String), BTreeMap<String, String>>, layout: &str, k: &str, m: &str| {
         rows.values()
@@ -206,7 +207,7 @@ fn a_failed_point_resumes_without_rerunning_done_points() {
     let stdout = ok(sweep(&spec, &out_dir, &[]).output().expect("run sweep"), "resumed sweep");
     assert!(stdout.contains("(2 ran now, 2 already done)"), "{stdout}");
     let after = rows(&out_dir);
-    assert_eq!(after.len(), 4 * 23);
+    assert_eq!(after.len(), 4 * METRICS.len());
     for (key, row) in &before {
         assert_eq!(&after[key], row, "{key:?} changed: the point ran again");
     }
