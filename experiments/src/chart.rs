@@ -1,5 +1,6 @@
-//! Line charts written as PNG and SVG with plotters: one line per series, an optional log2 x axis labelled in
-//! binary units (4K, 8K, ..., 1M).
+//! Line and scatter charts written as PNG and SVG with plotters: one line (or cloud of points) per series,
+//! dashed reference lines (the paper's values, y = x), an optional log2 x axis labelled in binary units (4K,
+//! 8K, ..., 1M).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -44,14 +45,54 @@ fn ensure_font() -> Result<()> {
 }
 
 /// One line of a chart.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     pub label: String,
-    /// (x, y) in data units (for a log2 x axis, x is the raw value, e.g. bytes).
+    /// (x, y) in data units (for a log2 x axis, x is the raw value, e.g. bytes). Points whose x or y is not
+    /// finite (a value that was not measured) are left out.
     pub points: Vec<(f64, f64)>,
     /// Text written beside each point (e.g. `K=3`), or none when empty.
     pub point_labels: Vec<String>,
+    pub style: Style,
 }
+
+impl Series {
+    /// A line through `points` with a marker at each.
+    pub fn line(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { label: label.into(), points, ..Series::default() }
+    }
+
+    /// A dashed reference line through `points` (a paper's value, y = x).
+    pub fn reference(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { label: label.into(), points, style: Style::Reference, ..Series::default() }
+    }
+
+    /// Markers only, one per point (a scatter).
+    pub fn scatter(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { label: label.into(), points, style: Style::Points, ..Series::default() }
+    }
+
+    /// The points with finite coordinates, with their labels.
+    fn finite(&self) -> impl Iterator<Item = (usize, (f64, f64))> + '_ {
+        self.points.iter().copied().enumerate().filter(|(_, (x, y))| x.is_finite() && y.is_finite())
+    }
+}
+
+/// How a series is drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Style {
+    /// A solid line with a marker at each point.
+    #[default]
+    Line,
+    /// Markers only.
+    Points,
+    /// A dashed line without markers, in the reference colours (black, then dark red, dark blue); a single
+    /// point is drawn as a cross.
+    Reference,
+}
+
+/// Colours of reference lines, in order.
+const REFERENCE_COLORS: [RGBColor; 3] = [RGBColor(0, 0, 0), RGBColor(170, 20, 20), RGBColor(20, 40, 160)];
 
 /// Where a chart's legend goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,6 +101,7 @@ pub enum LegendAt {
     UpperLeft,
     UpperRight,
     MiddleRight,
+    LowerRight,
 }
 
 /// A line chart.
@@ -87,6 +129,11 @@ pub fn binary_label(v: f64) -> String {
 }
 
 impl LineChart {
+    /// Whether no font for chart text can be found (tests skip drawing then, saying so).
+    pub fn font_missing() -> bool {
+        ensure_font().is_err()
+    }
+
     /// Writes the chart to `png` (1200 x 800) and `svg`.
     pub fn write(&self, png: &Path, svg: &Path) -> Result<()> {
         ensure_font()?;
@@ -108,9 +155,13 @@ impl LineChart {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(e)?;
         let fx = |x: f64| if self.log2_x { x.max(f64::MIN_POSITIVE).log2() } else { x };
-        let all = || self.series.iter().flat_map(|s| s.points.iter());
+        let all = || self.series.iter().flat_map(|s| s.finite().map(|(_, p)| p));
         let (mut x0, mut x1) =
             all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
+        if self.log2_x && x0.is_finite() {
+            // Whole powers of two at both ends, so that every tick is one and carries a binary label.
+            (x0, x1) = (x0.floor(), x1.ceil());
+        }
         let y1 = all().fold(0.0f64, |a, p| a.max(p.1));
         if !x0.is_finite() {
             (x0, x1) = (0.0, 1.0);
@@ -143,21 +194,53 @@ impl LineChart {
             .axis_desc_style(("sans-serif", 22))
             .draw()
             .map_err(e)?;
-        for (i, s) in self.series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (fx(p.0), p.1)).collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
-                .map_err(e)?
-                .label(&s.label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
-            let style = ("sans-serif", 17).into_font().color(&color);
+        let (mut data, mut refs) = (0, 0);
+        for s in &self.series {
+            let color = match s.style {
+                Style::Reference => {
+                    refs += 1;
+                    REFERENCE_COLORS[(refs - 1) % REFERENCE_COLORS.len()].to_rgba()
+                }
+                _ => {
+                    data += 1;
+                    Palette99::pick(data - 1).to_rgba()
+                }
+            };
+            let pts: Vec<(f64, f64)> = s.finite().map(|(_, p)| (fx(p.0), p.1)).collect();
+            let labels: Vec<&String> = s.finite().filter_map(|(i, _)| s.point_labels.get(i)).collect();
+            let anno = match s.style {
+                Style::Line => {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
+                    chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(3))).map_err(e)?
+                }
+                Style::Points => {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.mix(0.6).filled()))).map_err(e)?
+                }
+                // A reference of one point (a value the paper gives at one setting) is a cross.
+                Style::Reference if pts.len() == 1 => {
+                    chart.draw_series(pts.iter().map(|&p| Cross::new(p, 9, color.stroke_width(3)))).map_err(e)?
+                }
+                Style::Reference => {
+                    chart.draw_series(DashedLineSeries::new(pts.clone(), 10, 7, color.stroke_width(2))).map_err(e)?
+                }
+            };
+            let single = pts.len() == 1;
+            let style = s.style;
+            anno.label(&s.label).legend(move |(x, y)| match style {
+                Style::Points => Circle::new((x + 12, y), 5, color.filled()).into_dyn(),
+                Style::Line => PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)).into_dyn(),
+                Style::Reference if single => Cross::new((x + 12, y), 6, color.stroke_width(3)).into_dyn(),
+                Style::Reference => {
+                    plotters::element::DashedPathElement::new(vec![(x, y), (x + 24, y)], 6, 4, color.stroke_width(2))
+                        .into_dyn()
+                }
+            });
+            let font = ("sans-serif", 17).into_font().color(&color);
             chart
                 .draw_series(
                     pts.iter()
-                        .zip(&s.point_labels)
-                        .map(|(&p, text)| EmptyElement::at(p) + Text::new(text.clone(), (7, -20), style.clone())),
+                        .zip(labels)
+                        .map(|(&p, text)| EmptyElement::at(p) + Text::new(text.clone(), (7, -20), font.clone())),
                 )
                 .map_err(e)?;
         }
@@ -167,6 +250,7 @@ impl LineChart {
                 LegendAt::UpperLeft => SeriesLabelPosition::UpperLeft,
                 LegendAt::UpperRight => SeriesLabelPosition::UpperRight,
                 LegendAt::MiddleRight => SeriesLabelPosition::MiddleRight,
+                LegendAt::LowerRight => SeriesLabelPosition::LowerRight,
             })
             .label_font(("sans-serif", 20))
             .background_style(WHITE.mix(0.85))
@@ -219,11 +303,16 @@ mod tests {
             y_label: "MiB/s".into(),
             log2_x: true,
             legend: LegendAt::UpperLeft,
-            series: vec![Series {
-                label: "qd 1".into(),
-                points: vec![(4096.0, 50.0), (65536.0, 400.0)],
-                point_labels: vec!["a".into(), "b".into()],
-            }],
+            series: vec![
+                Series {
+                    label: "qd 1".into(),
+                    points: vec![(4096.0, 50.0), (65536.0, 400.0), (f64::NAN, 3.0)],
+                    point_labels: vec!["a".into(), "b".into(), "c".into()],
+                    ..Series::default()
+                },
+                Series::reference("paper", vec![(4096.0, 100.0), (65536.0, 100.0)]),
+                Series::scatter("tokens", vec![(8192.0, 20.0), (16384.0, 30.0)]),
+            ],
         };
         let (png, svg) = (dir.path().join("c.png"), dir.path().join("c.svg"));
         chart.write(&png, &svg).unwrap();

@@ -9,6 +9,7 @@ pub mod dense_bench;
 pub mod device;
 pub mod error;
 pub mod layout_bench;
+pub mod paper;
 pub mod record;
 pub mod summary;
 pub mod sweep;
