@@ -11,6 +11,7 @@ pub mod error;
 pub mod layout_bench;
 pub mod paper;
 pub mod record;
+pub mod report;
 pub mod summary;
 pub mod sweep;
 pub mod table3;

@@ -170,7 +170,7 @@ type Figure = std::result::Result<Vec<(&'static str, LineChart)>, String>;
 
 /// A point's model and settings but `except`, with the cache policy's window length taken out (`window:3` ->
 /// `window`): points that differ only in `except` share a key.
-fn group_of(p: &PointRows, except: &[&str]) -> Vec<(&'static str, String)> {
+pub(crate) fn group_of(p: &PointRows, except: &[&str]) -> Vec<(&'static str, String)> {
     let mut g = vec![("model", p.model.clone())];
     for k in SETTINGS.iter().copied().filter(|k| !except.contains(k)) {
         let v = p.setting(k);
@@ -188,7 +188,7 @@ fn group_of(p: &PointRows, except: &[&str]) -> Vec<(&'static str, String)> {
 }
 
 /// Points grouped by [`group_of`], in grid order within each group.
-fn groups<'a>(
+pub(crate) fn groups<'a>(
     points: impl Iterator<Item = &'a PointRows>,
     except: &[&str],
 ) -> BTreeMap<Vec<(&'static str, String)>, Vec<&'a PointRows>> {
