@@ -91,6 +91,20 @@ pub enum Style {
     Reference,
 }
 
+/// Colours of data series, in order (Tableau 10: distinct from one another and readable on white).
+const SERIES_COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
 /// Colours of reference lines, in order.
 const REFERENCE_COLORS: [RGBColor; 3] = [RGBColor(0, 0, 0), RGBColor(170, 20, 20), RGBColor(20, 40, 160)];
 
@@ -174,8 +188,17 @@ impl LineChart {
         if !no_point_labels(self) {
             x1 += (x1 - x0) * 0.06;
         }
+        // The largest title font up to 30 px whose title fits the width.
+        let (width, _) = root.dim_in_pixel();
+        let mut size = 30.0;
+        while size > 14.0
+            && root.estimate_text_size(&self.title, &("sans-serif", size).into_text_style(root)).map_or(0, |(w, _)| w)
+                > width.saturating_sub(40)
+        {
+            size -= 1.0;
+        }
         let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", 30))
+            .caption(&self.title, ("sans-serif", size))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
@@ -203,7 +226,7 @@ impl LineChart {
                 }
                 _ => {
                     data += 1;
-                    Palette99::pick(data - 1).to_rgba()
+                    SERIES_COLORS[(data - 1) % SERIES_COLORS.len()].to_rgba()
                 }
             };
             let pts: Vec<(f64, f64)> = s.finite().map(|(_, p)| (fx(p.0), p.1)).collect();

@@ -305,14 +305,17 @@ fn bundling(data: &SweepData) -> Figure {
         }
         out
     };
+    let series = |metric: &str, scale: f64| top_labels_only(series(metric, scale));
     let (model, kind) = (data.model(), data.kind());
     let x_label = "bytes of one neuron's record (gate row + up row + down column), by record type";
-    let chart = |what: &str, y: &str, s: Vec<Series>| LineChart {
+    // Legends where the lines seldom run: read sizes and throughput fall with the record's bytes, bytes per
+    // token rise.
+    let chart = |what: &str, y: &str, s: Vec<Series>, legend: LegendAt| LineChart {
         title: format!("Row-column bundling: {what}, {model} ({kind})"),
         x_label: x_label.into(),
         y_label: y.into(),
         log2_x: false,
-        legend: LegendAt::UpperLeft,
+        legend,
         series: s,
     };
     Ok(vec![
@@ -322,6 +325,7 @@ fn bundling(data: &SweepData) -> Figure {
                 "mean device read, bundled vs split",
                 "bytes per device read (KiB, all measured tokens)",
                 series("mean_read_bytes", 1.0 / 1024.0),
+                LegendAt::MiddleRight,
             ),
         ),
         (
@@ -330,6 +334,7 @@ fn bundling(data: &SweepData) -> Figure {
                 "data read per token, bundled vs split",
                 "read from flash per token (MB, median)",
                 series("mb_read_per_token", 1.0),
+                LegendAt::UpperLeft,
             ),
         ),
         (
@@ -338,9 +343,40 @@ fn bundling(data: &SweepData) -> Figure {
                 "read throughput, bundled vs split",
                 "bytes read / read wait per token (MB/s, median)",
                 series("io_mb_s", 1.0),
+                LegendAt::UpperRight,
             ),
         ),
     ])
+}
+
+/// Keeps each x's point label on the highest point there only: series over the same x values (record types)
+/// would otherwise write the same label once per series, on top of one another.
+fn top_labels_only(mut series: Vec<Series>) -> Vec<Series> {
+    let mut top: BTreeMap<u64, f64> = BTreeMap::new();
+    for s in &series {
+        for &(x, y) in s.points.iter().filter(|p| p.1.is_finite()) {
+            let t = top.entry(x.to_bits()).or_insert(y);
+            *t = t.max(y);
+        }
+    }
+    for s in &mut series {
+        let keep: Vec<bool> = s.points.iter().map(|&(x, y)| top.get(&x.to_bits()) == Some(&y)).collect();
+        for (label, keep) in s.point_labels.iter_mut().zip(keep) {
+            if !keep {
+                label.clear();
+            }
+        }
+    }
+    // The highest point at an x may be in two series: its label once.
+    let mut seen = BTreeSet::new();
+    for s in &mut series {
+        for (&(x, _), label) in s.points.iter().zip(s.point_labels.iter_mut()) {
+            if !label.is_empty() && !seen.insert(x.to_bits()) {
+                label.clear();
+            }
+        }
+    }
+    series
 }
 
 /// The predictors the sweep trained: over-prediction per layer for each rank, and quality against the rank.
