@@ -50,8 +50,8 @@ const SETTINGS: [&str; 17] = [
     "budget_decides",
 ];
 
-/// A SiLU checkpoint, the text its prompts come from, and thresholds calibrated on its own trace (so that the
-/// oracle picks a part of each layer and a window has something to hold).
+/// A SiLU checkpoint, the text its prompts come from, and thresholds calibrated on its own trace `t.trace` (so
+/// that the oracle picks a part of each layer and a window has something to hold).
 fn model(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ck = common::synth(dir, "llama", 7, 256);
     let text = common::corpus(dir, 12);
@@ -238,4 +238,70 @@ fn bad_specs_are_refused_by_key_before_anything_is_written() {
     let out = spike().args(["sweep", "merge"]).arg(d).arg("-o").arg(d.join("m")).output();
     let err = fail(out.expect("run merge"), "merging a folder that is no sweep");
     assert!(err.contains("not a sweep output"), "{err}");
+}
+
+#[test]
+fn every_chart_and_the_report_from_one_sweep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (ck, text, _) = model(d);
+    let device = d.join("device");
+    let out = spike()
+        .args(["profile-device", "--dir"])
+        .arg(d)
+        .args(["--file-size", "4M", "--chunks", "4K,64K", "--depths", "1,4", "--seconds-per-point", "0.02"])
+        .args(["--rounds", "1", "--out"])
+        .arg(&device)
+        .output();
+    ok(out.expect("run profile-device"), "profile-device");
+    let spec = d.join("spec.toml");
+    let toml = format!(
+        "name = \"all\"\n[source]\nmodel = {ck:?}\n[prompts]\ntext = {text:?}\ncount = 2\ntokens = 8\ngenerate = 3\n\
+         [train]\ntrace = {:?}\nepochs = 2\n[fixed]\nbudget = \"none\"\nprofile = {:?}\n\
+         [[grid]]\nlayout = [\"bundled\", \"split\"]\nselection = [\"all\"]\nwindow = [0, 5]\n\
+         [[grid]]\nselection = [\"oracle\"]\nsparsity = [0.5, 0.7]\n\
+         [[grid]]\nselection = [\"predictor\"]\nsparsity = [0.6]\nrank = [4, 8]\n",
+        d.join("t.trace"),
+        device.join("device-profile.json")
+    );
+    std::fs::write(&spec, toml).expect("write the spec");
+    let out_dir = d.join("out");
+    let stdout = ok(sweep(&spec, &out_dir, &[]).output().expect("run sweep"), "sweep");
+    assert!(stdout.contains("8 of 8 points"), "{stdout}");
+    for chart in [
+        "window-tradeoff",
+        "window-usage",
+        "bundling-read-size",
+        "bundling-bytes",
+        "bundling-throughput",
+        "predictor-layers",
+        "predictor-rank",
+        "sparsity-perplexity",
+        "sparsity-computed",
+        "cost-model",
+    ] {
+        for ext in ["png", "svg"] {
+            let f = out_dir.join(format!("{chart}.{ext}"));
+            let len = std::fs::metadata(&f).map_or(0, |m| m.len());
+            assert!(len > 0, "{} missing or empty:\n{stdout}", f.display());
+        }
+    }
+    // The predictors' validation metrics: one row per layer and a mean, for each rank.
+    let text_csv = std::fs::read_to_string(out_dir.join("raw.csv")).expect("read raw.csv");
+    let per_layer = text_csv.lines().filter(|l| l.contains(",valid_recall,")).count();
+    assert_eq!(per_layer, 2 * 3, "2 ranks x (2 layers + the mean)");
+    let tokens = std::fs::read_to_string(out_dir.join("tokens.csv")).expect("read tokens.csv");
+    assert_eq!(tokens.lines().count(), 1 + 8 * 2 * 3, "a header and every decoded token");
+
+    let out = spike().arg("report").arg(&out_dir).output();
+    let stdout = ok(out.expect("run report"), "report");
+    assert!(stdout.contains("REPORT.md"), "{stdout}");
+    let md = std::fs::read_to_string(out_dir.join("REPORT.md")).expect("read REPORT.md");
+    for part in ["Windowing", "bundling", "predictor", "Perplexity vs sparsity", "cost model", "window-usage.svg"] {
+        assert!(md.contains(part), "REPORT.md lacks {part}:\n{md}");
+    }
+    assert!(md.contains(&format!("spike sweep {} -o {}", spec.display(), out_dir.display())), "{md}");
+    // A report of a folder without sweeps says so.
+    let err = fail(spike().arg("report").arg(d.join("device")).output().expect("run report"), "report of no sweep");
+    assert!(err.contains("no sweep folders"), "{err}");
 }
