@@ -109,13 +109,16 @@ const SERIES_COLORS: [RGBColor; 10] = [
 const REFERENCE_COLORS: [RGBColor; 3] = [RGBColor(0, 0, 0), RGBColor(170, 20, 20), RGBColor(20, 40, 160)];
 
 /// Where a chart's legend goes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub enum LegendAt {
     #[default]
     UpperLeft,
     UpperRight,
     MiddleRight,
     LowerRight,
+    /// The legend's upper-left corner at these fractions of the plotting area's width and height (from its
+    /// upper-left corner): for a band between lines that no named place finds.
+    At(f64, f64),
 }
 
 /// A line chart.
@@ -267,9 +270,14 @@ impl LineChart {
                 )
                 .map_err(e)?;
         }
+        let (pw, ph) = chart.plotting_area().dim_in_pixel();
         chart
             .configure_series_labels()
             .position(match self.legend {
+                LegendAt::At(fx, fy) => SeriesLabelPosition::Coordinate(
+                    (fx.clamp(0.0, 1.0) * f64::from(pw)) as i32,
+                    (fy.clamp(0.0, 1.0) * f64::from(ph)) as i32,
+                ),
                 LegendAt::UpperLeft => SeriesLabelPosition::UpperLeft,
                 LegendAt::UpperRight => SeriesLabelPosition::UpperRight,
                 LegendAt::MiddleRight => SeriesLabelPosition::MiddleRight,
@@ -287,6 +295,16 @@ impl LineChart {
 /// Whether no series has point labels (then the x range needs no room for them).
 fn no_point_labels(chart: &LineChart) -> bool {
     chart.series.iter().all(|s| s.point_labels.is_empty())
+}
+
+/// `v` with at most `digits` decimals and no trailing zeros (7 for 7.000000000000001, 2.4 for 2.4000000001).
+pub fn number(v: f64, digits: usize) -> String {
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// A tick value with as many decimals as an axis spanning `range` needs (none from 10 up, up to 3 below 0.1).
@@ -311,6 +329,9 @@ mod tests {
         assert_eq!(binary_label(512.0), "512");
         assert_eq!(tick_label(0.25, 0.5), "0.25");
         assert_eq!(tick_label(120.0, 300.0), "120");
+        assert_eq!(number(100.0 * 0.07, 3), "7");
+        assert_eq!(number(2.4000000001, 3), "2.4");
+        assert_eq!(number(1536.0, 2), "1536");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::output::{self, Row};
 use super::spec::SETTINGS;
-use crate::chart::{LegendAt, LineChart, Series};
+use crate::chart::{number, LegendAt, LineChart, Series};
 use crate::record::TokenRecord;
 use crate::{paper, Error, Result};
 
@@ -245,7 +245,7 @@ fn window(data: &SweepData) -> Figure {
         let c = paper::claim(id).map_err(|e| e.to_string())?;
         let k = if id.ends_with("k0") { 0.0 } else { 5.0 };
         usage.push(Series::reference(
-            format!("paper ({}): {} ({}%)", c.model, c.quantity, 100.0 * c.value),
+            format!("paper ({}): {} ({}%)", c.model, c.quantity, number(100.0 * c.value, 3)),
             vec![(k, 100.0 * c.value)],
         ));
     }
@@ -405,7 +405,7 @@ fn predictor(data: &SweepData) -> Figure {
         }
     }
     layers.push(Series::reference(
-        format!("paper ({}): about {}x", over.model, over.value),
+        format!("paper ({}): about {}x", over.model, number(over.value, 3)),
         vec![(0.0, over.value), (last as f64, over.value)],
     ));
     // Against the rank: means over layers, a set of lines per group of the other settings.
@@ -435,11 +435,11 @@ fn predictor(data: &SweepData) -> Figure {
         quality.push(line("false positives (share of all neurons)", &false_positive_share));
     }
     quality.push(Series::reference(
-        format!("paper ({}): false negatives {}%", fnr.model, 100.0 * fnr.value),
+        format!("paper ({}): false negatives {}%", fnr.model, number(100.0 * fnr.value, 3)),
         vec![(r0, 100.0 * fnr.value), (r1, 100.0 * fnr.value)],
     ));
     quality.push(Series::reference(
-        format!("paper ({}): false positives {}%", fp.model, 100.0 * fp.value),
+        format!("paper ({}): false positives {}%", fp.model, number(100.0 * fp.value, 3)),
         vec![(r0, 100.0 * fp.value), (r1, 100.0 * fp.value)],
     ));
     Ok(vec![
@@ -450,7 +450,7 @@ fn predictor(data: &SweepData) -> Figure {
                 x_label: "layer".into(),
                 y_label: "neurons predicted / neurons truly active (validation split)".into(),
                 log2_x: false,
-                legend: LegendAt::UpperLeft,
+                legend: LegendAt::LowerRight,
                 series: layers,
             },
         ),
@@ -461,7 +461,8 @@ fn predictor(data: &SweepData) -> Figure {
                 x_label: "predictor rank (log2 scale)".into(),
                 y_label: "% (validation split)".into(),
                 log2_x: true,
-                legend: LegendAt::MiddleRight,
+                // Between the recall line near 100% and the rest, which lie below 60% when a predictor is of use.
+                legend: LegendAt::At(0.3, 0.13),
                 series: quality,
             },
         ),
