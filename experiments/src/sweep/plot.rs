@@ -482,13 +482,33 @@ pub fn false_positive_share(p: &PointRows) -> Option<f64> {
     (!per.is_empty()).then(|| per.iter().sum::<f64>() / per.len() as f64)
 }
 
-/// Perplexity and the neurons computed against the target sparsity, a line per selection.
-fn sparsity(data: &SweepData) -> Figure {
+/// The points of a perplexity-against-sparsity figure: those with a target sparsity, of at least two
+/// sparsities, alike but for the selection, the sparsity and the rank (a sweep that varies other settings as
+/// well, such as the layout, is about those).
+pub fn sparsity_points(data: &SweepData) -> std::result::Result<Vec<&PointRows>, String> {
     let sparse: Vec<&PointRows> = data.points.iter().filter(|p| !p.setting("sparsity").is_empty()).collect();
     let levels: BTreeSet<&str> = sparse.iter().map(|p| p.setting("sparsity")).collect();
     if levels.len() < 2 {
-        return Err(format!("{} has {} target sparsities; they need at least 2 (grid.sparsity)", data.raw.display(), levels.len()));
+        return Err(format!(
+            "{} has {} target sparsities; they need at least 2 (grid.sparsity)",
+            data.raw.display(),
+            levels.len()
+        ));
     }
+    let others = groups(sparse.iter().copied(), &["selection", "sparsity", "rank"]);
+    if others.len() > 1 {
+        let varied = series_labels(&others).into_values().next().unwrap_or_default();
+        return Err(format!(
+            "{}: the points with a sparsity also differ in other settings ({varied}, ...)",
+            data.raw.display()
+        ));
+    }
+    Ok(sparse)
+}
+
+/// Perplexity and the neurons computed against the target sparsity, a line per selection.
+fn sparsity(data: &SweepData) -> Figure {
+    let sparse = sparsity_points(data)?;
     let s_of = |p: &PointRows| p.setting("sparsity").parse::<f64>().unwrap_or(f64::NAN);
     let (x0, x1) = sparse.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
         (a.min(100.0 * s_of(p)), b.max(100.0 * s_of(p)))
