@@ -253,6 +253,16 @@ fn bundling(data: &SweepData) -> Result<Option<Section>> {
         model: bundled_t.model.clone(),
         source: format!("{} over {} ({})", bundled_t.id, split_t.id, bundled_t.source),
     };
+    let (io_w, io_b) = (claim("table2_io_window")?, claim("table2_io_bundled")?);
+    let io_ratio = Claim {
+        id: "table2_io_ratio".into(),
+        topic: "bundling".into(),
+        quantity: "I/O time per token, split over bundled".into(),
+        value: io_w.value / io_b.value,
+        unit: "ratio".into(),
+        model: io_b.model.clone(),
+        source: format!("{} over {} ({})", io_w.id, io_b.id, io_b.source),
+    };
     let groups = plot::groups(data.points.iter(), &["layout", "dtype"]);
     let names = plot::series_labels(&groups);
     let many = groups.len() > 1;
@@ -273,6 +283,9 @@ fn bundling(data: &SweepData) -> Result<Option<Section>> {
             }
             if let Some(v) = ratio("io_mb_s") {
                 lines.push(Line { quantity: t_ratio.quantity.clone(), setting: setting.clone(), paper: Some(t_ratio.clone()), ours: v, unit: "ratio" });
+            }
+            if let Some(v) = ratio("io_ms") {
+                lines.push(Line { quantity: io_ratio.quantity.clone(), setting: setting.clone(), paper: Some(io_ratio.clone()), ours: 1.0 / v, unit: "ratio" });
             }
             if let Some(v) = ratio("mb_read_per_token") {
                 lines.push(Line { quantity: "bytes read per token, bundled over split".into(), setting: setting.clone(), paper: None, ours: v, unit: "ratio" });
