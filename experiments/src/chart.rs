@@ -111,7 +111,10 @@ const REFERENCE_COLORS: [RGBColor; 3] = [RGBColor(0, 0, 0), RGBColor(170, 20, 20
 /// Where a chart's legend goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub enum LegendAt {
+    /// Of the corners, the middles of the sides and the centre, the place whose box covers the fewest
+    /// samples of the lines and points (the first such in reading order).
     #[default]
+    Auto,
     UpperLeft,
     UpperRight,
     MiddleRight,
@@ -271,9 +274,50 @@ impl LineChart {
                 .map_err(e)?;
         }
         let (pw, ph) = chart.plotting_area().dim_in_pixel();
+        let auto = match self.legend {
+            LegendAt::Auto => {
+                let font = ("sans-serif", 20).into_text_style(root);
+                let widest = self
+                    .series
+                    .iter()
+                    .filter_map(|s| root.estimate_text_size(&s.label, &font).ok())
+                    .map(|(w, _)| w as i32)
+                    .max()
+                    .unwrap_or(0);
+                // The legend box as plotters lays it out: 10 px margins, 30 px for the markers, a line per series.
+                let size = (widest + 30 + 20, self.series.len() as i32 * 25 + 20);
+                let (xr, yr) = chart.plotting_area().get_pixel_range();
+                let mut samples = Vec::new();
+                for s in &self.series {
+                    let pts: Vec<(f64, f64)> = s.finite().map(|(_, p)| (fx(p.0), p.1)).collect();
+                    let mut push = |p: (f64, f64)| {
+                        let (x, y) = chart.backend_coord(&p);
+                        samples.push((x - xr.start, y - yr.start));
+                    };
+                    match s.style {
+                        Style::Points => pts.iter().for_each(|&p| push(p)),
+                        _ if pts.len() == 1 => push(pts[0]),
+                        _ => {
+                            for w in pts.windows(2) {
+                                for k in 0..=24 {
+                                    let t = f64::from(k) / 24.0;
+                                    push((w[0].0 + t * (w[1].0 - w[0].0), w[0].1 + t * (w[1].1 - w[0].1)));
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(legend_place(size, (pw as i32, ph as i32), &samples))
+            }
+            _ => None,
+        };
         chart
             .configure_series_labels()
             .position(match self.legend {
+                LegendAt::Auto => {
+                    let (x, y) = auto.expect("computed above for Auto");
+                    SeriesLabelPosition::Coordinate(x, y)
+                }
                 LegendAt::At(fx, fy) => SeriesLabelPosition::Coordinate(
                     (fx.clamp(0.0, 1.0) * f64::from(pw)) as i32,
                     (fy.clamp(0.0, 1.0) * f64::from(ph)) as i32,
@@ -290,6 +334,29 @@ impl LineChart {
             .map_err(e)?;
         Ok(())
     }
+}
+
+/// Where a legend box of `size` (pixels) goes in a plotting area of `area`: at the left, the middle or the
+/// right, at one of 21 heights from the top to the bottom, the place whose box, with 6 px around it, holds the
+/// fewest of `samples` (pixel positions of the lines and points); the first such in reading order.
+fn legend_place(size: (i32, i32), area: (i32, i32), samples: &[(i32, i32)]) -> (i32, i32) {
+    let (w, h) = size;
+    let xs = [8, (area.0 - w) / 2, area.0 - w - 8];
+    let span = (area.1 - h - 16).max(0);
+    let ys: Vec<i32> = (0..=20).map(|k| 8 + span * k / 20).collect();
+    let mut best = ((8, 8), usize::MAX);
+    for &y in &ys {
+        for &x in &xs {
+            let inside = samples
+                .iter()
+                .filter(|&&(sx, sy)| sx >= x - 6 && sx <= x + w + 6 && sy >= y - 6 && sy <= y + h + 6)
+                .count();
+            if inside < best.1 {
+                best = ((x.max(0), y.max(0)), inside);
+            }
+        }
+    }
+    best.0
 }
 
 /// Whether no series has point labels (then the x range needs no room for them).
@@ -332,6 +399,17 @@ mod tests {
         assert_eq!(number(100.0 * 0.07, 3), "7");
         assert_eq!(number(2.4000000001, 3), "2.4");
         assert_eq!(number(1536.0, 2), "1536");
+    }
+
+    #[test]
+    fn the_legend_goes_where_no_line_runs() {
+        // A line across at height 100: the legend goes just below it, at the left.
+        let samples: Vec<(i32, i32)> = (0..100).map(|x| (x * 10, 100)).collect();
+        let (x, y) = legend_place((200, 100), (1000, 600), &samples);
+        assert_eq!(x, 8);
+        assert!(y > 106 && y < 200, "{y}");
+        // Nothing drawn: the upper left.
+        assert_eq!(legend_place((200, 100), (1000, 600), &[]), (8, 8));
     }
 
     #[test]

@@ -257,7 +257,7 @@ fn window(data: &SweepData) -> Figure {
                 x_label: "DRAM held by the window's neuron records (MB, median over tokens)".into(),
                 y_label: "read from flash per token (MB, median)".into(),
                 log2_x: false,
-                legend: LegendAt::UpperRight,
+                legend: LegendAt::Auto,
                 series: tradeoff,
             },
         ),
@@ -268,7 +268,7 @@ fn window(data: &SweepData) -> Figure {
                 x_label: "window size K (tokens)".into(),
                 y_label: "share of the FFN's neurons, all layers (%, median over tokens)".into(),
                 log2_x: false,
-                legend: LegendAt::MiddleRight,
+                legend: LegendAt::Auto,
                 series: usage,
             },
         ),
@@ -308,14 +308,12 @@ fn bundling(data: &SweepData) -> Figure {
     let series = |metric: &str, scale: f64| top_labels_only(series(metric, scale));
     let (model, kind) = (data.model(), data.kind());
     let x_label = "bytes of one neuron's record (gate row + up row + down column), by record type";
-    // Legends where the lines seldom run: read sizes and throughput fall with the record's bytes, bytes per
-    // token rise.
-    let chart = |what: &str, y: &str, s: Vec<Series>, legend: LegendAt| LineChart {
+    let chart = |what: &str, y: &str, s: Vec<Series>| LineChart {
         title: format!("Row-column bundling: {what}, {model} ({kind})"),
         x_label: x_label.into(),
         y_label: y.into(),
         log2_x: false,
-        legend,
+        legend: LegendAt::Auto,
         series: s,
     };
     Ok(vec![
@@ -325,7 +323,6 @@ fn bundling(data: &SweepData) -> Figure {
                 "mean device read, bundled vs split",
                 "bytes per device read (KiB, all measured tokens)",
                 series("mean_read_bytes", 1.0 / 1024.0),
-                LegendAt::MiddleRight,
             ),
         ),
         (
@@ -334,7 +331,6 @@ fn bundling(data: &SweepData) -> Figure {
                 "data read per token, bundled vs split",
                 "read from flash per token (MB, median)",
                 series("mb_read_per_token", 1.0),
-                LegendAt::UpperLeft,
             ),
         ),
         (
@@ -343,7 +339,6 @@ fn bundling(data: &SweepData) -> Figure {
                 "read throughput, bundled vs split",
                 "bytes read / read wait per token (MB/s, median)",
                 series("io_mb_s", 1.0),
-                LegendAt::UpperRight,
             ),
         ),
     ])
@@ -442,18 +437,24 @@ fn predictor(data: &SweepData) -> Figure {
         format!("paper ({}): false positives {}%", fp.model, number(100.0 * fp.value, 3)),
         vec![(r0, 100.0 * fp.value), (r1, 100.0 * fp.value)],
     ));
+    let layers_chart = (
+        "predictor-layers",
+        LineChart {
+            title: format!("Predictor over-prediction per layer, {model} ({kind})"),
+            x_label: "layer".into(),
+            y_label: "neurons predicted / neurons truly active (validation split)".into(),
+            log2_x: false,
+            legend: LegendAt::Auto,
+            series: layers,
+        },
+    );
+    let ranks: BTreeSet<usize> = trained.iter().map(|p| rank_of(p)).collect();
+    if ranks.len() < 2 {
+        // Quality against the rank needs two ranks; one would draw dots over a one-value axis.
+        return Ok(vec![layers_chart]);
+    }
     Ok(vec![
-        (
-            "predictor-layers",
-            LineChart {
-                title: format!("Predictor over-prediction per layer, by rank, {model} ({kind})"),
-                x_label: "layer".into(),
-                y_label: "neurons predicted / neurons truly active (validation split)".into(),
-                log2_x: false,
-                legend: LegendAt::LowerRight,
-                series: layers,
-            },
-        ),
+        layers_chart,
         (
             "predictor-rank",
             LineChart {
@@ -461,8 +462,7 @@ fn predictor(data: &SweepData) -> Figure {
                 x_label: "predictor rank (log2 scale)".into(),
                 y_label: "% (validation split)".into(),
                 log2_x: true,
-                // Between the recall line near 100% and the rest, which lie below 60% when a predictor is of use.
-                legend: LegendAt::At(0.3, 0.13),
+                legend: LegendAt::Auto,
                 series: quality,
             },
         ),
@@ -544,7 +544,7 @@ fn sparsity(data: &SweepData) -> Figure {
                 x_label: "target sparsity of the activation thresholds (% of neurons inactive)".into(),
                 y_label: format!("perplexity of the {prompts} prompts' tokens"),
                 log2_x: false,
-                legend: LegendAt::UpperLeft,
+                legend: LegendAt::Auto,
                 series: ppl,
             },
         ),
@@ -555,7 +555,7 @@ fn sparsity(data: &SweepData) -> Figure {
                 x_label: "target sparsity of the activation thresholds (% of neurons inactive)".into(),
                 y_label: "neurons selected per token (% of the FFN, median)".into(),
                 log2_x: false,
-                legend: LegendAt::UpperRight,
+                legend: LegendAt::Auto,
                 series: computed,
             },
         ),
@@ -603,7 +603,7 @@ fn cost_model(data: &SweepData) -> Figure {
             ),
             y_label: "measured read wait (ms)".into(),
             log2_x: false,
-            legend: LegendAt::UpperLeft,
+            legend: LegendAt::Auto,
             series,
         },
     )])
@@ -658,7 +658,12 @@ pub fn series_labels<T>(
     }
     keys.iter()
         .map(|k| {
-            let parts: Vec<String> = varied.iter().map(|&i| format!("{} {}", k[i].0, short(&k[i].1))).collect();
+            // A setting a series does not have (a rank beside the oracle) says nothing.
+            let parts: Vec<String> = varied
+                .iter()
+                .filter(|&&i| !k[i].1.is_empty())
+                .map(|&i| format!("{} {}", k[i].0, short(&k[i].1)))
+                .collect();
             ((*k).clone(), parts.join(", "))
         })
         .collect()
