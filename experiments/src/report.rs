@@ -126,6 +126,9 @@ pub fn build(dir: &Path) -> Result<Report> {
             }
         }
     }
+    // The paper's order: windowing, bundling, the predictor, sparsity, the cost model; folders in name order
+    // within a topic.
+    sections.sort_by_key(|s| TOPICS.iter().position(|(t, _)| *t == s.topic).unwrap_or(TOPICS.len()));
     let covered: BTreeSet<&str> = sections.iter().map(|s| s.topic).collect();
     let missing = TOPICS.iter().filter(|(t, _)| !covered.contains(t)).map(|(_, what)| what.to_string()).collect();
     let mut report = Report { path: dir.join("REPORT.md"), sweeps, sections, missing, markdown: String::new() };
@@ -202,7 +205,7 @@ fn windowing(data: &SweepData) -> Result<Option<Section>> {
     let groups = plot::groups(with_k.iter().copied(), &["window"]);
     let names = plot::series_labels(&groups);
     let mut lines = Vec::new();
-    let mut notes = Vec::new();
+    let mut without: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for (key, pts) in &groups {
         let at = |k: u32| pts.iter().find(|p| p.setting("window") == k.to_string());
         let setting = |k: u32| format!("K = {k}, {}", names[key]);
@@ -212,7 +215,7 @@ fn windowing(data: &SweepData) -> Result<Option<Section>> {
             let c = claim(id)?;
             match at(k).and_then(|p| p.metric(metric)) {
                 Some(v) => lines.push(Line { quantity: c.quantity.clone(), setting: setting(k), paper: Some(c), ours: v, unit: "share" }),
-                None => notes.push(format!("{}: no point at K = {k}, so no `{metric}` to compare", names[key])),
+                None => without.entry(k).or_default().push(names[key].clone()),
             }
         }
         if let Some(a) = at(0).and_then(|p| p.metric("active_share")) {
@@ -227,12 +230,15 @@ fn windowing(data: &SweepData) -> Result<Option<Section>> {
         planted: with_k.iter().any(|p| p.planted),
         lines,
         charts: vec!["window-usage".into(), "window-tradeoff".into()],
-        notes: [
-            notes,
-            vec!["The more neurons a token activates, the faster the window fills: compare the active shares first."
-                .into()],
-        ]
-        .concat(),
+        notes: without
+            .into_iter()
+            .map(|(k, who)| {
+                format!("No point at K = {k} ({}): the paper's numbers at K = {k} are not compared here.", who.join("; "))
+            })
+            .chain(std::iter::once(
+                "The more neurons a token activates, the faster the window fills: compare the active shares first.".into(),
+            ))
+            .collect(),
     }))
 }
 
@@ -384,8 +390,8 @@ fn predictor(data: &SweepData) -> Result<Option<Section>> {
         notes: vec![
             format!(
                 "Each layer's decision threshold is set on the validation split to keep a fixed share of the truly active \
-                 neurons (recall {recall:.3} here), so false negatives are fixed by construction and the over-prediction is \
-                 what the rank buys. The paper's predictor has rank {} ({} layers).",
+                 neurons (recall {recall:.3} here), so false negatives are fixed by construction and the over-prediction \
+                 and false positives are what the predictor's quality decides. The paper's predictor has rank {} ({} layers).",
                 rank.value, rank.model
             ),
             format!(
