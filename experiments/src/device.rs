@@ -295,7 +295,8 @@ struct ChartPoint {
 pub fn draw_profile_csv(csv_path: &Path, out: &Path) -> crate::Result<Vec<PathBuf>> {
     let bad = |what: String| crate::Error::Csv { path: csv_path.to_path_buf(), what };
     let mut r = csv::Reader::from_path(csv_path).map_err(|e| bad(e.to_string()))?;
-    let points = r.deserialize().collect::<std::result::Result<Vec<ChartPoint>, _>>().map_err(|e| bad(e.to_string()))?;
+    let points =
+        r.deserialize().collect::<std::result::Result<Vec<ChartPoint>, _>>().map_err(|e| bad(e.to_string()))?;
     if points.is_empty() {
         return Err(bad("no profile points (rows) to draw".into()));
     }
@@ -317,12 +318,7 @@ fn draw_points(points: &[ChartPoint], out: &Path) -> crate::Result<Vec<PathBuf>>
     };
     let mut written = Vec::new();
     let charts = [
-        (
-            "device-profile",
-            "Random O_DIRECT reads (io_uring): throughput (measured)",
-            "MiB/s",
-            series(|q| q.mib_s),
-        ),
+        ("device-profile", "Random O_DIRECT reads (io_uring): throughput (measured)", "MiB/s", series(|q| q.mib_s)),
         (
             "device-latency",
             "Random O_DIRECT reads (io_uring): mean latency (measured)",

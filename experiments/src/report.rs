@@ -161,7 +161,9 @@ fn describe(s: &Path, dir: &Path, data: &SweepData, info: &SweepInfo) -> Result<
     let machine: serde_json::Value = output::read_json(&output::Files::of(s).machine).unwrap_or_default();
     let host = match (&machine["cpu"], &machine["merged_from"]) {
         (serde_json::Value::String(cpu), _) => {
-            let load = machine["load_average"].as_f64().map_or_else(String::new, |l| format!(", load average {l:.1} at the start"));
+            let load = machine["load_average"]
+                .as_f64()
+                .map_or_else(String::new, |l| format!(", load average {l:.1} at the start"));
             let cores = machine["cores"].as_u64().map_or_else(String::new, |c| format!(", {c} cores"));
             let commit = machine["commit"].as_str().map_or_else(String::new, |c| format!(", commit {c}"));
             format!("{cpu}{cores}{load}{commit}")
@@ -209,18 +211,32 @@ fn windowing(data: &SweepData) -> Result<Option<Section>> {
     for (key, pts) in &groups {
         let at = |k: u32| pts.iter().find(|p| p.setting("window") == k.to_string());
         let setting = |k: u32| format!("K = {k}, {}", names[key]);
-        for (k, metric, id) in
-            [(0, "new_per_token_share", "window_new_k0"), (5, "new_per_token_share", "window_new_k5"), (5, "window_held_share", "window_held_k5")]
-        {
+        for (k, metric, id) in [
+            (0, "new_per_token_share", "window_new_k0"),
+            (5, "new_per_token_share", "window_new_k5"),
+            (5, "window_held_share", "window_held_k5"),
+        ] {
             let c = claim(id)?;
             match at(k).and_then(|p| p.metric(metric)) {
-                Some(v) => lines.push(Line { quantity: c.quantity.clone(), setting: setting(k), paper: Some(c), ours: v, unit: "share" }),
+                Some(v) => lines.push(Line {
+                    quantity: c.quantity.clone(),
+                    setting: setting(k),
+                    paper: Some(c),
+                    ours: v,
+                    unit: "share",
+                }),
                 None => without.entry(k).or_default().push(names[key].clone()),
             }
         }
         if let Some(a) = at(0).and_then(|p| p.metric("active_share")) {
             let c = claim("ffn_active")?;
-            lines.push(Line { quantity: c.quantity.clone(), setting: setting(0), paper: Some(c), ours: a, unit: "share" });
+            lines.push(Line {
+                quantity: c.quantity.clone(),
+                setting: setting(0),
+                paper: Some(c),
+                ours: a,
+                unit: "share",
+            });
         }
     }
     Ok(Some(Section {
@@ -233,10 +249,14 @@ fn windowing(data: &SweepData) -> Result<Option<Section>> {
         notes: without
             .into_iter()
             .map(|(k, who)| {
-                format!("No point at K = {k} ({}): the paper's numbers at K = {k} are not compared here.", who.join("; "))
+                format!(
+                    "No point at K = {k} ({}): the paper's numbers at K = {k} are not compared here.",
+                    who.join("; ")
+                )
             })
             .chain(std::iter::once(
-                "The more neurons a token activates, the faster the window fills: compare the active shares first.".into(),
+                "The more neurons a token activates, the faster the window fills: compare the active shares first."
+                    .into(),
             ))
             .collect(),
     }))
@@ -248,7 +268,8 @@ fn bundling(data: &SweepData) -> Result<Option<Section>> {
     if !(layouts.contains("bundled") && layouts.contains("split")) {
         return Ok(None);
     }
-    let (chunk, split_t, bundled_t) = (claim("bundling_chunk")?, claim("throughput_split")?, claim("throughput_bundled")?);
+    let (chunk, split_t, bundled_t) =
+        (claim("bundling_chunk")?, claim("throughput_split")?, claim("throughput_bundled")?);
     // The paper gives the two throughputs; their ratio is the claim that travels between devices.
     let t_ratio = Claim {
         id: "throughput_ratio".into(),
@@ -285,19 +306,44 @@ fn bundling(data: &SweepData) -> Result<Option<Section>> {
             let setting = if many { format!("{dtype}{record}, {}", names[key]) } else { format!("{dtype}{record}") };
             let ratio = |m: &str| Some(b.metric(m)? / s.metric(m)?);
             if let Some(v) = ratio("mean_read_bytes") {
-                lines.push(Line { quantity: chunk.quantity.clone(), setting: setting.clone(), paper: Some(chunk.clone()), ours: v, unit: "ratio" });
+                lines.push(Line {
+                    quantity: chunk.quantity.clone(),
+                    setting: setting.clone(),
+                    paper: Some(chunk.clone()),
+                    ours: v,
+                    unit: "ratio",
+                });
             }
             if let Some(v) = ratio("io_mb_s") {
-                lines.push(Line { quantity: t_ratio.quantity.clone(), setting: setting.clone(), paper: Some(t_ratio.clone()), ours: v, unit: "ratio" });
+                lines.push(Line {
+                    quantity: t_ratio.quantity.clone(),
+                    setting: setting.clone(),
+                    paper: Some(t_ratio.clone()),
+                    ours: v,
+                    unit: "ratio",
+                });
             }
             if let Some(v) = ratio("io_ms") {
-                lines.push(Line { quantity: io_ratio.quantity.clone(), setting: setting.clone(), paper: Some(io_ratio.clone()), ours: 1.0 / v, unit: "ratio" });
+                lines.push(Line {
+                    quantity: io_ratio.quantity.clone(),
+                    setting: setting.clone(),
+                    paper: Some(io_ratio.clone()),
+                    ours: 1.0 / v,
+                    unit: "ratio",
+                });
             }
             if let Some(v) = ratio("mb_read_per_token") {
-                lines.push(Line { quantity: "bytes read per token, bundled over split".into(), setting: setting.clone(), paper: None, ours: v, unit: "ratio" });
+                lines.push(Line {
+                    quantity: "bytes read per token, bundled over split".into(),
+                    setting: setting.clone(),
+                    paper: None,
+                    ours: v,
+                    unit: "ratio",
+                });
             }
             for (p, layout) in [(b, "bundled"), (s, "split")] {
-                let payload = (|| Some(p.metric("neurons_read")? * p.metric("record_bytes")? / p.metric("bytes_read")?))();
+                let payload =
+                    (|| Some(p.metric("neurons_read")? * p.metric("record_bytes")? / p.metric("bytes_read")?))();
                 if let Some(v) = payload {
                     lines.push(Line {
                         quantity: format!("records' bytes over bytes read from the device, {layout}"),
@@ -349,7 +395,8 @@ fn predictor(data: &SweepData) -> Result<Option<Section>> {
     if trained.is_empty() {
         return Ok(None);
     }
-    let (fnr, fp, over, rank) = (claim("predictor_fnr")?, claim("predictor_fp")?, claim("predictor_over")?, claim("predictor_rank")?);
+    let (fnr, fp, over, rank) =
+        (claim("predictor_fnr")?, claim("predictor_fp")?, claim("predictor_over")?, claim("predictor_rank")?);
     let groups = plot::groups(trained.iter().copied(), &[]);
     let names = plot::series_labels(&groups);
     let mut lines = Vec::new();
@@ -359,16 +406,40 @@ fn predictor(data: &SweepData) -> Result<Option<Section>> {
         let p = pts[0];
         let setting = names[key].clone();
         if let Some(v) = p.metric("valid_false_negative_rate") {
-            lines.push(Line { quantity: fnr.quantity.clone(), setting: setting.clone(), paper: Some(fnr.clone()), ours: v, unit: "share" });
+            lines.push(Line {
+                quantity: fnr.quantity.clone(),
+                setting: setting.clone(),
+                paper: Some(fnr.clone()),
+                ours: v,
+                unit: "share",
+            });
         }
         if let Some(v) = plot::false_positive_share(p) {
-            lines.push(Line { quantity: fp.quantity.clone(), setting: setting.clone(), paper: Some(fp.clone()), ours: v, unit: "share" });
+            lines.push(Line {
+                quantity: fp.quantity.clone(),
+                setting: setting.clone(),
+                paper: Some(fp.clone()),
+                ours: v,
+                unit: "share",
+            });
         }
         if let Some(v) = p.metric("valid_predicted_true_ratio") {
-            lines.push(Line { quantity: over.quantity.clone(), setting: setting.clone(), paper: Some(over.clone()), ours: v, unit: "ratio" });
+            lines.push(Line {
+                quantity: over.quantity.clone(),
+                setting: setting.clone(),
+                paper: Some(over.clone()),
+                ours: v,
+                unit: "ratio",
+            });
         }
         if let Some(v) = p.metric("active_share") {
-            lines.push(Line { quantity: "neurons computed per token in the flash loop (the prompts)".into(), setting, paper: None, ours: v, unit: "share" });
+            lines.push(Line {
+                quantity: "neurons computed per token in the flash loop (the prompts)".into(),
+                setting,
+                paper: None,
+                ours: v,
+                unit: "share",
+            });
         }
     }
     let fp_times = lines
@@ -416,27 +487,58 @@ fn predictor(data: &SweepData) -> Result<Option<Section>> {
 /// Perplexity against the sparsity: each point's prompt perplexity and its ratio to the dense point's.
 fn sparsity(data: &SweepData) -> Result<Option<Section>> {
     let Ok(sparse) = plot::sparsity_points(data) else { return Ok(None) };
-    let dense = data.points.iter().find(|p| p.setting("selection") == "all").and_then(|p| p.metric("prompt_perplexity"));
+    let dense = plot::dense_points(data, &sparse).into_iter().find_map(|p| p.metric("prompt_perplexity"));
     let mut lines = Vec::new();
     if let Some(d) = dense {
-        lines.push(Line { quantity: "perplexity of the prompts, every neuron".into(), setting: "selection all".into(), paper: None, ours: d, unit: "perplexity" });
+        lines.push(Line {
+            quantity: "perplexity of the prompts, every neuron".into(),
+            setting: "selection all".into(),
+            paper: None,
+            ours: d,
+            unit: "perplexity",
+        });
     }
     let mut pts = sparse.clone();
-    pts.sort_by(|a, b| (a.setting("selection"), a.setting("sparsity")).cmp(&(b.setting("selection"), b.setting("sparsity"))));
+    pts.sort_by(|a, b| {
+        (a.setting("selection"), a.setting("sparsity")).cmp(&(b.setting("selection"), b.setting("sparsity")))
+    });
     for p in pts {
         let setting = format!("selection {}, target sparsity {}", p.setting("selection"), p.setting("sparsity"));
         if let Some(v) = p.metric("prompt_perplexity") {
-            lines.push(Line { quantity: "perplexity of the prompts".into(), setting: setting.clone(), paper: None, ours: v, unit: "perplexity" });
+            lines.push(Line {
+                quantity: "perplexity of the prompts".into(),
+                setting: setting.clone(),
+                paper: None,
+                ours: v,
+                unit: "perplexity",
+            });
             if let Some(d) = dense {
-                lines.push(Line { quantity: "perplexity over every neuron's".into(), setting: setting.clone(), paper: None, ours: v / d, unit: "ratio" });
+                lines.push(Line {
+                    quantity: "perplexity over every neuron's".into(),
+                    setting: setting.clone(),
+                    paper: None,
+                    ours: v / d,
+                    unit: "ratio",
+                });
             }
         }
         if let Some(v) = p.metric("active_share") {
-            lines.push(Line { quantity: "neurons computed per token".into(), setting, paper: None, ours: v, unit: "share" });
+            lines.push(Line {
+                quantity: "neurons computed per token".into(),
+                setting,
+                paper: None,
+                ours: v,
+                unit: "share",
+            });
         }
     }
     let c = |id: &str| claim(id);
-    let (ad, ap, hd, hp) = (c("zeroshot_arce_dense")?, c("zeroshot_arce_predictor")?, c("zeroshot_hellaswag_dense")?, c("zeroshot_hellaswag_predictor")?);
+    let (ad, ap, hd, hp) = (
+        c("zeroshot_arce_dense")?,
+        c("zeroshot_arce_predictor")?,
+        c("zeroshot_hellaswag_dense")?,
+        c("zeroshot_hellaswag_predictor")?,
+    );
     Ok(Some(Section {
         topic: "sparsity",
         title: "Perplexity vs sparsity, oracle and predictor".into(),
@@ -468,9 +570,27 @@ fn cost_model(data: &SweepData) -> Result<Option<Section>> {
     let within = |r: &[f64]| r.iter().filter(|&&x| (0.8..=1.25).contains(&x)).count() as f64 / r.len() as f64;
     let all: Vec<f64> = tokens.iter().map(|t| t.1).collect();
     let mut lines = vec![
-        Line { quantity: "measured over predicted I/O per token (median)".into(), setting: "every token that read".into(), paper: None, ours: median(all.iter().copied()), unit: "ratio" },
-        Line { quantity: "tokens whose measured I/O is within 0.8-1.25x the prediction".into(), setting: "every token that read".into(), paper: None, ours: within(&all), unit: "share" },
-        Line { quantity: "tokens compared".into(), setting: "every token that read".into(), paper: None, ours: all.len() as f64, unit: "tokens" },
+        Line {
+            quantity: "measured over predicted I/O per token (median)".into(),
+            setting: "every token that read".into(),
+            paper: None,
+            ours: median(all.iter().copied()),
+            unit: "ratio",
+        },
+        Line {
+            quantity: "tokens whose measured I/O is within 0.8-1.25x the prediction".into(),
+            setting: "every token that read".into(),
+            paper: None,
+            ours: within(&all),
+            unit: "share",
+        },
+        Line {
+            quantity: "tokens compared".into(),
+            setting: "every token that read".into(),
+            paper: None,
+            ours: all.len() as f64,
+            unit: "tokens",
+        },
     ];
     let mut per: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (p, r) in &tokens {
@@ -478,7 +598,13 @@ fn cost_model(data: &SweepData) -> Result<Option<Section>> {
     }
     if per.len() > 1 {
         for (k, r) in per {
-            lines.push(Line { quantity: "measured over predicted I/O per token (median)".into(), setting: k, paper: None, ours: median(r.iter().copied()), unit: "ratio" });
+            lines.push(Line {
+                quantity: "measured over predicted I/O per token (median)".into(),
+                setting: k,
+                paper: None,
+                ours: median(r.iter().copied()),
+                unit: "ratio",
+            });
         }
     }
     Ok(Some(Section {
@@ -536,7 +662,9 @@ fn markdown(dir: &Path, r: &Report, header: &[String]) -> Result<String> {
     for h in header {
         w(&mut md, h.clone());
     }
-    for (planted, title) in [(false, "Measured on real models"), (true, "Planted checkpoints (statistics planted, not learned)")] {
+    for (planted, title) in
+        [(false, "Measured on real models"), (true, "Planted checkpoints (statistics planted, not learned)")]
+    {
         let secs: Vec<&Section> = r.sections.iter().filter(|s| s.planted == planted).collect();
         if secs.is_empty() {
             continue;
@@ -551,11 +679,18 @@ fn markdown(dir: &Path, r: &Report, header: &[String]) -> Result<String> {
             w(&mut md, "| quantity | points | paper | ours | ours / paper |".into());
             w(&mut md, "|---|---|---:|---:|---:|".into());
             for l in &s.lines {
-                let paper = l.paper.as_ref().map_or_else(|| "—".to_string(), |c| format!("{} ({})", show(c.value, &c.unit), c.model));
+                let paper = l
+                    .paper
+                    .as_ref()
+                    .map_or_else(|| "—".to_string(), |c| format!("{} ({})", show(c.value, &c.unit), c.model));
                 let ratio = l.ratio().map_or_else(|| "—".to_string(), |x| format!("{x:.2}"));
-                w(&mut md, format!("| {} | {} | {paper} | {} | {ratio} |", l.quantity, l.setting, show(l.ours, l.unit)));
+                w(
+                    &mut md,
+                    format!("| {} | {} | {paper} | {} | {ratio} |", l.quantity, l.setting, show(l.ours, l.unit)),
+                );
             }
-            let sources: BTreeSet<&str> = s.lines.iter().filter_map(|l| l.paper.as_ref().map(|c| c.source.as_str())).collect();
+            let sources: BTreeSet<&str> =
+                s.lines.iter().filter_map(|l| l.paper.as_ref().map(|c| c.source.as_str())).collect();
             if !sources.is_empty() {
                 w(&mut md, String::new());
                 w(&mut md, format!("Paper: {}.", sources.into_iter().collect::<Vec<_>>().join("; ")));
@@ -568,7 +703,8 @@ fn markdown(dir: &Path, r: &Report, header: &[String]) -> Result<String> {
             if s.charts.is_empty() {
                 w(&mut md, format!("Charts: none drawn yet (`spike sweep plot {}`).", s.sweep.display()));
             } else {
-                let links: Vec<String> = s.charts.iter().map(|c| format!("[{}]({c})", c.rsplit('/').next().unwrap_or(c))).collect();
+                let links: Vec<String> =
+                    s.charts.iter().map(|c| format!("[{}]({c})", c.rsplit('/').next().unwrap_or(c))).collect();
                 w(&mut md, format!("Charts: {}.", links.join(", ")));
             }
             let info: SweepInfo = output::read_json(&output::Files::of(&s.sweep).info)?;

@@ -1,6 +1,7 @@
 //! The report and every chart of a sweep folder, from small synthetic CSV files with fixed values: the report's
 //! ratio is ours over the paper's for a known row, each chart is written as a non-empty PNG and SVG, and a bad
 //! CSV is refused with an error naming the file and the line.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
@@ -82,20 +83,28 @@ fn synthetic() -> (Vec<Row>, Vec<TokenRecord>) {
         point - 1
     };
     // Windowing: K = 0 and 5; at K = 5 the window holds 48% (the paper: 24%) and 1.2% is read per token.
-    add(&mut rows, &[("window", "0"), ("cache", "window:0")], &[
-        ("window_held_share", 0.0),
-        ("new_per_token_share", 0.3),
-        ("active_share", 0.3),
-        ("window_held_mb", 0.0),
-        ("mb_read_per_token", 10.0),
-    ]);
-    add(&mut rows, &[("window", "5"), ("cache", "window:5")], &[
-        ("window_held_share", 0.48),
-        ("new_per_token_share", 0.012),
-        ("active_share", 0.3),
-        ("window_held_mb", 8.0),
-        ("mb_read_per_token", 0.4),
-    ]);
+    add(
+        &mut rows,
+        &[("window", "0"), ("cache", "window:0")],
+        &[
+            ("window_held_share", 0.0),
+            ("new_per_token_share", 0.3),
+            ("active_share", 0.3),
+            ("window_held_mb", 0.0),
+            ("mb_read_per_token", 10.0),
+        ],
+    );
+    add(
+        &mut rows,
+        &[("window", "5"), ("cache", "window:5")],
+        &[
+            ("window_held_share", 0.48),
+            ("new_per_token_share", 0.012),
+            ("active_share", 0.3),
+            ("window_held_mb", 8.0),
+            ("mb_read_per_token", 0.4),
+        ],
+    );
     // Bundling: read size bundled 8 KiB against split 2 KiB (4x; the paper: 2x), throughput 900 against 600
     // MB/s.
     for (layout, dtype, record, read, mb_s) in [
@@ -104,24 +113,27 @@ fn synthetic() -> (Vec<Row>, Vec<TokenRecord>) {
         ("bundled", "f32", 6912.0, 16384.0, 1000.0),
         ("split", "f32", 6912.0, 4096.0, 700.0),
     ] {
-        add(&mut rows, &[("layout", layout), ("dtype", dtype), ("selection", "oracle:t.json")], &[
-            ("record_bytes", record),
-            ("mean_read_bytes", read),
-            ("io_mb_s", mb_s),
-            ("mb_read_per_token", 20.0),
-        ]);
+        add(
+            &mut rows,
+            &[("layout", layout), ("dtype", dtype), ("selection", "oracle:t.json")],
+            &[("record_bytes", record), ("mean_read_bytes", read), ("io_mb_s", mb_s), ("mb_read_per_token", 20.0)],
+        );
     }
     // Predictors of rank 16 and 64 over 3 layers, and perplexity against sparsity.
     for (rank, over) in [("16", 2.5), ("64", 1.5)] {
         let s = [("selection", "predictor"), ("sparsity", "0.5"), ("rank", rank)];
-        let p = add(&mut rows, &s, &[
-            ("valid_recall", 0.95),
-            ("valid_precision", 0.5),
-            ("valid_false_negative_rate", 0.05),
-            ("valid_predicted_true_ratio", over),
-            ("active_share", 0.7),
-            ("prompt_perplexity", 20.0),
-        ]);
+        let p = add(
+            &mut rows,
+            &s,
+            &[
+                ("valid_recall", 0.95),
+                ("valid_precision", 0.5),
+                ("valid_false_negative_rate", 0.05),
+                ("valid_predicted_true_ratio", over),
+                ("active_share", 0.7),
+                ("prompt_perplexity", 20.0),
+            ],
+        );
         for layer in 0..3 {
             for (m, v) in [
                 ("valid_recall", 0.95),
@@ -133,15 +145,17 @@ fn synthetic() -> (Vec<Row>, Vec<TokenRecord>) {
             }
         }
     }
-    add(&mut rows, &[("selection", "oracle"), ("sparsity", "0.7")], &[
-        ("prompt_perplexity", 25.0),
-        ("active_share", 0.3),
-    ]);
-    add(&mut rows, &[("selection", "oracle"), ("sparsity", "0.5")], &[
-        ("prompt_perplexity", 19.0),
-        ("active_share", 0.5),
-    ]);
-    add(&mut rows, &[("selection", "all"), ("profile", "device.json")], &[("prompt_perplexity", 18.0)]);
+    add(
+        &mut rows,
+        &[("selection", "oracle"), ("sparsity", "0.7")],
+        &[("prompt_perplexity", 25.0), ("active_share", 0.3)],
+    );
+    add(
+        &mut rows,
+        &[("selection", "oracle"), ("sparsity", "0.5")],
+        &[("prompt_perplexity", 19.0), ("active_share", 0.5)],
+    );
+    add(&mut rows, &[("selection", "all")], &[("prompt_perplexity", 18.0)]);
     // The cost model: the last point's tokens, measured 1.1x, 0.9x and 2x the prediction.
     let id = format!("id{}", point - 1);
     let tokens = [(10.0, 11.0), (20.0, 18.0), (5.0, 10.0)]
@@ -219,8 +233,7 @@ fn every_chart_writes_png_and_svg() {
     folder(dir.path(), &rows, &tokens);
     let p = plot::plot(dir.path()).unwrap();
     assert!(p.notes.is_empty(), "{:?}", p.notes);
-    let names: Vec<String> =
-        p.charts.iter().map(|c| c.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = p.charts.iter().map(|c| c.file_stem().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(
         names,
         [

@@ -223,7 +223,7 @@ pub fn run(run: &SweepRun, progress: &mut dyn Progress) -> Result<Outcome> {
         }
         // A point's tokens from an earlier, interrupted run of it (tokens written, rows not) are replaced.
         tokens.retain(|t| t.label != point.id);
-        tokens.extend(m.records.iter().cloned().map(|r| TokenRecord { label: point.id.clone(), ..r }));
+        tokens.extend(m.records.iter().map(|r| TokenRecord { label: point.id.clone(), ..*r }));
         output::write_tokens(&files.tokens, &tokens)?;
         rows.extend(m.rows(spec, point, &machine));
         output::write_rows(&files.raw, &rows)?;
@@ -538,7 +538,8 @@ impl Context<'_> {
     /// changed section or trace makes new ones.
     fn train_tag(&self) -> Result<String> {
         let train = self.spec.train.as_ref().ok_or_else(|| Error::Invalid("no [train] section".into()))?;
-        let len = std::fs::metadata(&train.trace).map_err(|e| Error::Io { path: train.trace.clone(), source: e })?.len();
+        let len =
+            std::fs::metadata(&train.trace).map_err(|e| Error::Io { path: train.trace.clone(), source: e })?.len();
         let text = format!("{};len={len}", serde_json::to_string(train).expect("a train section serializes"));
         Ok(spec::hex(&sha2::Sha256::digest(text.as_bytes()))[..8].to_string())
     }

@@ -143,7 +143,7 @@ pub fn points_of(rows: &[Row], raw: &Path) -> Result<Vec<PointRows>> {
 pub fn plot(dir: &Path) -> Result<Plotted> {
     let data = SweepData::read(dir)?;
     let mut out = Plotted::default();
-    let figures: [(&str, fn(&SweepData) -> std::result::Result<Vec<(&'static str, LineChart)>, String>); 5] = [
+    let figures: [(&str, Drawer); 5] = [
         ("window", window),
         ("bundling", bundling),
         ("predictor", predictor),
@@ -167,6 +167,9 @@ pub fn plot(dir: &Path) -> Result<Plotted> {
 
 /// A figure's charts (file stem and chart), or why it cannot be drawn from the data.
 type Figure = std::result::Result<Vec<(&'static str, LineChart)>, String>;
+
+/// What draws one figure from a sweep's data.
+type Drawer = fn(&SweepData) -> Figure;
 
 /// A point's model and settings but `except`, with the cache policy's window length taken out (`window:3` ->
 /// `window`): points that differ only in `except` share a key.
@@ -379,7 +382,10 @@ fn predictor(data: &SweepData) -> Figure {
     let trained: Vec<&PointRows> =
         data.points.iter().filter(|p| p.layers.contains_key("valid_predicted_true_ratio")).collect();
     if trained.is_empty() {
-        return Err(format!("{} has no predictor trained by the sweep (selection = \"predictor\")", data.raw.display()));
+        return Err(format!(
+            "{} has no predictor trained by the sweep (selection = \"predictor\")",
+            data.raw.display()
+        ));
     }
     let claim = |id: &str| paper::claim(id).map_err(|e| e.to_string());
     let (over, fnr, fp) = (claim("predictor_over")?, claim("predictor_fnr")?, claim("predictor_fp")?);
@@ -389,7 +395,7 @@ fn predictor(data: &SweepData) -> Figure {
     let labels = series_labels(&by_point);
     let mut layers = Vec::new();
     let mut last = 0usize;
-    let mut ordered: Vec<(&Vec<(&'static str, String)>, &Vec<&PointRows>)> = by_point.iter().collect();
+    let mut ordered: Vec<_> = by_point.iter().collect();
     let rank_of = |p: &PointRows| p.setting("rank").parse::<usize>().unwrap_or(0);
     ordered.sort_by_key(|(_, pts)| pts.first().map_or(0, |p| rank_of(p)));
     for (key, pts) in ordered {
@@ -413,8 +419,7 @@ fn predictor(data: &SweepData) -> Figure {
         let mut pts = pts.clone();
         pts.sort_by_key(|p| rank_of(p));
         let line = |name: &str, f: &dyn Fn(&PointRows) -> Option<f64>| {
-            let xy: Vec<(f64, f64)> =
-                pts.iter().filter_map(|p| f(p).map(|v| (rank_of(p) as f64, 100.0 * v))).collect();
+            let xy: Vec<(f64, f64)> = pts.iter().filter_map(|p| f(p).map(|v| (rank_of(p) as f64, 100.0 * v))).collect();
             let label = if many { format!("{name}, {}", rest_labels[key]) } else { name.to_string() };
             Series::line(label, xy)
         };
@@ -475,10 +480,7 @@ pub fn false_positive_share(p: &PointRows) -> Option<f64> {
     let pred = p.layers.get("valid_predicted_active_fraction")?;
     let truly = p.layers.get("valid_true_active_fraction")?;
     let recall = p.layers.get("valid_recall")?;
-    let per: Vec<f64> = pred
-        .iter()
-        .filter_map(|(l, &pa)| Some(pa - recall.get(l)? * truly.get(l)?))
-        .collect();
+    let per: Vec<f64> = pred.iter().filter_map(|(l, &pa)| Some(pa - recall.get(l)? * truly.get(l)?)).collect();
     (!per.is_empty()).then(|| per.iter().sum::<f64>() / per.len() as f64)
 }
 
@@ -506,13 +508,21 @@ pub fn sparsity_points(data: &SweepData) -> std::result::Result<Vec<&PointRows>,
     Ok(sparse)
 }
 
+/// The points that compute every neuron (`selection = all`) with the other settings of `sparse` (see
+/// [`sparsity_points`]): the dense reference of a perplexity-against-sparsity figure.
+pub fn dense_points<'a>(data: &'a SweepData, sparse: &[&PointRows]) -> Vec<&'a PointRows> {
+    let except = ["selection", "sparsity", "rank"];
+    let Some(key) = sparse.first().map(|p| group_of(p, &except)) else { return Vec::new() };
+    data.points.iter().filter(|p| p.setting("selection") == "all" && group_of(p, &except) == key).collect()
+}
+
 /// Perplexity and the neurons computed against the target sparsity, a line per selection.
 fn sparsity(data: &SweepData) -> Figure {
     let sparse = sparsity_points(data)?;
     let s_of = |p: &PointRows| p.setting("sparsity").parse::<f64>().unwrap_or(f64::NAN);
-    let (x0, x1) = sparse.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-        (a.min(100.0 * s_of(p)), b.max(100.0 * s_of(p)))
-    });
+    let (x0, x1) = sparse
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(100.0 * s_of(p)), b.max(100.0 * s_of(p))));
     let groups = groups(sparse.iter().copied(), &["sparsity"]);
     let labels = series_labels(&groups);
     let line = |metric: &str, scale: f64| -> Vec<Series> {
@@ -527,9 +537,12 @@ fn sparsity(data: &SweepData) -> Figure {
             .collect()
     };
     let mut ppl = line("prompt_perplexity", 1.0);
-    for p in data.points.iter().filter(|p| p.setting("selection") == "all") {
+    for p in dense_points(data, &sparse) {
         if let Some(v) = p.metric("prompt_perplexity") {
-            ppl.push(Series::reference(format!("every neuron (selection all, point {})", p.index), vec![(x0, v), (x1, v)]));
+            ppl.push(Series::reference(
+                format!("every neuron (selection all, point {})", p.index),
+                vec![(x0, v), (x1, v)],
+            ));
         }
     }
     let mut computed = line("active_share", 100.0);
@@ -580,9 +593,12 @@ fn cost_model(data: &SweepData) -> Figure {
     }
     let pts: BTreeSet<usize> = tokens.iter().map(|(p, _)| p.index).collect();
     let varies = |k: &str| tokens.iter().map(|(p, _)| p.setting(k)).collect::<BTreeSet<_>>().len() > 1;
-    let key = SETTINGS.iter().copied().filter(|k| *k != "window").find(|k| varies(k)).or_else(|| {
-        varies("window").then_some("window")
-    });
+    let key = SETTINGS
+        .iter()
+        .copied()
+        .filter(|k| *k != "window")
+        .find(|k| varies(k))
+        .or_else(|| varies("window").then_some("window"));
     let mut clouds: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for (p, t) in &tokens {
         let label = key.map_or_else(|| "tokens".to_string(), |k| format!("{k} {}", short(p.setting(k))));

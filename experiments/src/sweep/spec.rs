@@ -854,9 +854,8 @@ mod tests {
         assert!(e.contains("grid.sparsity") && e.contains("[[grid]]"), "{e}");
         let e = spec(&format!("{train}[fixed]\nselection = \"oracle\"\nsparsity = 1.5")).unwrap_err().to_string();
         assert!(e.contains("fixed.sparsity"), "{e}");
-        let e = spec(&format!("{train}[fixed]\nselection = \"oracle\"\nsparsity = 0.5\nrank = 8"))
-            .unwrap_err()
-            .to_string();
+        let e =
+            spec(&format!("{train}[fixed]\nselection = \"oracle\"\nsparsity = 0.5\nrank = 8")).unwrap_err().to_string();
         assert!(e.contains("fixed.rank"), "{e}");
         let e = spec("[train]\ntrace = \"t\"\nrecall = 2.0").unwrap_err().to_string();
         assert!(e.contains("train.recall"), "{e}");

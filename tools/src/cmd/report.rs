@@ -15,7 +15,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let r = experiments::report::write(&args.dir).with_context(|| format!("reporting on {}", args.dir.display()))?;
-    println!("read {} sweep folders: {}", r.sweeps.len(), r.sweeps.iter().map(|s| s.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "read {} sweep folders: {}",
+        r.sweeps.len(),
+        r.sweeps.iter().map(|s| s.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
     let claims: usize = r.sections.iter().map(|s| s.lines.len()).sum();
     println!("{} sections, {claims} numbers; not covered: {}", r.sections.len(), r.missing.len());
     println!("wrote {}", r.path.display());
