@@ -27,6 +27,22 @@ pub struct Claim {
     pub source: String,
 }
 
+impl Claim {
+    /// The claim that `num`'s value over `den`'s is, for `quantity`: a ratio the paper implies by giving both
+    /// (its source names the two).
+    pub fn ratio(num: &Claim, den: &Claim, quantity: &str) -> Claim {
+        Claim {
+            id: format!("{}_over_{}", num.id, den.id),
+            topic: num.topic.clone(),
+            quantity: quantity.to_string(),
+            value: num.value / den.value,
+            unit: "ratio".into(),
+            model: num.model.clone(),
+            source: format!("{} over {} ({})", num.id, den.id, num.source),
+        }
+    }
+}
+
 /// Every claim of `text` (CSV with a header), read as `path` names it in errors.
 pub fn parse(text: &str, path: &str) -> Result<Vec<Claim>> {
     let bad = |what: String| Error::Csv { path: PathBuf::from(path), what };
@@ -66,6 +82,9 @@ mod tests {
         assert!(c.len() >= 10);
         assert_eq!(claim("window_held_k5").unwrap().value, 0.24);
         assert!(claim("nothing").unwrap_err().to_string().contains("claims.csv"));
+        let r = Claim::ratio(&claim("throughput_bundled").unwrap(), &claim("throughput_split").unwrap(), "q");
+        assert_eq!(r.value, 2.25 / 1.25);
+        assert!(r.source.contains("throughput_bundled over throughput_split"));
     }
 
     #[test]

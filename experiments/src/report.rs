@@ -29,6 +29,16 @@ pub struct Line {
 }
 
 impl Line {
+    /// Ours beside the paper's `claim` (its quantity).
+    pub fn vs(claim: &Claim, setting: impl Into<String>, ours: f64, unit: &'static str) -> Line {
+        Line { quantity: claim.quantity.clone(), setting: setting.into(), paper: Some(claim.clone()), ours, unit }
+    }
+
+    /// Ours alone: the paper has no number for `quantity`.
+    pub fn ours(quantity: impl Into<String>, setting: impl Into<String>, ours: f64, unit: &'static str) -> Line {
+        Line { quantity: quantity.into(), setting: setting.into(), paper: None, ours, unit }
+    }
+
     /// Ours over the paper's, when the paper has a number and it is not 0.
     pub fn ratio(&self) -> Option<f64> {
         self.paper.as_ref().filter(|c| c.value != 0.0).map(|c| self.ours / c.value)
@@ -218,25 +228,13 @@ fn windowing(data: &SweepData) -> Result<Option<Section>> {
         ] {
             let c = claim(id)?;
             match at(k).and_then(|p| p.metric(metric)) {
-                Some(v) => lines.push(Line {
-                    quantity: c.quantity.clone(),
-                    setting: setting(k),
-                    paper: Some(c),
-                    ours: v,
-                    unit: "share",
-                }),
+                Some(v) => lines.push(Line::vs(&c, setting(k), v, "share")),
                 None => without.entry(k).or_default().push(names[key].clone()),
             }
         }
         if let Some(a) = at(0).and_then(|p| p.metric("active_share")) {
             let c = claim("ffn_active")?;
-            lines.push(Line {
-                quantity: c.quantity.clone(),
-                setting: setting(0),
-                paper: Some(c),
-                ours: a,
-                unit: "share",
-            });
+            lines.push(Line::vs(&c, setting(0), a, "share"));
         }
     }
     Ok(Some(Section {
@@ -270,26 +268,11 @@ fn bundling(data: &SweepData) -> Result<Option<Section>> {
     }
     let (chunk, split_t, bundled_t) =
         (claim("bundling_chunk")?, claim("throughput_split")?, claim("throughput_bundled")?);
-    // The paper gives the two throughputs; their ratio is the claim that travels between devices.
-    let t_ratio = Claim {
-        id: "throughput_ratio".into(),
-        topic: "bundling".into(),
-        quantity: "read throughput, bundled over split".into(),
-        value: bundled_t.value / split_t.value,
-        unit: "ratio".into(),
-        model: bundled_t.model.clone(),
-        source: format!("{} over {} ({})", bundled_t.id, split_t.id, bundled_t.source),
-    };
+    // The paper gives the two throughputs and the two I/O times; their ratios are the claims that travel
+    // between devices.
+    let t_ratio = Claim::ratio(&bundled_t, &split_t, "read throughput, bundled over split");
     let (io_w, io_b) = (claim("table2_io_window")?, claim("table2_io_bundled")?);
-    let io_ratio = Claim {
-        id: "table2_io_ratio".into(),
-        topic: "bundling".into(),
-        quantity: "I/O time per token, split over bundled".into(),
-        value: io_w.value / io_b.value,
-        unit: "ratio".into(),
-        model: io_b.model.clone(),
-        source: format!("{} over {} ({})", io_w.id, io_b.id, io_b.source),
-    };
+    let io_ratio = Claim::ratio(&io_w, &io_b, "I/O time per token, split over bundled");
     let groups = plot::groups(data.points.iter(), &["layout", "dtype"]);
     let names = plot::series_labels(&groups);
     let many = groups.len() > 1;
@@ -306,52 +289,27 @@ fn bundling(data: &SweepData) -> Result<Option<Section>> {
             let setting = if many { format!("{dtype}{record}, {}", names[key]) } else { format!("{dtype}{record}") };
             let ratio = |m: &str| Some(b.metric(m)? / s.metric(m)?);
             if let Some(v) = ratio("mean_read_bytes") {
-                lines.push(Line {
-                    quantity: chunk.quantity.clone(),
-                    setting: setting.clone(),
-                    paper: Some(chunk.clone()),
-                    ours: v,
-                    unit: "ratio",
-                });
+                lines.push(Line::vs(&chunk, setting.clone(), v, "ratio"));
             }
             if let Some(v) = ratio("io_mb_s") {
-                lines.push(Line {
-                    quantity: t_ratio.quantity.clone(),
-                    setting: setting.clone(),
-                    paper: Some(t_ratio.clone()),
-                    ours: v,
-                    unit: "ratio",
-                });
+                lines.push(Line::vs(&t_ratio, setting.clone(), v, "ratio"));
             }
             if let Some(v) = ratio("io_ms") {
-                lines.push(Line {
-                    quantity: io_ratio.quantity.clone(),
-                    setting: setting.clone(),
-                    paper: Some(io_ratio.clone()),
-                    ours: 1.0 / v,
-                    unit: "ratio",
-                });
+                lines.push(Line::vs(&io_ratio, setting.clone(), 1.0 / v, "ratio"));
             }
             if let Some(v) = ratio("mb_read_per_token") {
-                lines.push(Line {
-                    quantity: "bytes read per token, bundled over split".into(),
-                    setting: setting.clone(),
-                    paper: None,
-                    ours: v,
-                    unit: "ratio",
-                });
+                lines.push(Line::ours("bytes read per token, bundled over split", setting.clone(), v, "ratio"));
             }
             for (p, layout) in [(b, "bundled"), (s, "split")] {
                 let payload =
                     (|| Some(p.metric("neurons_read")? * p.metric("record_bytes")? / p.metric("bytes_read")?))();
                 if let Some(v) = payload {
-                    lines.push(Line {
-                        quantity: format!("records' bytes over bytes read from the device, {layout}"),
-                        setting: setting.clone(),
-                        paper: None,
-                        ours: v,
-                        unit: "share",
-                    });
+                    lines.push(Line::ours(
+                        format!("records' bytes over bytes read from the device, {layout}"),
+                        setting.clone(),
+                        v,
+                        "share",
+                    ));
                 }
             }
         }
@@ -406,40 +364,16 @@ fn predictor(data: &SweepData) -> Result<Option<Section>> {
         let p = pts[0];
         let setting = names[key].clone();
         if let Some(v) = p.metric("valid_false_negative_rate") {
-            lines.push(Line {
-                quantity: fnr.quantity.clone(),
-                setting: setting.clone(),
-                paper: Some(fnr.clone()),
-                ours: v,
-                unit: "share",
-            });
+            lines.push(Line::vs(&fnr, setting.clone(), v, "share"));
         }
         if let Some(v) = plot::false_positive_share(p) {
-            lines.push(Line {
-                quantity: fp.quantity.clone(),
-                setting: setting.clone(),
-                paper: Some(fp.clone()),
-                ours: v,
-                unit: "share",
-            });
+            lines.push(Line::vs(&fp, setting.clone(), v, "share"));
         }
         if let Some(v) = p.metric("valid_predicted_true_ratio") {
-            lines.push(Line {
-                quantity: over.quantity.clone(),
-                setting: setting.clone(),
-                paper: Some(over.clone()),
-                ours: v,
-                unit: "ratio",
-            });
+            lines.push(Line::vs(&over, setting.clone(), v, "ratio"));
         }
         if let Some(v) = p.metric("active_share") {
-            lines.push(Line {
-                quantity: "neurons computed per token in the flash loop (the prompts)".into(),
-                setting,
-                paper: None,
-                ours: v,
-                unit: "share",
-            });
+            lines.push(Line::ours("neurons computed per token in the flash loop (the prompts)", setting, v, "share"));
         }
     }
     let fp_times = lines
@@ -490,13 +424,7 @@ fn sparsity(data: &SweepData) -> Result<Option<Section>> {
     let dense = plot::dense_points(data, &sparse).into_iter().find_map(|p| p.metric("prompt_perplexity"));
     let mut lines = Vec::new();
     if let Some(d) = dense {
-        lines.push(Line {
-            quantity: "perplexity of the prompts, every neuron".into(),
-            setting: "selection all".into(),
-            paper: None,
-            ours: d,
-            unit: "perplexity",
-        });
+        lines.push(Line::ours("perplexity of the prompts, every neuron", "selection all", d, "perplexity"));
     }
     let mut pts = sparse.clone();
     pts.sort_by(|a, b| {
@@ -505,31 +433,13 @@ fn sparsity(data: &SweepData) -> Result<Option<Section>> {
     for p in pts {
         let setting = format!("selection {}, target sparsity {}", p.setting("selection"), p.setting("sparsity"));
         if let Some(v) = p.metric("prompt_perplexity") {
-            lines.push(Line {
-                quantity: "perplexity of the prompts".into(),
-                setting: setting.clone(),
-                paper: None,
-                ours: v,
-                unit: "perplexity",
-            });
+            lines.push(Line::ours("perplexity of the prompts", setting.clone(), v, "perplexity"));
             if let Some(d) = dense {
-                lines.push(Line {
-                    quantity: "perplexity over every neuron's".into(),
-                    setting: setting.clone(),
-                    paper: None,
-                    ours: v / d,
-                    unit: "ratio",
-                });
+                lines.push(Line::ours("perplexity over every neuron's", setting.clone(), v / d, "ratio"));
             }
         }
         if let Some(v) = p.metric("active_share") {
-            lines.push(Line {
-                quantity: "neurons computed per token".into(),
-                setting,
-                paper: None,
-                ours: v,
-                unit: "share",
-            });
+            lines.push(Line::ours("neurons computed per token", setting, v, "share"));
         }
     }
     let c = |id: &str| claim(id);
@@ -570,27 +480,19 @@ fn cost_model(data: &SweepData) -> Result<Option<Section>> {
     let within = |r: &[f64]| r.iter().filter(|&&x| (0.8..=1.25).contains(&x)).count() as f64 / r.len() as f64;
     let all: Vec<f64> = tokens.iter().map(|t| t.1).collect();
     let mut lines = vec![
-        Line {
-            quantity: "measured over predicted I/O per token (median)".into(),
-            setting: "every token that read".into(),
-            paper: None,
-            ours: median(all.iter().copied()),
-            unit: "ratio",
-        },
-        Line {
-            quantity: "tokens whose measured I/O is within 0.8-1.25x the prediction".into(),
-            setting: "every token that read".into(),
-            paper: None,
-            ours: within(&all),
-            unit: "share",
-        },
-        Line {
-            quantity: "tokens compared".into(),
-            setting: "every token that read".into(),
-            paper: None,
-            ours: all.len() as f64,
-            unit: "tokens",
-        },
+        Line::ours(
+            "measured over predicted I/O per token (median)",
+            "every token that read",
+            median(all.iter().copied()),
+            "ratio",
+        ),
+        Line::ours(
+            "tokens whose measured I/O is within 0.8-1.25x the prediction",
+            "every token that read",
+            within(&all),
+            "share",
+        ),
+        Line::ours("tokens compared", "every token that read", all.len() as f64, "tokens"),
     ];
     let mut per: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for (p, r) in &tokens {
@@ -598,13 +500,12 @@ fn cost_model(data: &SweepData) -> Result<Option<Section>> {
     }
     if per.len() > 1 {
         for (k, r) in per {
-            lines.push(Line {
-                quantity: "measured over predicted I/O per token (median)".into(),
-                setting: k,
-                paper: None,
-                ours: median(r.iter().copied()),
-                unit: "ratio",
-            });
+            lines.push(Line::ours(
+                "measured over predicted I/O per token (median)",
+                k,
+                median(r.iter().copied()),
+                "ratio",
+            ));
         }
     }
     Ok(Some(Section {

@@ -268,18 +268,7 @@ fn every_chart_and_the_report_from_one_sweep() {
     let out_dir = d.join("out");
     let stdout = ok(sweep(&spec, &out_dir, &[]).output().expect("run sweep"), "sweep");
     assert!(stdout.contains("8 of 8 points"), "{stdout}");
-    for chart in [
-        "window-tradeoff",
-        "window-usage",
-        "bundling-read-size",
-        "bundling-bytes",
-        "bundling-throughput",
-        "predictor-layers",
-        "predictor-rank",
-        "sparsity-perplexity",
-        "sparsity-computed",
-        "cost-model",
-    ] {
+    for chart in experiments::sweep::plot::CHARTS {
         for ext in ["png", "svg"] {
             let f = out_dir.join(format!("{chart}.{ext}"));
             let len = std::fs::metadata(&f).map_or(0, |m| m.len());

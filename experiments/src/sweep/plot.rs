@@ -22,6 +22,20 @@ use crate::chart::{number, LegendAt, LineChart, Series};
 use crate::record::TokenRecord;
 use crate::{paper, Error, Result};
 
+/// Every chart [`plot`] may draw (file stems; a PNG and an SVG each), in the order it draws them.
+pub const CHARTS: [&str; 10] = [
+    "window-tradeoff",
+    "window-usage",
+    "bundling-read-size",
+    "bundling-bytes",
+    "bundling-throughput",
+    "predictor-layers",
+    "predictor-rank",
+    "sparsity-perplexity",
+    "sparsity-computed",
+    "cost-model",
+];
+
 /// What [`plot`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plotted {
@@ -154,6 +168,7 @@ pub fn plot(dir: &Path) -> Result<Plotted> {
         match figure(&data) {
             Ok(charts) => {
                 for (file, chart) in charts {
+                    debug_assert!(CHARTS.contains(&file), "{file} is listed in CHARTS");
                     let (png, svg) = (dir.join(format!("{file}.png")), dir.join(format!("{file}.svg")));
                     chart.write(&png, &svg)?;
                     out.charts.push(png);
