@@ -211,6 +211,18 @@ fn a_failed_point_resumes_without_rerunning_done_points() {
     for (key, row) in &before {
         assert_eq!(&after[key], row, "{key:?} changed: the point ran again");
     }
+
+    // A folder written before a metric existed: point 0 lacks `prompt_perplexity`. It runs again, and its rows
+    // replace the old ones instead of standing beside them.
+    let raw = out_dir.join("raw.csv");
+    let text = std::fs::read_to_string(&raw).expect("read raw.csv");
+    let kept: Vec<&str> =
+        text.lines().filter(|l| !(l.starts_with("test,0,") && l.contains(",prompt_perplexity,"))).collect();
+    std::fs::write(&raw, kept.join("\n") + "\n").expect("write raw.csv");
+    let stdout = ok(sweep(&spec, &out_dir, &["--no-plot"]).output().expect("run sweep"), "sweep of an older folder");
+    assert!(stdout.contains("(1 ran now, 3 already done)"), "{stdout}");
+    let lines = std::fs::read_to_string(&raw).expect("read raw.csv").lines().count();
+    assert_eq!(lines, 1 + 4 * METRICS.len(), "each point's metrics once");
 }
 
 #[test]

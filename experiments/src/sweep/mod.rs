@@ -225,6 +225,8 @@ pub fn run(run: &SweepRun, progress: &mut dyn Progress) -> Result<Outcome> {
         tokens.retain(|t| t.label != point.id);
         tokens.extend(m.records.iter().map(|r| TokenRecord { label: point.id.clone(), ..*r }));
         output::write_tokens(&files.tokens, &tokens)?;
+        // A point whose rows lack metrics added since it ran is measured again: its old rows go.
+        rows.retain(|r| r.point_id != point.id);
         rows.extend(m.rows(spec, point, &machine));
         output::write_rows(&files.raw, &rows)?;
         info.points_done += 1;
