@@ -1,5 +1,6 @@
-//! Line charts written as PNG and SVG with plotters: one line per series, an optional log2 x axis labelled in
-//! binary units (4K, 8K, ..., 1M).
+//! Line and scatter charts written as PNG and SVG with plotters: one line (or cloud of points) per series,
+//! dashed reference lines (the paper's values, y = x), an optional log2 x axis labelled in binary units (4K,
+//! 8K, ..., 1M).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -44,22 +45,83 @@ fn ensure_font() -> Result<()> {
 }
 
 /// One line of a chart.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     pub label: String,
-    /// (x, y) in data units (for a log2 x axis, x is the raw value, e.g. bytes).
+    /// (x, y) in data units (for a log2 x axis, x is the raw value, e.g. bytes). Points whose x or y is not
+    /// finite (a value that was not measured) are left out.
     pub points: Vec<(f64, f64)>,
     /// Text written beside each point (e.g. `K=3`), or none when empty.
     pub point_labels: Vec<String>,
+    pub style: Style,
 }
 
-/// Where a chart's legend goes.
+impl Series {
+    /// A line through `points` with a marker at each.
+    pub fn line(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { label: label.into(), points, ..Series::default() }
+    }
+
+    /// A dashed reference line through `points` (a paper's value, y = x).
+    pub fn reference(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { label: label.into(), points, style: Style::Reference, ..Series::default() }
+    }
+
+    /// Markers only, one per point (a scatter).
+    pub fn scatter(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { label: label.into(), points, style: Style::Points, ..Series::default() }
+    }
+
+    /// The points with finite coordinates, with their labels.
+    fn finite(&self) -> impl Iterator<Item = (usize, (f64, f64))> + '_ {
+        self.points.iter().copied().enumerate().filter(|(_, (x, y))| x.is_finite() && y.is_finite())
+    }
+}
+
+/// How a series is drawn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LegendAt {
+pub enum Style {
+    /// A solid line with a marker at each point.
     #[default]
+    Line,
+    /// Markers only.
+    Points,
+    /// A dashed line without markers, in the reference colours (black, then dark red, dark blue); a single
+    /// point is drawn as a cross.
+    Reference,
+}
+
+/// Colours of data series, in order (Tableau 10: distinct from one another and readable on white).
+const SERIES_COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Colours of reference lines, in order.
+const REFERENCE_COLORS: [RGBColor; 3] = [RGBColor(0, 0, 0), RGBColor(170, 20, 20), RGBColor(20, 40, 160)];
+
+/// Where a chart's legend goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum LegendAt {
+    /// Of the corners, the middles of the sides and the centre, the place whose box covers the fewest
+    /// samples of the lines and points (the first such in reading order).
+    #[default]
+    Auto,
     UpperLeft,
     UpperRight,
     MiddleRight,
+    LowerRight,
+    /// The legend's upper-left corner at these fractions of the plotting area's width and height (from its
+    /// upper-left corner): for a band between lines that no named place finds.
+    At(f64, f64),
 }
 
 /// A line chart.
@@ -87,6 +149,11 @@ pub fn binary_label(v: f64) -> String {
 }
 
 impl LineChart {
+    /// Whether no font for chart text can be found (tests skip drawing then, saying so).
+    pub fn font_missing() -> bool {
+        ensure_font().is_err()
+    }
+
     /// Writes the chart to `png` (1200 x 800) and `svg`.
     pub fn write(&self, png: &Path, svg: &Path) -> Result<()> {
         ensure_font()?;
@@ -108,9 +175,13 @@ impl LineChart {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(e)?;
         let fx = |x: f64| if self.log2_x { x.max(f64::MIN_POSITIVE).log2() } else { x };
-        let all = || self.series.iter().flat_map(|s| s.points.iter());
+        let all = || self.series.iter().flat_map(|s| s.finite().map(|(_, p)| p));
         let (mut x0, mut x1) =
             all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
+        if self.log2_x && x0.is_finite() {
+            // Whole powers of two at both ends, so that every tick is one and carries a binary label.
+            (x0, x1) = (x0.floor(), x1.ceil());
+        }
         let y1 = all().fold(0.0f64, |a, p| a.max(p.1));
         if !x0.is_finite() {
             (x0, x1) = (0.0, 1.0);
@@ -123,8 +194,17 @@ impl LineChart {
         if !no_point_labels(self) {
             x1 += (x1 - x0) * 0.06;
         }
+        // The largest title font up to 30 px whose title fits the width.
+        let (width, _) = root.dim_in_pixel();
+        let mut size = 30.0;
+        while size > 14.0
+            && root.estimate_text_size(&self.title, &("sans-serif", size).into_text_style(root)).map_or(0, |(w, _)| w)
+                > width.saturating_sub(40)
+        {
+            size -= 1.0;
+        }
         let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", 30))
+            .caption(&self.title, ("sans-serif", size))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
@@ -143,30 +223,109 @@ impl LineChart {
             .axis_desc_style(("sans-serif", 22))
             .draw()
             .map_err(e)?;
-        for (i, s) in self.series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (fx(p.0), p.1)).collect();
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
-                .map_err(e)?
-                .label(&s.label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
-            let style = ("sans-serif", 17).into_font().color(&color);
+        let (mut data, mut refs) = (0, 0);
+        for s in &self.series {
+            let color = match s.style {
+                Style::Reference => {
+                    refs += 1;
+                    REFERENCE_COLORS[(refs - 1) % REFERENCE_COLORS.len()].to_rgba()
+                }
+                _ => {
+                    data += 1;
+                    SERIES_COLORS[(data - 1) % SERIES_COLORS.len()].to_rgba()
+                }
+            };
+            let pts: Vec<(f64, f64)> = s.finite().map(|(_, p)| (fx(p.0), p.1)).collect();
+            let labels: Vec<&String> = s.finite().filter_map(|(i, _)| s.point_labels.get(i)).collect();
+            let anno = match s.style {
+                Style::Line => {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
+                    chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(3))).map_err(e)?
+                }
+                Style::Points => {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.mix(0.6).filled()))).map_err(e)?
+                }
+                // A reference of one point (a value the paper gives at one setting) is a cross.
+                Style::Reference if pts.len() == 1 => {
+                    chart.draw_series(pts.iter().map(|&p| Cross::new(p, 9, color.stroke_width(3)))).map_err(e)?
+                }
+                Style::Reference => {
+                    chart.draw_series(DashedLineSeries::new(pts.clone(), 10, 7, color.stroke_width(2))).map_err(e)?
+                }
+            };
+            let single = pts.len() == 1;
+            let style = s.style;
+            anno.label(&s.label).legend(move |(x, y)| match style {
+                Style::Points => Circle::new((x + 12, y), 5, color.filled()).into_dyn(),
+                Style::Line => PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)).into_dyn(),
+                Style::Reference if single => Cross::new((x + 12, y), 6, color.stroke_width(3)).into_dyn(),
+                Style::Reference => {
+                    plotters::element::DashedPathElement::new(vec![(x, y), (x + 24, y)], 6, 4, color.stroke_width(2))
+                        .into_dyn()
+                }
+            });
+            let font = ("sans-serif", 17).into_font().color(&color);
             chart
                 .draw_series(
                     pts.iter()
-                        .zip(&s.point_labels)
-                        .map(|(&p, text)| EmptyElement::at(p) + Text::new(text.clone(), (7, -20), style.clone())),
+                        .zip(labels)
+                        .map(|(&p, text)| EmptyElement::at(p) + Text::new(text.clone(), (7, -20), font.clone())),
                 )
                 .map_err(e)?;
         }
+        let (pw, ph) = chart.plotting_area().dim_in_pixel();
+        let auto = match self.legend {
+            LegendAt::Auto => {
+                let font = ("sans-serif", 20).into_text_style(root);
+                let widest = self
+                    .series
+                    .iter()
+                    .filter_map(|s| root.estimate_text_size(&s.label, &font).ok())
+                    .map(|(w, _)| w as i32)
+                    .max()
+                    .unwrap_or(0);
+                // The legend box as plotters lays it out: 10 px margins, 30 px for the markers, a line per series.
+                let size = (widest + 30 + 20, self.series.len() as i32 * 25 + 20);
+                let (xr, yr) = chart.plotting_area().get_pixel_range();
+                let mut samples = Vec::new();
+                for s in &self.series {
+                    let pts: Vec<(f64, f64)> = s.finite().map(|(_, p)| (fx(p.0), p.1)).collect();
+                    let mut push = |p: (f64, f64)| {
+                        let (x, y) = chart.backend_coord(&p);
+                        samples.push((x - xr.start, y - yr.start));
+                    };
+                    match s.style {
+                        Style::Points => pts.iter().for_each(|&p| push(p)),
+                        _ if pts.len() == 1 => push(pts[0]),
+                        _ => {
+                            for w in pts.windows(2) {
+                                for k in 0..=24 {
+                                    let t = f64::from(k) / 24.0;
+                                    push((w[0].0 + t * (w[1].0 - w[0].0), w[0].1 + t * (w[1].1 - w[0].1)));
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(legend_place(size, (pw as i32, ph as i32), &samples))
+            }
+            _ => None,
+        };
         chart
             .configure_series_labels()
             .position(match self.legend {
+                LegendAt::Auto => {
+                    let (x, y) = auto.expect("computed above for Auto");
+                    SeriesLabelPosition::Coordinate(x, y)
+                }
+                LegendAt::At(fx, fy) => SeriesLabelPosition::Coordinate(
+                    (fx.clamp(0.0, 1.0) * f64::from(pw)) as i32,
+                    (fy.clamp(0.0, 1.0) * f64::from(ph)) as i32,
+                ),
                 LegendAt::UpperLeft => SeriesLabelPosition::UpperLeft,
                 LegendAt::UpperRight => SeriesLabelPosition::UpperRight,
                 LegendAt::MiddleRight => SeriesLabelPosition::MiddleRight,
+                LegendAt::LowerRight => SeriesLabelPosition::LowerRight,
             })
             .label_font(("sans-serif", 20))
             .background_style(WHITE.mix(0.85))
@@ -177,9 +336,42 @@ impl LineChart {
     }
 }
 
+/// Where a legend box of `size` (pixels) goes in a plotting area of `area`: at the left, the middle or the
+/// right, at one of 21 heights from the top to the bottom, the place whose box, with 6 px around it, holds the
+/// fewest of `samples` (pixel positions of the lines and points); the first such in reading order.
+fn legend_place(size: (i32, i32), area: (i32, i32), samples: &[(i32, i32)]) -> (i32, i32) {
+    let (w, h) = size;
+    let xs = [8, (area.0 - w) / 2, area.0 - w - 8];
+    let span = (area.1 - h - 16).max(0);
+    let ys: Vec<i32> = (0..=20).map(|k| 8 + span * k / 20).collect();
+    let mut best = ((8, 8), usize::MAX);
+    for &y in &ys {
+        for &x in &xs {
+            let inside = samples
+                .iter()
+                .filter(|&&(sx, sy)| sx >= x - 6 && sx <= x + w + 6 && sy >= y - 6 && sy <= y + h + 6)
+                .count();
+            if inside < best.1 {
+                best = ((x.max(0), y.max(0)), inside);
+            }
+        }
+    }
+    best.0
+}
+
 /// Whether no series has point labels (then the x range needs no room for them).
 fn no_point_labels(chart: &LineChart) -> bool {
     chart.series.iter().all(|s| s.point_labels.is_empty())
+}
+
+/// `v` with at most `digits` decimals and no trailing zeros (7 for 7.000000000000001, 2.4 for 2.4000000001).
+pub fn number(v: f64, digits: usize) -> String {
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// A tick value with as many decimals as an axis spanning `range` needs (none from 10 up, up to 3 below 0.1).
@@ -204,6 +396,20 @@ mod tests {
         assert_eq!(binary_label(512.0), "512");
         assert_eq!(tick_label(0.25, 0.5), "0.25");
         assert_eq!(tick_label(120.0, 300.0), "120");
+        assert_eq!(number(100.0 * 0.07, 3), "7");
+        assert_eq!(number(2.4000000001, 3), "2.4");
+        assert_eq!(number(1536.0, 2), "1536");
+    }
+
+    #[test]
+    fn the_legend_goes_where_no_line_runs() {
+        // A line across at height 100: the legend goes just below it, at the left.
+        let samples: Vec<(i32, i32)> = (0..100).map(|x| (x * 10, 100)).collect();
+        let (x, y) = legend_place((200, 100), (1000, 600), &samples);
+        assert_eq!(x, 8);
+        assert!(y > 106 && y < 200, "{y}");
+        // Nothing drawn: the upper left.
+        assert_eq!(legend_place((200, 100), (1000, 600), &[]), (8, 8));
     }
 
     #[test]
@@ -219,11 +425,16 @@ mod tests {
             y_label: "MiB/s".into(),
             log2_x: true,
             legend: LegendAt::UpperLeft,
-            series: vec![Series {
-                label: "qd 1".into(),
-                points: vec![(4096.0, 50.0), (65536.0, 400.0)],
-                point_labels: vec!["a".into(), "b".into()],
-            }],
+            series: vec![
+                Series {
+                    label: "qd 1".into(),
+                    points: vec![(4096.0, 50.0), (65536.0, 400.0), (f64::NAN, 3.0)],
+                    point_labels: vec!["a".into(), "b".into(), "c".into()],
+                    ..Series::default()
+                },
+                Series::reference("paper", vec![(4096.0, 100.0), (65536.0, 100.0)]),
+                Series::scatter("tokens", vec![(8192.0, 20.0), (16384.0, 30.0)]),
+            ],
         };
         let (png, svg) = (dir.path().join("c.png"), dir.path().join("c.svg"));
         chart.write(&png, &svg).unwrap();

@@ -4,9 +4,9 @@
 use spike_flash::engine::flash::Snapshot;
 
 /// What one step (a token, or a prompt) cost in flash mode: the row of `--trace-out`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenRecord {
-    /// What produced the step (a bench row's name, `prompt` or `decode`).
+    /// What produced the step (a bench row's name, `prompt` or `decode`; a sweep point's id).
     pub label: String,
     /// Sequence (prompt) number.
     pub seq: usize,

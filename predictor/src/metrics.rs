@@ -102,7 +102,7 @@ pub fn threshold_for_recall(logits: ArrayView2<f32>, labels: ArrayView2<bool>, r
 }
 
 /// One layer's row of the predictor report (validation split).
-#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerMetrics {
     pub layer: usize,
     pub rank: usize,

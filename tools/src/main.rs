@@ -59,6 +59,8 @@ enum Command {
     TrainPredictor(cmd::train_predictor::Args),
     /// Run a sweep spec's grid of flash settings (or one shard of it); `merge` joins shards, `plot` draws charts.
     Sweep(cmd::sweep::Args),
+    /// Write DIR/REPORT.md: the paper's claims beside ours, computed from the CSV files of sweep folders.
+    Report(cmd::report::Args),
 }
 
 fn parse_precision(s: &str) -> Result<ActPrecision, String> {
@@ -89,6 +91,7 @@ fn dispatch(command: Command, precision: ActPrecision) -> anyhow::Result<()> {
         Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::TrainPredictor(a) => cmd::train_predictor::run(a),
         Command::Sweep(a) => cmd::sweep::run(a, precision),
+        Command::Report(a) => cmd::report::run(a),
     }
 }
 

@@ -10,6 +10,7 @@ use std::process::Command;
 mod common;
 
 use common::{fail, ok, spike};
+use experiments::sweep::METRICS;
 
 /// Metrics that depend only on the settings, the model and the prompts: byte and neuron counts, shares and
 /// DRAM sizes. They must agree between runs; times need not.
@@ -49,8 +50,8 @@ const SETTINGS: [&str; 17] = [
     "budget_decides",
 ];
 
-/// A SiLU checkpoint, the text its prompts come from, and thresholds calibrated on its own trace (so that the
-/// oracle picks a part of each layer and a window has something to hold).
+/// A SiLU checkpoint, the text its prompts come from, and thresholds calibrated on its own trace `t.trace` (so
+/// that the oracle picks a part of each layer and a window has something to hold).
 fn model(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ck = common::synth(dir, "llama", 7, 256);
     let text = common::corpus(dir, 12);
@@ -125,7 +126,7 @@ fn sharded_with_gnu_parallel_merges_to_the_unsharded_run() {
         assert!(whole.join(f).exists(), "{f} missing");
     }
     let a = rows(&whole);
-    assert_eq!(a.len(), 6 * 23, "one row per point and metric");
+    assert_eq!(a.len(), 6 * METRICS.len(), "one row per point and metric");
     // A window holds more as it grows; every row says it was measured, not planted, with no budget deciding.
     let metric = |rows: &BTreeMap<(String, String), BTreeMap<String, String>>, layout: &str, k: &str, m: &str| {
         rows.values()
@@ -206,10 +207,22 @@ fn a_failed_point_resumes_without_rerunning_done_points() {
     let stdout = ok(sweep(&spec, &out_dir, &[]).output().expect("run sweep"), "resumed sweep");
     assert!(stdout.contains("(2 ran now, 2 already done)"), "{stdout}");
     let after = rows(&out_dir);
-    assert_eq!(after.len(), 4 * 23);
+    assert_eq!(after.len(), 4 * METRICS.len());
     for (key, row) in &before {
         assert_eq!(&after[key], row, "{key:?} changed: the point ran again");
     }
+
+    // A folder written before a metric existed: point 0 lacks `prompt_perplexity`. It runs again, and its rows
+    // replace the old ones instead of standing beside them.
+    let raw = out_dir.join("raw.csv");
+    let text = std::fs::read_to_string(&raw).expect("read raw.csv");
+    let kept: Vec<&str> =
+        text.lines().filter(|l| !(l.starts_with("test,0,") && l.contains(",prompt_perplexity,"))).collect();
+    std::fs::write(&raw, kept.join("\n") + "\n").expect("write raw.csv");
+    let stdout = ok(sweep(&spec, &out_dir, &["--no-plot"]).output().expect("run sweep"), "sweep of an older folder");
+    assert!(stdout.contains("(1 ran now, 3 already done)"), "{stdout}");
+    let lines = std::fs::read_to_string(&raw).expect("read raw.csv").lines().count();
+    assert_eq!(lines, 1 + 4 * METRICS.len(), "each point's metrics once");
 }
 
 #[test]
@@ -237,4 +250,59 @@ fn bad_specs_are_refused_by_key_before_anything_is_written() {
     let out = spike().args(["sweep", "merge"]).arg(d).arg("-o").arg(d.join("m")).output();
     let err = fail(out.expect("run merge"), "merging a folder that is no sweep");
     assert!(err.contains("not a sweep output"), "{err}");
+}
+
+#[test]
+fn every_chart_and_the_report_from_one_sweep() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (ck, text, _) = model(d);
+    let device = d.join("device");
+    let out = spike()
+        .args(["profile-device", "--dir"])
+        .arg(d)
+        .args(["--file-size", "4M", "--chunks", "4K,64K", "--depths", "1,4", "--seconds-per-point", "0.02"])
+        .args(["--rounds", "1", "--out"])
+        .arg(&device)
+        .output();
+    ok(out.expect("run profile-device"), "profile-device");
+    let spec = d.join("spec.toml");
+    let toml = format!(
+        "name = \"all\"\n[source]\nmodel = {ck:?}\n[prompts]\ntext = {text:?}\ncount = 2\ntokens = 8\ngenerate = 3\n\
+         [train]\ntrace = {:?}\nepochs = 2\n[fixed]\nbudget = \"none\"\nprofile = {:?}\n\
+         [[grid]]\nlayout = [\"bundled\", \"split\"]\nselection = [\"all\"]\nwindow = [0, 5]\n\
+         [[grid]]\nselection = [\"oracle\"]\nsparsity = [0.5, 0.7]\n\
+         [[grid]]\nselection = [\"predictor\"]\nsparsity = [0.6]\nrank = [4, 8]\n",
+        d.join("t.trace"),
+        device.join("device-profile.json")
+    );
+    std::fs::write(&spec, toml).expect("write the spec");
+    let out_dir = d.join("out");
+    let stdout = ok(sweep(&spec, &out_dir, &[]).output().expect("run sweep"), "sweep");
+    assert!(stdout.contains("8 of 8 points"), "{stdout}");
+    for chart in experiments::sweep::plot::CHARTS {
+        for ext in ["png", "svg"] {
+            let f = out_dir.join(format!("{chart}.{ext}"));
+            let len = std::fs::metadata(&f).map_or(0, |m| m.len());
+            assert!(len > 0, "{} missing or empty:\n{stdout}", f.display());
+        }
+    }
+    // The predictors' validation metrics: one row per layer and a mean, for each rank.
+    let text_csv = std::fs::read_to_string(out_dir.join("raw.csv")).expect("read raw.csv");
+    let per_layer = text_csv.lines().filter(|l| l.contains(",valid_recall,")).count();
+    assert_eq!(per_layer, 2 * 3, "2 ranks x (2 layers + the mean)");
+    let tokens = std::fs::read_to_string(out_dir.join("tokens.csv")).expect("read tokens.csv");
+    assert_eq!(tokens.lines().count(), 1 + 8 * 2 * 3, "a header and every decoded token");
+
+    let out = spike().arg("report").arg(&out_dir).output();
+    let stdout = ok(out.expect("run report"), "report");
+    assert!(stdout.contains("REPORT.md"), "{stdout}");
+    let md = std::fs::read_to_string(out_dir.join("REPORT.md")).expect("read REPORT.md");
+    for part in ["Windowing", "bundling", "predictor", "Perplexity vs sparsity", "cost model", "window-usage.svg"] {
+        assert!(md.contains(part), "REPORT.md lacks {part}:\n{md}");
+    }
+    assert!(md.contains(&format!("spike sweep {} -o {}", spec.display(), out_dir.display())), "{md}");
+    // A report of a folder without sweeps says so.
+    let err = fail(spike().arg("report").arg(d.join("device")).output().expect("run report"), "report of no sweep");
+    assert!(err.contains("no sweep folders"), "{err}");
 }

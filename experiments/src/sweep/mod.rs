@@ -4,7 +4,8 @@
 //!
 //! A point's rows are written together, by rewriting `raw.csv` atomically at the point's end, so the file
 //! never holds part of a point: a point is done exactly when its rows are there, and an interrupted sweep
-//! resumes by skipping the done points' ids.
+//! resumes by skipping the done points' ids. Each decoded token's record goes to `tokens.csv` (labelled with
+//! its point's id), written just before the point's rows.
 
 pub mod output;
 pub mod plot;
@@ -14,7 +15,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use sha2::Digest;
+
+use predictor::calibrate::Thresholds;
+use predictor::lowrank::RankSpec;
+use predictor::metrics::LayerMetrics;
 use predictor::selectors::{for_layout, Selection};
+use predictor::trace::Trace;
+use predictor::train::{train_predictor, PredictorConfig, TraceLayers, TrainConfig};
 use spike_flash::engine::flash::{CacheChoice, Dram, FlashConfig, FlashSession};
 use spike_flash::engine::input::ActPrecision;
 use spike_flash::engine::model::Model;
@@ -27,11 +35,12 @@ use crate::record::TokenRecord;
 use crate::summary::median;
 use crate::{Error, Result};
 pub use output::{Machine, Row, SweepInfo};
-pub use spec::{Point, Shard, SourceSpec, Spec};
+pub use spec::{Chooser, Point, Shard, SourceSpec, Spec, TrainSpec};
 
 /// The metrics every point records, in row order; a point is complete when `raw.csv` has all of them.
-/// Times are medians over the decoded tokens, ms; shares are of the FFN's neurons (layers x d_ffn).
-pub const METRICS: [&str; 23] = [
+/// Times are medians over the decoded tokens, ms; shares are of the FFN's neurons (layers x d_ffn). A value
+/// that the point could not measure (no reads, no device profile) is NaN.
+pub const METRICS: [&str; 27] = [
     "tokens",
     "total_ms",
     "io_ms",
@@ -55,6 +64,21 @@ pub const METRICS: [&str; 23] = [
     "dram_caches_bytes",
     "dram_staging_bytes",
     "record_bytes",
+    "mean_read_bytes",
+    "io_mb_s",
+    "predicted_io_ms",
+    "prompt_perplexity",
+];
+
+/// A predictor's validation metrics (the split of `[train]`), for points whose predictor the sweep trained:
+/// one row per layer (column `layer`) and one with the mean over layers (`layer` empty).
+pub const PREDICTOR_METRICS: [&str; 6] = [
+    "valid_recall",
+    "valid_precision",
+    "valid_false_negative_rate",
+    "valid_predicted_true_ratio",
+    "valid_true_active_fraction",
+    "valid_predicted_active_fraction",
 ];
 
 /// What a sweep run is told.
@@ -129,6 +153,15 @@ pub fn run(run: &SweepRun, progress: &mut dyn Progress) -> Result<Outcome> {
     let ids: BTreeSet<&str> = points.iter().map(|p| p.id.as_str()).collect();
     let (mut rows, stale): (Vec<Row>, Vec<Row>) =
         output::read_rows(&files.raw)?.into_iter().partition(|r| ids.contains(r.point_id.as_str()));
+    let (mut tokens, stale_tokens): (Vec<TokenRecord>, Vec<TokenRecord>) =
+        output::read_tokens(&files.tokens)?.into_iter().partition(|t| ids.contains(t.label.as_str()));
+    if !stale_tokens.is_empty() {
+        let stale_path = run.out.join("stale-tokens.csv");
+        let mut old = output::read_tokens(&stale_path)?;
+        old.extend(stale_tokens);
+        output::write_tokens(&stale_path, &old)?;
+        output::write_tokens(&files.tokens, &tokens)?;
+    }
     if !stale.is_empty() {
         let stale_path = run.out.join("stale.csv");
         let mut old = output::read_rows(&stale_path)?;
@@ -158,11 +191,19 @@ pub fn run(run: &SweepRun, progress: &mut dyn Progress) -> Result<Outcome> {
         points_total: points.len(),
         points_expected: mine.len(),
         points_done: mine.len() - todo.len(),
+        spec_path: Some(spec.path.display().to_string()),
     };
     output::write_json(&files.info, &info)?;
     let per_point = (spec.prompts.count * (spec.prompts.generate + 1)) as u64;
     progress.start(todo.len(), per_point * todo.len() as u64);
-    let mut ctx = Context { spec, precision: run.precision, layouts: files.layouts.clone(), tokens: HashMap::new() };
+    let mut ctx = Context {
+        spec,
+        precision: run.precision,
+        layouts: files.layouts.clone(),
+        selectors: run.out.join("selectors"),
+        tokens: HashMap::new(),
+        trace: None,
+    };
     let mut budget_decided = Vec::new();
     for point in &todo {
         let label = point.label(spec);
@@ -180,6 +221,12 @@ pub fn run(run: &SweepRun, progress: &mut dyn Progress) -> Result<Outcome> {
                 point.index, m.slots, m.policy, m.policy_slots
             ));
         }
+        // A point's tokens from an earlier, interrupted run of it (tokens written, rows not) are replaced.
+        tokens.retain(|t| t.label != point.id);
+        tokens.extend(m.records.iter().map(|r| TokenRecord { label: point.id.clone(), ..*r }));
+        output::write_tokens(&files.tokens, &tokens)?;
+        // A point whose rows lack metrics added since it ran is measured again: its old rows go.
+        rows.retain(|r| r.point_id != point.id);
         rows.extend(m.rows(spec, point, &machine));
         output::write_rows(&files.raw, &rows)?;
         info.points_done += 1;
@@ -213,9 +260,21 @@ fn check_inputs(spec: &Spec, points: &[Point]) -> Result<()> {
     for p in points {
         let key = |k: &str| if spec.fixed.contains_key(k) { format!("fixed.{k}") } else { format!("grid.{k}") };
         match &p.settings.selection {
-            Selection::Predictor(f) if !f.exists() => return Err(missing(&key("selection"), f, "the predictor file")),
-            Selection::Oracle(f) if !f.exists() => return Err(missing(&key("selection"), f, "the thresholds file")),
+            Chooser::File(Selection::Predictor(f)) if !f.exists() => {
+                return Err(missing(&key("selection"), f, "the predictor file"))
+            }
+            Chooser::File(Selection::Oracle(f)) if !f.exists() => {
+                return Err(missing(&key("selection"), f, "the thresholds file"))
+            }
+            Chooser::Oracle | Chooser::Predictor => {
+                if let Some(t) = spec.train.as_ref().filter(|t| !t.trace.exists()) {
+                    return Err(missing("train.trace", &t.trace, "the trace"));
+                }
+            }
             _ => {}
+        }
+        if let Some(f) = p.settings.profile.as_ref().filter(|f| !f.exists()) {
+            return Err(missing(&key("profile"), f, "the device profile"));
         }
         if let Some(h) = p.settings.hot.as_ref().filter(|h| !h.exists()) {
             return Err(missing(&key("hot"), h, "the hot list"));
@@ -224,12 +283,16 @@ fn check_inputs(spec: &Spec, points: &[Point]) -> Result<()> {
     Ok(())
 }
 
-/// What points of one run share: converted layouts and the prompts' tokens per layout.
+/// What points of one run share: converted layouts, made selectors, the prompts' tokens per layout and the
+/// `[train]` trace.
 struct Context<'a> {
     spec: &'a Spec,
     precision: ActPrecision,
     layouts: PathBuf,
+    /// Where thresholds and predictors made from the trace go (`DIR/selectors/`).
+    selectors: PathBuf,
     tokens: HashMap<PathBuf, Vec<Vec<u32>>>,
+    trace: Option<Trace>,
 }
 
 /// One point's measurements.
@@ -247,6 +310,12 @@ struct Measured {
     slots: usize,
     policy: String,
     policy_slots: usize,
+    /// Perplexity of the prompts' tokens, each predicted from the ones before it in the prompt pass.
+    prompt_perplexity: f64,
+    /// Whether a device profile gave the cost model's predictions.
+    predicted: bool,
+    /// The validation metrics of a predictor the sweep trained, per layer.
+    predictor_layers: Vec<LayerMetrics>,
 }
 
 impl Context<'_> {
@@ -298,6 +367,7 @@ impl Context<'_> {
         let s = &point.settings;
         let dir = self.layout(s.layout, s.dtype, progress)?;
         let prompts = self.prompts(&dir)?;
+        let (selection, predictor_layers) = self.selection(s, progress)?;
         let hot = s.hot.as_deref().map(spike_flash::layout::read_neuron_lists).transpose()?;
         let config = FlashConfig {
             backend: s.backend,
@@ -314,7 +384,7 @@ impl Context<'_> {
             hot,
             compute_all_cached: s.compute_all_cached,
             overlap: s.overlap,
-            profile: None,
+            profile: s.profile.clone(),
             precision: self.precision,
             ..FlashConfig::new(&dir)
         };
@@ -326,13 +396,22 @@ impl Context<'_> {
         let mut rows_held = Vec::new();
         let mut dram = Dram::default();
         let mut capacity = 0;
+        let (mut nll, mut scored) = (0.0f64, 0usize);
         for (seq, prompt) in prompts.iter().enumerate() {
-            let selector = for_layout(&session.layout, &s.selection)?;
+            let selector = for_layout(&session.layout, &selection)?;
             let (mut ffn, d) = session.ffn(selector)?;
             dram = d;
             capacity = ffn.cache_stats().capacity;
             let mut state = model.new_state(prompt.len() + gen + 1);
-            let mut logits = model.forward_with(&mut state, prompt, prompt.len() - 1, &mut ffn)?;
+            // Every position's logits: each prompt token after the first is scored as the model predicts it.
+            let all = model.forward_with(&mut state, prompt, 0, &mut ffn)?;
+            let vocab = all.len() / prompt.len();
+            for (row, &next) in all.chunks_exact(vocab).zip(&prompt[1..]) {
+                nll += neg_log_softmax(row, next as usize);
+                scored += 1;
+            }
+            let mut logits = all[all.len() - vocab..].to_vec();
+            drop(all);
             progress.advance(1);
             for _ in 0..gen {
                 let next = argmax(&logits);
@@ -371,8 +450,109 @@ impl Context<'_> {
             d_ffn,
             record_bytes: session.layout.payload_bytes(),
             budget_decides,
+            prompt_perplexity: if scored == 0 { f64::NAN } else { (nll / scored as f64).exp() },
+            predicted: s.profile.is_some(),
+            predictor_layers,
         })
     }
+
+    /// The trace of `[train]`, opened once.
+    fn trace(&mut self) -> Result<(&Trace, &TrainSpec)> {
+        let train = self.spec.train.as_ref().ok_or_else(|| Error::Spec {
+            path: self.spec.path.clone(),
+            key: "train".into(),
+            what: "a made selection needs a [train] section".into(),
+        })?;
+        if self.trace.is_none() {
+            self.trace = Some(Trace::open(&train.trace)?);
+        }
+        Ok((self.trace.as_ref().expect("opened above"), train))
+    }
+
+    /// What picks `s`'s neurons: the selection's file, or thresholds and a predictor made from `[train]`'s
+    /// trace into `DIR/selectors/` (once per sparsity and rank; a later run reuses them), with the trained
+    /// predictor's per-layer validation metrics.
+    fn selection(&mut self, s: &spec::Settings, progress: &mut dyn Progress) -> Result<(Selection, Vec<LayerMetrics>)> {
+        let sparsity = match (&s.selection, s.sparsity) {
+            (Chooser::File(f), _) => return Ok((f.clone(), Vec::new())),
+            (_, Some(x)) => x,
+            (_, None) => return Err(Error::Invalid("a made selection without a sparsity".into())),
+        };
+        let tag = self.train_tag()?;
+        let dir = self.selectors.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+        let thr_path = dir.join(format!("thresholds-s{sparsity}-{tag}.json"));
+        if !thr_path.exists() {
+            let (trace, train) = self.trace()?;
+            progress.note(&format!("calibrating thresholds for sparsity {sparsity} on {}", train.trace.display()));
+            let t = Thresholds::calibrate(trace, sparsity, train.valid_fraction, train.split_seed, &mut |_| {})?;
+            t.save(&thr_path)?;
+        }
+        if s.selection == Chooser::Oracle {
+            return Ok((Selection::Oracle(thr_path), Vec::new()));
+        }
+        let rank = s.rank.unwrap_or(spec::DEFAULT_RANK);
+        let pred_path = dir.join(format!("predictor-s{sparsity}-r{rank}-{tag}.pred"));
+        let csv_path = pred_path.with_extension("csv");
+        if pred_path.exists() && csv_path.exists() {
+            let csv_err = |e: csv::Error| Error::Csv { path: csv_path.clone(), what: e.to_string() };
+            let mut r = csv::Reader::from_path(&csv_path).map_err(csv_err)?;
+            let layers = r.deserialize().map(|row| row.map_err(csv_err)).collect::<Result<Vec<LayerMetrics>>>()?;
+            return Ok((Selection::Predictor(pred_path), layers));
+        }
+        let thresholds = Thresholds::load(&thr_path)?;
+        let (trace, train) = self.trace()?;
+        let (mut train_tokens, valid_tokens) = trace.split(train.valid_fraction, train.split_seed);
+        if let Some(m) = train.max_train_tokens {
+            train_tokens.truncate(m);
+        }
+        if train_tokens.is_empty() || valid_tokens.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: the train/validation split (valid_fraction {}) leaves one side empty ({} / {} tokens)",
+                train.trace.display(),
+                train.valid_fraction,
+                train_tokens.len(),
+                valid_tokens.len()
+            )));
+        }
+        let positives: predictor::train::Positives =
+            train.positives.parse().map_err(|e: String| Error::Invalid(format!("train.positives: {e}")))?;
+        let cfg = PredictorConfig {
+            ranks: RankSpec::uniform(rank),
+            train: TrainConfig { epochs: train.epochs, positives, ..TrainConfig::default() },
+            recall: train.recall,
+        };
+        progress.note(&format!(
+            "training a rank-{rank} predictor at sparsity {sparsity} on {} ({} training, {} validation tokens)",
+            train.trace.display(),
+            train_tokens.len(),
+            valid_tokens.len()
+        ));
+        let source = TraceLayers::new(trace, train_tokens, valid_tokens, thresholds.thresholds)?
+            .with_magnitudes(positives == predictor::train::Positives::Magnitude);
+        let (pred, layers) = train_predictor(&source, trace.meta().identity(), &cfg, &|_| {})?;
+        predictor::file::write(&pred_path, &pred)?;
+        crate::summary::write_csv(&csv_path, &layers)?;
+        Ok((Selection::Predictor(pred_path), layers))
+    }
+
+    /// A short hash of `[train]` and the trace file's length: the made selectors' names carry it, so a
+    /// changed section or trace makes new ones.
+    fn train_tag(&self) -> Result<String> {
+        let train = self.spec.train.as_ref().ok_or_else(|| Error::Invalid("no [train] section".into()))?;
+        let len =
+            std::fs::metadata(&train.trace).map_err(|e| Error::Io { path: train.trace.clone(), source: e })?.len();
+        let text = format!("{};len={len}", serde_json::to_string(train).expect("a train section serializes"));
+        Ok(spec::hex(&sha2::Sha256::digest(text.as_bytes()))[..8].to_string())
+    }
+}
+
+/// `-ln softmax(row)[target]`, in f64 over the row's largest logit.
+fn neg_log_softmax(row: &[f32], target: usize) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let t = row.get(target).map_or(f64::NEG_INFINITY, |&x| x as f64);
+    max + sum.ln() - t
 }
 
 /// The layout's source model by name (the file or folder name, no path).
@@ -415,6 +595,17 @@ impl Measured {
             self.dram.caches as f64,
             self.dram.staging as f64,
             self.record_bytes as f64,
+            {
+                let (bytes, reads) = r.iter().fold((0u64, 0u64), |(b, n), t| (b + t.bytes_read, n + t.reads));
+                if reads == 0 {
+                    f64::NAN
+                } else {
+                    bytes as f64 / reads as f64
+                }
+            },
+            median(r.iter().filter(|t| t.reads > 0 && t.io_ms > 0.0).map(|t| t.bytes_read as f64 / 1e3 / t.io_ms)),
+            if self.predicted { m(&|t| t.predicted_io_ms) } else { f64::NAN },
+            self.prompt_perplexity,
         ];
         METRICS.iter().copied().zip(values).collect()
     }
@@ -441,10 +632,14 @@ impl Measured {
             budget: String::new(),
             cache: String::new(),
             window: String::new(),
+            sparsity: String::new(),
+            rank: String::new(),
+            profile: String::new(),
             prompts: spec.prompts.count,
             prompt_tokens: spec.prompts.tokens,
             gen_tokens: spec.prompts.generate,
             budget_decides: self.budget_decides,
+            layer: String::new(),
             metric: String::new(),
             value: 0.0,
             commit: machine.commit.clone(),
@@ -454,10 +649,34 @@ impl Measured {
             let known = base.set_setting(k, v.clone());
             debug_assert!(known, "every setting has a column");
         }
-        self.metrics()
+        let mut rows: Vec<Row> = self
+            .metrics()
             .into_iter()
             .map(|(metric, value)| Row { metric: metric.to_string(), value, ..base.clone() })
-            .collect()
+            .collect();
+        if !self.predictor_layers.is_empty() {
+            let of = |m: &LayerMetrics| {
+                [
+                    m.recall,
+                    m.precision,
+                    m.false_negative_rate,
+                    m.predicted_true_ratio,
+                    m.true_active_fraction,
+                    m.predicted_active_fraction,
+                ]
+            };
+            let n = self.predictor_layers.len() as f64;
+            for (i, metric) in PREDICTOR_METRICS.iter().enumerate() {
+                let mean = self.predictor_layers.iter().map(|m| of(m)[i]).sum::<f64>() / n;
+                rows.push(Row { metric: metric.to_string(), value: mean, ..base.clone() });
+            }
+            for m in &self.predictor_layers {
+                for (metric, value) in PREDICTOR_METRICS.iter().zip(of(m)) {
+                    rows.push(Row { layer: m.layer.to_string(), metric: metric.to_string(), value, ..base.clone() });
+                }
+            }
+        }
+        rows
     }
 }
 
@@ -514,6 +733,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged> {
         }
     }
     let mut rows: Vec<Row> = Vec::new();
+    let mut tokens: Vec<TokenRecord> = Vec::new();
     let mut seen = BTreeSet::new();
     let mut machines = Vec::new();
     for (d, info) in &infos {
@@ -523,6 +743,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged> {
         let ids: BTreeSet<String> = shard_rows.iter().map(|r| r.point_id.clone()).collect();
         let fresh: BTreeSet<String> = ids.difference(&seen).cloned().collect();
         rows.extend(shard_rows.into_iter().filter(|r| fresh.contains(&r.point_id)));
+        tokens.extend(output::read_tokens(&f.tokens)?.into_iter().filter(|t| fresh.contains(&t.label)));
         seen.extend(fresh);
         let machine: serde_json::Value =
             if f.machine.exists() { output::read_json(&f.machine)? } else { serde_json::Value::Null };
@@ -538,6 +759,9 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged> {
         .map_err(|e| Error::Io { path: output::Files::of(first).spec, source: e })?;
     spike_flash::io::write_atomic(&files.spec, |w| w.write_all(&spec_text))?;
     output::write_json(&files.machine, &serde_json::json!({ "merged_from": machines }))?;
+    let point_of: HashMap<&str, usize> = rows.iter().map(|r| (r.point_id.as_str(), r.point)).collect();
+    tokens.sort_by_key(|t| point_of.get(t.label.as_str()).copied().unwrap_or(usize::MAX));
+    output::write_tokens(&files.tokens, &tokens)?;
     output::write_rows(&files.raw, &rows)?;
     let info = SweepInfo {
         name: infos[0].1.name.clone(),
@@ -546,6 +770,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged> {
         points_total: total,
         points_expected: total,
         points_done: done.len(),
+        spec_path: infos[0].1.spec_path.clone(),
     };
     output::write_json(&files.info, &info)?;
     Ok(Merged { points_total: total, points_done: done.len(), missing, raw_csv: files.raw })

@@ -33,12 +33,23 @@ pub struct Row {
     pub budget: String,
     pub cache: String,
     pub window: String,
+    /// Columns added later ([`super::spec::LATER`]): absent from older files, read as their defaults.
+    #[serde(default)]
+    pub sparsity: String,
+    #[serde(default)]
+    pub rank: String,
+    #[serde(default = "none")]
+    pub profile: String,
     pub prompts: usize,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     /// The DRAM budget, not the cache policy, set the cache size: fewer row slots per layer than the policy
     /// could use.
     pub budget_decides: bool,
+    /// The FFN layer a per-layer metric is of (a predictor's validation metrics); empty for a point's
+    /// metrics. Absent from older files.
+    #[serde(default)]
+    pub layer: String,
     pub metric: String,
     pub value: f64,
     /// `git rev-parse --short=12 HEAD` where the sweep ran (`-dirty` with uncommitted changes), or `unknown`.
@@ -65,6 +76,9 @@ impl Row {
             "budget" => &self.budget,
             "cache" => &self.cache,
             "window" => &self.window,
+            "sparsity" => &self.sparsity,
+            "rank" => &self.rank,
+            "profile" => &self.profile,
             _ => return None,
         })
     }
@@ -86,11 +100,18 @@ impl Row {
             "budget" => &mut self.budget,
             "cache" => &mut self.cache,
             "window" => &mut self.window,
+            "sparsity" => &mut self.sparsity,
+            "rank" => &mut self.rank,
+            "profile" => &mut self.profile,
             _ => return false,
         };
         *slot = value;
         true
     }
+}
+
+fn none() -> String {
+    "none".to_string()
 }
 
 /// `sweep.json`: what the folder holds.
@@ -107,6 +128,10 @@ pub struct SweepInfo {
     pub points_expected: usize,
     /// Points whose rows are in `raw.csv`.
     pub points_done: usize,
+    /// The spec file as the command named it (relative to where it ran), for the report's commands; absent
+    /// from older folders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_path: Option<String>,
 }
 
 /// The machine a sweep ran on.
@@ -199,6 +224,21 @@ pub fn write_rows(path: &Path, rows: &[Row]) -> Result<()> {
     crate::summary::write_csv(path, rows).map_err(Error::from)
 }
 
+/// The per-token records of `path` (none when it does not exist).
+pub fn read_tokens(path: &Path) -> Result<Vec<crate::record::TokenRecord>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let csv_err = |e: csv::Error| Error::Csv { path: path.to_path_buf(), what: e.to_string() };
+    let mut r = csv::Reader::from_path(path).map_err(csv_err)?;
+    r.deserialize().map(|row| row.map_err(csv_err)).collect()
+}
+
+/// Writes per-token records to `path` atomically.
+pub fn write_tokens(path: &Path, tokens: &[crate::record::TokenRecord]) -> Result<()> {
+    crate::summary::write_csv(path, tokens).map_err(Error::from)
+}
+
 /// Writes `value` as pretty JSON to `path`, atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     spike_flash::io::write_atomic(path, |w| {
@@ -226,6 +266,8 @@ pub fn complete_points(rows: &[Row], metrics: &[&str]) -> BTreeSet<String> {
 /// The files of a sweep folder.
 pub struct Files {
     pub raw: PathBuf,
+    /// Per decoded token, the flash loop's record; `label` is the point's id.
+    pub tokens: PathBuf,
     pub machine: PathBuf,
     pub info: PathBuf,
     pub spec: PathBuf,
@@ -236,6 +278,7 @@ impl Files {
     pub fn of(dir: &Path) -> Files {
         Files {
             raw: dir.join("raw.csv"),
+            tokens: dir.join("tokens.csv"),
             machine: dir.join("machine.json"),
             info: dir.join("sweep.json"),
             spec: dir.join("spec.toml"),

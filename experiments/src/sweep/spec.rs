@@ -15,8 +15,9 @@ use spike_flash::layout::{LayoutKind, RecordDType};
 use crate::{Error, Result};
 
 /// The settings a spec may fix or vary, in grid order: the grid's first key varies slowest, so the points of
-/// one layout and record type stand together (a converted layout is made once and then reused).
-pub const SETTINGS: [&str; 14] = [
+/// one layout and record type stand together (a converted layout is made once and then reused). The last
+/// three came later: see [`LATER`].
+pub const SETTINGS: [&str; 17] = [
     "layout",
     "dtype",
     "selection",
@@ -31,7 +32,17 @@ pub const SETTINGS: [&str; 14] = [
     "budget",
     "cache",
     "window",
+    "sparsity",
+    "rank",
+    "profile",
 ];
+
+/// Settings added after sweeps had been run, with their default text: at the default they add nothing to a
+/// point's id, so the ids (and the resumable rows) of specs written before them stay as they were.
+pub const LATER: [(&str, &str); 3] = [("sparsity", ""), ("rank", ""), ("profile", "none")];
+
+/// Rank of a predictor made by a sweep when the spec sets none (as `spike train-predictor`).
+pub const DEFAULT_RANK: usize = 64;
 
 /// Where the layouts of a sweep come from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -68,10 +79,72 @@ pub struct Spec {
     /// The model is a planted checkpoint (its statistics were planted, not learned): every row says so.
     pub planted: bool,
     pub prompts: PromptSpec,
+    /// Where selections `oracle` and `predictor` (without a file) are made from; absent from specs that
+    /// make none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainSpec>,
     /// Fixed settings, as written (canonical text).
     pub fixed: BTreeMap<String, String>,
-    /// Varied settings, each with its values as written (canonical text), keys in [`SETTINGS`] order.
-    pub grid: Vec<(String, Vec<String>)>,
+    /// The grids (one `[grid]` table, or several `[[grid]]` tables whose points follow one another): each
+    /// grid's varied settings with their values as written (canonical text), keys in [`SETTINGS`] order.
+    #[serde(rename = "grid", serialize_with = "grids_as_written")]
+    pub grids: Vec<Grid>,
+}
+
+/// One grid: varied settings and their values.
+pub type Grid = Vec<(String, Vec<String>)>;
+
+/// Serializes one grid as the grid itself (the form of specs written before several grids were allowed, so
+/// that their hashes stay the same) and several as a list of grids.
+fn grids_as_written<S: serde::Serializer>(grids: &[Grid], s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match grids {
+        [one] => one.serialize(s),
+        many => many.serialize(s),
+    }
+}
+
+/// The `[train]` section: the trace that the sweep calibrates activation thresholds on (selection `oracle`)
+/// and trains predictors on (selection `predictor`), as `spike calibrate` and `spike train-predictor` do.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// A trace of the source model (`spike trace`).
+    pub trace: PathBuf,
+    /// Share of the trace's tokens (whole documents) held out for validation. Default 0.2.
+    #[serde(default = "TrainSpec::default_valid_fraction")]
+    pub valid_fraction: f64,
+    /// Seed of the document split. Default 0.
+    #[serde(default)]
+    pub split_seed: u64,
+    /// Train on at most this many tokens of the training split (the first ones). Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_train_tokens: Option<usize>,
+    /// Passes over the training tokens. Default 10.
+    #[serde(default = "TrainSpec::default_epochs")]
+    pub epochs: usize,
+    /// Per layer, the decision threshold keeps this share of the validation split's truly active neurons.
+    /// Default 0.95.
+    #[serde(default = "TrainSpec::default_recall")]
+    pub recall: f64,
+    /// `count` or `magnitude` (`spike train-predictor --positives`). Default `count`.
+    #[serde(default = "TrainSpec::default_positives")]
+    pub positives: String,
+}
+
+impl TrainSpec {
+    fn default_valid_fraction() -> f64 {
+        0.2
+    }
+    fn default_epochs() -> usize {
+        predictor::train::TrainConfig::default().epochs
+    }
+    fn default_recall() -> f64 {
+        0.95
+    }
+    fn default_positives() -> String {
+        "count".to_string()
+    }
 }
 
 /// What a point runs with: every setting typed, defaults filled in.
@@ -79,7 +152,7 @@ pub struct Spec {
 pub struct Settings {
     pub layout: LayoutKind,
     pub dtype: RecordDType,
-    pub selection: Selection,
+    pub selection: Chooser,
     pub hot: Option<PathBuf>,
     pub backend: BackendKind,
     pub align: usize,
@@ -92,6 +165,23 @@ pub struct Settings {
     /// The cache choice with the window length filled in.
     pub cache: CacheChoice,
     pub window: Option<u32>,
+    /// Target sparsity of the thresholds a `oracle` or `predictor` selection is made with.
+    pub sparsity: Option<f64>,
+    /// Rank of a `predictor` selection made by the sweep.
+    pub rank: Option<usize>,
+    /// A device profile (`spike profile-device`'s JSON) for the cost model's predicted I/O per token.
+    pub profile: Option<PathBuf>,
+}
+
+/// What picks a point's neurons.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chooser {
+    /// All neurons, or a selector from a file (`predictor:PATH`, `oracle:PATH`).
+    File(Selection),
+    /// The truly active neurons at thresholds the sweep calibrates on `[train]`'s trace for `sparsity`.
+    Oracle,
+    /// A predictor the sweep trains on `[train]`'s trace at `sparsity` and `rank`.
+    Predictor,
 }
 
 /// One point of the grid.
@@ -111,9 +201,9 @@ impl Point {
     /// The settings that the grid varies, as `key=value` pairs.
     pub fn label(&self, spec: &Spec) -> String {
         let varied: Vec<String> = spec
-            .grid
-            .iter()
-            .filter_map(|(k, _)| self.columns.iter().find(|(c, _)| c == k).map(|(c, v)| format!("{c}={v}")))
+            .varied()
+            .into_iter()
+            .filter_map(|k| self.columns.iter().find(|(c, _)| *c == k).map(|(c, v)| format!("{c}={v}")))
             .collect();
         if varied.is_empty() {
             "the only point".to_string()
@@ -168,10 +258,11 @@ struct RawSpec {
     name: Option<String>,
     source: RawSource,
     prompts: RawPrompts,
+    train: Option<TrainSpec>,
     #[serde(default)]
     fixed: BTreeMap<String, toml::Value>,
-    #[serde(default)]
-    grid: BTreeMap<String, toml::Value>,
+    /// A table (`[grid]`) or a list of tables (`[[grid]]`).
+    grid: Option<toml::Value>,
 }
 
 #[derive(serde::Deserialize)]
@@ -228,29 +319,63 @@ impl Spec {
             check_key(k, &key, path)?;
             fixed.insert(k.clone(), scalar(v).map_err(|what| bad(&key, what))?);
         }
-        let mut grid = Vec::new();
-        for k in SETTINGS {
-            let Some(v) = raw.grid.get(k) else { continue };
-            let key = format!("grid.{k}");
-            if fixed.contains_key(k) {
-                return Err(bad(&key, format!("`{k}` is both fixed and varied; keep one")));
+        let tables = match raw.grid {
+            None => vec![toml::map::Map::new()],
+            Some(toml::Value::Table(t)) => vec![t],
+            Some(toml::Value::Array(a)) if !a.is_empty() => a
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| match t {
+                    toml::Value::Table(t) => Ok(t),
+                    _ => Err(bad(&format!("grid[{i}]"), "each [[grid]] is a table of settings".into())),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Some(_) => return Err(bad("grid", "write [grid] (one table) or [[grid]] tables".into())),
+        };
+        let many = tables.len() > 1;
+        let mut grids = Vec::new();
+        for (i, table) in tables.iter().enumerate() {
+            let name = |k: &str| if many { format!("grid[{i}].{k}") } else { format!("grid.{k}") };
+            for k in table.keys() {
+                check_key(k, &name(k), path)?;
             }
-            let toml::Value::Array(values) = v else {
-                return Err(bad(&key, "a grid setting is a list of values, e.g. [1, 2, 3]".into()));
-            };
-            if values.is_empty() {
-                return Err(bad(&key, "the list is empty".into()));
+            let mut grid = Vec::new();
+            for k in SETTINGS {
+                let Some(v) = table.get(k) else { continue };
+                let key = name(k);
+                if fixed.contains_key(k) {
+                    return Err(bad(&key, format!("`{k}` is both fixed and varied; keep one")));
+                }
+                let toml::Value::Array(values) = v else {
+                    return Err(bad(&key, "a grid setting is a list of values, e.g. [1, 2, 3]".into()));
+                };
+                if values.is_empty() {
+                    return Err(bad(&key, "the list is empty".into()));
+                }
+                let values =
+                    values.iter().map(|v| scalar(v).map_err(|what| bad(&key, what))).collect::<Result<Vec<_>>>()?;
+                grid.push((k.to_string(), values));
             }
-            let values =
-                values.iter().map(|v| scalar(v).map_err(|what| bad(&key, what))).collect::<Result<Vec<_>>>()?;
-            grid.push((k.to_string(), values));
+            grids.push(grid);
         }
-        for k in raw.grid.keys() {
-            check_key(k, &format!("grid.{k}"), path)?;
+        if let Some(t) = &raw.train {
+            if !(t.valid_fraction > 0.0 && t.valid_fraction < 1.0) {
+                return Err(bad("train.valid_fraction", format!("{} is not between 0 and 1", t.valid_fraction)));
+            }
+            if !(t.recall > 0.0 && t.recall <= 1.0) {
+                return Err(bad("train.recall", format!("{} is not in (0, 1]", t.recall)));
+            }
+            if t.epochs == 0 {
+                return Err(bad("train.epochs", "must be at least 1".into()));
+            }
+            if t.max_train_tokens == Some(0) {
+                return Err(bad("train.max_train_tokens", "must be at least 1".into()));
+            }
+            t.positives.parse::<predictor::train::Positives>().map_err(|e| bad("train.positives", e))?;
         }
         if let SourceSpec::Layout(_) = source {
             for k in ["layout", "dtype"] {
-                if fixed.contains_key(k) || grid.iter().any(|(g, _)| g == k) {
+                if fixed.contains_key(k) || grids.iter().flatten().any(|(g, _)| g == k) {
                     return Err(bad(
                         k,
                         format!("source.layout fixes the layout's {k}; to vary it, name a model in source.model"),
@@ -262,7 +387,16 @@ impl Spec {
             Some(n) => n,
             None => path.file_stem().map_or_else(|| "sweep".to_string(), |s| s.to_string_lossy().into_owned()),
         };
-        let spec = Spec { path: path.to_path_buf(), name, source, planted: raw.source.planted, prompts, fixed, grid };
+        let spec = Spec {
+            path: path.to_path_buf(),
+            name,
+            source,
+            planted: raw.source.planted,
+            prompts,
+            train: raw.train,
+            fixed,
+            grids,
+        };
         // Every point's settings must parse before the first point runs.
         spec.points()?;
         Ok(spec)
@@ -275,23 +409,31 @@ impl Spec {
         hex(&Sha256::digest(json.as_bytes()))
     }
 
-    /// Number of points: the product of the grid's list lengths.
+    /// Number of points: per grid the product of its list lengths, summed over the grids.
     pub fn n_points(&self) -> usize {
-        self.grid.iter().map(|(_, v)| v.len()).product()
+        self.grids.iter().map(|g| g.iter().map(|(_, v)| v.len()).product::<usize>()).sum()
     }
 
-    /// Every point, in grid order (the first grid key of [`SETTINGS`] varies slowest).
+    /// The settings that some grid varies, in [`SETTINGS`] order.
+    pub fn varied(&self) -> Vec<&'static str> {
+        SETTINGS.iter().copied().filter(|k| self.grids.iter().flatten().any(|(g, _)| g == k)).collect()
+    }
+
+    /// Every point, in grid order: the grids one after another, and in each the first key of [`SETTINGS`]
+    /// varying slowest.
     pub fn points(&self) -> Result<Vec<Point>> {
-        let n = self.n_points();
-        let mut points = Vec::with_capacity(n);
-        for index in 0..n {
-            let mut values = self.fixed.clone();
-            let mut rest = index;
-            for (k, vs) in self.grid.iter().rev() {
-                values.insert(k.clone(), vs[rest % vs.len()].clone());
-                rest /= vs.len();
+        let mut points = Vec::with_capacity(self.n_points());
+        for grid in &self.grids {
+            let n: usize = grid.iter().map(|(_, v)| v.len()).product();
+            for i in 0..n {
+                let mut values = self.fixed.clone();
+                let mut rest = i;
+                for (k, vs) in grid.iter().rev() {
+                    values.insert(k.clone(), vs[rest % vs.len()].clone());
+                    rest /= vs.len();
+                }
+                points.push(self.point(points.len(), &values)?);
             }
-            points.push(self.point(index, &values)?);
         }
         Ok(points)
     }
@@ -317,19 +459,69 @@ impl Spec {
             other => return Err(bad("dtype", format!("`{other}` is not source, f32, f16, q8_0 or q4_1"))),
         };
         let selection = match get("selection").unwrap_or("all") {
-            "all" => Selection::All,
+            "all" => Chooser::File(Selection::All),
+            "oracle" => Chooser::Oracle,
+            "predictor" => Chooser::Predictor,
             s => match s.split_once(':') {
-                Some(("predictor", p)) if !p.is_empty() => Selection::Predictor(PathBuf::from(p)),
-                Some(("oracle", p)) if !p.is_empty() => Selection::Oracle(PathBuf::from(p)),
+                Some(("predictor", p)) if !p.is_empty() => Chooser::File(Selection::Predictor(PathBuf::from(p))),
+                Some(("oracle", p)) if !p.is_empty() => Chooser::File(Selection::Oracle(PathBuf::from(p))),
                 _ => {
                     return Err(bad(
                         "selection",
                         format!(
-                            "`{s}` is not all, predictor:PATH (a predictor file) or oracle:PATH (a thresholds file)"
+                            "`{s}` is not all, predictor:PATH (a predictor file), oracle:PATH (a thresholds file), \
+                             or oracle or predictor (made from [train]'s trace)"
                         ),
                     ))
                 }
             },
+        };
+        let made = !matches!(selection, Chooser::File(_));
+        if made && self.train.is_none() {
+            return Err(bad(
+                "selection",
+                "selection `oracle` or `predictor` without a file is made from a trace: add a [train] section \
+                 naming one (trace = \"PATH\")"
+                    .into(),
+            ));
+        }
+        let sparsity = match get("sparsity") {
+            None if made => {
+                return Err(bad(
+                    "sparsity",
+                    "selection `oracle` or `predictor` without a file needs the target sparsity of its thresholds \
+                     (sparsity = 0.5)"
+                        .into(),
+                ))
+            }
+            None => None,
+            Some(_) if !made => {
+                return Err(bad(
+                    "sparsity",
+                    "applies only to selection `oracle` or `predictor` (made from [train]'s trace); give it in a \
+                     grid of its own ([[grid]]) if other points select otherwise"
+                        .into(),
+                ))
+            }
+            Some(v) => match v.parse::<f64>() {
+                Ok(x) if (0.0..1.0).contains(&x) => Some(x),
+                _ => return Err(bad("sparsity", format!("`{v}` is not a fraction in [0, 1)"))),
+            },
+        };
+        let rank = match (get("rank"), &selection) {
+            (None, Chooser::Predictor) => Some(DEFAULT_RANK),
+            (None, _) => None,
+            (Some(v), Chooser::Predictor) => match v.parse::<usize>() {
+                Ok(r) if r > 0 => Some(r),
+                _ => return Err(bad("rank", format!("`{v}` is not a positive whole number"))),
+            },
+            (Some(_), _) => {
+                return Err(bad("rank", "applies only to selection `predictor` (made from [train]'s trace)".into()))
+            }
+        };
+        let profile = match get("profile").unwrap_or("none") {
+            "none" => None,
+            p => Some(PathBuf::from(p)),
         };
         let hot = match get("hot").unwrap_or("none") {
             "none" => None,
@@ -406,6 +598,9 @@ impl Spec {
             budget,
             cache,
             window,
+            sparsity,
+            rank,
+            profile,
         };
         let columns = settings.columns();
         let mut key = String::new();
@@ -413,7 +608,14 @@ impl Spec {
         // setting. serde_json writes these fields in declaration order.
         let ident = serde_json::json!({"source": &self.source, "planted": self.planted, "prompts": &self.prompts});
         key.push_str(&ident.to_string());
+        if made {
+            let train = serde_json::to_string(&self.train).expect("a train section serializes: paths and numbers");
+            let _ = write!(key, ";train={train}");
+        }
         for (k, v) in &columns {
+            if LATER.iter().any(|(later, default)| later == k && v == default) {
+                continue;
+            }
             let _ = write!(key, ";{k}={v}");
         }
         let id = hex(&Sha256::digest(key.as_bytes()))[..16].to_string();
@@ -424,7 +626,7 @@ impl Spec {
     fn key_of(&self, k: &str) -> String {
         if self.fixed.contains_key(k) {
             format!("fixed.{k}")
-        } else if self.grid.iter().any(|(g, _)| g == k) {
+        } else if self.grids.iter().flatten().any(|(g, _)| g == k) {
             format!("grid.{k}")
         } else {
             k.to_string()
@@ -440,9 +642,11 @@ impl Settings {
             LayoutKind::Split => "split",
         };
         let selection = match &self.selection {
-            Selection::All => "all".to_string(),
-            Selection::Predictor(p) => format!("predictor:{}", p.display()),
-            Selection::Oracle(p) => format!("oracle:{}", p.display()),
+            Chooser::File(Selection::All) => "all".to_string(),
+            Chooser::File(Selection::Predictor(p)) => format!("predictor:{}", p.display()),
+            Chooser::File(Selection::Oracle(p)) => format!("oracle:{}", p.display()),
+            Chooser::Oracle => "oracle".to_string(),
+            Chooser::Predictor => "predictor".to_string(),
         };
         vec![
             ("layout", kind.to_string()),
@@ -459,6 +663,9 @@ impl Settings {
             ("budget", self.budget.map_or_else(|| "none".to_string(), |b| b.to_string())),
             ("cache", self.cache.to_string()),
             ("window", self.window.map_or_else(String::new, |k| k.to_string())),
+            ("sparsity", self.sparsity.map_or_else(String::new, |s| s.to_string())),
+            ("rank", self.rank.map_or_else(String::new, |r| r.to_string())),
+            ("profile", self.profile.as_ref().map_or_else(|| "none".to_string(), |p| p.display().to_string())),
         ]
     }
 
@@ -489,7 +696,8 @@ fn scalar(v: &toml::Value) -> std::result::Result<String, String> {
         toml::Value::String(s) => Ok(s.trim().to_string()),
         toml::Value::Integer(i) => Ok(i.to_string()),
         toml::Value::Boolean(b) => Ok(b.to_string()),
-        other => Err(format!("expected a string, a whole number or true/false, got {}", other.type_str())),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        other => Err(format!("expected a string, a number or true/false, got {}", other.type_str())),
     }
 }
 
@@ -587,6 +795,72 @@ mod tests {
         assert!(e.contains("s.toml") && e.contains("prompts"), "{e}");
         let e = Spec::parse(&BASE.replace("count = 2", "count = 0"), Path::new("s.toml")).unwrap_err().to_string();
         assert!(e.contains("prompts.count"), "{e}");
+    }
+
+    #[test]
+    fn the_committed_window_sweep_keeps_its_hash_and_point_ids() {
+        // Settings and grids added since must not change what older specs hash to, nor their points' ids,
+        // or their folders would no longer resume.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let spec = Spec::load(&root.join("experiments/specs/window-default.toml")).unwrap();
+        let dir = root.join("results/sweeps/window-default");
+        let info: crate::sweep::SweepInfo = crate::sweep::output::read_json(&dir.join("sweep.json")).unwrap();
+        assert_eq!(spec.hash(), info.spec_sha256);
+        let rows = crate::sweep::output::read_rows(&dir.join("raw.csv")).unwrap();
+        for p in spec.points().unwrap() {
+            assert!(rows.iter().any(|r| r.point == p.index && r.point_id == p.id), "point {} changed id", p.index);
+        }
+    }
+
+    #[test]
+    fn several_grids_and_made_selections() {
+        let train = "[train]\ntrace = \"t.trace\"\nmax_train_tokens = 100\n";
+        let s = spec(&format!(
+            "{train}[[grid]]\nselection = [\"all\"]\n[[grid]]\nselection = [\"oracle\", \"predictor\"]\n\
+             sparsity = [0.5, 0.7]"
+        ))
+        .unwrap();
+        let pts = s.points().unwrap();
+        assert_eq!(pts.len(), 5);
+        assert_eq!(pts[0].settings.selection, Chooser::File(Selection::All));
+        assert_eq!((pts[1].settings.selection.clone(), pts[1].settings.sparsity), (Chooser::Oracle, Some(0.5)));
+        // A predictor made without a rank gets the default one, and its column says so.
+        assert_eq!(pts[3].settings.rank, Some(DEFAULT_RANK));
+        assert!(pts[3].columns.contains(&("rank", DEFAULT_RANK.to_string())));
+        assert_eq!(pts[4].label(&s), "selection=predictor, sparsity=0.7");
+        // Made points' ids cover the [train] section; the others' do not.
+        let other = spec(&format!(
+            "{}[[grid]]\nselection = [\"all\"]\n[[grid]]\nselection = [\"oracle\", \"predictor\"]\n\
+             sparsity = [0.5, 0.7]",
+            train.replace("100", "200")
+        ))
+        .unwrap()
+        .points()
+        .unwrap();
+        assert_eq!(other[0].id, pts[0].id);
+        assert_ne!(other[1].id, pts[1].id);
+    }
+
+    #[test]
+    fn made_selections_are_checked_by_key() {
+        let train = "[train]\ntrace = \"t.trace\"\n";
+        let e = spec("[fixed]\nselection = \"oracle\"\nsparsity = 0.5").unwrap_err().to_string();
+        assert!(e.contains("fixed.selection") && e.contains("[train]"), "{e}");
+        let e = spec(&format!("{train}[fixed]\nselection = \"oracle\"")).unwrap_err().to_string();
+        assert!(e.contains("`sparsity`") && e.contains("needs"), "{e}");
+        let e = spec(&format!("{train}[grid]\nselection = [\"all\", \"oracle\"]\nsparsity = [0.5]"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("grid.sparsity") && e.contains("[[grid]]"), "{e}");
+        let e = spec(&format!("{train}[fixed]\nselection = \"oracle\"\nsparsity = 1.5")).unwrap_err().to_string();
+        assert!(e.contains("fixed.sparsity"), "{e}");
+        let e =
+            spec(&format!("{train}[fixed]\nselection = \"oracle\"\nsparsity = 0.5\nrank = 8")).unwrap_err().to_string();
+        assert!(e.contains("fixed.rank"), "{e}");
+        let e = spec("[train]\ntrace = \"t\"\nrecall = 2.0").unwrap_err().to_string();
+        assert!(e.contains("train.recall"), "{e}");
+        let e = spec("[[grid]]\nwindow = [1]\n[[grid]]\nwindw = [2]").unwrap_err().to_string();
+        assert!(e.contains("grid[1].windw"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod io_bench;
 pub mod layout_bench;
 pub mod perplexity;
 pub mod profile_device;
+pub mod report;
 pub mod sweep;
 pub mod synth;
 pub mod trace;

@@ -4,19 +4,24 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use experiments::device::{draw_profile, run_profile, run_profile_file, write_profile_csv, ProfileConfig};
+use experiments::device::{
+    draw_profile, draw_profile_csv, run_profile, run_profile_file, write_profile_csv, ProfileConfig,
+};
 
 /// Arguments of `spike profile-device`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Folder on the file system to profile (where the layout will live); the scratch file is created there
     /// without a name and vanishes when the command ends, however it ends.
-    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    #[arg(long, required_unless_present_any = ["file", "redraw"], conflicts_with_all = ["file", "redraw"])]
     dir: Option<PathBuf>,
     /// Instead of --dir: read this existing file (for example a layout's ffn.bin), which is left as it is.
     /// It must be at least 16 times the largest chunk.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "redraw")]
     file: Option<PathBuf>,
+    /// Measure nothing: draw the charts again from OUT/device-profile.csv.
+    #[arg(long)]
+    redraw: bool,
     /// Size of the scratch file (K, M, G suffixes are powers of 1024).
     #[arg(long, default_value = "2GiB", value_parser = parse_size)]
     file_size: u64,
@@ -59,6 +64,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.redraw {
+        let csv = args.out.join("device-profile.csv");
+        let charts = draw_profile_csv(&csv, &args.out).with_context(|| format!("drawing {}", csv.display()))?;
+        for c in charts {
+            println!("wrote {}", c.display());
+        }
+        return Ok(());
+    }
     let cfg = ProfileConfig {
         file_size: args.file_size,
         chunks: args.chunks.iter().map(|&c| c as usize).collect(),
