@@ -48,9 +48,9 @@
 //! `avx512` modules for the details of each kernel.
 
 /// The entry points every SIMD module has, written once: `part` (the batched kernels for many tokens, the
-/// one-token kernels row by row otherwise) and `dot_row` (one row of any dtype times one token), plus
-/// `batched_float`. Each module supplies its kernels under the same names (`dot_q4::<Q4_1>`, `dot_q8_0`,
-/// `dot_float`, `batched_quantized`), and the expansion compiles them with the module's target features,
+/// one-token kernels row by row otherwise) and `dot_row` (one row of any dtype times one token). Each module
+/// supplies its kernels under the same names (`dot_q4::<Q4_1>`, `dot_q8_0`, `dot_float`, `batched_quantized`,
+/// `batched_float`), and the expansion compiles them with the module's target features,
 /// so the calls inside inline as direct calls between functions of one feature set.
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_entry_points {
@@ -97,30 +97,6 @@ macro_rules! simd_entry_points {
                 DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
                 DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
             }
-        }
-
-        /// Float rows times many tokens: each row is converted to f32 once and dotted with every token.
-        #[target_feature(enable = $features)]
-        fn batched_float(
-            w: &QMatrix,
-            acts: &Acts,
-            rows: Range<usize>,
-            toks: Range<usize>,
-            put: &mut impl FnMut(usize, usize, f32),
-        ) {
-            let mut s = take_scratch();
-            reset(&mut s.row, w.cols, 0.0);
-            for r in rows {
-                super::scalar::dequantize_row(w.dtype, w.row(r), &mut s.row);
-                let row = &s.row;
-                // SAFETY: reinterpreting f32 values as their little-endian bytes: any bytes are valid `u8`,
-                // the length is exact, and `u8` has no alignment requirement.
-                let bytes = unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), row.len() * 4) };
-                for t in toks.clone() {
-                    put(t, r, dot_float(DType::F32, bytes, acts.x_tok(t)));
-                }
-            }
-            give_scratch(s);
         }
     };
 }
@@ -627,20 +603,21 @@ fn part(
     }
 }
 
-/// The tile loop of the batched quantized kernels: rows `rows` in tiles of `R`, each tile unpacked into
-/// `s` once (`unpack(s, i, Some(r))` puts row `r` in slot `i`; `unpack(s, i, None)` zeroes a slot the last
-/// tile has no row for, whose results are computed and dropped), then run against the tokens of `toks`,
-/// `T` at a time, by `micro(s, t0, nt)`, whose `[row][token]` results go to `put`.
+/// The tile loop of the batched kernels: rows `rows` in tiles of `R`, each tile unpacked into `s` once
+/// (`unpack(s, i, Some(r))` puts row `r` in slot `i`; `unpack(s, i, None)` fills a slot the last tile has no
+/// row for with anything harmless, whose results are computed and dropped), then run against the tokens of
+/// `toks`, `T` at a time, by `micro(s, t0, nt)`, whose `[row][token]` results go to `put`. The quantized
+/// kernels unpack rows into a [`Scratch`]; the float kernels read rows in place and keep only their indices.
 ///
 /// Inlined into each kernel, so the closures compile with the caller's target features.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn for_each_tile<const R: usize, const T: usize>(
-    s: &mut Scratch,
+fn for_each_tile<S, const R: usize, const T: usize>(
+    s: &mut S,
     rows: Range<usize>,
     toks: Range<usize>,
-    mut unpack: impl FnMut(&mut Scratch, usize, Option<usize>),
-    mut micro: impl FnMut(&Scratch, usize, usize) -> [[f32; T]; R],
+    mut unpack: impl FnMut(&mut S, usize, Option<usize>),
+    mut micro: impl FnMut(&S, usize, usize) -> [[f32; T]; R],
     put: &mut impl FnMut(usize, usize, f32),
 ) {
     let mut r0 = rows.start;
@@ -661,6 +638,39 @@ fn for_each_tile<const R: usize, const T: usize>(
             t0 += nt;
         }
         r0 += nr;
+    }
+}
+
+/// Float weight dtypes as const generic arguments of the batched float kernels (a `DType` cannot be one), so
+/// each dtype compiles its own loop with its conversion to f32 chosen at compile time.
+#[cfg(target_arch = "x86_64")]
+mod float_kind {
+    use crate::model::quant::DType;
+
+    pub(super) const F32: u8 = 0;
+    pub(super) const F16: u8 = 1;
+    pub(super) const BF16: u8 = 2;
+
+    /// The kind of a float dtype.
+    ///
+    /// # Panics
+    /// When `dtype` is quantized.
+    pub(super) fn of(dtype: DType) -> u8 {
+        match dtype {
+            DType::F32 => F32,
+            DType::F16 => F16,
+            DType::BF16 => BF16,
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => panic!("{dtype} is not a float dtype"),
+        }
+    }
+
+    /// Bytes per element of kind `kind`.
+    pub(super) const fn bytes(kind: u8) -> usize {
+        if kind == F32 {
+            4
+        } else {
+            2
+        }
     }
 }
 
@@ -693,8 +703,6 @@ struct Scratch {
     dw: Vec<f32>,
     /// Per-block offset coefficients interleaved `(0, m)` like the activations' `(d, d * sum)`.
     mw: Vec<f32>,
-    /// One float row.
-    row: Vec<f32>,
 }
 
 thread_local! {
