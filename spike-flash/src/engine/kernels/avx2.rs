@@ -10,7 +10,8 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{
-    float_kind, for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch, Acts, QMatrix, Scratch,
+    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch,
+    Acts, QMatrix, Scratch,
 };
 use crate::model::quant::{DType, QK};
 
@@ -261,7 +262,8 @@ unsafe fn load_float8(kind: u8, p: *const u8, k: usize) -> __m256 {
 }
 
 /// Float rows times many tokens: tiles of [`FR`] rows, read in place and converted to f32 in registers,
-/// against [`FT`] tokens at a time from a register tile of `FR x FT` accumulators.
+/// against [`FT`] tokens at a time from a register tile of `FR x FT` accumulators, in the order of
+/// [`for_each_float_tile`].
 #[target_feature(enable = "avx2,fma,f16c")]
 fn batched_float(
     w: &QMatrix,
@@ -271,14 +273,12 @@ fn batched_float(
     put: &mut impl FnMut(usize, usize, f32),
 ) {
     let kind = float_kind::of(w.dtype);
-    // The last tile's missing rows repeat its first.
-    let unpack = |slots: &mut [usize; FR], i: usize, row: Option<usize>| slots[i] = row.unwrap_or(slots[0]);
     let tile = |slots: &[usize; FR], t0: usize, nt: usize| match kind {
         float_kind::F16 => float_tile::<{ float_kind::F16 }>(w, slots, acts, t0, nt),
         float_kind::BF16 => float_tile::<{ float_kind::BF16 }>(w, slots, acts, t0, nt),
         _ => float_tile::<{ float_kind::F32 }>(w, slots, acts, t0, nt),
     };
-    for_each_tile::<_, FR, FT>(&mut [rows.start; FR], rows, toks, unpack, tile, put);
+    for_each_float_tile::<FR, FT>(w, rows, toks, tile, put);
 }
 
 /// [`float_micro`] for `nt` tokens.

@@ -641,6 +641,44 @@ fn for_each_tile<S, const R: usize, const T: usize>(
     }
 }
 
+/// Bytes of weight rows the batched float kernels run against one token tile before the next: with that
+/// tile's activations (at most 6 tokens of f32: 192 KiB at a width of 8192) they fit in an L2 of 1 MiB
+/// (AMD Zen 4; Intel Sapphire Rapids has 2). Measured at width 8192 and 512 tokens on Zen 4, one thread:
+/// chunks of 512 KiB ran 1.2x faster than 256 KiB, and 1.5x (AVX-512) to 2.4x (AVX2) faster than none.
+#[cfg(target_arch = "x86_64")]
+const FLOAT_CHUNK_BYTES: usize = 512 << 10;
+
+/// The tile loop of the batched float kernels, which read rows in place: rows `rows` in chunks of about
+/// [`FLOAT_CHUNK_BYTES`] (whole tiles of `R`); in each chunk, for every `T` tokens of `toks`, every tile of `R`
+/// rows by `micro(rows, t0, nt)` (the last tile repeats its first row where it has none, results dropped),
+/// whose `[row][token]` results go to `put`. The chunk stays in L2 while the tokens pass, and each token
+/// tile stays there while the chunk's tiles use it, so the activations stream from L3 or memory once per
+/// chunk rather than once per tile, and the weights once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn for_each_float_tile<const R: usize, const T: usize>(
+    w: &QMatrix,
+    rows: Range<usize>,
+    toks: Range<usize>,
+    mut micro: impl FnMut(&[usize; R], usize, usize) -> [[f32; T]; R],
+    put: &mut impl FnMut(usize, usize, f32),
+) {
+    let chunk = (FLOAT_CHUNK_BYTES / w.row_bytes().max(1)).max(1).next_multiple_of(R);
+    let mut unpack = |slots: &mut [usize; R], i: usize, row: Option<usize>| slots[i] = row.unwrap_or(slots[0]);
+    let mut slots = [rows.start; R];
+    let mut r0 = rows.start;
+    while r0 < rows.end {
+        let r1 = (r0 + chunk).min(rows.end);
+        let mut t0 = toks.start;
+        while t0 < toks.end {
+            let t1 = (t0 + T).min(toks.end);
+            for_each_tile::<_, R, T>(&mut slots, r0..r1, t0..t1, &mut unpack, &mut micro, put);
+            t0 = t1;
+        }
+        r0 = r1;
+    }
+}
+
 /// Float weight dtypes as const generic arguments of the batched float kernels (a `DType` cannot be one), so
 /// each dtype compiles its own loop with its conversion to f32 chosen at compile time.
 #[cfg(target_arch = "x86_64")]

@@ -276,8 +276,10 @@ fn simd_kernels_match_scalar() {
 }
 
 /// Float matrices whose widths are not a multiple of any vector (8 or 16 lanes) and whose row and token
-/// counts leave partial register tiles (AVX2: 3 rows x 4 tokens; AVX-512: 4 x 6), down to one element.
-const FLOAT_SHAPES: [(usize, usize); 7] = [(1, 1), (7, 13), (5, 23), (11, 100), (13, 517), (4, 2048), (2, 8)];
+/// counts leave partial register tiles (AVX2: 3 rows x 4 tokens; AVX-512: 4 x 6), down to one element; the
+/// last is several row chunks of `FLOAT_CHUNK_BYTES` in every dtype, the last chunk partial.
+const FLOAT_SHAPES: [(usize, usize); 8] =
+    [(1, 1), (7, 13), (5, 23), (11, 100), (13, 517), (4, 2048), (2, 8), (300, 2050)];
 const FLOAT_TOKENS: [usize; 6] = [2, 5, 6, 7, 13, 25];
 
 #[test]
