@@ -5,6 +5,11 @@
 //! `vpmaddwd` with ones (to i32). Q8_0 weights are signed, so the kernel multiplies their magnitudes by the
 //! activations carrying the weights' signs (`vpsignb`, the abs/sign trick: at most 2 * 128 * 127 < 2^15).
 //! Q4_0's `- 8` is applied as `- 8 * d_w * (d_x * sum(x))`, an f32 term per block.
+//!
+//! Float rows times many tokens: 8 weights per register, converted in registers (F16C's `vcvtph2ps`, or a
+//! shift for BF16), a tile of [`FR`] = 3 rows x [`FT`] = 4 tokens: 12 accumulators, 3 weight vectors and one
+//! activation vector fill the 16 registers; 3 conversions and 7 loads serve 12 FMAs. The last `cols % 8`
+//! elements are copied into zero-padded buffers for one more step.
 
 use std::arch::x86_64::*;
 use std::ops::Range;

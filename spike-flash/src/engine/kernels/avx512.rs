@@ -12,6 +12,11 @@
 //! a register tile of `R x T` accumulators. Every block's offset (Q4_1's `m`, Q4_0's `-8 d_w`, Q8_0's
 //! `-128 d_w`) multiplies the activation block sum `d_x sum_x` and is added as one more f32 dot product.
 //!
+//! Float rows times many tokens: 16 weights per register, converted in registers (`vcvtph2ps` for F16, a
+//! shift for BF16), a tile of [`FR`] = 4 rows x [`FT`] = 6 tokens: 24 accumulators and 4 weight vectors of
+//! the 32 registers, 4 conversions and 10 loads per 24 FMAs. The last `cols % 16` elements take one masked
+//! step.
+//!
 //! The AVX-512 intrinsics are stable since Rust 1.89, the workspace's MSRV.
 
 use std::arch::x86_64::*;

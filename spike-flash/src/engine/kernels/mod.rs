@@ -22,7 +22,8 @@
 //! are f32 rounding only: tests bound them by `1e-5` of `sum |w_i x_i|` (measured: below `1e-6`). Against
 //! [`dot_reference_f32`] (exact weights, exact activations) the quantized kernels stay within the provable
 //! bound `sum_b (d_b / 2) sum_(i in b) |w_i|` that activation rounding allows; on random data the error is
-//! about 5% of it. Float weights are multiplied by f32 activations with f32 accumulation.
+//! about 5% of it. Float weights are converted to f32 exactly and multiplied by f32 activations with f32
+//! accumulation; the SIMD kernels differ from the scalar ones only in the order of the sum.
 //!
 //! # Threading
 //!
@@ -40,6 +41,13 @@
 //! all the tokens of the task, 4 at a time, from a register tile of rows x tokens accumulators: each weight
 //! byte loaded from memory serves every token and each activation load serves several rows, which makes
 //! prompt processing compute bound. Weights are never repacked in memory.
+//!
+//! Float rows need no unpacking beyond a conversion to f32 (F16 by F16C's `vcvtph2ps`, BF16 by a shift), so
+//! the batched float kernels read a tile of rows in place and convert each vector of weights in registers,
+//! where it serves a tile of tokens: 4 rows x 6 tokens for AVX-512 (24 accumulators of the 32 registers),
+//! 3 x 4 for AVX2 (12 of 16), each a vector of partial sums reduced once at the end. A chunk of rows runs
+//! against each token tile before the next (see [`for_each_float_tile`]), so the f32 activations, twice
+//! the bytes of f16 weights, come from L2 rather than L3.
 //!
 //! # Instruction sets
 //!
