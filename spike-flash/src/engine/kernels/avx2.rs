@@ -25,7 +25,7 @@ const R: usize = 2;
 /// Tokens per register tile of the batched kernel.
 const T: usize = 4;
 
-simd_entry_points!("avx2,fma,f16c", "AVX2, FMA and F16C");
+simd_entry_points!("avx2,fma,f16c", "AVX2, FMA and F16C", float_tokens: [4, 3, 2]);
 
 /// Quantizes one token's values `x` (whole blocks) into `q` and `(d, d * sum)` pairs in `sc`, exactly as
 /// the scalar [`super::quantize_block`] does: the same maximum, the same f32 division and multiplication,
@@ -266,53 +266,15 @@ unsafe fn load_float8(kind: u8, p: *const u8, k: usize) -> __m256 {
     }
 }
 
-/// Float rows times many tokens: tiles of [`FR`] rows, read in place and converted to f32 in registers,
-/// against [`FT`] tokens at a time from a register tile of `FR x FT` accumulators, in the order of
-/// [`for_each_float_tile`].
-#[target_feature(enable = "avx2,fma,f16c")]
-fn batched_float(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
-    let kind = float_kind::of(w.dtype);
-    let tile = |slots: &[usize; FR], t0: usize, nt: usize| match kind {
-        float_kind::F16 => float_tile::<{ float_kind::F16 }>(w, slots, acts, t0, nt),
-        float_kind::BF16 => float_tile::<{ float_kind::BF16 }>(w, slots, acts, t0, nt),
-        _ => float_tile::<{ float_kind::F32 }>(w, slots, acts, t0, nt),
-    };
-    for_each_float_tile::<FR, FT>(w, rows, toks, tile, put);
-}
-
-/// [`float_micro`] for `nt` tokens.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn float_tile<const KIND: u8>(w: &QMatrix, rows: &[usize; FR], acts: &Acts, t0: usize, nt: usize) -> [[f32; FT]; FR] {
-    match nt {
-        4 => float_micro::<4, KIND>(w, rows, acts, t0),
-        3 => float_micro::<3, KIND>(w, rows, acts, t0),
-        2 => float_micro::<2, KIND>(w, rows, acts, t0),
-        _ => float_micro::<1, KIND>(w, rows, acts, t0),
-    }
-}
-
-/// One register tile of the float kernel: rows `rows` (of [`float_kind`] `KIND`) times tokens `t0 .. t0 +
-/// NT`, 8 elements per step: each row's 8 weights are converted once and serve `NT` tokens, each token's 8
+/// One register tile of the float kernel: the rows `wr` (of [`float_kind`] `KIND`) times the `NT` tokens
+/// `x`, 8 elements per step: each row's 8 weights are converted once and serve `NT` tokens, each token's 8
 /// values serve [`FR`] rows. The last `n % 8` elements are copied into zero-padded buffers and take one more
 /// step. Each accumulator sums its own lanes, so a pair's result does not depend on the tile it is computed in.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn float_micro<const NT: usize, const KIND: u8>(
-    w: &QMatrix,
-    rows: &[usize; FR],
-    acts: &Acts,
-    t0: usize,
-) -> [[f32; FT]; FR] {
-    let n = w.cols;
+fn float_micro<const NT: usize, const KIND: u8>(wr: [&[u8]; FR], x: [&[f32]; NT]) -> [[f32; FT]; FR] {
+    let n = x[0].len();
     let eb = float_kind::bytes(KIND);
-    let wr: [&[u8]; FR] = std::array::from_fn(|i| w.row(rows[i]));
-    let x: [&[f32]; NT] = std::array::from_fn(|j| acts.x_tok(t0 + j));
     assert!(wr.iter().all(|r| r.len() == n * eb) && x.iter().all(|x| x.len() == n));
     let mut acc = [[_mm256_setzero_ps(); NT]; FR];
     // Elements `k .. k + 8` of rows `wp` and tokens `xp`, which hold them.

@@ -94,7 +94,8 @@ fn unpack_nibbles(raw: __m512i, idx: __m512i) -> __m512i {
 
 simd_entry_points!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c",
-    "AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C"
+    "AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C",
+    float_tokens: [6, 5, 4, 3, 2]
 );
 
 /// Checks that `q` and `sc` hold `pairs` block pairs.
@@ -321,54 +322,14 @@ unsafe fn load_float16(kind: u8, p: *const u8, k: usize, mask: u16) -> __m512 {
     }
 }
 
-/// Float rows times many tokens: tiles of [`FR`] rows, read in place and converted to f32 in registers,
-/// against [`FT`] tokens at a time from a register tile of `FR x FT` accumulators, in the order of
-/// [`for_each_float_tile`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn batched_float(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
-    let kind = float_kind::of(w.dtype);
-    let tile = |slots: &[usize; FR], t0: usize, nt: usize| match kind {
-        float_kind::F16 => float_tile::<{ float_kind::F16 }>(w, slots, acts, t0, nt),
-        float_kind::BF16 => float_tile::<{ float_kind::BF16 }>(w, slots, acts, t0, nt),
-        _ => float_tile::<{ float_kind::F32 }>(w, slots, acts, t0, nt),
-    };
-    for_each_float_tile::<FR, FT>(w, rows, toks, tile, put);
-}
-
-/// [`float_micro`] for `nt` tokens.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn float_tile<const KIND: u8>(w: &QMatrix, rows: &[usize; FR], acts: &Acts, t0: usize, nt: usize) -> [[f32; FT]; FR] {
-    match nt {
-        6 => float_micro::<6, KIND>(w, rows, acts, t0),
-        5 => float_micro::<5, KIND>(w, rows, acts, t0),
-        4 => float_micro::<4, KIND>(w, rows, acts, t0),
-        3 => float_micro::<3, KIND>(w, rows, acts, t0),
-        2 => float_micro::<2, KIND>(w, rows, acts, t0),
-        _ => float_micro::<1, KIND>(w, rows, acts, t0),
-    }
-}
-
-/// One register tile of the float kernel: rows `rows` (of [`float_kind`] `KIND`) times tokens `t0 .. t0 +
-/// NT`, 16 elements per step: each row's 16 weights are converted once and serve `NT` tokens, each token's
+/// One register tile of the float kernel: the rows `wr` (of [`float_kind`] `KIND`) times the `NT` tokens
+/// `x`, 16 elements per step: each row's 16 weights are converted once and serve `NT` tokens, each token's
 /// 16 values serve [`FR`] rows. Each accumulator sums its own lanes, so a pair's result does not depend on
 /// the tile it is computed in.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn float_micro<const NT: usize, const KIND: u8>(
-    w: &QMatrix,
-    rows: &[usize; FR],
-    acts: &Acts,
-    t0: usize,
-) -> [[f32; FT]; FR] {
-    let n = w.cols;
-    let wr: [&[u8]; FR] = std::array::from_fn(|i| w.row(rows[i]));
-    let x: [&[f32]; NT] = std::array::from_fn(|j| acts.x_tok(t0 + j));
+fn float_micro<const NT: usize, const KIND: u8>(wr: [&[u8]; FR], x: [&[f32]; NT]) -> [[f32; FT]; FR] {
+    let n = x[0].len();
     assert!(wr.iter().all(|r| r.len() == n * float_kind::bytes(KIND)) && x.iter().all(|x| x.len() == n));
     let wp: [*const u8; FR] = std::array::from_fn(|i| wr[i].as_ptr());
     let xp: [*const f32; NT] = std::array::from_fn(|j| x[j].as_ptr());

@@ -56,13 +56,15 @@
 //! `avx512` modules for the details of each kernel.
 
 /// The entry points every SIMD module has, written once: `part` (the batched kernels for many tokens, the
-/// one-token kernels row by row otherwise) and `dot_row` (one row of any dtype times one token). Each module
-/// supplies its kernels under the same names (`dot_q4::<Q4_1>`, `dot_q8_0`, `dot_float`, `batched_quantized`,
-/// `batched_float`), and the expansion compiles them with the module's target features,
-/// so the calls inside inline as direct calls between functions of one feature set.
+/// one-token kernels row by row otherwise), `dot_row` (one row of any dtype times one token) and
+/// `batched_float` (float rows times many tokens). Each module supplies its kernels under the same names
+/// (`dot_q4::<Q4_1>`, `dot_q8_0`, `dot_float`, `batched_quantized`, and `float_micro::<NT, KIND>(rows,
+/// tokens)` with its register tile `FR x FT`, instantiated for `NT` in `float_tokens` and 1), and the expansion compiles them
+/// with the module's target features, so the calls inside inline as direct calls between functions of one
+/// feature set.
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_entry_points {
-    ($features:literal, $cpu:literal) => {
+    ($features:literal, $cpu:literal, float_tokens: [$($nt:literal),*] $(,)?) => {
         /// The kernels of this module over `rows x toks`, see [`super::part`].
         ///
         /// # Safety
@@ -104,6 +106,42 @@ macro_rules! simd_entry_points {
                 DType::Q4_1 => dot_q4::<true>(row, acts.q_tok(t), acts.sc_tok(t)),
                 DType::Q8_0 => dot_q8_0(row, acts.q_tok(t), acts.sc_tok(t)),
                 DType::F32 | DType::F16 | DType::BF16 => dot_float(dtype, row, acts.x_tok(t)),
+            }
+        }
+
+        /// Float rows times many tokens: tiles of `FR` rows, read in place and converted to f32 in registers,
+        /// against `FT` tokens at a time from a register tile of `FR x FT` accumulators, in the order of
+        /// [`super::for_each_float_tile`].
+        #[target_feature(enable = $features)]
+        fn batched_float(
+            w: &QMatrix,
+            acts: &Acts,
+            rows: Range<usize>,
+            toks: Range<usize>,
+            put: &mut impl FnMut(usize, usize, f32),
+        ) {
+            let kind = float_kind::of(w.dtype);
+            let tile = |slots: &[usize; FR], t0: usize, nt: usize| match kind {
+                float_kind::F16 => float_tile::<{ float_kind::F16 }>(w, slots, acts, t0, nt),
+                float_kind::BF16 => float_tile::<{ float_kind::BF16 }>(w, slots, acts, t0, nt),
+                _ => float_tile::<{ float_kind::F32 }>(w, slots, acts, t0, nt),
+            };
+            for_each_float_tile::<FR, FT>(w, rows, toks, tile, put);
+        }
+
+        /// `float_micro` for `nt` tokens.
+        #[target_feature(enable = $features)]
+        fn float_tile<const KIND: u8>(
+            w: &QMatrix,
+            rows: &[usize; FR],
+            acts: &Acts,
+            t0: usize,
+            nt: usize,
+        ) -> [[f32; FT]; FR] {
+            let wr: [&[u8]; FR] = std::array::from_fn(|i| w.row(rows[i]));
+            match nt {
+                $($nt => float_micro::<$nt, KIND>(wr, std::array::from_fn(|j| acts.x_tok(t0 + j))),)*
+                _ => float_micro::<1, KIND>(wr, [acts.x_tok(t0)]),
             }
         }
     };
