@@ -46,7 +46,7 @@
 //! the batched float kernels read a tile of rows in place and convert each vector of weights in registers,
 //! where it serves a tile of tokens: 4 rows x 6 tokens for AVX-512 (24 accumulators of the 32 registers),
 //! 3 x 4 for AVX2 (12 of 16), each a vector of partial sums reduced once at the end. A chunk of rows runs
-//! against each token tile before the next (see [`for_each_float_tile`]), so the f32 activations, twice
+//! against each token tile before the next (see `for_each_float_tile`), so the f32 activations, twice
 //! the bytes of f16 weights, come from L2 rather than L3.
 //!
 //! # Instruction sets
