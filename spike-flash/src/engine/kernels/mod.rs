@@ -59,9 +59,9 @@
 /// one-token kernels row by row otherwise), `dot_row` (one row of any dtype times one token) and
 /// `batched_float` (float rows times many tokens). Each module supplies its kernels under the same names
 /// (`dot_q4::<Q4_1>`, `dot_q8_0`, `dot_float`, `batched_quantized`, and `float_micro::<NT, KIND>(rows,
-/// tokens)` with its register tile `FR x FT`, instantiated for `NT` in `float_tokens` and 1), and the expansion compiles them
-/// with the module's target features, so the calls inside inline as direct calls between functions of one
-/// feature set.
+/// tokens)` with its register tile `FR x FT`, instantiated for `NT` in `float_tokens` and 1), and the
+/// expansion compiles them with the module's target features, so the calls inside inline as direct calls
+/// between functions of one feature set.
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_entry_points {
     ($features:literal, $cpu:literal, float_tokens: [$($nt:literal),*] $(,)?) => {
