@@ -39,7 +39,7 @@ const PROMPT: usize = 128;
 /// Bytes of weight copies `decode_cold` cycles through: far more than the 32 MiB L3.
 const COLD_BYTES: usize = 256 << 20;
 
-/// Random blocks of `dtype` with scales of the sizes real models have.
+/// Random blocks of `dtype` with scales of the sizes real models have (F16: every element such a value).
 fn random_weights(rng: &mut StdRng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
     let bytes = (rows * cols / dtype.block_len()) * dtype.block_bytes();
     let mut data = vec![0u8; bytes];
@@ -68,9 +68,13 @@ fn isas(with_scalar: bool) -> Vec<Isa> {
     Isa::ALL.into_iter().filter(|i| i.is_available() && (with_scalar || *i != Isa::Scalar)).collect()
 }
 
-/// (name, dtype, rows, cols) of the single-matrix benchmarks.
-const SHAPES: [(&str, DType, usize, usize); 2] =
-    [("ffn_1536x576_q4_1", DType::Q4_1, D_FFN, D_MODEL), ("output_49152x576_q8_0", DType::Q8_0, VOCAB, D_MODEL)];
+/// (name, dtype, rows, cols) of the single-matrix benchmarks; the F16 one is the float kernels' (the
+/// default model has no float matrix).
+const SHAPES: [(&str, DType, usize, usize); 3] = [
+    ("ffn_1536x576_q4_1", DType::Q4_1, D_FFN, D_MODEL),
+    ("output_49152x576_q8_0", DType::Q8_0, VOCAB, D_MODEL),
+    ("ffn_1536x576_f16", DType::F16, D_FFN, D_MODEL),
+];
 
 /// CPU time of all threads of this process, in nanoseconds.
 fn process_cpu_ns() -> u64 {

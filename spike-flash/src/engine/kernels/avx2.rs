@@ -5,11 +5,19 @@
 //! `vpmaddwd` with ones (to i32). Q8_0 weights are signed, so the kernel multiplies their magnitudes by the
 //! activations carrying the weights' signs (`vpsignb`, the abs/sign trick: at most 2 * 128 * 127 < 2^15).
 //! Q4_0's `- 8` is applied as `- 8 * d_w * (d_x * sum(x))`, an f32 term per block.
+//!
+//! Float rows times many tokens: 8 weights per register, converted in registers (F16C's `vcvtph2ps`, or a
+//! shift for BF16), a tile of [`FR`] = 3 rows x [`FT`] = 4 tokens: 12 accumulators, 3 weight vectors and one
+//! activation vector fill the 16 registers; 3 conversions and 7 loads serve 12 FMAs. The last `cols % 8`
+//! elements are copied into zero-padded buffers for one more step.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch, Acts, QMatrix, Scratch};
+use super::{
+    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch,
+    Acts, QMatrix, Scratch,
+};
 use crate::model::quant::{DType, QK};
 
 /// Rows per register tile of the batched kernel.
@@ -17,7 +25,7 @@ const R: usize = 2;
 /// Tokens per register tile of the batched kernel.
 const T: usize = 4;
 
-simd_entry_points!("avx2,fma,f16c", "AVX2, FMA and F16C");
+simd_entry_points!("avx2,fma,f16c", "AVX2, FMA and F16C", float_tokens: [4, 3, 2]);
 
 /// Quantizes one token's values `x` (whole blocks) into `q` and `(d, d * sum)` pairs in `sc`, exactly as
 /// the scalar [`super::quantize_block`] does: the same maximum, the same f32 division and multiplication,
@@ -232,6 +240,84 @@ fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
+/// Rows per register tile of the batched float kernel.
+const FR: usize = 3;
+/// Tokens per register tile of the batched float kernel.
+const FT: usize = 4;
+
+/// Elements `k .. k + 8` of the float row at `p` (of `kind`, see [`float_kind`]) as f32.
+///
+/// # Safety
+/// The row holds elements `k .. k + 8`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_float8(kind: u8, p: *const u8, k: usize) -> __m256 {
+    let p = p.wrapping_add(float_kind::bytes(kind) * k);
+    // SAFETY: the caller guarantees that the 8 elements at `p` are readable; unaligned loads.
+    unsafe {
+        match kind {
+            float_kind::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+            // A bf16 is the high half of the f32 of the same value.
+            float_kind::BF16 => {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()))))
+            }
+            _ => _mm256_loadu_ps(p.cast()),
+        }
+    }
+}
+
+/// One register tile of the float kernel: the rows `wr` (of [`float_kind`] `KIND`) times the `NT` tokens
+/// `x`, 8 elements per step: each row's 8 weights are converted once and serve `NT` tokens, each token's 8
+/// values serve [`FR`] rows. The last `n % 8` elements are copied into zero-padded buffers and take one more
+/// step. Each accumulator sums its own lanes, so a pair's result does not depend on the tile it is computed in.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn float_micro<const NT: usize, const KIND: u8>(wr: [&[u8]; FR], x: [&[f32]; NT]) -> [[f32; FT]; FR] {
+    let n = x[0].len();
+    let eb = float_kind::bytes(KIND);
+    assert!(wr.iter().all(|r| r.len() == n * eb) && x.iter().all(|x| x.len() == n));
+    let mut acc = [[_mm256_setzero_ps(); NT]; FR];
+    // Elements `k .. k + 8` of rows `wp` and tokens `xp`, which hold them.
+    let mut step = |wp: [*const u8; FR], xp: [*const f32; NT], k: usize| {
+        // SAFETY: callers pass pointers to rows and tokens that hold elements `k .. k + 8`.
+        let wv: [__m256; FR] = std::array::from_fn(|i| unsafe { load_float8(KIND, wp[i], k) });
+        for j in 0..NT {
+            // SAFETY: as above.
+            let xv = unsafe { _mm256_loadu_ps(xp[j].add(k)) };
+            for i in 0..FR {
+                acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+            }
+        }
+    };
+    let wp: [*const u8; FR] = std::array::from_fn(|i| wr[i].as_ptr());
+    let xp: [*const f32; NT] = std::array::from_fn(|j| x[j].as_ptr());
+    let mut k = 0;
+    while k + 8 <= n {
+        // `k + 8 <= n`, and every row holds `n` elements and every token `n` values (asserted above).
+        step(wp, xp, k);
+        k += 8;
+    }
+    if k < n {
+        let mut wt = [[0u8; 32]; FR];
+        let mut xt = [[0.0f32; 8]; NT];
+        for i in 0..FR {
+            wt[i][..(n - k) * eb].copy_from_slice(&wr[i][k * eb..]);
+        }
+        for j in 0..NT {
+            xt[j][..n - k].copy_from_slice(&x[j][k..]);
+        }
+        // The buffers hold 8 elements each.
+        step(std::array::from_fn(|i| wt[i].as_ptr()), std::array::from_fn(|j| xt[j].as_ptr()), 0);
+    }
+    let mut out = [[0.0f32; FT]; FR];
+    for i in 0..FR {
+        for j in 0..NT {
+            out[i][j] = hsum(acc[i][j]);
+        }
+    }
+    out
+}
+
 /// Unpacks one quantized row into the scratch layout of [`micro`]: `u` gets `QK` unsigned bytes per block
 /// (nibbles, or Q8_0 magnitudes), `sg` the signed Q8_0 bytes, `dw` one scale per block, `mw` `(0, m)` per
 /// block with `m` the coefficient of the activation block sum (`m_w`, `-8 d_w`, or 0 for Q8_0).
@@ -305,7 +391,7 @@ fn batched_quantized(
         (true, 2) => micro::<2, true>(s, nb, acts, t0),
         (true, _) => micro::<1, true>(s, nb, acts, t0),
     };
-    for_each_tile::<R, T>(&mut s, rows, toks, unpack, tile, put);
+    for_each_tile::<_, R, T>(&mut s, rows, toks, unpack, tile, put);
     give_scratch(s);
 }
 

@@ -12,12 +12,20 @@
 //! a register tile of `R x T` accumulators. Every block's offset (Q4_1's `m`, Q4_0's `-8 d_w`, Q8_0's
 //! `-128 d_w`) multiplies the activation block sum `d_x sum_x` and is added as one more f32 dot product.
 //!
+//! Float rows times many tokens: 16 weights per register, converted in registers (`vcvtph2ps` for F16, a
+//! shift for BF16), a tile of [`FR`] = 4 rows x [`FT`] = 6 tokens: 24 accumulators and 4 weight vectors of
+//! the 32 registers, 4 conversions and 10 loads per 24 FMAs. The last `cols % 16` elements take one masked
+//! step.
+//!
 //! The AVX-512 intrinsics are stable since Rust 1.89, the workspace's MSRV.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch, Acts, QMatrix, Scratch};
+use super::{
+    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch,
+    Acts, QMatrix, Scratch,
+};
 use crate::model::quant::{DType, QK};
 
 /// Rows per register tile of the batched kernel.
@@ -86,7 +94,8 @@ fn unpack_nibbles(raw: __m512i, idx: __m512i) -> __m512i {
 
 simd_entry_points!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c",
-    "AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C"
+    "AVX-512 F, BW, VL, VNNI and VBMI, AVX2, FMA and F16C",
+    float_tokens: [6, 5, 4, 3, 2]
 );
 
 /// Checks that `q` and `sc` hold `pairs` block pairs.
@@ -281,6 +290,85 @@ fn dot_float(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
     _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
 }
 
+/// Rows per register tile of the batched float kernel.
+const FR: usize = 4;
+/// Tokens per register tile of the batched float kernel.
+const FT: usize = 6;
+
+/// Elements `k .. k + 16` of the float row at `p` (of `kind`, see [`float_kind`]) as f32; those outside
+/// `mask` are zero. An all-ones mask loads without masking.
+///
+/// # Safety
+/// The elements `mask` selects lie inside the row; masked-off elements are not accessed.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+unsafe fn load_float16(kind: u8, p: *const u8, k: usize, mask: u16) -> __m512 {
+    let eb = float_kind::bytes(kind);
+    // SAFETY: the caller guarantees that the selected elements, bytes `eb k ..` of the row, are readable;
+    // unaligned loads.
+    let half = unsafe {
+        match (kind == float_kind::F32, mask) {
+            (true, u16::MAX) => return _mm512_loadu_ps(p.add(eb * k).cast()),
+            (true, _) => return _mm512_maskz_loadu_ps(mask, p.add(eb * k).cast()),
+            (false, u16::MAX) => _mm256_loadu_si256(p.add(eb * k).cast()),
+            (false, _) => _mm256_maskz_loadu_epi16(mask, p.add(eb * k).cast()),
+        }
+    };
+    if kind == float_kind::F16 {
+        _mm512_cvtph_ps(half)
+    } else {
+        // A bf16 is the high half of the f32 of the same value.
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
+    }
+}
+
+/// One register tile of the float kernel: the rows `wr` (of [`float_kind`] `KIND`) times the `NT` tokens
+/// `x`, 16 elements per step: each row's 16 weights are converted once and serve `NT` tokens, each token's
+/// 16 values serve [`FR`] rows. Each accumulator sums its own lanes, so a pair's result does not depend on
+/// the tile it is computed in.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
+#[inline]
+fn float_micro<const NT: usize, const KIND: u8>(wr: [&[u8]; FR], x: [&[f32]; NT]) -> [[f32; FT]; FR] {
+    let n = x[0].len();
+    assert!(wr.iter().all(|r| r.len() == n * float_kind::bytes(KIND)) && x.iter().all(|x| x.len() == n));
+    let wp: [*const u8; FR] = std::array::from_fn(|i| wr[i].as_ptr());
+    let xp: [*const f32; NT] = std::array::from_fn(|j| x[j].as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); NT]; FR];
+    let mut step = |k: usize, mask: u16| {
+        // SAFETY: callers pass a `mask` that selects only elements below `n` from `k`, and every row holds
+        // `n` elements and every token `n` values (asserted above); masked-off elements are not accessed.
+        let wv: [__m512; FR] = std::array::from_fn(|i| unsafe { load_float16(KIND, wp[i], k, mask) });
+        for j in 0..NT {
+            // SAFETY: as above.
+            let xv = unsafe {
+                if mask == u16::MAX {
+                    _mm512_loadu_ps(xp[j].add(k))
+                } else {
+                    _mm512_maskz_loadu_ps(mask, xp[j].add(k))
+                }
+            };
+            for i in 0..FR {
+                acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+            }
+        }
+    };
+    let mut k = 0;
+    while k + 16 <= n {
+        step(k, u16::MAX);
+        k += 16;
+    }
+    if k < n {
+        step(k, (1u16 << (n - k)) - 1);
+    }
+    let mut out = [[0.0f32; FT]; FR];
+    for i in 0..FR {
+        for j in 0..NT {
+            out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+        }
+    }
+    out
+}
+
 /// Unpacks one quantized row into the scratch layout of [`micro`], per block pair `p`: `u[64 p ..]` the 64
 /// unsigned values, `dw[16 p ..]` the two scales each broadcast to 8 lanes, `mw[4 p ..]` `(0, m0, 0, m1)`
 /// with `m` the coefficient of the activation block sum.
@@ -367,7 +455,7 @@ fn batched_quantized(
         2 => micro::<2>(s, pairs, acts, t0),
         _ => micro::<1>(s, pairs, acts, t0),
     };
-    for_each_tile::<R, T>(&mut s, rows, toks, unpack, tile, put);
+    for_each_tile::<_, R, T>(&mut s, rows, toks, unpack, tile, put);
     give_scratch(s);
 }
 

@@ -247,31 +247,76 @@ fn simd_kernels_match_scalar() {
     }
     let all: Vec<DType> = QUANTIZED.into_iter().chain(FLOATS).collect();
     let mut acts = Acts::new();
-    let mut worst = std::collections::BTreeMap::new();
+    let mut worst = Worst::new();
     for_all_cases(&all, |dtype, rows, cols, n, wdata, x| {
         let (w, want) = scalar_matmul(&mut acts, dtype, rows, cols, n, wdata, x);
-        for &isa in &isas {
-            let mut got = vec![f32::NAN; n * rows];
-            matmul_with(isa, &w, &acts, &mut got);
-            for t in 0..n {
-                for r in 0..rows {
-                    let mag = magnitude(dtype, w.row(r), &x[t * cols..(t + 1) * cols]);
-                    let (g, e) = (got[t * rows + r], want[t * rows + r]);
-                    let err = (f64::from(g) - f64::from(e)).abs();
-                    assert!(
-                        err <= SIMD_TOL * mag,
-                        "{isa} {dtype} {rows}x{cols} n={n} row {r} token {t}: {g} vs scalar {e} (|w x| = {mag})"
-                    );
-                    if mag > 0.0 {
-                        let e = worst.entry((isa, dtype.name())).or_insert(0.0f64);
-                        *e = e.max(err / mag);
-                    }
-                }
-            }
-        }
+        assert_matches_scalar(&isas, &w, &acts, x, &want, &mut worst);
     });
     for ((isa, dtype), worst) in worst {
         eprintln!("{isa} {dtype}: worst error relative to sum |w x|: {worst:.2e}");
+    }
+}
+
+/// The worst error relative to `sum |w x|` per instruction set and dtype.
+type Worst = std::collections::BTreeMap<(Isa, &'static str), f64>;
+
+/// Asserts that every kernel of `isas` gives `want` (the scalar kernels' product of `w` with the tokens of
+/// `x`, prepared into `acts`) within [`SIMD_TOL`] of `sum |w x|` for every pair, and records the worst errors.
+fn assert_matches_scalar(isas: &[Isa], w: &QMatrix, acts: &Acts, x: &[f32], want: &[f32], worst: &mut Worst) {
+    let (dtype, rows, cols, n) = (w.dtype, w.rows, w.cols, acts.n());
+    for &isa in isas {
+        let mut got = vec![f32::NAN; n * rows];
+        matmul_with(isa, w, acts, &mut got);
+        for t in 0..n {
+            for r in 0..rows {
+                let mag = magnitude(dtype, w.row(r), &x[t * cols..(t + 1) * cols]);
+                let (g, e) = (got[t * rows + r], want[t * rows + r]);
+                let err = (f64::from(g) - f64::from(e)).abs();
+                assert!(
+                    err <= SIMD_TOL * mag,
+                    "{isa} {dtype} {rows}x{cols} n={n} row {r} token {t}: {g} vs scalar {e} (|w x| = {mag})"
+                );
+                if mag > 0.0 {
+                    let e = worst.entry((isa, dtype.name())).or_insert(0.0f64);
+                    *e = e.max(err / mag);
+                }
+            }
+        }
+    }
+}
+
+/// Float matrices whose widths are not a multiple of any vector (8 or 16 lanes) and whose row and token
+/// counts leave partial register tiles (AVX2: 3 rows x 4 tokens; AVX-512: 4 x 6), down to one element; the
+/// last is several row chunks of `FLOAT_CHUNK_BYTES` in every dtype, the last chunk partial.
+const FLOAT_SHAPES: [(usize, usize); 8] =
+    [(1, 1), (7, 13), (5, 23), (11, 100), (13, 517), (4, 2048), (2, 8), (300, 2050)];
+const FLOAT_TOKENS: [usize; 6] = [2, 5, 6, 7, 13, 25];
+
+#[test]
+fn batched_float_kernels_match_scalar_on_ragged_shapes() {
+    let mut rng = StdRng::seed_from_u64(SEED ^ 5);
+    let mut acts = Acts::new();
+    let mut isas = Vec::new();
+    for isa in Isa::ALL.into_iter().filter(|i| *i != Isa::Scalar) {
+        if isa.is_available() {
+            isas.push(isa);
+        } else {
+            eprintln!("batched_float_kernels_match_scalar_on_ragged_shapes: skipped {isa}, which this CPU lacks");
+        }
+    }
+    let mut worst = Worst::new();
+    for dtype in FLOATS {
+        for (rows, cols) in FLOAT_SHAPES {
+            for n in FLOAT_TOKENS {
+                let wdata = random_matrix(&mut rng, dtype, rows, cols);
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+                let (w, want) = scalar_matmul(&mut acts, dtype, rows, cols, n, &wdata, &x);
+                assert_matches_scalar(&isas, &w, &acts, &x, &want, &mut worst);
+            }
+        }
+    }
+    for ((isa, dtype), worst) in worst {
+        eprintln!("batched {isa} {dtype}: worst error relative to sum |w x|: {worst:.2e}");
     }
 }
 
