@@ -12,9 +12,9 @@
 #   2. the hot list (neurons by firing frequency) from the calibration trace;
 #   3. convert to a bundled and a split layout, f16 as the checkpoint stores them, hot neurons first;
 #   4. a short device profile of the bundled layout's ffn.bin (the cost model's predicted I/O);
-#   5. the process's overhead: one round of the same bench (same prompt and decode lengths, so the same KV
-#      cache and batch buffers) without a cap, its peak resident memory less the largest model DRAM a row
-#      reported;
+#   5. the process's overhead: the same bench (same prompts and lengths, so the same KV cache, batch buffers
+#      and heap growth over the rounds) without a cap, its peak resident memory less the largest model DRAM a
+#      row reported (one round was not enough: a run sized by one round thrashed and was OOM-killed in round 2);
 #   6. the bench inside the cgroup (limit = 50% of the checkpoint's bytes + that overhead; model budget 50% of
 #      the checkpoint), rows taking turns on the bundled and the split layout, held-out text;
 #   7. table3.csv from the bench's summary.
@@ -87,9 +87,9 @@ bench=("$spike" bench --layout "$bundled" --split-layout "$split" --budget "$hal
        --hot "$hot" --profile "$out/device/device-profile.json" --rows "$rows" --window 5
        --text "$lic/Apache-2.0")
 
-step "5/7 the process's own overhead (one uncapped round of the same bench)"
+step "5/7 the process's own overhead (the same bench, uncapped)"
 /usr/bin/time -f "%M" -o "$out/overhead.maxrss-kib" \
-    "${bench[@]}" --prompt "$prompt" --gen "$gen" --prompts 1 --csv "$cache/$tag-overhead.csv" > "$out/overhead.log" 2>&1
+    "${bench[@]}" --prompt "$prompt" --gen "$gen" --prompts "$prompts" --csv "$cache/$tag-overhead.csv" > "$out/overhead.log" 2>&1
 overhead=$(python3 - "$out/overhead.maxrss-kib" "$cache/$tag-overhead.summary.csv" <<'EOF'
 import csv, sys
 hwm = int(open(sys.argv[1]).read().split()[-1]) * 1024
@@ -100,7 +100,7 @@ EOF
 limit=$(( half + overhead ))
 {
     echo "checkpoint $ckpt_bytes B; model budget (50%) $half B"
-    echo "uncapped round: peak resident $(( $(cat "$out/overhead.maxrss-kib") * 1024 )) B; overhead over the largest row's model DRAM $overhead B"
+    echo "uncapped run: peak resident $(( $(cat "$out/overhead.maxrss-kib") * 1024 )) B; overhead over the largest row's model DRAM $overhead B"
     echo "cgroup limit = budget + overhead = $limit B ($(( limit >> 20 )) MiB)"
 } | tee "$out/overhead.txt"
 
