@@ -46,9 +46,13 @@ pub struct Row {
 
 /// Median, lowest and highest tokens/s of test `test` (`pp` or `tg`) over `rows`.
 pub fn spread(rows: &[Row], test: &str) -> (f64, f64, f64) {
-    let tps: Vec<f64> = rows.iter().filter(|r| r.test == test).map(|r| r.tokens_per_s).collect();
-    let (lo, hi) = tps.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    (median(tps), lo, hi)
+    spread_of(rows.iter().filter(|r| r.test == test).map(|r| r.tokens_per_s).collect())
+}
+
+/// Median, lowest and highest of `values`.
+pub fn spread_of(values: Vec<f64>) -> (f64, f64, f64) {
+    let (lo, hi) = values.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    (median(values), lo, hi)
 }
 
 /// Runs `b` on `model` (loaded from `path`), calling `progress` after each run.

@@ -116,22 +116,7 @@ fn bench_rows_on_bundled_and_split_layouts() {
 #[test]
 fn oracle_rows_and_read_alignment() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ck = common::synth(dir.path(), "llama", 5, 256);
-    let text = common::corpus(dir.path(), 12);
-    let trace = dir.path().join("t.trace");
-    let out = spike()
-        .arg("trace")
-        .arg("-m")
-        .arg(&ck)
-        .arg("-f")
-        .arg(&text)
-        .args(["--tokens", "200", "--ctx", "48", "-o"])
-        .arg(&trace)
-        .output();
-    ok(out.expect("run trace"), "trace");
-    let thr = dir.path().join("thr.json");
-    let out = spike().arg("calibrate").arg(&trace).args(["--sparsity", "0.6", "-o"]).arg(&thr).output();
-    ok(out.expect("run calibrate"), "calibrate");
+    let (ck, text, thr) = common::calibrated_llama(dir.path(), 5, 200);
     let lay = dir.path().join("l.spike");
     ok(spike().arg("convert").arg("-m").arg(&ck).arg("-o").arg(&lay).output().expect("run convert"), "convert");
     let l = Layout::open(&lay).expect("open the layout");

@@ -53,23 +53,7 @@ const SETTINGS: [&str; 17] = [
 /// A SiLU checkpoint, the text its prompts come from, and thresholds calibrated on its own trace `t.trace` (so
 /// that the oracle picks a part of each layer and a window has something to hold).
 fn model(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ck = common::synth(dir, "llama", 7, 256);
-    let text = common::corpus(dir, 12);
-    let trace = dir.join("t.trace");
-    let out = spike()
-        .arg("trace")
-        .arg("-m")
-        .arg(&ck)
-        .arg("-f")
-        .arg(&text)
-        .args(["--tokens", "160", "--ctx", "48", "-o"])
-        .arg(&trace)
-        .output();
-    ok(out.expect("run trace"), "trace");
-    let thr = dir.join("thr.json");
-    let out = spike().arg("calibrate").arg(&trace).args(["--sparsity", "0.6", "-o"]).arg(&thr).output();
-    ok(out.expect("run calibrate"), "calibrate");
-    (ck, text, thr)
+    common::calibrated_llama(dir, 7, 160)
 }
 
 /// A spec over `grid` (TOML lines of the [grid] table) with the oracle of `thr`.

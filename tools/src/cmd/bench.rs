@@ -86,9 +86,7 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
         println!("{:<6} {:>8} {:>12.1} {:>12.1} {:>12.1}", format!("{test}{tokens}"), tokens, median, lo, hi);
     }
     if b.memory {
-        let gbps: Vec<f64> = rows.iter().filter_map(|r| r.gb_per_s).collect();
-        let (lo, hi) = gbps.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-        let bw = experiments::summary::median(gbps);
+        let (bw, lo, hi) = dense_bench::spread_of(rows.iter().filter_map(|r| r.gb_per_s).collect());
         let bytes = loaded.model.parts().decode_bytes() as f64;
         let bound = bw * 1e9 / bytes;
         let (tg, _, _) = dense_bench::spread(&rows, "tg");

@@ -59,6 +59,28 @@ pub fn corpus(dir: &Path, docs: usize) -> PathBuf {
 pub const WORDS: [&str; 12] =
     ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "far"];
 
+/// A small Llama checkpoint (`synth` seed `seed`, FFN 256) and a corpus of 12 documents in `dir`, traced over
+/// `tokens` tokens (context 48) and calibrated for 60% sparsity: (checkpoint, corpus, thresholds file).
+pub fn calibrated_llama(dir: &Path, seed: u32, tokens: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let ck = synth(dir, "llama", seed, 256);
+    let text = corpus(dir, 12);
+    let trace = dir.join("t.trace");
+    let out = spike()
+        .arg("trace")
+        .arg("-m")
+        .arg(&ck)
+        .arg("-f")
+        .arg(&text)
+        .args(["--tokens", &tokens.to_string(), "--ctx", "48", "-o"])
+        .arg(&trace)
+        .output();
+    ok(out.expect("run trace"), "trace");
+    let thr = dir.join("thr.json");
+    let out = spike().arg("calibrate").arg(&trace).args(["--sparsity", "0.6", "-o"]).arg(&thr).output();
+    ok(out.expect("run calibrate"), "calibrate");
+    (ck, text, thr)
+}
+
 /// A JSON file, parsed.
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("read json")).expect("parse json")
