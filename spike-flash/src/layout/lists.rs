@@ -100,16 +100,24 @@ impl<'de> Visitor<'de> for ListsVisitor {
         f.write_str("an array of per-layer arrays of neuron ids")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<Vec<u32>>, A::Error> {
-        let mut out = Vec::new();
-        while let Some(list) = seq.next_element::<Vec<u32>>()? {
-            if out.len() == MAX_LISTS {
-                return Err(de::Error::custom(format_args!("more than {MAX_LISTS} lists (layers)")));
-            }
-            out.push(list);
-        }
-        Ok(out)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Vec<Vec<u32>>, A::Error> {
+        lists_of(seq, |list: Vec<u32>| list)
     }
+}
+
+/// The elements of `seq`, each made a list by `list`; an error past [`MAX_LISTS`] of them.
+fn lists_of<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
+    mut seq: A,
+    list: impl Fn(T) -> Vec<u32>,
+) -> std::result::Result<Vec<Vec<u32>>, A::Error> {
+    let mut out = Vec::new();
+    while let Some(x) = seq.next_element::<T>()? {
+        if out.len() == MAX_LISTS {
+            return Err(de::Error::custom(format_args!("more than {MAX_LISTS} lists (layers)")));
+        }
+        out.push(list(x));
+    }
+    Ok(out)
 }
 
 /// `spike trace-stats`' hot-neuron file's `layers`: each layer's `neurons` (its other members ignored).
@@ -129,15 +137,8 @@ impl<'de> Deserialize<'de> for HotLayers {
                 f.write_str("an array of layers, each {\"neurons\": [...]}")
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<Vec<u32>>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(layer) = seq.next_element::<HotLayer>()? {
-                    if out.len() == MAX_LISTS {
-                        return Err(de::Error::custom(format_args!("more than {MAX_LISTS} layers")));
-                    }
-                    out.push(layer.neurons);
-                }
-                Ok(out)
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Vec<Vec<u32>>, A::Error> {
+                lists_of(seq, |layer: HotLayer| layer.neurons)
             }
         }
         d.deserialize_seq(LayersVisitor).map(HotLayers)
