@@ -142,6 +142,26 @@ fn layout_once(dir: &Path, parts: [&[u8]; 3]) -> bool {
     true
 }
 
+/// A neuron list file (a neuron order or a hot list): written to `path` and read by
+/// [`read_neuron_lists`](crate::layout::read_neuron_lists); then, taking the first list's length as `d_ffn`,
+/// checked as a conversion's order ([`check_order`](crate::layout::check_order)) and handed as a hot list to a
+/// neuron cache of the first 64 layers (`hot:0.5+window:2`, which checks the pinned ids). Returns whether the
+/// file was read as lists.
+pub fn neuron_lists(path: &Path, data: &[u8]) -> bool {
+    if std::fs::write(path, data).is_err() {
+        return false;
+    }
+    let Ok(lists) = crate::layout::read_neuron_lists(path) else { return false };
+    let d_ffn = lists.first().map_or(0, Vec::len);
+    let _ = crate::layout::check_order(&lists, lists.len(), d_ffn);
+    let spec = crate::cache::PolicySpec::Hot { fraction: 0.5, window: Some(2) };
+    for list in lists.iter().take(64) {
+        let n = list.len().max(1);
+        let _ = crate::cache::LayerCache::new(spec, n, 4, n, Some(list));
+    }
+    true
+}
+
 /// `manifest` sealed again (`docs/format.md`): its checksum recomputed over the bytes before its last
 /// `"manifest_crc32c"` key, or, without one, the member added as a writer adds it. `None` when neither
 /// applies (no closing brace).

@@ -34,3 +34,10 @@ fn layout() {
     let dir = tmp.path().join("f.spike");
     replay("layout", |d| fuzz_targets::layout(&dir, d));
 }
+
+#[test]
+fn neuron_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("lists.json");
+    replay("neuron_lists", |d| fuzz_targets::neuron_lists(&path, d));
+}

@@ -117,6 +117,23 @@ fn version() -> &'static str {
     Box::leak(text.into_boxed_str())
 }
 
+/// The error and its causes joined by `: `, as `{:#}` joins them, but without a cause whose text the message
+/// already ends with (an I/O error of the libraries names its file and says its cause, which is also its source).
+fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     // The version reads /proc/cpuinfo and probes the kernels: only when it is asked for.
     let asked = std::env::args_os().skip(1).any(|a| a == "--version" || a == "-V");
@@ -136,8 +153,18 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", message(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_the_message_already_ends_with_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let e = anyhow::Error::new(spike_flash::Error::io("f.tmp", io)).context("writing x");
+        assert_eq!(super::message(&e), "writing x: f.tmp: No space left on device (os error 28)");
     }
 }

@@ -1,5 +1,5 @@
-//! `spike convert` writers of one output: two at once give one layout and one refusal naming the output; a
-//! killed convert's partial directory is removed by the next run, which says so.
+//! `spike convert` writers of one output: two at once give one layout and one refusal naming the output; the
+//! partial directory of a convert killed by SIGKILL, SIGTERM or SIGINT is removed by the next run, which says so.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -76,22 +76,28 @@ fn a_killed_converts_partial_directory_is_removed_by_the_next_run() {
         .output()
         .expect("run spike synth");
     ok(out, "synth");
-    let lay = tmp.path().join("m.spike");
-    let mut child = convert(&ck, &lay, "bundled").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
-    let partial = tmp.path().join(format!("m.spike.partial-{}", child.id()));
-    let start = Instant::now();
-    while !partial.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "no partial directory appeared");
-        assert!(child.try_wait().expect("try_wait").is_none(), "convert finished before it could be killed");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().expect("SIGKILL convert");
-    child.wait().expect("reap convert");
-    assert!(partial.exists() && !lay.exists());
+    // SIGKILL, and the signals of `kill` and of a terminal's Ctrl-C, which end a conversion as abruptly.
+    for signal in ["KILL", "TERM", "INT"] {
+        let lay = tmp.path().join(format!("m-{signal}.spike"));
+        let mut child =
+            convert(&ck, &lay, "bundled").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+        let partial = tmp.path().join(format!("m-{signal}.spike.partial-{}", child.id()));
+        let start = Instant::now();
+        while !partial.exists() {
+            assert!(start.elapsed() < Duration::from_secs(60), "SIG{signal}: no partial directory appeared");
+            assert!(child.try_wait().expect("try_wait").is_none(), "convert finished before SIG{signal}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        assert!(sent.expect("run kill").success(), "kill -{signal}");
+        let status = child.wait().expect("reap convert");
+        assert!(!status.success(), "SIG{signal}: {status:?}");
+        assert!(partial.exists() && !lay.exists(), "SIG{signal}");
 
-    let stdout = ok(convert(&ck, &lay, "bundled").output().expect("run convert"), "convert after the kill");
-    let line = format!("removed {}", partial.display());
-    assert!(stdout.contains(&line) && stdout.contains("no longer running"), "{stdout}");
-    assert!(!partial.exists());
-    Layout::open(&lay).expect("open").verify().expect("verify");
+        let stdout = ok(convert(&ck, &lay, "bundled").output().expect("run convert"), "convert after the kill");
+        let line = format!("removed {}", partial.display());
+        assert!(stdout.contains(&line) && stdout.contains("no longer running"), "SIG{signal}: {stdout}");
+        assert!(!partial.exists());
+        Layout::open(&lay).expect("open").verify().expect("verify");
+    }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array1, Array2};
 use predictor::calibrate::{Method, Thresholds};
 use predictor::lowrank::LowRank;
+use predictor::stats::HotSet;
 use predictor::trace::TraceWriter;
 use predictor::{LayerPredictor, ModelIdentity, Predictor};
 use spike_flash::engine::model::{ActivationSink, Model};
@@ -22,6 +23,7 @@ const SEED_GGUF: u64 = 0x66_7566;
 const SEED_HF: u64 = 0x68_66;
 const SEED_ACTS: u64 = 0x7472;
 const SEED_PRED: u64 = 0x7072;
+const SEED_LISTS: u64 = 0x6c73;
 /// The sha256 the trace, thresholds and predictor seeds claim (any 64 hex digits do).
 const SHA: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
@@ -158,6 +160,29 @@ fn predictor_file(out: &Path) -> Res<()> {
     put(&out.join("predictor"), "small.pred", &predictor::file::to_bytes(&p)?)
 }
 
+/// Neuron lists in the three shapes `read_neuron_lists` reads: a bare array and `{"order": ...}` (a seeded
+/// permutation per layer), and a hot-neuron file written by `HotSet::save`, as `spike trace-stats` writes it.
+fn neuron_lists(out: &Path, scratch: &Path) -> Res<()> {
+    let id = identity(Activation::Relu);
+    let (layers, d_ffn) = (id.n_layers, id.d_ffn);
+    let mut rng = SplitMix::new(SEED_LISTS);
+    let mut order = Vec::new();
+    for _ in 0..layers {
+        let mut p: Vec<u32> = (0..d_ffn as u32).collect();
+        for i in (1..p.len()).rev() {
+            p.swap(i, rng.below(i + 1));
+        }
+        order.push(p);
+    }
+    put(&out.join("neuron_lists"), "plain.json", &serde_json::to_vec(&order)?)?;
+    put(&out.join("neuron_lists"), "order.json", &serde_json::to_vec(&serde_json::json!({ "order": order }))?)?;
+    let freq = |l: usize| (0..d_ffn).map(|i| ((i * 7 + l * 3) % d_ffn) as f64 / d_ffn as f64).collect::<Vec<_>>();
+    let hot = HotSet::new(id, "relu", 6, (0..layers).map(|l| (0.0, freq(l))));
+    let p = scratch.join("hot.json");
+    hot.save(&p)?;
+    put(&out.join("neuron_lists"), "hot.json", &std::fs::read(&p)?)
+}
+
 fn main() -> Res<()> {
     let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "corpus".into()));
     let scratch = spike_fuzz::scratch("gen-seeds");
@@ -167,6 +192,7 @@ fn main() -> Res<()> {
     trace(&out, &scratch)?;
     thresholds(&out, &scratch)?;
     predictor_file(&out)?;
+    neuron_lists(&out, &scratch)?;
     std::fs::remove_dir_all(&scratch)?;
     Ok(())
 }

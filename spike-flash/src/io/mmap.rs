@@ -13,14 +13,15 @@ use crate::{Error, Result};
 /// reads are the bytes copied, and its wait time is the copying time, page faults included.
 pub struct MmapBackend {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: super::Mapping,
     cfg: IoConfig,
     plan: Plan,
     stats: IoStats,
 }
 
 impl MmapBackend {
-    /// Maps `path` read-only (under [`map_file`]'s contract: the file is not rewritten in place meanwhile).
+    /// Maps `path` read-only ([`map_file`]: a truncation of the file meanwhile ends the process with a message
+    /// naming it, at the first read of a vanished page).
     pub fn open(path: &Path, cfg: &IoConfig) -> Result<Self> {
         let cfg = cfg.clone().validated()?;
         let map = map_file(path)?;

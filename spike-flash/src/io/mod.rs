@@ -17,6 +17,7 @@
 mod buf;
 mod config;
 pub mod install;
+mod mapping;
 mod mmap;
 pub mod plan;
 mod pool;
@@ -35,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use buf::{AlignedBuf, DEFAULT_ALIGN};
 pub use config::{IoConfig, MAX_READ};
+pub use mapping::{Mapping, MAP_FAULT_EXIT_CODE};
 pub use mmap::MmapBackend;
 pub use pool::PoolBackend;
 pub use runs::RunReader;
@@ -101,17 +103,13 @@ pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn std::io::Write) -> s
 
 /// Memory-maps the whole file at `path` read-only.
 ///
-/// The map stays valid after the `File` is dropped. Contract: the file is not truncated or rewritten in
-/// place by another process while the map is alive; if it is, reads of the vanished pages fault (`SIGBUS`),
-/// which is outside what this crate guards against. Files this toolkit writes are replaced by rename, never
-/// rewritten in place, so they keep the contract.
-pub fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+/// The toolkit's own writers replace files by rename, never in place, so a file they wrote keeps its bytes
+/// while mapped. If someone else truncates the file meanwhile, reads of the vanished pages fault (`SIGBUS`):
+/// while the returned [`Mapping`] lives, such a fault ends the process with a message naming the file and the
+/// offset, and exit status [`MAP_FAULT_EXIT_CODE`], instead of a silent death by signal (module `mapping`).
+pub fn map_file(path: &Path) -> Result<Mapping> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: `Mmap::map` is unsafe only because another process could modify or truncate the file while it
-    // is mapped, which would change or invalidate memory that Rust treats as immutable. The file is opened
-    // read-only here, and concurrent modification is excluded by this function's documented contract.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok(map)
+    Mapping::new(path, file)
 }
 
 /// Returns freed heap memory to the operating system (glibc's `malloc_trim`), so that what a loader built and

@@ -3,7 +3,6 @@
 //! `docs/format.md` describes the format byte by byte; the constants and types here mirror it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,10 +11,12 @@ use crate::model::quant::DType;
 use crate::{Error, Result};
 
 mod checks;
+mod lists;
 mod read;
 mod resident;
 mod write;
 
+pub use lists::{parse_neuron_lists, read_neuron_lists, MAX_LISTS, MAX_LIST_FILE};
 pub use read::{Layout, NeuronF32, VerifyReport};
 pub use resident::{Loaded, Resident, TensorSpan};
 pub use write::{
@@ -329,25 +330,6 @@ impl FfnHeader {
 /// What a reader says of a layout of an older format version.
 pub const OLD_VERSION: &str = "a layout of an older format (without a checksum per record); convert the model \
                                again with `spike convert`";
-
-/// Reads a per-layer list of neuron ids (a neuron order for [`ConvertOptions::order`], a hot list for the
-/// neuron cache): `[[...], ...]`, `{"order": [[...], ...]}`, or a hot-neuron file of
-/// `spike trace-stats` (`{"layers": [{"neurons": [...]}, ...]}`).
-pub fn read_neuron_lists(path: &Path) -> Result<Vec<Vec<u32>>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(path, &e))?;
-    let v = match (v.get("order"), v.get("layers")) {
-        (Some(o), _) => o.clone(),
-        (None, Some(serde_json::Value::Array(layers))) => {
-            serde_json::Value::Array(layers.iter().map(|l| l.get("neurons").cloned().unwrap_or_default()).collect())
-        }
-        _ => v,
-    };
-    serde_json::from_value(v).map_err(|e| Error::Layout {
-        path: path.to_path_buf(),
-        what: format!("expected an array of per-layer neuron id arrays: {e}"),
-    })
-}
 
 #[cfg(test)]
 mod tests {

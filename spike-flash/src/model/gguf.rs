@@ -282,7 +282,7 @@ impl TensorInfo {
 
 /// The file's bytes: a read-only map of the file, or a buffer handed in.
 enum Storage {
-    Mapped(memmap2::Mmap),
+    Mapped(crate::io::Mapping),
     Owned(Vec<u8>),
 }
 

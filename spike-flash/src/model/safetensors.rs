@@ -225,7 +225,7 @@ struct Entry {
 
 struct Shard {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: crate::io::Mapping,
 }
 
 /// An opened Hugging Face checkpoint directory: its configuration and its tensors, memory-mapped.
