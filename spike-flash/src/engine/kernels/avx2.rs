@@ -494,21 +494,9 @@ fn micro<const NT: usize, const SIGNED: bool, const WIDE: bool>(
 ) -> [[f32; T]; R] {
     let (nbe, nbp) = (b.nbe, b.nbp);
     let (len, lsl) = (nbe * QK, lanes::groups(nbe) * lanes::LANES);
-    let hi: [&[i8]; NT] = std::array::from_fn(|j| b.hi_tok(t0 + j));
-    let lo: [&[i8]; NT] =
-        std::array::from_fn(
-            |j| if WIDE { b.lo_tok(t0 + j).expect("16-bit activations have a low plane") } else { hi[j] },
-        );
-    let lsc: [&[f32]; NT] = std::array::from_fn(|j| b.lane_sc_tok(t0 + j));
-    let sc: [&[f32]; NT] = std::array::from_fn(|j| b.sc_tok(t0 + j));
-    assert!(hi.iter().chain(&lo).all(|q| q.len() == len) && lsc.iter().all(|l| l.len() == lsl));
-    assert!(sc.iter().all(|s| s.len() == nbp * 2) && nbp.is_multiple_of(4));
+    let lanes::Tokens { hi: hp, lo: lp, lane_sc: lsp, sc: sp } = b.tokens::<NT, WIDE>(t0);
     assert!(s.u.len() >= R * len && s.dw.len() >= R * lsl && s.mw.len() >= R * nbp * 2);
     assert!(!SIGNED || s.sg.len() >= R * len);
-    let hp: [*const i8; NT] = std::array::from_fn(|j| hi[j].as_ptr());
-    let lp: [*const i8; NT] = std::array::from_fn(|j| lo[j].as_ptr());
-    let lsp: [*const f32; NT] = std::array::from_fn(|j| lsc[j].as_ptr());
-    let sp: [*const f32; NT] = std::array::from_fn(|j| sc[j].as_ptr());
     let (up, gp, dp, mp) = (s.u.as_ptr(), s.sg.as_ptr(), s.dw.as_ptr(), s.mw.as_ptr());
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); NT]; R];
@@ -521,7 +509,8 @@ fn micro<const NT: usize, const SIGNED: bool, const WIDE: bool>(
                 for st in 0..g / 2 {
                     let o = b0 * QK + st * lanes::STEP + 32 * half;
                     // SAFETY: `o + 32 <= len`, the bytes of each scratch row (of `u`, and of `sg` when
-                    // `SIGNED`) and token plane (asserted above); unaligned loads.
+                    // `SIGNED`) and token plane (asserted above, the planes by `Batch::tokens`); unaligned
+                    // loads.
                     let wv: [__m256i; R] =
                         std::array::from_fn(|i| unsafe { _mm256_loadu_si256(up.add(i * len + o).cast()) });
                     let sv: [__m256i; R] = std::array::from_fn(|i| {
@@ -554,7 +543,7 @@ fn micro<const NT: usize, const SIGNED: bool, const WIDE: bool>(
             }
             let at = gi * lanes::LANES + 8 * half;
             // SAFETY: group `gi` has `LANES` scales at `gi * LANES` in each scratch row and token, of `lsl`
-            // (asserted above); unaligned loads.
+            // (asserted above, the tokens' by `Batch::tokens`); unaligned loads.
             let dw: [__m256; R] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(dp.add(i * lsl + at)) });
             for j in 0..NT {
                 // SAFETY: as above.

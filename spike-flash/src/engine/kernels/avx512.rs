@@ -484,20 +484,8 @@ fn batched_quantized(
 fn micro<const NT: usize, const WIDE: bool>(s: &Scratch, b: &lanes::Batch, t0: usize) -> [[f32; T]; R] {
     let (nbe, nbp) = (b.nbe, b.nbp);
     let (len, lsl) = (nbe * QK, lanes::groups(nbe) * lanes::LANES);
-    let hi: [&[i8]; NT] = std::array::from_fn(|j| b.hi_tok(t0 + j));
-    let lo: [&[i8]; NT] =
-        std::array::from_fn(
-            |j| if WIDE { b.lo_tok(t0 + j).expect("16-bit activations have a low plane") } else { hi[j] },
-        );
-    let lsc: [&[f32]; NT] = std::array::from_fn(|j| b.lane_sc_tok(t0 + j));
-    let sc: [&[f32]; NT] = std::array::from_fn(|j| b.sc_tok(t0 + j));
-    assert!(hi.iter().chain(&lo).all(|q| q.len() == len) && lsc.iter().all(|l| l.len() == lsl));
-    assert!(sc.iter().all(|s| s.len() == nbp * 2) && nbp.is_multiple_of(8));
+    let lanes::Tokens { hi: hp, lo: lp, lane_sc: lsp, sc: sp } = b.tokens::<NT, WIDE>(t0);
     assert!(s.u.len() >= R * len && s.dw.len() >= R * lsl && s.mw.len() >= R * nbp * 2);
-    let hp: [*const i8; NT] = std::array::from_fn(|j| hi[j].as_ptr());
-    let lp: [*const i8; NT] = std::array::from_fn(|j| lo[j].as_ptr());
-    let lsp: [*const f32; NT] = std::array::from_fn(|j| lsc[j].as_ptr());
-    let sp: [*const f32; NT] = std::array::from_fn(|j| sc[j].as_ptr());
     let (up, dp, mp) = (s.u.as_ptr(), s.dw.as_ptr(), s.mw.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); NT]; R];
     let mut gi = 0;
@@ -506,8 +494,8 @@ fn micro<const NT: usize, const WIDE: bool>(s: &Scratch, b: &lanes::Batch, t0: u
         let run = |xp: &[*const i8; NT], d: &mut [[__m512i; NT]; R]| {
             for st in 0..g / 2 {
                 let o = b0 * QK + st * lanes::STEP;
-                // SAFETY: `o + 64 <= len`, the bytes of each scratch row and token plane (asserted above);
-                // unaligned loads.
+                // SAFETY: `o + 64 <= len`, the bytes of each scratch row and token plane (asserted above, the
+                // planes by `Batch::tokens`); unaligned loads.
                 let wv: [__m512i; R] =
                     std::array::from_fn(|i| unsafe { _mm512_loadu_si512(up.add(i * len + o).cast()) });
                 for j in 0..NT {
@@ -529,7 +517,7 @@ fn micro<const NT: usize, const WIDE: bool>(s: &Scratch, b: &lanes::Batch, t0: u
             run(&lp, &mut d);
         }
         // SAFETY: group `gi` has `LANES` scales at `gi * LANES` in each scratch row and token, of `lsl`
-        // (asserted above); unaligned loads.
+        // (asserted above, the tokens' by `Batch::tokens`); unaligned loads.
         let dw: [__m512; R] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(dp.add(i * lsl + gi * lanes::LANES)) });
         for j in 0..NT {
             // SAFETY: as above.

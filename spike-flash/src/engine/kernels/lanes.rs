@@ -141,6 +141,45 @@ impl<'a> Batch<'a> {
     }
 }
 
+/// Pointers to tokens `t0 .. t0 + NT` of a [`Batch`] for a micro-kernel, whose lengths [`Batch::tokens`]
+/// checked: `nbe * QK` values per plane, `groups(nbe) * LANES` lane scales and `nbp * 2` pair values per
+/// token, `nbp` a multiple of 8.
+pub(super) struct Tokens<const NT: usize> {
+    pub hi: [*const i8; NT],
+    /// Plane `lo`, or `hi` again for 8-bit activations.
+    pub lo: [*const i8; NT],
+    pub lane_sc: [*const f32; NT],
+    pub sc: [*const f32; NT],
+}
+
+impl Batch<'_> {
+    /// Tokens `t0 .. t0 + NT`; with `WIDE`, their low planes too.
+    ///
+    /// # Panics
+    /// When the tokens are not all in the batch, or `WIDE` and the batch has no low plane.
+    pub fn tokens<const NT: usize, const WIDE: bool>(&self, t0: usize) -> Tokens<NT> {
+        let (len, lsl) = (self.nbe * QK, groups(self.nbe) * LANES);
+        let lo = |j: usize| {
+            if WIDE {
+                self.lo_tok(t0 + j).expect("16-bit activations have a low plane")
+            } else {
+                self.hi_tok(t0 + j)
+            }
+        };
+        let t = Tokens {
+            hi: std::array::from_fn(|j| self.hi_tok(t0 + j).as_ptr()),
+            lo: std::array::from_fn(|j| lo(j).as_ptr()),
+            lane_sc: std::array::from_fn(|j| self.lane_sc_tok(t0 + j).as_ptr()),
+            sc: std::array::from_fn(|j| self.sc_tok(t0 + j).as_ptr()),
+        };
+        // The slices above have these lengths by construction; the checks keep the kernels' reads honest.
+        assert!((0..NT).all(|j| self.hi_tok(t0 + j).len() == len && lo(j).len() == len));
+        assert!((0..NT).all(|j| self.lane_sc_tok(t0 + j).len() == lsl && self.sc_tok(t0 + j).len() == self.nbp * 2));
+        assert!(self.nbp.is_multiple_of(8));
+        t
+    }
+}
+
 impl Acts {
     /// Fills the lane layout of every token (`lq`, `lsc`) from the quantized values and scales.
     pub(super) fn build_lanes(&mut self) {

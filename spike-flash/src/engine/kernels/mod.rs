@@ -30,7 +30,9 @@
 //! [`matmul`] splits the rows of a matrix into about `2 * rayon::current_num_threads()` contiguous chunks
 //! of at least [`MIN_ROWS_PER_TASK`] rows and, for many tokens and few row chunks, the tokens too. The
 //! result of one (row, token) pair does not depend on the split: threaded and unthreaded results are equal
-//! bit for bit.
+//! bit for bit. The tasks run on a team of as many threads as the rayon pool has (the `pool` module), whose
+//! helpers spin for a while after each call rather than sleep, so the many small calls of one decoded
+//! token do not each wait for a thread to wake.
 //!
 //! # Batching
 //!
@@ -209,6 +211,7 @@ mod avx2;
 mod avx512;
 mod cols;
 mod lanes;
+mod pool;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -216,8 +219,6 @@ mod wide;
 
 use std::ops::Range;
 use std::sync::OnceLock;
-
-use rayon::prelude::*;
 
 use crate::model::quant::{DType, QK};
 use crate::{Error, Result};
@@ -577,14 +578,6 @@ pub fn matmul_isa(isa: Isa, w: &QMatrix, acts: &Acts, out: &mut [f32]) {
         part(isa, w, acts, 0..rows, 0..n, &mut |t, r, v| out[t * rows + r] = v);
         return;
     }
-    let row_chunk = rows.div_ceil(row_tasks);
-    if n == 1 {
-        out.par_chunks_mut(row_chunk).enumerate().for_each(|(i, o)| {
-            let r0 = i * row_chunk;
-            part(isa, w, acts, r0..r0 + o.len(), 0..1, &mut |_, r, v| o[r - r0] = v);
-        });
-        return;
-    }
     split_tasks((row_tasks, tok_tasks), rows, n, out, |rs, ts, sink| {
         // SAFETY: `split_tasks` hands each task disjoint ranges, and kernels only report pairs of their own.
         part(isa, w, acts, rs, ts, &mut |t, r, v| unsafe { sink.write(t * rows + r, v) });
@@ -592,7 +585,7 @@ pub fn matmul_isa(isa: Isa, w: &QMatrix, acts: &Acts, out: &mut [f32]) {
 }
 
 /// Runs `task(rows, tokens, sink)` over the `row_tasks x tok_tasks` tasks of a `rows x n` product on the
-/// current rayon pool, each task with its own rows and tokens, all writing token-major into `out` through
+/// compute team of the current rayon pool (`pool`), each task with its own rows and tokens, all writing token-major into `out` through
 /// `sink`. The ranges of distinct tasks are disjoint, so a task that writes only the pairs of its own ranges
 /// writes no element twice or concurrently.
 fn split_tasks(
@@ -606,9 +599,9 @@ fn split_tasks(
     let row_chunk = rows.div_ceil(row_tasks);
     let tok_chunk = n.div_ceil(tok_tasks);
     let sink = Sink { ptr: out.as_mut_ptr(), len: out.len() };
-    (0..row_tasks * tok_tasks).into_par_iter().for_each(|i| {
-        let r0 = (i % row_tasks) * row_chunk;
-        let t0 = (i / row_tasks) * tok_chunk;
+    pool::for_each_task(row_tasks * tok_tasks, |i| {
+        let r0 = ((i % row_tasks) * row_chunk).min(rows);
+        let t0 = ((i / row_tasks) * tok_chunk).min(n);
         task(r0..(r0 + row_chunk).min(rows), t0..(t0 + tok_chunk).min(n), &sink);
     });
 }
@@ -934,5 +927,18 @@ impl Sink {
         assert!(i < self.len, "output index {i} of {}", self.len);
         // SAFETY: `i` is in bounds of the borrowed output, and the caller excludes concurrent access to it.
         unsafe { self.ptr.add(i).write(v) }
+    }
+
+    /// Elements `range` (clamped to the output) as a slice.
+    ///
+    /// # Safety
+    /// No other thread reads or writes these elements while the slice lives.
+    #[expect(clippy::mut_from_ref, reason = "tasks take disjoint parts of one output, as `split_at_mut` would")]
+    unsafe fn slice(&self, range: Range<usize>) -> &mut [f32] {
+        let (start, end) = (range.start.min(self.len), range.end.min(self.len));
+        let len = end.saturating_sub(start);
+        // SAFETY: `start + len <= self.len`, inside the borrowed output, and the caller excludes concurrent
+        // access to these elements for the slice's life.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }
 }

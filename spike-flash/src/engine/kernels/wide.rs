@@ -9,8 +9,6 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use super::lanes::{self, Batch};
 use super::{padded_blocks, Acts, Isa, QMatrix};
 use crate::model::quant::{DType, QK};
@@ -185,7 +183,10 @@ pub fn matmul_wide_isa(isa: Isa, w: &QMatrix, a: &WideActs, out: &mut [f32], scr
     let isa = isa.min(super::detected_isa());
     if a.n == 1 && isa == Isa::Avx512 {
         let chunk = w.rows.div_ceil(2 * rayon::current_num_threads()).max(super::MIN_ROWS_PER_TASK);
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+        let sink = super::Sink { ptr: out.as_mut_ptr(), len: out.len() };
+        super::pool::for_each_task(w.rows.div_ceil(chunk), |i| {
+            // SAFETY: task `i` alone takes rows `i * chunk ..` up to the next task's.
+            let o = unsafe { sink.slice(i * chunk..(i + 1) * chunk) };
             let r0 = i * chunk;
             // SAFETY: the CPU has AVX-512 (`isa` is at most `detected_isa()`), with the features `fused_rows`
             // needs.
