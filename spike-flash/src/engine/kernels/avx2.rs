@@ -6,6 +6,10 @@
 //! activations carrying the weights' signs (`vpsignb`, the abs/sign trick: at most 2 * 128 * 127 < 2^15).
 //! Q4_0's `- 8` is applied as `- 8 * d_w * (d_x * sum(x))`, an f32 term per block.
 //!
+//! With many tokens a tile of [`R`] rows is unpacked once into per-thread scratch in the lane layout of
+//! `lanes` and run against [`T`] tokens at a time; each 512-bit step of the layout is read as two halves of
+//! 8 lanes, whose integer dot products accumulate over a group's steps before one f32 scaling.
+//!
 //! Float rows times many tokens: 8 weights per register, converted in registers (F16C's `vcvtph2ps`, or a
 //! shift for BF16), a tile of [`FR`] = 3 rows x [`FT`] = 4 tokens: 12 accumulators, 3 weight vectors and one
 //! activation vector fill the 16 registers; 3 conversions and 7 loads serve 12 FMAs. The last `cols % 8`
@@ -14,16 +18,17 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::wide::{wide_scales, Halves, WIDE_BASE};
 use super::{
-    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_finish, q4_scale_bits, reduce_tile,
-    reset, take_scratch, two_lanes, Acts, Put, QMatrix, Scratch,
+    float_kind, for_each_float_tile, for_each_tile, give_scratch, lanes, q4_finish, q4_scale_bits, reduce_tile, reset,
+    take_scratch, two_lanes, Acts, Put, QMatrix, Scratch,
 };
 use crate::model::quant::{DType, QK};
 
 /// Rows per register tile of the batched kernel.
 const R: usize = 2;
 /// Tokens per register tile of the batched kernel.
-const T: usize = 4;
+const T: usize = 3;
 
 simd_entry_points!("avx2,fma,f16c", "AVX2, FMA and F16C", float_tokens: [4, 3, 2]);
 
@@ -37,19 +42,10 @@ simd_entry_points!("avx2,fma,f16c", "AVX2, FMA and F16C", float_tokens: [4, 3, 2
 pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8], sc: &mut [f32]) {
     let nb = x.len() / QK;
     assert!(x.len() == nb * QK && q.len() >= nb * QK && sc.len() >= nb * 2);
-    let sign = _mm256_set1_ps(-0.0);
-    // `packs` interleaves 128-bit halves; this puts the 8 groups of 4 bytes back in order.
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for b in 0..nb {
         // SAFETY: `b < nb`: values `32 b .. 32 b + 32` are in `x` (asserted); unaligned loads.
         let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(QK * b + 8 * k)) });
-        let m = _mm256_max_ps(
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
-        );
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let amax = abs_max(&v);
         let d = amax / 127.0;
         let id = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
         let i: [__m256i; 4] = std::array::from_fn(|k| {
@@ -57,16 +53,82 @@ pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8], sc: &mut [f32]) {
                 v[k], id,
             )))
         });
-        let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
-        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)));
-        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-        let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+        let sum = sum_i32(i);
         // SAFETY: `b < nb`: `q` holds bytes `32 b .. 32 b + 32` (asserted); unaligned store.
-        unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(QK * b).cast(), bytes) };
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr().add(QK * b).cast(), pack_bytes(i)) };
         sc[2 * b] = d;
         sc[2 * b + 1] = d * sum as f32;
+    }
+}
+
+/// The 32 bytes of four vectors of 8 `i32` values each in `[-128, 127]`, in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pack_bytes(i: [__m256i; 4]) -> __m256i {
+    // `packs` interleaves 128-bit halves; this puts the 8 groups of 4 bytes back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+    _mm256_permutevar8x32_epi32(bytes, order)
+}
+
+/// The sum of the 32 `i32` lanes of four vectors.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn sum_i32(i: [__m256i; 4]) -> i32 {
+    let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)))
+}
+
+/// The largest magnitude of the 32 values of four vectors.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn abs_max(v: &[__m256; 4]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let m = _mm256_max_ps(
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+    );
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+}
+
+/// Quantizes one token's values `x` (whole blocks) to 16-bit activations in `h`, exactly as the scalar
+/// `wide::quantize_row_wide` does: the same maximum and scales ([`wide_scales`]), the same f32 product
+/// rounded to nearest even and clamped to `127 * 255`, and the high half the nearest integer to a 255th of
+/// it (never a tie: 255 is odd; the product by `1 / 255` is within `2^-16` of the quotient, which is at
+/// least `1 / 510` from any half-integer), the low half the exact remainder.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row_wide(x: &[f32], mut h: Halves) {
+    let nb = x.len() / QK;
+    assert!(x.len() == nb * QK && h.hi.len() >= nb * QK && h.lo.len() >= nb * QK);
+    let lim = _mm256_set1_ps((127 * WIDE_BASE) as f32);
+    let (base, inv_base) = (_mm256_set1_ps(WIDE_BASE as f32), _mm256_set1_ps(1.0 / WIDE_BASE as f32));
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    for b in 0..nb {
+        // SAFETY: `b < nb`: values `32 b .. 32 b + 32` are in `x` (asserted); unaligned loads.
+        let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(x.as_ptr().add(QK * b + 8 * k)) });
+        let (d, step, inv) = wide_scales(abs_max(&v));
+        let id = _mm256_set1_ps(inv);
+        let xf: [__m256; 4] = std::array::from_fn(|k| {
+            let r = _mm256_round_ps::<NEAREST>(_mm256_mul_ps(v[k], id));
+            _mm256_min_ps(_mm256_max_ps(r, _mm256_sub_ps(_mm256_setzero_ps(), lim)), lim)
+        });
+        let hf: [__m256; 4] = std::array::from_fn(|k| _mm256_round_ps::<NEAREST>(_mm256_mul_ps(xf[k], inv_base)));
+        // `xf - 255 hf` is an integer below 2^15: exact.
+        let hi: [__m256i; 4] = std::array::from_fn(|k| _mm256_cvtps_epi32(hf[k]));
+        let lo: [__m256i; 4] = std::array::from_fn(|k| _mm256_cvtps_epi32(_mm256_fnmadd_ps(hf[k], base, xf[k])));
+        // SAFETY: `b < nb`: both halves hold bytes `32 b .. 32 b + 32` (asserted); unaligned stores.
+        unsafe {
+            _mm256_storeu_si256(h.hi.as_mut_ptr().add(QK * b).cast(), pack_bytes(hi));
+            _mm256_storeu_si256(h.lo.as_mut_ptr().add(QK * b).cast(), pack_bytes(lo));
+        }
+        h.put_scales(b, d, step, sum_i32(hi), sum_i32(lo));
     }
 }
 
@@ -287,9 +349,9 @@ fn float_micro<const NT: usize, const KIND: u8>(wr: [&[u8]; FR], x: [&[f32]; NT]
     reduce_tile(&acc, |v| hsum(v))
 }
 
-/// Unpacks one quantized row into the scratch layout of [`micro`]: `u` gets `QK` unsigned bytes per block
-/// (nibbles, or Q8_0 magnitudes), `sg` the signed Q8_0 bytes, `dw` one scale per block, `mw` `(0, m)` per
-/// block with `m` the coefficient of the activation block sum (`m_w`, `-8 d_w`, or 0 for Q8_0).
+/// Unpacks one quantized row in ggml's block order: `u` gets `QK` unsigned bytes per block (nibbles, or Q8_0
+/// magnitudes), `sg` the signed Q8_0 bytes, `dw` one scale per block, `mw` `(0, m)` per block with `m` the
+/// coefficient of the activation block sum (`m_w`, `-8 d_w`, or 0 for Q8_0).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn unpack_row(dtype: DType, row: &[u8], u: &mut [u8], sg: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
     let bb = dtype.block_bytes();
@@ -319,81 +381,143 @@ fn unpack_row(dtype: DType, row: &[u8], u: &mut [u8], sg: &mut [u8], dw: &mut [f
     }
 }
 
-/// Quantized rows times many tokens: tiles of [`R`] rows are unpacked once and run against all tokens of
-/// `toks`, [`T`] at a time.
+/// Quantized rows times many tokens: tiles of [`R`] rows are unpacked once into the lane layout and run
+/// against all tokens of `toks`, [`T`] at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn batched_quantized(w: &QMatrix, acts: &Acts, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
-    let nb = w.cols / QK;
-    let nbp = padded_blocks(w.cols);
-    let mut s = take_scratch();
-    reset(&mut s.u, R * nb * QK, 0);
-    reset(&mut s.sg, R * nb * QK, 0);
-    reset(&mut s.dw, R * nb, 0.0);
-    reset(&mut s.mw, R * nbp * 2, 0.0);
+fn batched_quantized(w: &QMatrix, b: &lanes::Batch, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
+    let nbe = b.nbe;
+    assert_eq!(nbe, lanes::even_blocks(w.cols / QK), "activations of another width");
+    let (nbp, len, lsl) = (b.nbp, nbe * QK, lanes::groups(nbe) * lanes::LANES);
     let signed = w.dtype == DType::Q8_0;
+    let mut s = take_scratch();
+    s.lane_tables(nbe);
+    reset(&mut s.u, R * len, 0);
+    reset(&mut s.sg, if signed { R * len } else { 0 }, 0);
+    reset(&mut s.dw, R * lsl, 0.0);
+    reset(&mut s.mw, R * nbp * 2, 0.0);
+    // A padding block (odd block counts) is never written and stays zero.
+    reset(&mut s.nat_u, len, 0);
+    reset(&mut s.nat_sg, len, 0);
+    reset(&mut s.nat_dw, nbe, 0.0);
     let unpack = |s: &mut Scratch, i: usize, row: Option<usize>| {
-        let (u, sg) = (&mut s.u[i * nb * QK..(i + 1) * nb * QK], &mut s.sg[i * nb * QK..(i + 1) * nb * QK]);
-        let (dw, mw) = (&mut s.dw[i * nb..(i + 1) * nb], &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2]);
+        let Scratch { u, sg, dw, mw, nat_u, nat_sg, nat_dw, chunks, blocks, .. } = s;
+        let (u, dw) = (&mut u[i * len..(i + 1) * len], &mut dw[i * lsl..(i + 1) * lsl]);
+        let mw = &mut mw[i * nbp * 2..(i + 1) * nbp * 2];
         match row {
-            Some(r) => unpack_row(w.dtype, w.row(r), u, sg, dw, mw),
+            Some(r) => {
+                unpack_row(w.dtype, w.row(r), nat_u, nat_sg, nat_dw, mw);
+                lanes::to_lanes(chunks, nat_u, u);
+                if signed {
+                    lanes::to_lanes(chunks, nat_sg, &mut sg[i * len..(i + 1) * len]);
+                }
+                for (d, &blk) in dw.iter_mut().zip(blocks.iter()) {
+                    *d = nat_dw[blk as usize];
+                }
+            }
             None => {
                 u.fill(0);
-                sg.fill(0);
                 dw.fill(0.0);
                 mw.fill(0.0);
+                if signed {
+                    sg[i * len..(i + 1) * len].fill(0);
+                }
             }
         }
     };
-    let tile = |s: &Scratch, t0: usize, nt: usize| match (signed, nt) {
-        (false, 4) => micro::<4, false>(s, nb, acts, t0),
-        (false, 3) => micro::<3, false>(s, nb, acts, t0),
-        (false, 2) => micro::<2, false>(s, nb, acts, t0),
-        (false, _) => micro::<1, false>(s, nb, acts, t0),
-        (true, 4) => micro::<4, true>(s, nb, acts, t0),
-        (true, 3) => micro::<3, true>(s, nb, acts, t0),
-        (true, 2) => micro::<2, true>(s, nb, acts, t0),
-        (true, _) => micro::<1, true>(s, nb, acts, t0),
+    let wide = b.lo.is_some();
+    let tile = |s: &Scratch, t0: usize, nt: usize| match (signed, wide, nt) {
+        (false, false, 3) => micro::<3, false, false>(s, b, t0),
+        (false, false, 2) => micro::<2, false, false>(s, b, t0),
+        (false, false, _) => micro::<1, false, false>(s, b, t0),
+        (false, true, 3) => micro::<3, false, true>(s, b, t0),
+        (false, true, 2) => micro::<2, false, true>(s, b, t0),
+        (false, true, _) => micro::<1, false, true>(s, b, t0),
+        (true, false, 3) => micro::<3, true, false>(s, b, t0),
+        (true, false, 2) => micro::<2, true, false>(s, b, t0),
+        (true, false, _) => micro::<1, true, false>(s, b, t0),
+        (true, true, 3) => micro::<3, true, true>(s, b, t0),
+        (true, true, 2) => micro::<2, true, true>(s, b, t0),
+        (true, true, _) => micro::<1, true, true>(s, b, t0),
     };
     for_each_tile::<_, R, T>(&mut s, rows, toks, unpack, tile, put);
     give_scratch(s);
 }
 
-/// One register tile: the [`R`] unpacked rows of `s` times tokens `t0 .. t0 + NT`. `SIGNED` (Q8_0) applies
-/// the weights' signs to the activations; otherwise the `mw` offset terms are added.
+/// One register tile: the [`R`] unpacked rows of `s` times tokens `t0 .. t0 + NT` of `b`. Each step of the
+/// lane layout is read as two halves of 8 lanes; per group and half, the integer dot products of every step
+/// accumulate in one register per (row, token) pair (with `WIDE`, plane `hi`'s times 255 plus plane `lo`'s),
+/// then one conversion to f32, times the lanes' weight and activation scales, joins the f32 accumulator.
+/// `SIGNED` (Q8_0) applies the weights' signs to the activations; otherwise the `mw` offset terms are added.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn micro<const NT: usize, const SIGNED: bool>(s: &Scratch, nb: usize, acts: &Acts, t0: usize) -> [[f32; T]; R] {
-    let q: [&[i8]; NT] = std::array::from_fn(|j| acts.q_tok(t0 + j));
-    let sc: [&[f32]; NT] = std::array::from_fn(|j| acts.sc_tok(t0 + j));
-    let nbp = sc[0].len() / 2;
-    assert!(q.iter().all(|q| q.len() >= nb * QK) && sc.iter().all(|s| s.len() == nbp * 2));
-    assert!(s.u.len() >= R * nb * QK && s.sg.len() >= R * nb * QK && s.dw.len() >= R * nb);
-    assert!(s.mw.len() >= R * nbp * 2 && nbp.is_multiple_of(4));
-    let qp: [*const i8; NT] = std::array::from_fn(|j| q[j].as_ptr());
-    let sp: [*const f32; NT] = std::array::from_fn(|j| sc[j].as_ptr());
+fn micro<const NT: usize, const SIGNED: bool, const WIDE: bool>(
+    s: &Scratch,
+    b: &lanes::Batch,
+    t0: usize,
+) -> [[f32; T]; R] {
+    let (nbe, nbp) = (b.nbe, b.nbp);
+    let (len, lsl) = (nbe * QK, lanes::groups(nbe) * lanes::LANES);
+    let lanes::Tokens { hi: hp, lo: lp, lane_sc: lsp, sc: sp } = b.tokens::<NT, WIDE>(t0);
+    assert!(s.u.len() >= R * len && s.dw.len() >= R * lsl && s.mw.len() >= R * nbp * 2);
+    assert!(!SIGNED || s.sg.len() >= R * len);
     let (up, gp, dp, mp) = (s.u.as_ptr(), s.sg.as_ptr(), s.dw.as_ptr(), s.mw.as_ptr());
+    let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); NT]; R];
-    for b in 0..nb {
-        // SAFETY (all loads of this loop): `b < nb`, row `i < R` of the scratch holds `nb` blocks of `QK`
-        // bytes and `nb` scales, each token `nb` blocks of `QK` values and `nbp >= nb` scale pairs
-        // (asserted above); unaligned loads.
-        let wv: [__m256i; R] = std::array::from_fn(|i| unsafe { _mm256_loadu_si256(up.add((i * nb + b) * QK).cast()) });
-        let dwv: [__m256; R] = std::array::from_fn(|i| unsafe { _mm256_set1_ps(dp.add(i * nb + b).read()) });
-        for j in 0..NT {
-            // SAFETY: as above.
-            let (x, dx) =
-                unsafe { (_mm256_loadu_si256(qp[j].add(b * QK).cast()), _mm256_set1_ps(sp[j].add(2 * b).read())) };
-            for i in 0..R {
-                let xs = if SIGNED {
-                    // SAFETY: as above.
-                    _mm256_sign_epi8(x, unsafe { _mm256_loadu_si256(gp.add((i * nb + b) * QK).cast()) })
-                } else {
-                    x
-                };
-                acc[i][j] = _mm256_fmadd_ps(dot_u8_i8(wv[i], xs), _mm256_mul_ps(dwv[i], dx), acc[i][j]);
+    let mut gi = 0;
+    lanes::for_each_group(nbe, |b0, g| {
+        for half in 0..2 {
+            // Half `half` of steps `b0 * 32 / 64 ..` of every row and token, a group's `g / 2`, lies inside
+            // their `len` bytes.
+            let run = |xp: &[*const i8; NT], d: &mut [[__m256i; NT]; R]| {
+                for st in 0..g / 2 {
+                    let o = b0 * QK + st * lanes::STEP + 32 * half;
+                    // SAFETY: `o + 32 <= len`, the bytes of each scratch row (of `u`, and of `sg` when
+                    // `SIGNED`) and token plane (asserted above, the planes by `Batch::tokens`); unaligned
+                    // loads.
+                    let wv: [__m256i; R] =
+                        std::array::from_fn(|i| unsafe { _mm256_loadu_si256(up.add(i * len + o).cast()) });
+                    let sv: [__m256i; R] = std::array::from_fn(|i| {
+                        // SAFETY: as above.
+                        if SIGNED {
+                            unsafe { _mm256_loadu_si256(gp.add(i * len + o).cast()) }
+                        } else {
+                            wv[i]
+                        }
+                    });
+                    for j in 0..NT {
+                        // SAFETY: as above.
+                        let x = unsafe { _mm256_loadu_si256(xp[j].add(o).cast()) };
+                        for i in 0..R {
+                            let xs = if SIGNED { _mm256_sign_epi8(x, sv[i]) } else { x };
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[i], xs), ones);
+                            d[i][j] = _mm256_add_epi32(d[i][j], p);
+                        }
+                    }
+                }
+            };
+            let mut d = [[_mm256_setzero_si256(); NT]; R];
+            run(&hp, &mut d);
+            if WIDE {
+                // At most 32 * 128 * 127 per lane, times 255, plus as much again: below 2^31.
+                for v in d.iter_mut().flatten() {
+                    *v = _mm256_sub_epi32(_mm256_slli_epi32::<8>(*v), *v);
+                }
+                run(&lp, &mut d);
+            }
+            let at = gi * lanes::LANES + 8 * half;
+            // SAFETY: group `gi` has `LANES` scales at `gi * LANES` in each scratch row and token, of `lsl`
+            // (asserted above, the tokens' by `Batch::tokens`); unaligned loads.
+            let dw: [__m256; R] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(dp.add(i * lsl + at)) });
+            for j in 0..NT {
+                // SAFETY: as above.
+                let dx = unsafe { _mm256_loadu_ps(lsp[j].add(at)) };
+                for i in 0..R {
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[i][j]), _mm256_mul_ps(dw[i], dx), acc[i][j]);
+                }
             }
         }
-    }
+        gi += 1;
+    });
     micro_tail!(
         acc, sp, mp, nbp,
         offsets: !SIGNED, lanes: 8, load: _mm256_loadu_ps, fmadd: _mm256_fmadd_ps, sum: hsum,

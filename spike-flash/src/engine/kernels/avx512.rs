@@ -8,9 +8,11 @@
 //! f32 term per block, `-8 d_w (d_x sum_x)`.
 //!
 //! With many tokens a tile of [`R`] rows is unpacked once into per-thread scratch (nibbles to bytes, Q8_0
-//! bytes offset by +128 into unsigned, scales to f32 vectors) and run against [`T`] tokens at a time from
-//! a register tile of `R x T` accumulators. Every block's offset (Q4_1's `m`, Q4_0's `-8 d_w`, Q8_0's
-//! `-128 d_w`) multiplies the activation block sum `d_x sum_x` and is added as one more f32 dot product.
+//! bytes offset by +128 into unsigned, scales to f32), in the lane layout of `lanes`, and run against [`T`]
+//! tokens at a time, also in the lane layout, from a register tile of `R x T` integer accumulators (a
+//! group's dot products, up to 16 blocks per register) and as many f32 ones. Every block's offset (Q4_1's
+//! `m`, Q4_0's `-8 d_w`, Q8_0's `-128 d_w`) multiplies the activation block sum `d_x sum_x` and is added as
+//! one more f32 dot product.
 //!
 //! Float rows times many tokens: 16 weights per register, converted in registers (`vcvtph2ps` for F16, a
 //! shift for BF16), a tile of [`FR`] = 4 rows x [`FT`] = 6 tokens: 24 accumulators and 4 weight vectors of
@@ -23,15 +25,16 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{
-    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_finish, q4_scale_bits, reduce_tile,
-    reset, take_scratch, two_lanes, Acts, Put, QMatrix, Scratch,
+    float_kind, for_each_float_tile, for_each_tile, give_scratch, lanes, q4_finish, q4_scale_bits, reduce_tile, reset,
+    take_scratch, two_lanes, Acts, Put, QMatrix, Scratch,
 };
 use crate::model::quant::{DType, QK};
 
 /// Rows per register tile of the batched kernel.
 const R: usize = 4;
-/// Tokens per register tile of the batched kernel.
-const T: usize = 4;
+/// Tokens per register tile of the batched kernel: `R x T` integer and as many f32 accumulators, `R` weight
+/// vectors and one activation vector fill 29 of the 32 registers.
+const T: usize = 3;
 
 /// `vpermb` indices spreading the packed bytes of a 4-bit block pair starting at `off` in a
 /// `stride`-byte block: each block's 16 bytes twice (low nibbles, then high nibbles).
@@ -336,13 +339,12 @@ fn float_micro<const NT: usize, const KIND: u8>(wr: [&[u8]; FR], x: [&[f32]; NT]
     reduce_tile(&acc, |v| _mm512_reduce_add_ps(v))
 }
 
-/// Unpacks one quantized row into the scratch layout of [`micro`], per block pair `p`: `u[64 p ..]` the 64
-/// unsigned values, `dw[16 p ..]` the two scales each broadcast to 8 lanes, `mw[4 p ..]` `(0, m0, 0, m1)`
-/// with `m` the coefficient of the activation block sum.
+/// Unpacks one quantized row in ggml's block order, per block pair `p`: `u[64 p ..]` the 64 unsigned values,
+/// `dw[4 p ..]` `(d0, _, d1, _)` (block `b`'s scale at `dw[2 b]`), `mw[4 p ..]` `(0, m0, 0, m1)` with `m` the
+/// coefficient of the activation block sum.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 fn unpack_row(dtype: DType, row: &[u8], pairs: usize, u: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
-    assert!(u.len() >= pairs * 64 && dw.len() >= pairs * 16 && mw.len() >= pairs * 4);
-    let bidx = pair_broadcast();
+    assert!(u.len() >= pairs * 64 && dw.len() >= pairs * 4 && mw.len() >= pairs * 4);
     let bb = dtype.block_bytes();
     let nb = row.len() / bb;
     for p in 0..pairs {
@@ -377,32 +379,42 @@ fn unpack_row(dtype: DType, row: &[u8], pairs: usize, u: &mut [u8], dw: &mut [f3
                 (values, f, m)
             }
         };
-        // SAFETY: `p < pairs`: `u` holds bytes `64 p .. 64 p + 64`, `dw` floats `16 p .. 16 p + 16` and `mw`
-        // floats `4 p .. 4 p + 4` (asserted above); unaligned stores.
+        // SAFETY: `p < pairs`: `u` holds bytes `64 p .. 64 p + 64`, `dw` and `mw` floats `4 p .. 4 p + 4`
+        // (asserted above); unaligned stores.
         unsafe {
             _mm512_storeu_si512(u.as_mut_ptr().add(64 * p).cast(), values);
-            _mm512_storeu_ps(dw.as_mut_ptr().add(16 * p), _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(f)));
+            _mm_storeu_ps(dw.as_mut_ptr().add(4 * p), f);
             _mm_storeu_ps(mw.as_mut_ptr().add(4 * p), offsets);
         }
     }
 }
 
-/// Quantized rows times many tokens: tiles of [`R`] rows are unpacked once and run against all tokens of
-/// `toks`, [`T`] at a time.
+/// Quantized rows times many tokens: tiles of [`R`] rows are unpacked once into the lane layout and run
+/// against all tokens of `toks`, [`T`] at a time.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn batched_quantized(w: &QMatrix, acts: &Acts, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
-    let pairs = (w.cols / QK).div_ceil(2);
-    let nbp = padded_blocks(w.cols);
+fn batched_quantized(w: &QMatrix, b: &lanes::Batch, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
+    let nbe = b.nbe;
+    assert_eq!(nbe, lanes::even_blocks(w.cols / QK), "activations of another width");
+    let (pairs, nbp, len, lsl) = (nbe / 2, b.nbp, nbe * QK, lanes::groups(nbe) * lanes::LANES);
     let mut s = take_scratch();
-    reset(&mut s.u, R * pairs * 64, 0);
-    reset(&mut s.dw, R * pairs * 16, 0.0);
+    s.lane_tables(nbe);
+    reset(&mut s.u, R * len, 0);
+    reset(&mut s.dw, R * lsl, 0.0);
     reset(&mut s.mw, R * nbp * 2, 0.0);
+    reset(&mut s.nat_u, len, 0);
+    reset(&mut s.nat_dw, 2 * nbe, 0.0);
     let unpack = |s: &mut Scratch, i: usize, row: Option<usize>| {
-        let u = &mut s.u[i * pairs * 64..(i + 1) * pairs * 64];
-        let dw = &mut s.dw[i * pairs * 16..(i + 1) * pairs * 16];
-        let mw = &mut s.mw[i * nbp * 2..(i + 1) * nbp * 2];
+        let Scratch { u, dw, mw, nat_u, nat_dw, chunks, blocks, .. } = s;
+        let (u, dw) = (&mut u[i * len..(i + 1) * len], &mut dw[i * lsl..(i + 1) * lsl]);
+        let mw = &mut mw[i * nbp * 2..(i + 1) * nbp * 2];
         match row {
-            Some(r) => unpack_row(w.dtype, w.row(r), pairs, u, dw, mw),
+            Some(r) => {
+                unpack_row(w.dtype, w.row(r), pairs, nat_u, nat_dw, mw);
+                lanes::to_lanes(chunks, nat_u, u);
+                for (d, &blk) in dw.iter_mut().zip(blocks.iter()) {
+                    *d = nat_dw[2 * blk as usize];
+                }
+            }
             None => {
                 u.fill(0);
                 dw.fill(0.0);
@@ -410,48 +422,73 @@ fn batched_quantized(w: &QMatrix, acts: &Acts, rows: Range<usize>, toks: Range<u
             }
         }
     };
-    let tile = |s: &Scratch, t0: usize, nt: usize| match nt {
-        4 => micro::<4>(s, pairs, acts, t0),
-        3 => micro::<3>(s, pairs, acts, t0),
-        2 => micro::<2>(s, pairs, acts, t0),
-        _ => micro::<1>(s, pairs, acts, t0),
+    let wide = b.lo.is_some();
+    let tile = |s: &Scratch, t0: usize, nt: usize| match (wide, nt) {
+        (false, 3) => micro::<3, false>(s, b, t0),
+        (false, 2) => micro::<2, false>(s, b, t0),
+        (false, _) => micro::<1, false>(s, b, t0),
+        (true, 3) => micro::<3, true>(s, b, t0),
+        (true, 2) => micro::<2, true>(s, b, t0),
+        (true, _) => micro::<1, true>(s, b, t0),
     };
     for_each_tile::<_, R, T>(&mut s, rows, toks, unpack, tile, put);
     give_scratch(s);
 }
 
-/// One register tile: the [`R`] unpacked rows of `s` times tokens `t0 .. t0 + NT`.
+/// One register tile: the [`R`] unpacked rows of `s` times tokens `t0 .. t0 + NT` of `b`. Per group of the
+/// lane layout, the integer dot products of every step accumulate in one register per (row, token) pair;
+/// with `WIDE` (16-bit activations) those of plane `hi` are multiplied by 255 before plane `lo`'s add to
+/// them. Then one conversion to f32, times the lanes' weight and activation scales, joins the f32
+/// accumulator.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
 #[inline]
-fn micro<const NT: usize>(s: &Scratch, pairs: usize, acts: &Acts, t0: usize) -> [[f32; T]; R] {
-    let q: [&[i8]; NT] = std::array::from_fn(|j| acts.q_tok(t0 + j));
-    let sc: [&[f32]; NT] = std::array::from_fn(|j| acts.sc_tok(t0 + j));
-    let nbp = sc[0].len() / 2;
-    assert!(q.iter().all(|q| q.len() >= pairs * 64) && sc.iter().all(|s| s.len() == nbp * 2));
-    assert!(s.u.len() >= R * pairs * 64 && s.dw.len() >= R * pairs * 16 && s.mw.len() >= R * nbp * 2);
-    assert!(nbp.is_multiple_of(8) && 2 * pairs <= nbp);
-    let qp: [*const i8; NT] = std::array::from_fn(|j| q[j].as_ptr());
-    let sp: [*const f32; NT] = std::array::from_fn(|j| sc[j].as_ptr());
+fn micro<const NT: usize, const WIDE: bool>(s: &Scratch, b: &lanes::Batch, t0: usize) -> [[f32; T]; R] {
+    let (nbe, nbp) = (b.nbe, b.nbp);
+    let (len, lsl) = (nbe * QK, lanes::groups(nbe) * lanes::LANES);
+    let lanes::Tokens { hi: hp, lo: lp, lane_sc: lsp, sc: sp } = b.tokens::<NT, WIDE>(t0);
+    assert!(s.u.len() >= R * len && s.dw.len() >= R * lsl && s.mw.len() >= R * nbp * 2);
     let (up, dp, mp) = (s.u.as_ptr(), s.dw.as_ptr(), s.mw.as_ptr());
-    let bidx = pair_broadcast();
     let mut acc = [[_mm512_setzero_ps(); NT]; R];
-    for p in 0..pairs {
-        // SAFETY (all loads of this loop): `p < pairs`; scratch row `i < R` holds `pairs` pairs of 64 bytes
-        // and of 16 scales, each token `pairs` pairs of 64 values and `nbp >= 2 pairs` scale pairs
-        // (asserted above); unaligned loads.
-        let wv: [__m512i; R] =
-            std::array::from_fn(|i| unsafe { _mm512_loadu_si512(up.add((i * pairs + p) * 64).cast()) });
-        let dv: [__m512; R] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(dp.add((i * pairs + p) * 16)) });
+    let mut gi = 0;
+    lanes::for_each_group(nbe, |b0, g| {
+        // Steps `b0 * 32 / 64 ..` of every row and token, a group's `g / 2`, lie inside their `len` bytes.
+        let run = |xp: &[*const i8; NT], d: &mut [[__m512i; NT]; R]| {
+            for st in 0..g / 2 {
+                let o = b0 * QK + st * lanes::STEP;
+                // SAFETY: `o + 64 <= len`, the bytes of each scratch row and token plane (asserted above, the
+                // planes by `Batch::tokens`); unaligned loads.
+                let wv: [__m512i; R] =
+                    std::array::from_fn(|i| unsafe { _mm512_loadu_si512(up.add(i * len + o).cast()) });
+                for j in 0..NT {
+                    // SAFETY: as above.
+                    let x = unsafe { _mm512_loadu_si512(xp[j].add(o).cast()) };
+                    for i in 0..R {
+                        d[i][j] = _mm512_dpbusd_epi32(d[i][j], wv[i], x);
+                    }
+                }
+            }
+        };
+        let mut d = [[_mm512_setzero_si512(); NT]; R];
+        run(&hp, &mut d);
+        if WIDE {
+            // At most 32 * 255 * 127 per lane, times 255, plus as much again: below 2^31.
+            for v in d.iter_mut().flatten() {
+                *v = _mm512_sub_epi32(_mm512_slli_epi32::<8>(*v), *v);
+            }
+            run(&lp, &mut d);
+        }
+        // SAFETY: group `gi` has `LANES` scales at `gi * LANES` in each scratch row and token, of `lsl`
+        // (asserted above, the tokens' by `Batch::tokens`); unaligned loads.
+        let dw: [__m512; R] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(dp.add(i * lsl + gi * lanes::LANES)) });
         for j in 0..NT {
             // SAFETY: as above.
-            let (x, s) = unsafe { (_mm512_loadu_si512(qp[j].add(64 * p).cast()), _mm_loadu_ps(sp[j].add(4 * p))) };
-            let dx = _mm512_permutexvar_ps(bidx, _mm512_castps128_ps512(s));
+            let dx = unsafe { _mm512_loadu_ps(lsp[j].add(gi * lanes::LANES)) };
             for i in 0..R {
-                let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], x);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dv[i], dx), acc[i][j]);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[i][j]), _mm512_mul_ps(dw[i], dx), acc[i][j]);
             }
         }
-    }
+        gi += 1;
+    });
     micro_tail!(
         acc, sp, mp, nbp,
         offsets: true, lanes: 16, load: _mm512_loadu_ps, fmadd: _mm512_fmadd_ps, sum: _mm512_reduce_add_ps,

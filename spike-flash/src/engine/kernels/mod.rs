@@ -30,7 +30,9 @@
 //! [`matmul`] splits the rows of a matrix into about `2 * rayon::current_num_threads()` contiguous chunks
 //! of at least [`MIN_ROWS_PER_TASK`] rows and, for many tokens and few row chunks, the tokens too. The
 //! result of one (row, token) pair does not depend on the split: threaded and unthreaded results are equal
-//! bit for bit.
+//! bit for bit. The tasks run on a team of as many threads as the rayon pool has (the `pool` module), whose
+//! helpers spin for a while after each call rather than sleep, so the many small calls of one decoded
+//! token do not each wait for a thread to wake.
 //!
 //! # Batching
 //!
@@ -38,9 +40,13 @@
 //! matrix, one row after another (sequential streams suit the hardware prefetcher best), and run near
 //! memory bandwidth. With more tokens the SIMD kernels unpack a tile of rows (nibbles to bytes, scales to
 //! f32; 4 rows for AVX-512, 2 for AVX2) into a small per-thread buffer that stays in L1 and run it against
-//! all the tokens of the task, 4 at a time, from a register tile of rows x tokens accumulators: each weight
+//! all the tokens of the task, 3 at a time, from a register tile of rows x tokens accumulators: each weight
 //! byte loaded from memory serves every token and each activation load serves several rows, which makes
-//! prompt processing compute bound. Weights are never repacked in memory.
+//! prompt processing compute bound. Both sides are in the lane layout of the `lanes` module (the
+//! activations laid out once when prepared, the weights when unpacked), where a group of up to 16 blocks
+//! accumulates its integer dot products in one register before a single f32 scaling, so the float work
+//! does not outweigh the integer work. Weights are never repacked in memory. 16-bit activations
+//! ([`WideActs`]) run through the same kernels with a second plane of values (see `wide.rs`).
 //!
 //! Float rows need no unpacking beyond a conversion to f32 (F16 by F16C's `vcvtph2ps`, BF16 by a shift), so
 //! the batched float kernels read a tile of rows in place and convert each vector of weights in registers,
@@ -79,7 +85,7 @@ macro_rules! simd_entry_points {
         ) {
             let dtype = w.dtype;
             if acts.n() > 1 && dtype.is_quantized() {
-                batched_quantized(w, acts, rows, toks, put);
+                batched_quantized(w, &acts.batch(), rows, toks, put);
                 return;
             }
             if acts.n() > 1 {
@@ -92,6 +98,21 @@ macro_rules! simd_entry_points {
                     put(t, r, dot_row(dtype, row, acts, t));
                 }
             }
+        }
+
+        /// Quantized rows times the tokens of `b` by the batched kernels, see [`super::part_batch`].
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU must support ", $cpu, ".")]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn part_batch(
+            w: &QMatrix,
+            b: &lanes::Batch,
+            rows: Range<usize>,
+            toks: Range<usize>,
+            put: &mut impl Put,
+        ) {
+            batched_quantized(w, b, rows, toks, put);
         }
 
         /// One row of `dtype` times token `t`, by the one-token kernels.
@@ -189,6 +210,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod cols;
+mod lanes;
+mod pool;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -197,14 +220,12 @@ mod wide;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use crate::model::quant::{DType, QK};
 use crate::{Error, Result};
 
 pub use cols::{add_scaled_columns, Columns};
 pub use scalar::{dequantize_row, dot_reference_f32};
-pub use wide::{dot_wide_reference, matmul_wide, WideActs, WIDE_BASE};
+pub use wide::{dot_wide_reference, matmul_wide, matmul_wide_isa, WideActs, WIDE_BASE};
 
 /// The smallest number of rows one task takes when [`matmul`] splits a matrix over threads.
 pub const MIN_ROWS_PER_TASK: usize = 64;
@@ -319,6 +340,13 @@ pub struct Acts {
     q: Vec<i8>,
     /// Per token and block, `(d, d * sum(q))`: `n` tokens of `padded_blocks(cols) * 2` floats.
     sc: Vec<f32>,
+    /// With more than one token: `q` in the lane layout of the batched kernels (`lanes`), `n` tokens of
+    /// `even_blocks * QK` values.
+    lq: Vec<i8>,
+    /// The lane scales of `lq`: per token, [`lanes::LANES`] per group.
+    lsc: Vec<f32>,
+    /// Whether `lq` and `lsc` hold these tokens.
+    lanes_built: bool,
 }
 
 impl Acts {
@@ -342,6 +370,7 @@ impl Acts {
         self.n = n;
         self.cols = cols;
         self.quantized = wdtype.is_quantized();
+        self.lanes_built = false;
         if !self.quantized {
             self.x.clear();
             self.x.extend_from_slice(x);
@@ -369,6 +398,9 @@ impl Acts {
                 sb[0] = d;
                 sb[1] = d * sum as f32;
             }
+        }
+        if n > 1 {
+            self.build_lanes();
         }
     }
 
@@ -546,25 +578,62 @@ pub fn matmul_isa(isa: Isa, w: &QMatrix, acts: &Acts, out: &mut [f32]) {
         part(isa, w, acts, 0..rows, 0..n, &mut |t, r, v| out[t * rows + r] = v);
         return;
     }
-    let row_chunk = rows.div_ceil(row_tasks);
-    if n == 1 {
-        out.par_chunks_mut(row_chunk).enumerate().for_each(|(i, o)| {
-            let r0 = i * row_chunk;
-            part(isa, w, acts, r0..r0 + o.len(), 0..1, &mut |_, r, v| o[r - r0] = v);
-        });
-        return;
-    }
-    let tok_chunk = n.div_ceil(tok_tasks);
-    let sink = Sink { ptr: out.as_mut_ptr(), len: out.len() };
-    (0..row_tasks * tok_tasks).into_par_iter().for_each(|i| {
-        let r0 = (i % row_tasks) * row_chunk;
-        let t0 = (i / row_tasks) * tok_chunk;
-        let rs = r0..(r0 + row_chunk).min(rows);
-        let ts = t0..(t0 + tok_chunk).min(n);
-        // SAFETY: task `i` covers rows `rs` and tokens `ts`, and kernels only report pairs of their own
-        // ranges; the ranges of distinct tasks are disjoint, so no element is written twice or concurrently.
+    split_tasks((row_tasks, tok_tasks), rows, n, out, |rs, ts, sink| {
+        // SAFETY: `split_tasks` hands each task disjoint ranges, and kernels only report pairs of their own.
         part(isa, w, acts, rs, ts, &mut |t, r, v| unsafe { sink.write(t * rows + r, v) });
     });
+}
+
+/// Runs `task(rows, tokens, sink)` over the `row_tasks x tok_tasks` tasks of a `rows x n` product on the
+/// compute team of the current rayon pool (`pool`), each task with its own rows and tokens, all writing token-major into `out` through
+/// `sink`. The ranges of distinct tasks are disjoint, so a task that writes only the pairs of its own ranges
+/// writes no element twice or concurrently.
+fn split_tasks(
+    (row_tasks, tok_tasks): (usize, usize),
+    rows: usize,
+    n: usize,
+    out: &mut [f32],
+    task: impl Fn(Range<usize>, Range<usize>, &Sink) + Sync,
+) {
+    assert_eq!(out.len(), rows * n, "output of {} for {n} tokens x {rows} rows", out.len());
+    let row_chunk = rows.div_ceil(row_tasks);
+    let tok_chunk = n.div_ceil(tok_tasks);
+    let sink = Sink { ptr: out.as_mut_ptr(), len: out.len() };
+    pool::for_each_task(row_tasks * tok_tasks, |i| {
+        let r0 = ((i % row_tasks) * row_chunk).min(rows);
+        let t0 = ((i / row_tasks) * tok_chunk).min(n);
+        task(r0..(r0 + row_chunk).min(rows), t0..(t0 + tok_chunk).min(n), &sink);
+    });
+}
+
+/// `out[t * w.rows + r] = dot(w.row(r), x_t)` for the tokens of `b` (quantized activations in the lane
+/// layout, 8- or 16-bit) by the batched kernels of `isa`, which must be a SIMD instruction set this CPU has,
+/// threaded over the current rayon pool like [`matmul_isa`].
+fn matmul_batch(isa: Isa, w: &QMatrix, b: &lanes::Batch, out: &mut [f32]) {
+    assert!(isa != Isa::Scalar && isa.is_available(), "batched kernels of {isa} on this CPU");
+    assert!(w.dtype.is_quantized(), "batched quantized kernels for {}", w.dtype);
+    assert_eq!(b.nbe, lanes::even_blocks(w.cols / QK), "activations of another width than {} columns", w.cols);
+    let (rows, n) = (w.rows, b.n);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    split_tasks(plan(rows, n, rayon::current_num_threads()), rows, n, out, |rs, ts, sink| {
+        // SAFETY: `split_tasks` hands each task disjoint ranges, and kernels only report pairs of their own.
+        part_batch(isa, w, b, rs, ts, &mut |t, r, v| unsafe { sink.write(t * rows + r, v) });
+    });
+}
+
+/// The batched quantized kernels of `isa` (a SIMD instruction set this CPU has) over `rows x toks` of `b`.
+fn part_batch(isa: Isa, w: &QMatrix, b: &lanes::Batch, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked that the CPU has `isa`, so it has AVX2, FMA and F16C.
+        Isa::Avx2 => unsafe { avx2::part_batch(w, b, rows, toks, put) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked that the CPU has `isa`, so it has the AVX-512 subsets `avx512` needs.
+        Isa::Avx512 => unsafe { avx512::part_batch(w, b, rows, toks, put) },
+        _ => unreachable!("no batched quantized kernels of {isa}"),
+    }
 }
 
 /// Dot product of one weight row (`dtype` blocks, `acts.cols()` elements) with token `t` of `acts`, by the
@@ -769,17 +838,37 @@ unsafe fn q4_scale_bits<const Q4_1: bool>(p: *const u8) -> u32 {
     }
 }
 
-/// Per-thread buffers of the batched kernels: a tile of weight rows unpacked for reuse across tokens.
+/// Per-thread buffers of the batched kernels: a tile of weight rows unpacked for reuse across tokens, in the
+/// lane layout (see `lanes`).
 #[derive(Default)]
 struct Scratch {
-    /// Unsigned 8-bit weights (nibbles, or Q8_0 magnitudes / offset values), `QK` per block.
+    /// Unsigned 8-bit weights (nibbles, or Q8_0 magnitudes / offset values), `QK` per block, lane layout.
     u: Vec<u8>,
-    /// Signed Q8_0 weights, whose signs the AVX2 kernel applies to the activations.
+    /// Signed Q8_0 weights, whose signs the AVX2 kernel applies to the activations, lane layout.
     sg: Vec<u8>,
-    /// Per-block weight scales, as the kernel wants them laid out.
+    /// The weight scales of each lane, [`lanes::LANES`] per group.
     dw: Vec<f32>,
     /// Per-block offset coefficients interleaved `(0, m)` like the activations' `(d, d * sum)`.
     mw: Vec<f32>,
+    /// One row of `u`, `sg` and scales in ggml's block order, before the lane layout.
+    nat_u: Vec<u8>,
+    nat_sg: Vec<u8>,
+    nat_dw: Vec<f32>,
+    /// The tables of `lanes::lane_chunks` and `lanes::lane_blocks` for rows of `lanes_nbe` blocks.
+    chunks: Vec<u32>,
+    blocks: Vec<u32>,
+    lanes_nbe: usize,
+}
+
+impl Scratch {
+    /// Makes `chunks` and `blocks` the lane tables of rows of `nbe` blocks.
+    fn lane_tables(&mut self, nbe: usize) {
+        if self.lanes_nbe != nbe || self.chunks.is_empty() {
+            self.chunks = lanes::lane_chunks(nbe);
+            self.blocks = lanes::lane_blocks(nbe);
+            self.lanes_nbe = nbe;
+        }
+    }
 }
 
 thread_local! {
@@ -865,5 +954,18 @@ impl Sink {
         assert!(i < self.len, "output index {i} of {}", self.len);
         // SAFETY: `i` is in bounds of the borrowed output, and the caller excludes concurrent access to it.
         unsafe { self.ptr.add(i).write(v) }
+    }
+
+    /// Elements `range` (clamped to the output) as a slice.
+    ///
+    /// # Safety
+    /// No other thread reads or writes these elements while the slice lives.
+    #[expect(clippy::mut_from_ref, reason = "tasks take disjoint parts of one output, as `split_at_mut` would")]
+    unsafe fn slice(&self, range: Range<usize>) -> &mut [f32] {
+        let (start, end) = (range.start.min(self.len), range.end.min(self.len));
+        let len = end.saturating_sub(start);
+        // SAFETY: `start + len <= self.len`, inside the borrowed output, and the caller excludes concurrent
+        // access to these elements for the slice's life.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }
 }

@@ -12,8 +12,9 @@ const SEED: u64 = 0x5EED_4B45_524E;
 const QUANTIZED: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
-/// (rows, cols): the model's widths, single blocks, and row counts that are not a multiple of any tile.
-const SHAPES: [(usize, usize); 7] = [(1, 32), (5, 64), (3, 96), (67, 576), (13, 1536), (130, 576), (9, 1536)];
+/// (rows, cols): the model's widths, single blocks, and row counts that are not a multiple of any tile; the
+/// block counts (1, 2, 3, 14, 18, 48) leave every group size of the lane layout and an odd last block.
+const SHAPES: [(usize, usize); 8] = [(1, 32), (5, 64), (3, 96), (7, 448), (67, 576), (13, 1536), (130, 576), (9, 1536)];
 const TOKENS: [usize; 4] = [1, 3, 7, 64];
 
 /// Tolerance of a SIMD kernel against the scalar one, relative to `sum |w_i x_i|`: only the f32 summation

@@ -9,8 +9,7 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
+use super::lanes::{self, Batch};
 use super::{padded_blocks, Acts, Isa, QMatrix};
 use crate::model::quant::{DType, QK};
 
@@ -43,6 +42,13 @@ impl WideActs {
     /// # Panics
     /// When `x.len() != n * cols` or `cols` is not a multiple of 32.
     pub fn prepare(&mut self, x: &[f32], n: usize, cols: usize) {
+        self.prepare_for(super::isa(), x, n, cols);
+    }
+
+    /// [`WideActs::prepare`] for the kernels of `isa` (lowered to what the CPU has): the batched kernels
+    /// (every SIMD instruction set, except one token on AVX-512, which has fused one-token kernels) also
+    /// need the lane layout.
+    fn prepare_for(&mut self, isa: Isa, x: &[f32], n: usize, cols: usize) {
         assert_eq!(x.len(), n * cols, "activations: {} values for {n} tokens of {cols}", x.len());
         assert!(cols.is_multiple_of(QK), "activations: {cols} columns is not a multiple of {QK}");
         let nbp = padded_blocks(cols);
@@ -50,6 +56,7 @@ impl WideActs {
         a.n = 2 * n;
         a.cols = cols;
         a.quantized = true;
+        a.lanes_built = false;
         a.q.clear();
         a.q.resize(2 * n * nbp * QK, 0);
         a.sc.clear();
@@ -57,55 +64,143 @@ impl WideActs {
         self.fused_sc.clear();
         self.fused_sc.resize(n * nbp * 2, 0.0);
         self.n = n;
-        let base = WIDE_BASE as f32;
+        let isa = isa.min(super::detected_isa());
+        let (q, sc) = (&mut a.q, &mut a.sc);
+        let (q_hi, q_lo) = q.split_at_mut(n * nbp * QK);
+        let (sc_hi, sc_lo) = sc.split_at_mut(n * nbp * 2);
         for t in 0..n {
-            for (b, xb) in x[t * cols..(t + 1) * cols].chunks_exact(QK).enumerate() {
-                let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let step = d / base;
-                let inv = if amax > 0.0 { 1.0 / step } else { 0.0 };
-                let (hi_at, lo_at) = ((t * nbp + b) * QK, ((n + t) * nbp + b) * QK);
-                let (mut sum_hi, mut sum_lo) = (0i32, 0i32);
-                for (i, &v) in xb.iter().enumerate() {
-                    let lim = 127 * WIDE_BASE;
-                    let xi = ((v * inv).round_ties_even() as i32).clamp(-lim, lim);
-                    // Nearest multiple of 255 below in magnitude by at most 127: both halves in [-127, 127].
-                    let hi = (xi + xi.signum() * (WIDE_BASE / 2)) / WIDE_BASE;
-                    let lo = xi - hi * WIDE_BASE;
-                    a.q[hi_at + i] = hi as i8;
-                    a.q[lo_at + i] = lo as i8;
-                    sum_hi += hi;
-                    sum_lo += lo;
-                }
-                let (sh, sl) = ((t * nbp + b) * 2, ((n + t) * nbp + b) * 2);
-                a.sc[sh] = d;
-                a.sc[sh + 1] = d * sum_hi as f32;
-                a.sc[sl] = step;
-                a.sc[sl + 1] = step * sum_lo as f32;
-                self.fused_sc[sh] = step;
-                self.fused_sc[sh + 1] = step * (sum_hi * WIDE_BASE + sum_lo) as f32;
+            let (tq, ts) = (t * nbp * QK..(t + 1) * nbp * QK, t * nbp * 2..(t + 1) * nbp * 2);
+            let halves = Halves {
+                hi: &mut q_hi[tq.clone()],
+                lo: &mut q_lo[tq],
+                sc_hi: &mut sc_hi[ts.clone()],
+                sc_lo: &mut sc_lo[ts.clone()],
+                fused: &mut self.fused_sc[ts],
+            };
+            let xt = &x[t * cols..(t + 1) * cols];
+            #[cfg(target_arch = "x86_64")]
+            if isa != Isa::Scalar {
+                // SAFETY: `isa` is at most `detected_isa()` and not scalar, so the CPU has AVX2, FMA and F16C.
+                unsafe { super::avx2::quantize_row_wide(xt, halves) };
+                continue;
             }
+            quantize_row_wide(xt, halves);
+        }
+        if isa != Isa::Scalar && !(n == 1 && isa == Isa::Avx512) {
+            a.build_lanes();
+        }
+    }
+
+    /// The lane layout of the batched kernels: plane `hi` the high halves, plane `lo` the low halves, the
+    /// lanes scaled by the low halves' step `d / 255` and the offset terms by the fused scales.
+    fn batch(&self) -> Batch<'_> {
+        let a = &self.both;
+        let b = a.batch();
+        let (n, tok, lane) = (self.n, b.nbe * QK, lanes::groups(b.nbe) * lanes::LANES);
+        Batch {
+            n,
+            hi: &b.hi[..n * tok],
+            lo: Some(&b.hi[n * tok..2 * n * tok]),
+            lane_sc: &b.lane_sc[n * lane..2 * n * lane],
+            sc: &self.fused_sc,
+            ..b
         }
     }
 }
 
-/// `out[t * w.rows + r] = dot(w.row(r), x_t)` for 16-bit activations. With one token on AVX-512 the fused
-/// kernels run; otherwise both halves go through [`super::matmul`] as `2n` tokens (into `scratch`) and add.
+/// Where one token's 16-bit activations go: its high and low halves (whole blocks of `QK` values each), the
+/// halves' `(scale, scale * block sum)` pairs, and the fused kernels' `(d / 255, exact block sum times it)`.
+pub(super) struct Halves<'a> {
+    pub hi: &'a mut [i8],
+    pub lo: &'a mut [i8],
+    pub sc_hi: &'a mut [f32],
+    pub sc_lo: &'a mut [f32],
+    pub fused: &'a mut [f32],
+}
+
+impl Halves<'_> {
+    /// Records block `b`'s scale `d`, its step and the sums of its halves.
+    #[inline]
+    pub fn put_scales(&mut self, b: usize, d: f32, step: f32, sum_hi: i32, sum_lo: i32) {
+        self.sc_hi[2 * b] = d;
+        self.sc_hi[2 * b + 1] = d * sum_hi as f32;
+        self.sc_lo[2 * b] = step;
+        self.sc_lo[2 * b + 1] = step * sum_lo as f32;
+        self.fused[2 * b] = step;
+        self.fused[2 * b + 1] = step * (sum_hi * WIDE_BASE + sum_lo) as f32;
+    }
+}
+
+/// The scale of a block whose largest magnitude is `amax`, its step, and the factor that takes a value to
+/// steps: what every quantizer of 16-bit activations computes, in this order, in f32.
+#[inline]
+pub(super) fn wide_scales(amax: f32) -> (f32, f32, f32) {
+    let d = amax / 127.0;
+    let step = d / WIDE_BASE as f32;
+    let inv = if amax > 0.0 { 1.0 / step } else { 0.0 };
+    (d, step, inv)
+}
+
+/// Quantizes one token (whole blocks of `x`) into `h`, the reference of the SIMD quantizer.
+fn quantize_row_wide(x: &[f32], mut h: Halves) {
+    for (b, xb) in x.chunks_exact(QK).enumerate() {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (d, step, inv) = wide_scales(amax);
+        let (mut sum_hi, mut sum_lo) = (0i32, 0i32);
+        for (i, &v) in xb.iter().enumerate() {
+            let lim = 127 * WIDE_BASE;
+            let xi = ((v * inv).round_ties_even() as i32).clamp(-lim, lim);
+            // Nearest multiple of 255 below in magnitude by at most 127: both halves in [-127, 127].
+            let hi = (xi + xi.signum() * (WIDE_BASE / 2)) / WIDE_BASE;
+            let lo = xi - hi * WIDE_BASE;
+            h.hi[b * QK + i] = hi as i8;
+            h.lo[b * QK + i] = lo as i8;
+            sum_hi += hi;
+            sum_lo += lo;
+        }
+        h.put_scales(b, d, step, sum_hi, sum_lo);
+    }
+}
+
+/// `out[t * w.rows + r] = dot(w.row(r), x_t)` for 16-bit activations, with [`super::isa()`]: see
+/// [`matmul_wide_isa`].
 pub fn matmul_wide(w: &QMatrix, a: &WideActs, out: &mut [f32], scratch: &mut Vec<f32>) {
+    matmul_wide_isa(super::isa(), w, a, out, scratch);
+}
+
+/// `out[t * w.rows + r] = dot(w.row(r), x_t)` for 16-bit activations, with the kernels of `isa` (lowered to
+/// what the CPU has), threaded over the current rayon pool. With one token on AVX-512 the fused one-token
+/// kernels run; otherwise on AVX2 and AVX-512 the batched kernels, which combine the halves' integer dot
+/// products before scaling them as the fused kernels do; the scalar kernels take both halves as `2n` tokens
+/// (into `scratch`) and add.
+///
+/// # Panics
+/// When `a` was prepared for one token on AVX-512 and `isa` is AVX2 (that preparation skips the lane layout).
+pub fn matmul_wide_isa(isa: Isa, w: &QMatrix, a: &WideActs, out: &mut [f32], scratch: &mut Vec<f32>) {
     assert!(w.dtype.is_quantized(), "16-bit activations are for block-quantized weights, not {}", w.dtype);
     assert_eq!(out.len(), a.n * w.rows, "output of {} for {} tokens x {} rows", out.len(), a.n, w.rows);
-    if a.n == 1 && super::isa() == Isa::Avx512 {
+    assert_eq!(a.both.cols, w.cols, "activations of width {} for a matrix of {} columns", a.both.cols, w.cols);
+    let isa = isa.min(super::detected_isa());
+    if a.n == 1 && isa == Isa::Avx512 {
         let chunk = w.rows.div_ceil(2 * rayon::current_num_threads()).max(super::MIN_ROWS_PER_TASK);
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, o)| {
+        let sink = super::Sink { ptr: out.as_mut_ptr(), len: out.len() };
+        super::pool::for_each_task(w.rows.div_ceil(chunk), |i| {
+            // SAFETY: task `i` alone takes rows `i * chunk ..` up to the next task's.
+            let o = unsafe { sink.slice(i * chunk..(i + 1) * chunk) };
             let r0 = i * chunk;
-            // SAFETY: `isa()` is Avx512 only when the CPU has the features `fused_rows` needs.
+            // SAFETY: the CPU has AVX-512 (`isa` is at most `detected_isa()`), with the features `fused_rows`
+            // needs.
             unsafe { avx512::fused_rows(w, a, r0..r0 + o.len(), o) };
         });
         return;
     }
+    if isa != Isa::Scalar {
+        super::matmul_batch(isa, w, &a.batch(), out);
+        return;
+    }
     let n = a.n;
     scratch.resize(2 * n * w.rows, 0.0);
-    super::matmul(w, &a.both, scratch);
+    super::matmul_isa(isa, w, &a.both, scratch);
     let (hi, lo) = scratch.split_at(n * w.rows);
     for ((o, h), l) in out.iter_mut().zip(hi).zip(lo) {
         *o = h + l;
@@ -350,44 +445,102 @@ mod tests {
     #[test]
     fn every_path_matches_the_fused_reference_and_the_exact_dot() {
         let mut rng = StdRng::seed_from_u64(SEED + 1);
+        let mut isas = Vec::new();
+        for isa in Isa::ALL {
+            if isa.is_available() {
+                isas.push(isa);
+            } else {
+                eprintln!(
+                    "every_path_matches_the_fused_reference_and_the_exact_dot: skipped {isa}, which this CPU lacks"
+                );
+            }
+        }
+        // Block counts that leave every group size of the lane layout (and an odd last block), and token
+        // counts that leave partial register tiles.
+        let shapes = [
+            (37, 32, 1),
+            (70, 96, 1),
+            (12, 256, 1),
+            (130, 576, 1),
+            (65, 1536, 1),
+            (33, 576, 3),
+            (9, 64, 7),
+            (5, 32, 2),
+            (7, 224, 5),
+            (70, 1536, 13),
+            (12, 800, 4),
+            (6, 960, 2),
+        ];
         for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
-            for (rows, cols, n) in
-                [(37, 32, 1), (70, 96, 1), (12, 256, 1), (130, 576, 1), (65, 1536, 1), (33, 576, 3), (9, 64, 7)]
-            {
+            for (rows, cols, n) in shapes {
                 let data = random_matrix(&mut rng, dtype, rows, cols);
                 let w = QMatrix::new(dtype, rows, cols, &data).expect("matrix");
                 let x = random_acts(&mut rng, n * cols);
-                let mut a = WideActs::new();
-                a.prepare(&x, n, cols);
-                let mut out = vec![0.0f32; n * rows];
-                matmul_wide(&w, &a, &mut out, &mut Vec::new());
-                for t in 0..n {
-                    let xt = &x[t * cols..(t + 1) * cols];
-                    for r in 0..rows {
-                        let row = w.row(r);
-                        let want = dot_wide_reference(dtype, row, &a, t);
-                        let exact = dot_reference_f32(dtype, row, xt);
-                        let mut wx = vec![0.0f32; cols];
-                        crate::model::quant::dequantize(dtype, row, &mut wx).expect("dequantize");
-                        let mag: f32 = wx.iter().zip(xt).map(|(a, b)| (a * b).abs()).sum();
-                        let got = out[t * rows + r];
-                        assert!(
-                            (got - want).abs() <= 1e-5 * mag + 1e-6,
-                            "{dtype} {rows}x{cols} n={n}: {got} vs {want}"
-                        );
-                        // Activation rounding: at most half a step (amax / 127 / 255) per value.
-                        let bound: f32 = xt
-                            .chunks_exact(QK)
-                            .zip(wx.chunks_exact(QK))
-                            .map(|(xb, wb)| {
-                                let step = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0 / WIDE_BASE as f32;
-                                0.5 * step * wb.iter().map(|v| v.abs()).sum::<f32>()
-                            })
-                            .sum();
-                        assert!((got - exact).abs() <= bound * 1.01 + 1e-5 * mag, "{dtype}: {got} vs exact {exact}");
-                    }
+                for &isa in &isas {
+                    let mut a = WideActs::new();
+                    a.prepare_for(isa, &x, n, cols);
+                    let mut out = vec![0.0f32; n * rows];
+                    matmul_wide_isa(isa, &w, &a, &mut out, &mut Vec::new());
+                    check_against_references(isa, dtype, &w, &a, &x, &out);
                 }
             }
+        }
+    }
+
+    /// Asserts that `out` (the product of `w` with the tokens `x`, prepared into `a`, by `isa`) is within
+    /// f32 rounding of the fused reference and within the activation rounding bound of the exact dot product.
+    fn check_against_references(isa: Isa, dtype: DType, w: &QMatrix, a: &WideActs, x: &[f32], out: &[f32]) {
+        let (rows, cols, n) = (w.rows, w.cols, a.n());
+        for t in 0..n {
+            let xt = &x[t * cols..(t + 1) * cols];
+            for r in 0..rows {
+                let row = w.row(r);
+                let want = dot_wide_reference(dtype, row, a, t);
+                let exact = dot_reference_f32(dtype, row, xt);
+                let mut wx = vec![0.0f32; cols];
+                crate::model::quant::dequantize(dtype, row, &mut wx).expect("dequantize");
+                let mag: f32 = wx.iter().zip(xt).map(|(a, b)| (a * b).abs()).sum();
+                let got = out[t * rows + r];
+                assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{isa} {dtype} {rows}x{cols} n={n}: {got} vs {want}");
+                // Activation rounding: at most half a step (amax / 127 / 255) per value.
+                let bound: f32 = xt
+                    .chunks_exact(QK)
+                    .zip(wx.chunks_exact(QK))
+                    .map(|(xb, wb)| {
+                        let step = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0 / WIDE_BASE as f32;
+                        0.5 * step * wb.iter().map(|v| v.abs()).sum::<f32>()
+                    })
+                    .sum();
+                assert!((got - exact).abs() <= bound * 1.01 + 1e-5 * mag, "{isa} {dtype}: {got} vs exact {exact}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_quantizer_gives_the_same_bits() {
+        let mut rng = StdRng::seed_from_u64(SEED + 3);
+        let (n, cols) = (5, 1536);
+        let mut x = random_acts(&mut rng, n * cols);
+        // A block whose amax is 127 * 255 has step 1 and `x * inv = x` exactly: ties at .5 must round to even,
+        // and the halves split values on both sides of multiples of 255.
+        x[..32].copy_from_slice(&std::array::from_fn::<f32, 32, _>(|i| match i {
+            0 => 32385.0,
+            _ => (i as f32 - 16.0) * 127.5,
+        }));
+        let mut want = WideActs::new();
+        want.prepare_for(Isa::Scalar, &x, n, cols);
+        assert_eq!((want.both.q[1], want.both.q[n * padded_blocks(cols) * QK + 1]), (-7, -127), "-1912.5 -> -1912");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            if !isa.is_available() {
+                eprintln!("every_quantizer_gives_the_same_bits: skipped {isa}, which this CPU lacks");
+                continue;
+            }
+            let mut got = WideActs::new();
+            got.prepare_for(isa, &x, n, cols);
+            assert_eq!(got.both.q, want.both.q, "{isa}");
+            assert_eq!(bits(&got.both.sc), bits(&want.both.sc), "{isa}");
+            assert_eq!(bits(&got.fused_sc), bits(&want.fused_sc), "{isa}");
         }
     }
 
