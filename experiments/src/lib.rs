@@ -8,6 +8,7 @@ pub mod cost_validation;
 pub mod dense_bench;
 pub mod device;
 pub mod error;
+pub mod latency;
 pub mod layout_bench;
 pub mod paper;
 pub mod record;
