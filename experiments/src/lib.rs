@@ -13,6 +13,7 @@ pub mod layout_bench;
 pub mod paper;
 pub mod record;
 pub mod report;
+pub mod reproduce;
 pub mod summary;
 pub mod sweep;
 pub mod table3;
