@@ -116,6 +116,8 @@ pub struct LatencyRow {
     pub share_of_model: f64,
     /// Decoded tokens the medians are over (bench summaries only; 0 when the file does not say).
     pub tokens: usize,
+    /// The model's DRAM in the row, MiB (NaN when the file does not say).
+    pub dram_mib: f64,
     /// The paper's row this row stands for.
     pub paper_row: Option<PaperRow>,
 }
@@ -198,6 +200,10 @@ impl LatencyTable {
                 gb_read_per_token: gb,
                 share_of_model: optional("share_of_model")?,
                 tokens: optional("tokens")?.max(0.0) as usize,
+                dram_mib: match source {
+                    Source::BenchSummary => optional("dram_mib")?,
+                    Source::PaperScale => optional("dram_gb")? * 1e9 / f64::from(1u32 << 20),
+                },
                 paper_row,
                 row,
             });
@@ -333,6 +339,7 @@ all,64,0,,,,0,8,8,125,0,0,1,1,80
         assert_eq!((n.io_ms, n.mem_ms, n.compute_ms, n.total_ms), (51.5, 0.25, 12.25, 64.0));
         assert!((n.gb_read_per_token - 0.06144).abs() < 1e-15, "{}", n.gb_read_per_token);
         assert_eq!(n.tokens, 64);
+        assert_eq!(n.dram_mib, 50.2);
         assert_eq!(n.paper_row, Some(PaperRow::Naive));
         // The bench's own `all` row holds everything resident: not the paper's `all`.
         assert_eq!(t.rows[3].paper_row, None);

@@ -862,7 +862,9 @@ fn flash(
         .last()
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| Error::Invalid(format!("{}: no peak resident size", rss.display())))?;
-    let dram = max_dram_bytes(&over_csv.with_extension("summary.csv"))?;
+    let uncapped = latency::LatencyTable::read(&over_csv.with_extension("summary.csv"))?;
+    let dram_mib = uncapped.rows.iter().map(|r| r.dram_mib).filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let dram = (dram_mib * f64::from(1u32 << 20)) as u64;
     let overhead = (peak_kib * 1024).saturating_sub(dram);
     let limit = budget + overhead;
     let csv = dir.join("bench.csv");
@@ -907,25 +909,6 @@ fn flash(
     let _ = std::fs::remove_file(over_csv.with_extension("summary.csv"));
     latency::plot(&dir.join("bench.summary.csv"))?;
     Ok(())
-}
-
-/// The largest `dram_mib` of a bench summary, in bytes.
-fn max_dram_bytes(summary: &Path) -> Result<u64> {
-    let bad = |what: String| Error::Csv { path: summary.to_path_buf(), what };
-    let mut r = csv::Reader::from_path(summary).map_err(|e| bad(e.to_string()))?;
-    let col = r
-        .headers()
-        .map_err(|e| bad(e.to_string()))?
-        .iter()
-        .position(|h| h == "dram_mib")
-        .ok_or_else(|| bad("no column `dram_mib`".into()))?;
-    let mut most = 0.0f64;
-    for (i, rec) in r.records().enumerate() {
-        let rec = rec.map_err(|e| bad(format!("line {}: {e}", i + 2)))?;
-        let v: f64 = rec.get(col).unwrap_or("").parse().map_err(|_| bad(format!("line {}: dram_mib", i + 2)))?;
-        most = most.max(v);
-    }
-    Ok((most * f64::from(1u32 << 20)) as u64)
 }
 
 /// `DIR/raw.csv`: every sweep's rows (each row names its sweep in the column `sweep`) in one file.
