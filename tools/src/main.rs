@@ -14,8 +14,8 @@ mod cmd;
 #[derive(Parser, Debug)]
 #[command(name = "spike", version, about)]
 struct Cli {
-    /// Compute threads (default: the number of cores).
-    #[arg(long, global = true)]
+    /// Compute threads (default: the number of cores; llama.cpp's `-t`).
+    #[arg(short, long, global = true)]
     threads: Option<usize>,
 
     /// Activation precision for block-quantized weights: q8x2 (two 8-bit blocks, about 16 bits; default) or q8
