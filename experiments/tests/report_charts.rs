@@ -309,8 +309,11 @@ fn the_latency_tables_show_the_csv_numbers_measured_and_planted_apart() {
     std::fs::create_dir_all(&tag).unwrap();
     std::fs::write(tag.join("table3.csv"), TABLE3).unwrap();
     std::fs::create_dir_all(dir.path().join("dense")).unwrap();
-    std::fs::write(dir.path().join("dense/generate.json"), r#"{"prompt": "The capital of France is", "text": " Paris."}"#)
-        .unwrap();
+    std::fs::write(
+        dir.path().join("dense/generate.json"),
+        r#"{"prompt": "The capital of France is", "text": " Paris."}"#,
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("dense/perplexity.json"),
         r#"{"result": {"ppl": 18.25, "stderr": 1.5, "chunks": 4, "n_ctx": 512}, "whole_text": false}"#,
@@ -350,7 +353,10 @@ fn the_latency_tables_show_the_csv_numbers_measured_and_planted_apart() {
     assert!(md.contains("| 105 / 58 / 506 / 669 (all (+ bundling)) |"), "{md}");
     assert!(md.contains(&format!("{:.2}x faster end to end", 52.0 / 14.0)), "{md}");
     assert!(!md.contains("Table 3 and Fig. 1 (latency per token"), "Table 3 is covered, not missing:\n{md}");
-    assert!(md.contains("GPL-3 perplexity at context 512: 18.250 +/- 1.500 over 4 chunks (the first chunks only"), "{md}");
+    assert!(
+        md.contains("GPL-3 perplexity at context 512: 18.250 +/- 1.500 over 4 chunks (the first chunks only"),
+        "{md}"
+    );
     assert!(md.contains("\" Paris.\"; llama.cpp's"), "{md}");
     if !experiments::chart::LineChart::font_missing() {
         assert!(md.contains("[table3-latency.svg](flash/table3-latency.svg)"), "{md}");
