@@ -157,21 +157,33 @@ impl LineChart {
 
     /// Writes the chart to `png` (1200 x 800) and `svg`.
     pub fn write(&self, png: &Path, svg: &Path) -> Result<()> {
-        ensure_font()?;
-        let err = |path: &Path, what: String| Error::Chart { path: path.to_path_buf(), what };
-        {
-            let root = BitMapBackend::new(png, (1200, 800)).into_drawing_area();
-            self.draw(&root).map_err(|e| err(png, e))?;
-            root.present().map_err(|e| err(png, e.to_string()))?;
-        }
-        {
-            let root = SVGBackend::new(svg, (1200, 800)).into_drawing_area();
-            self.draw(&root).map_err(|e| err(svg, e))?;
-            root.present().map_err(|e| err(svg, e.to_string()))?;
-        }
-        Ok(())
+        write_png_svg(self, png, svg, (1200, 800))
     }
+}
 
+/// A chart that draws itself on any plotters backend.
+trait Draw {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String>;
+}
+
+/// Draws `chart` into `png` and `svg`, both `size` pixels.
+fn write_png_svg(chart: &impl Draw, png: &Path, svg: &Path, size: (u32, u32)) -> Result<()> {
+    ensure_font()?;
+    let err = |path: &Path, what: String| Error::Chart { path: path.to_path_buf(), what };
+    {
+        let root = BitMapBackend::new(png, size).into_drawing_area();
+        chart.draw(&root).map_err(|e| err(png, e))?;
+        root.present().map_err(|e| err(png, e.to_string()))?;
+    }
+    {
+        let root = SVGBackend::new(svg, size).into_drawing_area();
+        chart.draw(&root).map_err(|e| err(svg, e))?;
+        root.present().map_err(|e| err(svg, e.to_string()))?;
+    }
+    Ok(())
+}
+
+impl Draw for LineChart {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(e)?;
@@ -379,22 +391,11 @@ impl StackedBars {
 
     /// Writes the chart to `png` (1200 pixels wide, as tall as its bars need) and `svg`.
     pub fn write(&self, png: &Path, svg: &Path) -> Result<()> {
-        ensure_font()?;
-        let err = |path: &Path, what: String| Error::Chart { path: path.to_path_buf(), what };
-        let size = (1200, self.height());
-        {
-            let root = BitMapBackend::new(png, size).into_drawing_area();
-            self.draw(&root).map_err(|e| err(png, e))?;
-            root.present().map_err(|e| err(png, e.to_string()))?;
-        }
-        {
-            let root = SVGBackend::new(svg, size).into_drawing_area();
-            self.draw(&root).map_err(|e| err(svg, e))?;
-            root.present().map_err(|e| err(svg, e.to_string()))?;
-        }
-        Ok(())
+        write_png_svg(self, png, svg, (1200, self.height()))
     }
+}
 
+impl Draw for StackedBars {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(e)?;
