@@ -17,6 +17,7 @@
 #      row reported (one round was not enough: a run sized by one round thrashed and was OOM-killed in round 2);
 #   6. the bench inside the cgroup (limit = 50% of the checkpoint's bytes + that overhead; model budget 50% of
 #      the checkpoint), rows taking turns on the bundled and the split layout, held-out text;
+#      naive-all reads every weight every token (resident.bin too), as the paper's naive row;
 #   7. table3.csv from the bench's summary.
 # Big files go to ${SPIKE_CACHE_DIR:-~/.cache/spike}/planted/ (outside the work tree). Outputs:
 # results/paper-scale/<preset>-planted-<version>/ (table3.csv, stats.csv, bench.txt, overhead.txt, device/), or
@@ -88,7 +89,7 @@ run "$spike" profile-device --file "$bundled/ffn.bin" --chunks 4K,16K,64K,256K,1
 
 ckpt_bytes=$(stat -c %s "$model/model.safetensors")
 half=$(( ckpt_bytes / 2 ))
-rows=naive,hybrid,predictor,predictor+window
+rows=naive-all,hybrid,predictor,predictor+window
 bench=("$spike" bench --layout "$bundled" --split-layout "$split" --budget "$half" --predictor "$pred"
        --hot "$hot" --profile "$out/device/device-profile.json" --rows "$rows" --window 5
        --text "$lic/Apache-2.0")

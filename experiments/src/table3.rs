@@ -26,10 +26,13 @@ pub struct RowSpec {
     pub overlap: bool,
     /// Run without the DRAM budget (the `all` row: every neuron resident, the upper bound).
     pub unbudgeted: bool,
+    /// Read `resident.bin`'s tensors from flash every token too (the `naive-all` row: every weight, as the
+    /// paper's naive row, [`FlashConfig::read_resident`]).
+    pub read_resident: bool,
 }
 
 impl RowSpec {
-    /// The row named `name` (naive, hybrid, all, window, predictor, predictor+window, oracle, oracle+window,
+    /// The row named `name` (naive, naive-all, hybrid, all, window, predictor, predictor+window, oracle, oracle+window,
     /// oracle+hybrid, each optionally with `+overlap`) on `layout`, its window rows of `window` tokens; the row's
     /// name gets `suffix`.
     pub fn parse(name: &str, layout: &Path, window: u32, suffix: &str) -> Result<RowSpec> {
@@ -41,7 +44,7 @@ impl RowSpec {
         let none = CacheChoice::Policy(PolicySpec::None);
         let win = CacheChoice::Policy(PolicySpec::Window(window));
         let (cache, selector) = match base {
-            "naive" => (none, Selector::All),
+            "naive" | "naive-all" => (none, Selector::All),
             "hybrid" => (CacheChoice::Hybrid, Selector::All),
             "all" => (CacheChoice::Policy(PolicySpec::All), Selector::All),
             "window" => (win, Selector::All),
@@ -52,7 +55,7 @@ impl RowSpec {
             "oracle+hybrid" => (CacheChoice::Hybrid, Selector::Oracle),
             other => {
                 return Err(Error::Invalid(format!(
-                    "unknown bench row `{other}` (naive, hybrid, all, window, predictor, predictor+window, oracle, \
+                    "unknown bench row `{other}` (naive, naive-all, hybrid, all, window, predictor, predictor+window, oracle, \
                      oracle+window, oracle+hybrid)"
                 )))
             }
@@ -64,6 +67,7 @@ impl RowSpec {
             selector,
             overlap,
             unbudgeted: base == "all",
+            read_resident: base == "naive-all",
         })
     }
 }
@@ -155,6 +159,7 @@ pub fn run(b: &FlashBench) -> Result<Vec<RowSummary>> {
                 cache: row.cache,
                 overlap: row.overlap || b.flash.overlap,
                 budget: if row.unbudgeted { None } else { b.flash.budget },
+                read_resident: row.read_resident || b.flash.read_resident,
                 ..b.flash.clone()
             };
             if row.unbudgeted && b.flash.budget.is_some() && pi == 0 {

@@ -90,3 +90,67 @@ fn a_budget_below_the_resident_part_is_a_typed_shortfall() {
         Ok(_) => panic!("a 1000-byte budget holds no model"),
     }
 }
+
+/// The `naive-all` row's resident reads: every tensor of `resident.bin` read again each token (so the bytes
+/// per token grow by at least the tensors' bytes, and by less than a 4 KiB page at each end of each tensor),
+/// the logits untouched (bit for bit), and a byte damaged in `resident.bin` after opening caught by the next
+/// token's read, naming the tensor.
+#[test]
+fn resident_reads_read_every_resident_tensor_every_token_and_keep_the_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tiny.gguf");
+    fs::write(&src, synth::llama_gguf(&SynthSpec::tiny_gguf(DType::F32, 23)).unwrap()).unwrap();
+    let dense = Model::from_source(&Source::open(&src).unwrap()).unwrap();
+    let out = tmp.path().join("tiny.spike");
+    layout::write(&dense, &src, &out, &ConvertOptions::default()).unwrap();
+    let resident = out.join(layout::RESIDENT_FILE);
+    // What to expect, from the file itself.
+    let g = spike_flash::model::gguf::GgufFile::open(&resident).unwrap();
+    let (n_tensors, tensor_bytes) = (g.tensors().len() as u64, g.tensors().iter().map(|t| t.n_bytes).sum::<u64>());
+    let victim = g.tensors().iter().find(|t| t.name.starts_with("blk.1.attn_q")).unwrap().clone();
+    let victim_at = g.data_offset() + victim.offset + victim.n_bytes / 2;
+    drop(g);
+
+    let mut runs = Vec::new();
+    for read_resident in [false, true] {
+        let config = FlashConfig { read_resident, ..FlashConfig::new(&out) };
+        let session = FlashSession::open(config, false).unwrap();
+        let (mut ffn, _) = session.ffn(None).unwrap();
+        let model = &session.model;
+        let mut state = model.try_new_state(16).unwrap();
+        let (mut logits, mut bytes) = (Vec::new(), Vec::new());
+        for &t in &TOKENS {
+            let before = ffn.snapshot().io.bytes_read;
+            logits.extend(model.forward_with(&mut state, &[t], 0, &mut ffn).unwrap());
+            bytes.push(ffn.snapshot().io.bytes_read - before);
+        }
+        runs.push((logits, bytes));
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&runs[0].0), bits(&runs[1].0), "the resident reads changed the logits");
+    for (i, (&ffn_only, &all)) in runs[0].1.iter().zip(&runs[1].1).enumerate() {
+        let extra = all - ffn_only;
+        assert!(
+            extra >= tensor_bytes && extra < tensor_bytes + 2 * 4096 * n_tensors,
+            "token {i}: {extra} more bytes read, for {tensor_bytes} bytes in {n_tensors} tensors"
+        );
+    }
+
+    // Damage one byte of a layer-1 tensor under an open session: the next token's read says which tensor.
+    let session = FlashSession::open(FlashConfig { read_resident: true, ..FlashConfig::new(&out) }, false).unwrap();
+    let (mut ffn, _) = session.ffn(None).unwrap();
+    let mut bytes = fs::read(&resident).unwrap();
+    bytes[victim_at as usize] ^= 0x40;
+    fs::write(&resident, &bytes).unwrap();
+    let mut state = session.model.try_new_state(16).unwrap();
+    let err = session.model.forward_with(&mut state, &[TOKENS[0]], 0, &mut ffn).unwrap_err();
+    let inner = match &err {
+        Error::InLayer { source, .. } => &**source,
+        e => e,
+    };
+    assert!(
+        matches!(inner, Error::Checksum { place, .. } if place.contains(&victim.name)),
+        "expected a checksum error naming {}, got {err}",
+        victim.name
+    );
+}

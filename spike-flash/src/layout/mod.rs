@@ -17,7 +17,7 @@ mod resident;
 mod write;
 
 pub use read::{Layout, NeuronF32, VerifyReport};
-pub use resident::{Loaded, Resident};
+pub use resident::{Loaded, Resident, TensorSpan};
 pub use write::{
     check_order, write, ConvertOptions, RecordDType, SectionRecords, Summary, HF_CONFIG_KEY, HF_TOKENIZER_KEY,
 };

@@ -17,9 +17,31 @@ use crate::{Error, Result};
 /// the tokenizer.
 pub struct Resident {
     pub parts: ModelParts,
+    /// Where each tensor lies in `resident.bin`, in file order, with the crc32c the manifest gives it.
+    pub spans: Vec<TensorSpan>,
     /// `None` when the model the layout was converted from had none (no `tokenizer.ggml.model` in a GGUF file,
     /// no `tokenizer.json` beside a checkpoint): a model run on token ids.
     pub tokenizer: Option<Tokenizer>,
+}
+
+/// Where one tensor of `resident.bin` lies in the file (`offset` from the file's start, `len` bytes), with the
+/// crc32c the manifest gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpan {
+    pub name: String,
+    pub offset: u64,
+    pub len: u64,
+    pub crc32c: u32,
+}
+
+impl TensorSpan {
+    /// The transformer layer the tensor belongs to (`blk.N.` in GGUF names, `layers.N.` in Hugging Face ones),
+    /// or `None` for the model's other tensors (embeddings, positions, the final norm, the output head).
+    pub fn layer(&self) -> Option<usize> {
+        let n = &self.name;
+        let rest = n.strip_prefix("blk.").or_else(|| n.find(".layers.").map(|i| &n[i + ".layers.".len()..]))?;
+        rest.split('.').next()?.parse().ok()
+    }
 }
 
 /// A layout that passed every check of a valid layout but the records' (which are checked as they are read):
@@ -99,8 +121,20 @@ impl Layout {
         }
         // The tokenizer's vocabulary is most of the metadata; the model does not need it.
         g.retain_metadata(|k| !k.starts_with("tokenizer.") && k != HF_TOKENIZER_KEY);
+        let data = g.data_offset();
+        let mut spans: Vec<TensorSpan> = g
+            .tensors()
+            .iter()
+            .map(|t| TensorSpan {
+                name: t.name.clone(),
+                offset: data + t.offset,
+                len: t.n_bytes,
+                crc32c: m.resident.tensors[&t.name],
+            })
+            .collect();
+        spans.sort_by_key(|s| s.offset);
         let parts = crate::model::bind::resident(Arc::new(g), m.model.clone(), hf)?;
-        Ok(Resident { parts, tokenizer })
+        Ok(Resident { parts, spans, tokenizer })
     }
 
     /// The model's tokenizer, from `resident.bin` (read and checked as [`Layout::resident`] does).
@@ -140,3 +174,19 @@ fn tokenizer_of(g: &GgufFile, rpath: &Path) -> Result<Option<Tokenizer>> {
 
 /// The metadata key a GGUF file with a tokenizer has.
 const GGUF_TOKENIZER_KEY: &str = "tokenizer.ggml.model";
+
+#[cfg(test)]
+mod tests {
+    use super::TensorSpan;
+
+    #[test]
+    fn tensors_are_placed_in_their_layer_by_name() {
+        let layer = |name: &str| TensorSpan { name: name.into(), offset: 0, len: 0, crc32c: 0 }.layer();
+        assert_eq!(layer("blk.12.attn_q.weight"), Some(12));
+        assert_eq!(layer("model.decoder.layers.3.self_attn.q_proj.weight"), Some(3));
+        assert_eq!(layer("model.layers.0.input_layernorm.weight"), Some(0));
+        for other in ["token_embd.weight", "output_norm.weight", "model.decoder.embed_positions.weight", "blk.x.y"] {
+            assert_eq!(layer(other), None, "{other}");
+        }
+    }
+}

@@ -41,19 +41,7 @@ pub fn llama_gguf(spec: &SynthSpec) -> Result<Vec<u8>> {
     let head_dim = s.d_model / s.n_heads;
     let kv = s.n_kv_heads * head_dim;
     let mut w = GgufWriter::new();
-    let u32m = |v: usize| MetaValue::U32(v as u32);
-    w.add_meta("general.architecture", MetaValue::String("llama".into()));
-    w.add_meta("general.name", MetaValue::String(format!("synthetic llama seed {seed}")));
-    w.add_meta("llama.block_count", u32m(s.n_layers));
-    w.add_meta("llama.context_length", u32m(s.max_positions));
-    w.add_meta("llama.embedding_length", u32m(s.d_model));
-    w.add_meta("llama.feed_forward_length", u32m(s.d_ffn));
-    w.add_meta("llama.attention.head_count", u32m(s.n_heads));
-    w.add_meta("llama.attention.head_count_kv", u32m(s.n_kv_heads));
-    w.add_meta("llama.rope.freq_base", MetaValue::F32(s.rope_base));
-    w.add_meta("llama.rope.dimension_count", u32m(head_dim));
-    w.add_meta("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(s.norm_eps));
-    w.add_meta("llama.vocab_size", u32m(s.vocab_size));
+    llama_meta(&mut w, s, format!("synthetic llama seed {seed}"), s.max_positions, head_dim);
 
     let mut matrix = |w: &mut GgufWriter, name: &str, rows: usize, cols: usize, dt: DType| -> Result<()> {
         let scale = 1.0 / (cols as f32).sqrt();
@@ -891,6 +879,24 @@ pub fn permute_qk_rows(w: &[f32], rows: usize, cols: usize, n_heads: usize) -> V
     out
 }
 
+/// The `llama` architecture's hyperparameters of `c` as GGUF metadata, with `name`, the context length and
+/// the rotary dimension as the caller's file records them.
+fn llama_meta(w: &mut GgufWriter, c: &ModelConfig, name: String, context: usize, rope_dim: usize) {
+    let u32m = |v: usize| MetaValue::U32(v as u32);
+    w.add_meta("general.architecture", MetaValue::String("llama".into()));
+    w.add_meta("general.name", MetaValue::String(name));
+    w.add_meta("llama.block_count", u32m(c.n_layers));
+    w.add_meta("llama.context_length", u32m(context));
+    w.add_meta("llama.embedding_length", u32m(c.d_model));
+    w.add_meta("llama.feed_forward_length", u32m(c.d_ffn));
+    w.add_meta("llama.attention.head_count", u32m(c.n_heads));
+    w.add_meta("llama.attention.head_count_kv", u32m(c.n_kv_heads));
+    w.add_meta("llama.rope.freq_base", MetaValue::F32(c.rope_base));
+    w.add_meta("llama.rope.dimension_count", u32m(rope_dim));
+    w.add_meta("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(c.norm_eps));
+    w.add_meta("llama.vocab_size", u32m(c.vocab_size));
+}
+
 /// Writes the Llama checkpoint in `dir` as a GGUF file at `out`, as llama.cpp's converter would: tensors
 /// renamed (`model.layers.0.self_attn.q_proj.weight` -> `blk.0.attn_q.weight`), Q and K rows permuted for
 /// interleaved rotary embeddings ([`permute_qk_rows`]), matrices in `dtype` and norms in f32, and, when
@@ -908,19 +914,7 @@ pub fn llama_hf_to_gguf(dir: &Path, out: &Path, dtype: DType) -> Result<()> {
         return refuse("a Llama with biases, a non-SiLU activation or partial rotary (not a GGUF llama)".into());
     }
     let mut w = GgufWriter::new();
-    let u32m = |v: usize| MetaValue::U32(v as u32);
-    w.add_meta("general.architecture", MetaValue::String("llama".into()));
-    w.add_meta("general.name", MetaValue::String(format!("converted from {}", dir.display())));
-    w.add_meta("llama.block_count", u32m(c.n_layers));
-    w.add_meta("llama.context_length", u32m(c.context_length));
-    w.add_meta("llama.embedding_length", u32m(c.d_model));
-    w.add_meta("llama.feed_forward_length", u32m(c.d_ffn));
-    w.add_meta("llama.attention.head_count", u32m(c.n_heads));
-    w.add_meta("llama.attention.head_count_kv", u32m(c.n_kv_heads));
-    w.add_meta("llama.rope.freq_base", MetaValue::F32(c.rope_base));
-    w.add_meta("llama.rope.dimension_count", u32m(c.rope_dim));
-    w.add_meta("llama.attention.layer_norm_rms_epsilon", MetaValue::F32(c.norm_eps));
-    w.add_meta("llama.vocab_size", u32m(c.vocab_size));
+    llama_meta(&mut w, &c, format!("converted from {}", dir.display()), c.context_length, c.rope_dim);
     if let Some(tj) = ck.tokenizer_json() {
         add_gguf_tokenizer(&mut w, &tj, &ck, c.vocab_size)?;
     }

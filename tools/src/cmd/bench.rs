@@ -30,7 +30,9 @@ pub struct Args {
     csv: Option<PathBuf>,
     #[command(flatten)]
     flash: super::flash::FlashArgs,
-    /// Flash mode: the rows of the table, comma-separated, from naive (every neuron read every token), hybrid
+    /// Flash mode: the rows of the table, comma-separated, from naive (every neuron read every token), naive-all
+    /// (naive, and every tensor of resident.bin read again every token too: every weight, as the paper's naive
+    /// row; computed from the copy loaded at start, which holds the same bytes), hybrid
     /// (the hottest neurons the budget holds stay resident, the rest is read every token), all (everything
     /// resident, outside --budget: the upper bound), window (window of --window tokens), predictor,
     /// predictor+window (the neurons --predictor picks), oracle, oracle+window, oracle+hybrid (the truly active

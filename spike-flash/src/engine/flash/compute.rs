@@ -143,6 +143,7 @@ impl FfnStep for FlashFfn {
         let (d, f, payload) = (fmt.d, fmt.f, fmt.payload);
         self.stats.calls += 1;
         self.stats.token_layers += n as u64;
+        self.read_resident(layer)?;
         let t0 = Instant::now();
         self.select(layer, x, n)?;
         self.stats.select_ns += nanos(t0);

@@ -17,6 +17,7 @@
 
 mod compute;
 mod prefetch;
+mod resident_reads;
 pub mod session;
 mod stats;
 
@@ -30,9 +31,9 @@ use self::compute::{RowFormat, Scratch};
 use self::prefetch::Prefetcher;
 use super::model::Model;
 use super::sparse::NeuronSelector;
-use crate::cache::{CacheStats, LayerCache};
+use crate::cache::LayerCache;
 use crate::cost::CostModel;
-use crate::io::{AlignedBuf, IoStats, ReadBackend, ReadReq, RunReader};
+use crate::io::{AlignedBuf, ReadBackend, ReadReq, RunReader};
 use crate::layout::Layout;
 use crate::{Error, Result};
 
@@ -71,6 +72,8 @@ pub struct FlashFfn {
     cost: Option<(CostModel, usize)>,
     prefetch: Option<Prefetcher>,
     next: Vec<u32>,
+    /// The naive row's reads of `resident.bin` every token ([`FlashConfig::read_resident`]).
+    resident_reads: Option<resident_reads::ResidentReads>,
     pub stats: FlashStats,
 }
 
@@ -158,6 +161,7 @@ impl FlashFfn {
             cost: None,
             prefetch: None,
             next: Vec::new(),
+            resident_reads: None,
             stats: FlashStats::default(),
         })
     }
@@ -218,21 +222,14 @@ impl FlashFfn {
         Ok(())
     }
 
-    /// The caches' counters, summed over layers.
-    pub fn cache_stats(&self) -> CacheStats {
-        let mut s = CacheStats::default();
-        for c in self.caches.iter().flatten() {
-            s.add(&c.stats());
-        }
-        s
-    }
-
     /// DRAM this FFN holds for weights: the caches' rows and maps, and the read buffers (the staging buffer and
-    /// the backend's scratch, a layer each; with overlap the same again for the prefetch).
+    /// the backend's scratch, a layer each; with overlap the same again for the prefetch; with resident reads
+    /// their batch buffer).
     pub fn dram_bytes(&self) -> u64 {
         let caches: u64 = self.caches.iter().flatten().map(LayerCache::bytes).sum();
         let prefetch = self.prefetch.as_ref().map_or(0, |p| p.dram_bytes as u64);
-        caches + (self.staging.capacity() + self.backend.scratch_bytes()) as u64 + prefetch
+        let resident = self.resident_reads.as_ref().map_or(0, |r| r.dram_bytes() as u64);
+        caches + (self.staging.capacity() + self.backend.scratch_bytes()) as u64 + prefetch + resident
     }
 
     /// Predicts every batch's I/O time with `cost` at queue depth `depth`, beside the measured time.
@@ -240,27 +237,9 @@ impl FlashFfn {
         self.cost = Some((cost, depth));
     }
 
-    /// The counters now.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut io = self.backend.stats().clone();
-        if let Some(p) = &self.prefetch {
-            io.add(&p.io);
-        }
-        Snapshot { flash: self.stats, io }
-    }
-
     /// The read backend (for its I/O counters).
     pub fn backend(&self) -> &dyn ReadBackend {
         &*self.backend
-    }
-
-    /// Zeroes the flash and I/O counters.
-    pub fn reset_stats(&mut self) {
-        self.stats = FlashStats::default();
-        self.backend.reset_stats();
-        if let Some(p) = self.prefetch.as_mut() {
-            p.io = IoStats::default();
-        }
     }
 
     /// Picks each token's active neurons and their union.

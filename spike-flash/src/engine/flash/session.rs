@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use super::resident_reads::ResidentReads;
 use super::{FlashFfn, FlashOptions};
 use crate::cache::{slots_per_layer, Budget, LayerCache, PolicySpec};
 use crate::cost::CostModel;
@@ -16,7 +17,7 @@ use crate::engine::input::ActPrecision;
 use crate::engine::model::Model;
 use crate::engine::sparse::{AllNeurons, NeuronSelector};
 use crate::io::{open_backend, trim_heap, BackendKind, IoConfig};
-use crate::layout::{Layout, Loaded};
+use crate::layout::{Layout, Loaded, TensorSpan, RESIDENT_FILE};
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -83,6 +84,10 @@ pub struct FlashConfig {
     /// Check every record read from `ffn.bin` against the layout's checksum table as it arrives. Default true;
     /// off only to measure what the check costs (a damaged record then goes unnoticed).
     pub verify_reads: bool,
+    /// Also read every tensor of `resident.bin` from flash every token, each layer's with that layer (checked
+    /// against the manifest's crc32c, timed as I/O), as the paper's naive row reads every weight. The compute
+    /// keeps using the copy loaded at start, which holds the same bytes. Default false.
+    pub read_resident: bool,
 }
 
 impl FlashConfig {
@@ -100,6 +105,7 @@ impl FlashConfig {
             profile: None,
             precision: ActPrecision::default(),
             verify_reads: true,
+            read_resident: false,
         }
     }
 
@@ -155,6 +161,8 @@ pub struct FlashSession {
     /// The tokenizer, when asked for at opening, until a caller takes it.
     pub tokenizer: Option<Tokenizer>,
     config: FlashConfig,
+    /// Where `resident.bin`'s tensors lie, for [`FlashConfig::read_resident`].
+    spans: Vec<TensorSpan>,
 }
 
 impl FlashSession {
@@ -169,11 +177,12 @@ impl FlashSession {
             false => None,
         };
         let layout = Arc::new(layout);
+        let spans = std::mem::take(&mut resident.spans);
         let mut model = Model::new(resident.parts)?;
         model.set_precision(config.precision);
         // Building the tokenizer leaves freed heap behind; under a memory cgroup it would count.
         trim_heap();
-        Ok(FlashSession { layout, model, tokenizer, config })
+        Ok(FlashSession { layout, model, tokenizer, config, spans })
     }
 
     /// The configuration in force.
@@ -201,6 +210,11 @@ impl FlashSession {
             ffn.set_cost_model(CostModel::load(p, &c.io)?, c.io.queue_depth);
         }
         let m = self.layout.manifest();
+        if c.read_resident {
+            let path = self.layout.dir().join(RESIDENT_FILE);
+            let reads = ResidentReads::open(c.backend, &path, &c.io, &self.spans, m.layers.len())?;
+            ffn.set_resident_reads(Some(reads));
+        }
         let (layers, f, payload) = (m.layers.len(), m.model.d_ffn, self.layout.payload_bytes());
         let resident = m.resident.len + self.layout.checksum_bytes();
         let mut dram = Dram { resident, selector: selector_bytes, staging: ffn.dram_bytes(), ..Dram::default() };

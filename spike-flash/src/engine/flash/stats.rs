@@ -1,6 +1,8 @@
 //! The flash FFN's counters: cumulative, so that two snapshots bracket the work between them. The
 //! `experiments` crate turns a pair of snapshots into a per-token record.
 
+use super::FlashFfn;
+use crate::cache::CacheStats;
 use crate::io::IoStats;
 
 /// Counters of a flash FFN, cumulative; the difference between two snapshots describes the tokens between.
@@ -37,4 +39,39 @@ pub struct FlashStats {
 pub struct Snapshot {
     pub flash: FlashStats,
     pub io: IoStats,
+}
+
+impl FlashFfn {
+    /// The caches' counters, summed over layers.
+    pub fn cache_stats(&self) -> CacheStats {
+        let mut s = CacheStats::default();
+        for c in self.caches.iter().flatten() {
+            s.add(&c.stats());
+        }
+        s
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut io = self.backend.stats().clone();
+        if let Some(p) = &self.prefetch {
+            io.add(&p.io);
+        }
+        if let Some(r) = &self.resident_reads {
+            io.add(r.io());
+        }
+        Snapshot { flash: self.stats, io }
+    }
+
+    /// Zeroes the flash and I/O counters.
+    pub fn reset_stats(&mut self) {
+        self.stats = FlashStats::default();
+        self.backend.reset_stats();
+        if let Some(r) = &mut self.resident_reads {
+            r.reset_stats();
+        }
+        if let Some(p) = self.prefetch.as_mut() {
+            p.io = IoStats::default();
+        }
+    }
 }

@@ -15,8 +15,8 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{
-    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch,
-    Acts, QMatrix, Scratch,
+    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_finish, q4_scale_bits, reduce_tile,
+    reset, take_scratch, two_lanes, Acts, Put, QMatrix, Scratch,
 };
 use crate::model::quant::{DType, QK};
 
@@ -142,24 +142,8 @@ fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         *macc = _mm_add_ps(*macc, prod);
         *acc = _mm256_fmadd_ps(dot_u8_i8(nibbles(qs), x), _mm256_broadcastss_ps(prod), *acc);
     };
-    let mut b = 0;
-    while b + 2 <= nb {
-        let [a0, a1] = &mut acc;
-        let [m0, m1] = &mut macc;
-        step(b, a0, m0);
-        step(b + 1, a1, m1);
-        b += 2;
-    }
-    if b < nb {
-        step(b, &mut acc[0], &mut macc[0]);
-    }
-    let sum = hsum(_mm256_add_ps(acc[0], acc[1]));
-    let offsets = lane1(_mm_add_ps(macc[0], macc[1]));
-    if Q4_1 {
-        sum + offsets
-    } else {
-        sum - 8.0 * offsets
-    }
+    two_lanes(nb, |b, l| step(b, &mut acc[l], &mut macc[l]));
+    q4_finish::<Q4_1>(hsum(_mm256_add_ps(acc[0], acc[1])), lane1(_mm_add_ps(macc[0], macc[1])))
 }
 
 /// Q8_0 row times one token, see [`super::scalar::dot_q8_0`].
@@ -184,16 +168,7 @@ fn dot_q8_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(x, wq));
         *acc = _mm256_fmadd_ps(p, _mm256_set1_ps(h2f(d) * dx), *acc);
     };
-    let mut b = 0;
-    while b + 2 <= nb {
-        let [a0, a1] = &mut acc;
-        step(b, a0);
-        step(b + 1, a1);
-        b += 2;
-    }
-    if b < nb {
-        step(b, &mut acc[0]);
-    }
+    two_lanes(nb, |b, l| step(b, &mut acc[l]));
     hsum(_mm256_add_ps(acc[0], acc[1]))
 }
 
@@ -309,13 +284,7 @@ fn float_micro<const NT: usize, const KIND: u8>(wr: [&[u8]; FR], x: [&[f32]; NT]
         // The buffers hold 8 elements each.
         step(std::array::from_fn(|i| wt[i].as_ptr()), std::array::from_fn(|j| xt[j].as_ptr()), 0);
     }
-    let mut out = [[0.0f32; FT]; FR];
-    for i in 0..FR {
-        for j in 0..NT {
-            out[i][j] = hsum(acc[i][j]);
-        }
-    }
-    out
+    reduce_tile(&acc, |v| hsum(v))
 }
 
 /// Unpacks one quantized row into the scratch layout of [`micro`]: `u` gets `QK` unsigned bytes per block
@@ -353,13 +322,7 @@ fn unpack_row(dtype: DType, row: &[u8], u: &mut [u8], sg: &mut [u8], dw: &mut [f
 /// Quantized rows times many tokens: tiles of [`R`] rows are unpacked once and run against all tokens of
 /// `toks`, [`T`] at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn batched_quantized(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
+fn batched_quantized(w: &QMatrix, acts: &Acts, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
     let nb = w.cols / QK;
     let nbp = padded_blocks(w.cols);
     let mut s = take_scratch();

@@ -23,8 +23,8 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::{
-    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_scale_bits, reset, take_scratch,
-    Acts, QMatrix, Scratch,
+    float_kind, for_each_float_tile, for_each_tile, give_scratch, padded_blocks, q4_finish, q4_scale_bits, reduce_tile,
+    reset, take_scratch, two_lanes, Acts, Put, QMatrix, Scratch,
 };
 use crate::model::quant::{DType, QK};
 
@@ -152,23 +152,11 @@ fn dot_q4<const Q4_1: bool>(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         let z = _mm512_and_si512(_mm512_shuffle_i64x2::<0b11_01_10_00>(z, z), low);
         add_q4_pair(_mm512_dpbusd_epi32(_mm512_setzero_si512(), z, x), h0, h1, s, acc, macc);
     };
-    let mut p = 0;
-    while p + 2 <= nb / 2 {
-        let [a0, a1] = &mut acc;
-        let [m0, m1] = &mut macc;
-        step(2 * p, 2 * p + 1, p, a0, m0);
-        step(2 * p + 2, 2 * p + 3, p + 1, a1, m1);
-        p += 2;
-    }
-    while p < pairs {
+    two_lanes(nb / 2, |p, l| step(2 * p, 2 * p + 1, p, &mut acc[l], &mut macc[l]));
+    if nb % 2 == 1 {
         // An odd last block stands in for its missing partner too: that half meets the activations' zero
         // padding (values and scales), so it adds nothing.
-        if 2 * p + 1 < nb {
-            step(2 * p, 2 * p + 1, p, &mut acc[0], &mut macc[0]);
-        } else {
-            step(2 * p, 2 * p, p, &mut acc[0], &mut macc[0]);
-        }
-        p += 1;
+        step(nb - 1, nb - 1, nb / 2, &mut acc[0], &mut macc[0]);
     }
     q4_total::<Q4_1>(_mm512_add_ps(acc[0], acc[1]), _mm_add_ps(macc[0], macc[1]))
 }
@@ -195,13 +183,7 @@ pub(super) fn add_q4_pair(dot: __m512i, h0: u32, h1: u32, s: __m128, acc: &mut _
 pub(super) fn q4_total<const Q4_1: bool>(acc: __m512, macc: __m128) -> f32 {
     let m = _mm_blend_ps::<0b1010>(_mm_setzero_ps(), macc);
     let m = _mm_hadd_ps(m, m);
-    let offsets = _mm_cvtss_f32(_mm_hadd_ps(m, m));
-    let sum = _mm512_reduce_add_ps(acc);
-    if Q4_1 {
-        sum + offsets
-    } else {
-        sum - 8.0 * offsets
-    }
+    q4_finish::<Q4_1>(_mm512_reduce_add_ps(acc), _mm_cvtss_f32(_mm_hadd_ps(m, m)))
 }
 
 /// Q8_0 row times one token, see [`super::scalar::dot_q8_0`].
@@ -239,16 +221,7 @@ fn dot_q8_0(row: &[u8], q: &[i8], sc: &[f32]) -> f32 {
         let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs);
         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
     };
-    let mut p = 0;
-    while p + 2 <= pairs {
-        let [a0, a1] = &mut acc;
-        step(p, a0);
-        step(p + 1, a1);
-        p += 2;
-    }
-    if p < pairs {
-        step(p, &mut acc[0]);
-    }
+    two_lanes(pairs, |p, l| step(p, &mut acc[l]));
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
 }
 
@@ -360,13 +333,7 @@ fn float_micro<const NT: usize, const KIND: u8>(wr: [&[u8]; FR], x: [&[f32]; NT]
     if k < n {
         step(k, (1u16 << (n - k)) - 1);
     }
-    let mut out = [[0.0f32; FT]; FR];
-    for i in 0..FR {
-        for j in 0..NT {
-            out[i][j] = _mm512_reduce_add_ps(acc[i][j]);
-        }
-    }
-    out
+    reduce_tile(&acc, |v| _mm512_reduce_add_ps(v))
 }
 
 /// Unpacks one quantized row into the scratch layout of [`micro`], per block pair `p`: `u[64 p ..]` the 64
@@ -423,13 +390,7 @@ fn unpack_row(dtype: DType, row: &[u8], pairs: usize, u: &mut [u8], dw: &mut [f3
 /// Quantized rows times many tokens: tiles of [`R`] rows are unpacked once and run against all tokens of
 /// `toks`, [`T`] at a time.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")]
-fn batched_quantized(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
+fn batched_quantized(w: &QMatrix, acts: &Acts, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
     let pairs = (w.cols / QK).div_ceil(2);
     let nbp = padded_blocks(w.cols);
     let mut s = take_scratch();

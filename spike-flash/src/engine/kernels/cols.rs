@@ -4,8 +4,10 @@
 //! The scalar kernel decodes each block and accumulates into `out` in neuron order; it is the reference. The
 //! AVX-512 kernel keeps a group of output blocks in registers (two 16-lane accumulators per 32-element block)
 //! while it walks every column, so `out` is loaded and stored once per group instead of once per column, and
-//! the 8-bit (or 4-bit) weights are widened to f32 in registers. It computes the same products, fused
-//! (`fma`) and in the same column order: results differ from the scalar kernel by f32 rounding only.
+//! the 8-bit (or 4-bit) weights are widened to f32 in registers; f16, bf16 and f32 columns likewise, 192
+//! outputs (12 registers) at a time, converted in registers (F16C for f16, a shift for bf16). It computes the
+//! same products, fused (`fma`) and in the same column order: results differ from the scalar kernel by f32
+//! rounding only.
 
 use std::ops::Range;
 
@@ -42,10 +44,17 @@ pub fn add_scaled_columns(isa: Isa, cols: Columns, h: &[f32], blocks: Range<usiz
         assert!(end <= rows.len(), "add_scaled_columns: columns reach byte {end} of {}", rows.len());
     }
     #[cfg(target_arch = "x86_64")]
-    if isa.min(super::detected_isa()) == Isa::Avx512 && matches!(dtype, DType::Q8_0 | DType::Q4_1) {
-        // SAFETY: the CPU has AVX-512 (checked just above); the bounds of every column were checked above.
-        unsafe { avx512::add(dtype, rows, stride, off, h, blocks, out) };
-        return;
+    if isa.min(super::detected_isa()) == Isa::Avx512 {
+        if matches!(dtype, DType::Q8_0 | DType::Q4_1) {
+            // SAFETY: the CPU has AVX-512 (checked just above); the bounds of every column were checked above.
+            unsafe { avx512::add(dtype, rows, stride, off, h, blocks, out) };
+            return;
+        }
+        if matches!(dtype, DType::F16 | DType::BF16 | DType::F32) {
+            // SAFETY: as above (a float dtype's blocks are its elements).
+            unsafe { avx512::add_float(dtype, rows, stride, off, h, blocks, out) };
+            return;
+        }
     }
     let _ = isa;
     scalar(dtype, rows, stride, off, h, blocks, out);
@@ -208,6 +217,107 @@ mod avx512 {
                 let p = o.as_mut_ptr();
                 _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), lo[k]));
                 _mm512_storeu_ps(p.add(16), _mm512_add_ps(_mm512_loadu_ps(p.add(16)), hi[k]));
+            }
+        }
+    }
+
+    /// Output registers of one float group: 12 of the 32 registers, 192 values.
+    const FG: usize = 12;
+
+    /// The float kinds of [`float_group`].
+    const F16: u8 = 0;
+    const BF16: u8 = 1;
+    const F32: u8 = 2;
+
+    /// [`super::add_scaled_columns`] for f16, bf16 and f32 columns, whose blocks are single elements: the
+    /// outputs in groups of [`FG`] registers, each group accumulated over every column in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F/BW/VL and F16C; every column's `elems` must lie inside `rows`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn add_float(
+        dtype: DType,
+        rows: &[u8],
+        stride: usize,
+        off: usize,
+        h: &[f32],
+        elems: Range<usize>,
+        out: &mut [f32],
+    ) {
+        let mut e = elems.start;
+        while e < elems.end {
+            let n = (16 * FG).min(elems.end - e);
+            let o = &mut out[e - elems.start..e - elems.start + n];
+            // SAFETY: forwarded; `e..e + n` is inside `elems`.
+            unsafe {
+                match (dtype, n == 16 * FG) {
+                    (DType::F16, true) => float_group::<F16, true>(rows, stride, off, h, e, o),
+                    (DType::F16, false) => float_group::<F16, false>(rows, stride, off, h, e, o),
+                    (DType::BF16, true) => float_group::<BF16, true>(rows, stride, off, h, e, o),
+                    (DType::BF16, false) => float_group::<BF16, false>(rows, stride, off, h, e, o),
+                    (_, true) => float_group::<F32, true>(rows, stride, off, h, e, o),
+                    (_, false) => float_group::<F32, false>(rows, stride, off, h, e, o),
+                }
+            }
+            e += n;
+        }
+    }
+
+    /// `out += sum_j h[j] * col_j[e0 .. e0 + out.len()]` in [`FG`] registers of 16 lanes, `out.len() <=
+    /// 16 FG`; `FULL` when it is exactly that (no masks). Elements past `out.len()` are neither read nor
+    /// written: their lanes are masked off.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn float_group<const KIND: u8, const FULL: bool>(
+        rows: &[u8],
+        stride: usize,
+        off: usize,
+        h: &[f32],
+        e0: usize,
+        out: &mut [f32],
+    ) {
+        let n = out.len();
+        let eb = if KIND == F32 { 4 } else { 2 };
+        let mask = |r: usize| -> u16 {
+            if FULL {
+                u16::MAX
+            } else {
+                let left = n.saturating_sub(16 * r).min(16);
+                ((1u32 << left) - 1) as u16
+            }
+        };
+        let masks: [u16; FG] = std::array::from_fn(mask);
+        let mut acc = [_mm512_setzero_ps(); FG];
+        let base = rows.as_ptr();
+        for (j, &a) in h.iter().enumerate() {
+            if a == 0.0 {
+                continue;
+            }
+            let av = _mm512_set1_ps(a);
+            // SAFETY: the caller checked that elements `e0 .. e0 + n` of the column are inside `rows`.
+            let col = unsafe { base.add(j * stride + off + e0 * eb) };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let m = masks[r];
+                // SAFETY: lanes of `m` select elements below `n` (16 r + lane < n), inside the column; masked
+                // lanes are not read.
+                let v = unsafe {
+                    let p = col.add(16 * r * eb);
+                    match KIND {
+                        F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.cast())),
+                        BF16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                            _mm256_maskz_loadu_epi16(m, p.cast()),
+                        ))),
+                        _ => _mm512_maskz_loadu_ps(m, p.cast()),
+                    }
+                };
+                *acc = _mm512_fmadd_ps(av, v, *acc);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let m = masks[r];
+            // SAFETY: the lanes of `m` are elements of `out`; masked loads and stores.
+            unsafe {
+                let p = out.as_mut_ptr().add(16 * r);
+                _mm512_mask_storeu_ps(p, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), *acc));
             }
         }
     }

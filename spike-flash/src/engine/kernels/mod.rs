@@ -75,7 +75,7 @@ macro_rules! simd_entry_points {
             acts: &Acts,
             rows: Range<usize>,
             toks: Range<usize>,
-            put: &mut impl FnMut(usize, usize, f32),
+            put: &mut impl Put,
         ) {
             let dtype = w.dtype;
             if acts.n() > 1 && dtype.is_quantized() {
@@ -118,7 +118,7 @@ macro_rules! simd_entry_points {
             acts: &Acts,
             rows: Range<usize>,
             toks: Range<usize>,
-            put: &mut impl FnMut(usize, usize, f32),
+            put: &mut impl Put,
         ) {
             let kind = float_kind::of(w.dtype);
             let tile = |slots: &[usize; FR], t0: usize, nt: usize| match kind {
@@ -628,14 +628,7 @@ fn check(w: &QMatrix, acts: &Acts, out: &[f32]) {
 /// Computes the (row, token) pairs of `rows x toks` with `isa` (available on this CPU) and hands each to
 /// `put(token, row, value)`. Whether the one-token or the batched kernels run depends on `acts.n()` only,
 /// not on the size of `toks`, so a split never changes a result.
-fn part(
-    isa: Isa,
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
+fn part(isa: Isa, w: &QMatrix, acts: &Acts, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
     match isa {
         Isa::Scalar => scalar::part(w, acts, rows, toks, put),
         #[cfg(target_arch = "x86_64")]
@@ -664,7 +657,7 @@ fn for_each_tile<S, const R: usize, const T: usize>(
     toks: Range<usize>,
     mut unpack: impl FnMut(&mut S, usize, Option<usize>),
     mut micro: impl FnMut(&S, usize, usize) -> [[f32; T]; R],
-    put: &mut impl FnMut(usize, usize, f32),
+    put: &mut impl Put,
 ) {
     let mut r0 = rows.start;
     while r0 < rows.end {
@@ -707,7 +700,7 @@ fn for_each_float_tile<const R: usize, const T: usize>(
     rows: Range<usize>,
     toks: Range<usize>,
     mut micro: impl FnMut(&[usize; R], usize, usize) -> [[f32; T]; R],
-    put: &mut impl FnMut(usize, usize, f32),
+    put: &mut impl Put,
 ) {
     let chunk = (FLOAT_CHUNK_BYTES / w.row_bytes().max(1)).max(1).next_multiple_of(R);
     let mut unpack = |slots: &mut [usize; R], i: usize, row: Option<usize>| slots[i] = row.unwrap_or(slots[0]);
@@ -801,6 +794,47 @@ fn take_scratch() -> Scratch {
 /// Returns the scratch buffers to this thread for the next call.
 fn give_scratch(scratch: Scratch) {
     SCRATCH.with(|s| s.replace(scratch));
+}
+
+/// Where a kernel puts its results: `put(t, r, value)` for token `t` and row `r`.
+pub(crate) trait Put: FnMut(usize, usize, f32) {}
+impl<F: FnMut(usize, usize, f32)> Put for F {}
+
+/// Runs `step(i, lane)` for every `i` in `0..n`, handing consecutive steps alternate accumulators (`lane` 0
+/// and 1) so that one step's additions need not wait for the previous one's. The row kernels sum their two
+/// lanes at the end. Inlined into its (`target_feature`) caller, where `lane` is a constant after unrolling.
+#[inline(always)]
+fn two_lanes(n: usize, mut step: impl FnMut(usize, usize)) {
+    let mut i = 0;
+    while i + 2 <= n {
+        step(i, 0);
+        step(i + 1, 1);
+        i += 2;
+    }
+    if i < n {
+        step(i, 0);
+    }
+}
+
+/// Sums each accumulator register of an `R x NT` float tile (with `sum`, the ISA's horizontal add) into an
+/// `R x T` block of outputs, `NT <= T`; the columns past `NT` are 0.
+#[inline(always)]
+fn reduce_tile<V: Copy, const R: usize, const NT: usize, const T: usize>(
+    acc: &[[V; NT]; R],
+    sum: impl Fn(V) -> f32,
+) -> [[f32; T]; R] {
+    std::array::from_fn(|i| std::array::from_fn(|j| if j < NT { sum(acc[i][j]) } else { 0.0 }))
+}
+
+/// A Q4 dot product from its scaled integer sum and its summed offset terms (`m_w d_x sum_x` per block for
+/// Q4_1, `d_w d_x sum_x` for Q4_0, whose nibbles stand for `q - 8`).
+#[inline(always)]
+fn q4_finish<const Q4_1: bool>(sum: f32, offsets: f32) -> f32 {
+    if Q4_1 {
+        sum + offsets
+    } else {
+        sum - 8.0 * offsets
+    }
 }
 
 /// Resizes `v` to `len` elements, all `fill`, without giving back capacity.

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::{Acts, QMatrix};
+use super::{Acts, Put, QMatrix};
 use crate::model::quant::{DType, QK};
 
 /// The f32 value of an IEEE half-precision number.
@@ -24,13 +24,7 @@ fn le_u16(b: &[u8], o: usize) -> u16 {
 }
 
 /// Scalar kernels over `rows x toks`, see [`super::part`].
-pub(super) fn part(
-    w: &QMatrix,
-    acts: &Acts,
-    rows: Range<usize>,
-    toks: Range<usize>,
-    put: &mut impl FnMut(usize, usize, f32),
-) {
+pub(super) fn part(w: &QMatrix, acts: &Acts, rows: Range<usize>, toks: Range<usize>, put: &mut impl Put) {
     for r in rows {
         let row = w.row(r);
         for t in toks.clone() {
