@@ -51,12 +51,13 @@ impl PaperRow {
         PaperRow::ALL.into_iter().find(|r| r.name() == name.trim())
     }
 
-    /// The paper's row that a `spike bench --layout` row stands for: naive and hybrid as they are, the
+    /// The paper's row that a `spike bench --layout` row stands for: naive (`naive-all`, every weight read
+    /// every token, when the bench has it; else `naive`, every FFN record) and hybrid as they are, the
     /// predictor rows on the split layout for Table 2's unbundled steps, predictor + window on the bundled
     /// layout for everything together (the bench's own `all` row holds every neuron resident: not the paper's).
     pub fn of_bench_row(row: &str) -> Option<PaperRow> {
         match row.trim() {
-            "naive" => Some(PaperRow::Naive),
+            "naive" | "naive-all" => Some(PaperRow::Naive),
             "hybrid" => Some(PaperRow::Hybrid),
             "predictor (split)" => Some(PaperRow::Predictor),
             "predictor+window (split)" => Some(PaperRow::Windowing),
@@ -211,6 +212,12 @@ impl LatencyTable {
         if rows.is_empty() {
             return Err(bad("no rows".into()));
         }
+        // The paper's naive row reads the whole model: `naive-all` stands for it when the bench ran one.
+        if rows.iter().any(|r| r.row == "naive-all") {
+            for r in rows.iter_mut().filter(|r| r.row == "naive") {
+                r.paper_row = None;
+            }
+        }
         Ok(LatencyTable { path: path.to_path_buf(), source, planted, rows })
     }
 
@@ -345,6 +352,12 @@ all,64,0,,,,0,8,8,125,0,0,1,1,80
         assert_eq!(t.rows[3].paper_row, None);
         assert_eq!(t.row_for(PaperRow::Bundling).unwrap().row, "predictor+window");
         assert_eq!(t.row_for(PaperRow::Windowing).unwrap().row, "predictor+window (split)");
+        // With a naive-all row, it is the paper's naive, not naive.
+        let with_all = BENCH.replace("all,64,0,", "naive-all,64,0,");
+        std::fs::write(&p, with_all).unwrap();
+        let t2 = LatencyTable::read(&p).unwrap();
+        assert_eq!(t2.row_for(PaperRow::Naive).unwrap().row, "naive-all");
+        assert_eq!(t2.rows[0].paper_row, None);
         // A missing tokens/s is 1000 / total.
         assert!((t.rows[2].tokens_per_s - 1e3 / 17.0).abs() < 1e-12);
         assert_eq!(t.chart_stem(), "table3-latency");
