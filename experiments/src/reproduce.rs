@@ -783,12 +783,7 @@ impl BenchArgs<'_> {
         a.extend(["--budget".into(), self.budget.to_string().into()]);
         a.extend(["--predictor".into(), self.predictor.into(), "--hot".into(), self.hot.into()]);
         a.extend(["--profile".into(), self.profile.into()]);
-        a.extend([
-            "--rows".into(),
-            "naive-all,naive,hybrid,predictor,predictor+window".into(),
-            "--window".into(),
-            "5".into(),
-        ]);
+        a.extend(["--rows".into(), "naive,hybrid,predictor,predictor+window".into(), "--window".into(), "5".into()]);
         a.extend(["--prompts".into(), prompts.to_string().into(), "--prompt".into(), prompt.to_string().into()]);
         a.extend(["--gen".into(), gen.to_string().into(), "--text".into(), GPL3.into(), "--csv".into(), csv.into()]);
         a
@@ -824,8 +819,10 @@ fn flash(
     let dir = p.p("flash");
     mkdir(&dir)?;
     let (prompts, _, _) = sizes.bench;
-    // Two conversions, two bench runs of 10 rows (5 per layout) x prompts each.
-    progress.set_units(2 + 2 * 10 * prompts as u64);
+    // Two conversions, two bench runs of 8 rows (4 per layout) x prompts each. No naive-all row: on the
+    // default model the resident tensors it reads every token (the tied embeddings above all) do not fit in
+    // the model budget, and the bench refuses the row.
+    progress.set_units(2 + 2 * 8 * prompts as u64);
     let order = layout::read_neuron_lists(&p.hot())?;
     let source = Source::open(&cfg.model)?;
     let model = Model::from_source(&source)?;
