@@ -4,7 +4,7 @@
 # process's own overhead, measured here.
 #
 #   bash scripts/paper-scale.sh [--preset opt-1.3b|opt-6.7b|tiny] [--plan FILE] [--prompt N] [--gen N]
-#                               [--prompts N]
+#                               [--prompts N] [--out DIR]
 #
 # Steps (each skipped when its output is already in the cache, so an interrupted run resumes):
 #   1. scripts/planted-stats.sh: synth (planted), trace the calibration text, train the predictor (the paper's
@@ -20,7 +20,8 @@
 #      naive-all reads every weight every token (resident.bin too), as the paper's naive row;
 #   7. table3.csv from the bench's summary.
 # Big files go to ${SPIKE_CACHE_DIR:-~/.cache/spike}/planted/ (outside the work tree). Outputs:
-# results/paper-scale/<preset>-planted-<version>/ (table3.csv, stats.csv, bench.txt, overhead.txt, device/).
+# results/paper-scale/<preset>-planted-<version>/ (table3.csv, stats.csv, bench.txt, overhead.txt, device/), or
+# --out DIR (`spike reproduce --paper-scale` gives its run folder's, so the committed run is not written over).
 set -euo pipefail
 
 preset=opt-1.3b
@@ -28,6 +29,7 @@ plan=experiments/plans/opt-planted-v2.toml
 prompt=64
 gen=32
 prompts=2
+out_arg=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --preset) preset=$2; shift 2 ;;
@@ -35,6 +37,7 @@ while [[ $# -gt 0 ]]; do
         --prompt) prompt=$2; shift 2 ;;
         --gen) gen=$2; shift 2 ;;
         --prompts) prompts=$2; shift 2 ;;
+        --out) out_arg=$2; shift 2 ;;
         *) echo "paper-scale.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -43,6 +46,8 @@ case "$preset" in
     *) echo "paper-scale.sh: --preset must be tiny, opt-1.3b or opt-6.7b (got '$preset')" >&2; exit 2 ;;
 esac
 
+# --out is taken from the directory the script was started in.
+[[ -z $out_arg ]] || out_arg=$(mkdir -p "$out_arg" && cd "$out_arg" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 start=$(date +%s)
@@ -53,6 +58,7 @@ tag="$preset-${version#opt-}"                # e.g. opt-1.3b-planted-v2
 cache="${SPIKE_CACHE_DIR:-$HOME/.cache/spike}/planted"
 model="$cache/$tag"
 out="$root/results/paper-scale/$tag"
+[[ -z $out_arg ]] || out=$out_arg
 mkdir -p "$cache" "$out"
 lic=/usr/share/common-licenses
 step() { echo "== [$(( $(date +%s) - start )) s] $*" >&2; }

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 
 use crate::{Error, Result};
@@ -156,21 +157,33 @@ impl LineChart {
 
     /// Writes the chart to `png` (1200 x 800) and `svg`.
     pub fn write(&self, png: &Path, svg: &Path) -> Result<()> {
-        ensure_font()?;
-        let err = |path: &Path, what: String| Error::Chart { path: path.to_path_buf(), what };
-        {
-            let root = BitMapBackend::new(png, (1200, 800)).into_drawing_area();
-            self.draw(&root).map_err(|e| err(png, e))?;
-            root.present().map_err(|e| err(png, e.to_string()))?;
-        }
-        {
-            let root = SVGBackend::new(svg, (1200, 800)).into_drawing_area();
-            self.draw(&root).map_err(|e| err(svg, e))?;
-            root.present().map_err(|e| err(svg, e.to_string()))?;
-        }
-        Ok(())
+        write_png_svg(self, png, svg, (1200, 800))
     }
+}
 
+/// A chart that draws itself on any plotters backend.
+trait Draw {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String>;
+}
+
+/// Draws `chart` into `png` and `svg`, both `size` pixels.
+fn write_png_svg(chart: &impl Draw, png: &Path, svg: &Path, size: (u32, u32)) -> Result<()> {
+    ensure_font()?;
+    let err = |path: &Path, what: String| Error::Chart { path: path.to_path_buf(), what };
+    {
+        let root = BitMapBackend::new(png, size).into_drawing_area();
+        chart.draw(&root).map_err(|e| err(png, e))?;
+        root.present().map_err(|e| err(png, e.to_string()))?;
+    }
+    {
+        let root = SVGBackend::new(svg, size).into_drawing_area();
+        chart.draw(&root).map_err(|e| err(svg, e))?;
+        root.present().map_err(|e| err(svg, e.to_string()))?;
+    }
+    Ok(())
+}
+
+impl Draw for LineChart {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(e)?;
@@ -332,6 +345,141 @@ impl LineChart {
             .border_style(BLACK)
             .draw()
             .map_err(e)?;
+        Ok(())
+    }
+}
+
+/// One horizontal bar of a [`StackedBars`] chart: its label and one value per segment (NaN draws nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    pub label: String,
+    pub values: Vec<f64>,
+}
+
+/// A group of bars sharing one value axis, under its own heading (ours, the paper's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarPanel {
+    pub title: String,
+    pub bars: Vec<Bar>,
+}
+
+/// Horizontal stacked bars, one panel per group, each with its own value axis (the paper's milliseconds and
+/// ours differ by orders of magnitude); the segments' names in a legend under the title; each bar's total
+/// written at its end. Labels go left of the bars, so long row names never overlap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StackedBars {
+    pub title: String,
+    /// The value axis' description, with its unit.
+    pub x_label: String,
+    /// Segment names, in stacking order (left to right).
+    pub segments: Vec<String>,
+    /// The unit written after each bar's total (`ms`).
+    pub unit: String,
+    pub panels: Vec<BarPanel>,
+}
+
+/// Pixel heights of a [`StackedBars`] chart: the title and legend, a panel's frame, one bar.
+const BARS_HEAD: u32 = 110;
+const PANEL_FRAME: u32 = 130;
+const BAR_HEIGHT: u32 = 46;
+
+impl StackedBars {
+    /// Height in pixels: the title and legend, then each panel's frame and bars.
+    pub fn height(&self) -> u32 {
+        BARS_HEAD + self.panels.iter().map(|p| PANEL_FRAME + BAR_HEIGHT * p.bars.len().max(1) as u32).sum::<u32>()
+    }
+
+    /// Writes the chart to `png` (1200 pixels wide, as tall as its bars need) and `svg`.
+    pub fn write(&self, png: &Path, svg: &Path) -> Result<()> {
+        write_png_svg(self, png, svg, (1200, self.height()))
+    }
+}
+
+impl Draw for StackedBars {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let (width, _) = root.dim_in_pixel();
+        let text_w = |text: &str, size: f64| {
+            root.estimate_text_size(text, &("sans-serif", size).into_text_style(root)).map_or(0, |(w, _)| w)
+        };
+        let mut size = 30.0;
+        while size > 14.0 && text_w(&self.title, size) > width.saturating_sub(40) {
+            size -= 1.0;
+        }
+        let body = root.titled(&self.title, ("sans-serif", size)).map_err(e)?;
+        let (legend, mut rest) = body.split_vertically(BARS_HEAD as i32 - 50);
+        // The legend: a box and a name per segment, centred in a line.
+        let entries: Vec<u32> = self.segments.iter().map(|s| 24 + 8 + text_w(s, 20.0) + 28).collect();
+        let mut x = (width.saturating_sub(entries.iter().sum::<u32>()) / 2) as i32;
+        for (i, (name, w)) in self.segments.iter().zip(&entries).enumerate() {
+            let color = SERIES_COLORS[i % SERIES_COLORS.len()];
+            legend.draw(&Rectangle::new([(x, 14), (x + 24, 34)], color.filled())).map_err(e)?;
+            legend.draw(&Text::new(name.clone(), (x + 32, 13), ("sans-serif", 20).into_font())).map_err(e)?;
+            x += *w as i32;
+        }
+        let label_w = self.panels.iter().flat_map(|p| &p.bars).map(|b| text_w(&b.label, 19.0)).max().unwrap_or(0);
+        for (pi, panel) in self.panels.iter().enumerate() {
+            let n = panel.bars.len().max(1);
+            let h = PANEL_FRAME + BAR_HEIGHT * n as u32;
+            let area = if pi + 1 == self.panels.len() {
+                rest.clone()
+            } else {
+                let (a, r) = rest.split_vertically(h as i32);
+                rest = r;
+                a
+            };
+            let totals: Vec<f64> =
+                panel.bars.iter().map(|b| b.values.iter().filter(|v| v.is_finite()).sum::<f64>()).collect();
+            let top = totals.iter().copied().fold(0.0f64, f64::max);
+            // Room right of the longest bar for its total.
+            let x1 = if top > 0.0 { top * 1.2 } else { 1.0 };
+            let mut chart = ChartBuilder::on(&area)
+                .caption(&panel.title, ("sans-serif", 22))
+                .margin(16)
+                .x_label_area_size(55)
+                .y_label_area_size(label_w + 24)
+                .build_cartesian_2d(0.0..x1, 0.0..n as f64)
+                .map_err(e)?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .y_labels(n)
+                .y_label_formatter(&|_| String::new())
+                .x_desc(&self.x_label)
+                .x_label_formatter(&|x| tick_label(*x, x1))
+                .label_style(("sans-serif", 19))
+                .axis_desc_style(("sans-serif", 21))
+                .draw()
+                .map_err(e)?;
+            let (base_x, base_y) = area.get_base_pixel();
+            for (i, (bar, total)) in panel.bars.iter().zip(&totals).enumerate() {
+                // The first bar at the top.
+                let y = (n - 1 - i) as f64;
+                let mut left = 0.0;
+                for (k, v) in bar.values.iter().enumerate() {
+                    if !(v.is_finite() && *v > 0.0) {
+                        continue;
+                    }
+                    let color = SERIES_COLORS[k % SERIES_COLORS.len()];
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(left, y + 0.18), (left + v, y + 0.82)],
+                            color.filled(),
+                        )))
+                        .map_err(e)?;
+                    left += v;
+                }
+                let (px, py) = chart.backend_coord(&(*total, y + 0.5));
+                let (lx, _) = chart.backend_coord(&(0.0, y + 0.5));
+                let value = format!("{} {}", number(*total, if *total >= 100.0 { 0 } else { 1 }), self.unit);
+                let font = ("sans-serif", 19).into_text_style(&area);
+                let left_of = font.pos(Pos::new(HPos::Left, VPos::Center));
+                area.draw(&Text::new(value, (px - base_x + 8, py - base_y), left_of)).map_err(e)?;
+                let right_of = font.pos(Pos::new(HPos::Right, VPos::Center));
+                area.draw(&Text::new(bar.label.clone(), (lx - base_x - 10, py - base_y), right_of)).map_err(e)?;
+            }
+        }
         Ok(())
     }
 }

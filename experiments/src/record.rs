@@ -28,7 +28,9 @@ pub struct TokenRecord {
     /// the aligned device read), ms: part of `io_ms`, except the prefetch thread's copies with overlap.
     pub io_copy_ms: f64,
     /// Checking the records that arrived against the layout's checksum table, ms: part of `io_ms` (with
-    /// io_uring, partly while the step's other reads are still in flight).
+    /// io_uring, partly while the step's other reads are still in flight). NaN in files written before the
+    /// check existed (their `tokens.csv` has no such column).
+    #[serde(default = "not_measured")]
     pub verify_ms: f64,
     /// The cost model's prediction for the same reads, ms (0 without a device profile).
     pub predicted_io_ms: f64,
@@ -84,5 +86,40 @@ impl TokenRecord {
             hit_rate: if active == 0 { 1.0 } else { 1.0 - (read.min(active) as f64 / active as f64) },
             dram_bytes,
         }
+    }
+}
+
+/// A value an older file did not record.
+fn not_measured() -> f64 {
+    f64::NAN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tokens_file_from_before_the_read_check_reads_with_nan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.csv");
+        let mut rec = TokenRecord { io_ms: 2.5, ..TokenRecord::default() };
+        crate::sweep::output::write_tokens(&path, std::slice::from_ref(&rec)).unwrap();
+        // The same file without the column, as sweeps wrote it before the check existed.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        let i = header.iter().position(|h| *h == "verify_ms").unwrap();
+        let cut: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(',').collect();
+                f.remove(i);
+                f.join(",")
+            })
+            .collect();
+        std::fs::write(&path, cut.join("\n") + "\n").unwrap();
+        let back = crate::sweep::output::read_tokens(&path).unwrap();
+        assert!(back[0].verify_ms.is_nan());
+        rec.verify_ms = back[0].verify_ms;
+        assert_eq!(back[0].io_ms, rec.io_ms);
     }
 }

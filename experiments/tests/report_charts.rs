@@ -284,3 +284,84 @@ fn a_bad_csv_names_the_file_and_the_line() {
     let e = plot::plot(empty.path()).unwrap_err().to_string();
     assert!(e.contains("not a sweep output"), "{e}");
 }
+
+/// A bench summary of `spike bench --layout` (measured) and a paper-scale table (planted), with fixed values.
+const BENCH_SUMMARY: &str = "row,tokens,io_ms,io_copy_ms,verify_ms,predicted_io_ms,predicted_over_measured,mm_ms,\
+compute_ms,total_ms,tokens_per_s,mb_per_token,reads_per_token,hit_rate,active_share,dram_mib
+naive,32,40.25,0,1,41,1.01,0.5,11.25,52,19.23,61.44,60,0,1,50.25
+hybrid,32,30.5,0,1,31,1.01,0.75,11.75,43,23.25,50,60,0.1,1,50.25
+predictor+window,32,4.5,0,0.5,4,0.9,1.25,8.25,14,71.43,3.5,40,0.6,0.4,50.25
+predictor+window (split),32,9.5,0,0.5,9,0.9,1.25,8.25,19,52.63,3.3,120,0.6,0.4,50.25
+";
+const TABLE3: &str = "row,layout,paper_row,io_ms,mem_ms,compute_ms,total_ms,gb_read_per_token,share_of_model,\
+dram_gb,throughput_gbps,predicted_io_ms,tokens_per_s,hit_rate,active_share,paper_gb_read_per_token,\
+paper_share_of_model,paper_io_ms,paper_total_ms,cgroup_limit_gb,cgroup_peak_gb,major_faults,planted
+naive,bundled,naive,1061.51,1.90,541.62,1633.37,1.6114,0.6123,1.157,1.518,1156.38,0.61,0.0000,1.0000,13.4,1.0000,2196,3182,1.416,1.416,19,true
+all,bundled,all (+ bundling),1044.96,1.12,290.20,1310.44,0.4639,0.1763,1.316,0.444,631.03,0.76,0.0390,0.2203,0.2,0.0149,87,669,1.416,1.416,19,true
+";
+
+#[test]
+fn the_latency_tables_show_the_csv_numbers_measured_and_planted_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("flash")).unwrap();
+    std::fs::write(dir.path().join("flash/bench.summary.csv"), BENCH_SUMMARY).unwrap();
+    let tag = dir.path().join("paper-scale/opt-1.3b-planted-v2");
+    std::fs::create_dir_all(&tag).unwrap();
+    std::fs::write(tag.join("table3.csv"), TABLE3).unwrap();
+    std::fs::create_dir_all(dir.path().join("dense")).unwrap();
+    std::fs::write(
+        dir.path().join("dense/generate.json"),
+        r#"{"prompt": "The capital of France is", "text": " Paris."}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dense/perplexity.json"),
+        r#"{"result": {"ppl": 18.25, "stderr": 1.5, "chunks": 4, "n_ctx": 512}, "whole_text": false}"#,
+    )
+    .unwrap();
+    // No sweep folder: the latency tables alone make a report.
+    let r = report::write(dir.path()).unwrap();
+    assert_eq!(r.latency.len(), 2);
+    assert!(!r.latency[0].planted && r.latency[1].planted);
+    let md = std::fs::read_to_string(&r.path).unwrap();
+    let measured = md.find("## Measured on real models").expect("a measured section");
+    let planted = md.find("## Planted checkpoints").expect("a planted section");
+    assert!(measured < planted);
+    // Every row's numbers, read from the CSV text here, stand in its Table 3 line, in its section.
+    for (csv, cols, section) in [
+        (BENCH_SUMMARY, ["io_ms", "mm_ms", "compute_ms", "total_ms"], measured..planted),
+        (TABLE3, ["io_ms", "mem_ms", "compute_ms", "total_ms"], planted..md.len()),
+    ] {
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            let v = |name: &str| format!("{:.2}", f[at(name)].parse::<f64>().unwrap());
+            let want = format!("| {} | {} | {} | {} | {} |", f[0], v(cols[0]), v(cols[1]), v(cols[2]), v(cols[3]));
+            let found = md[section.clone()].find(&want);
+            assert!(found.is_some(), "{want} not in its section of\n{md}");
+        }
+    }
+    // Table 2: ours beside the paper's row it stands for, with the throughput from our bytes and time.
+    assert!(
+        md.contains("| predictor+window (split) | + windowing | 0.0033 | 0.2 | 9.50 | 164 | 0.347 | 1.25 |"),
+        "{md}"
+    );
+    assert!(md.contains("| all | all (+ bundling) | 0.4639 | 0.2 | 17.6% | 1.49% | 1044.96 | 87 |"), "{md}");
+    // The paper's Table 3 row beside ours, and the speed-up from our rows.
+    assert!(md.contains("| 105 / 58 / 506 / 669 (all (+ bundling)) |"), "{md}");
+    assert!(md.contains(&format!("{:.2}x faster end to end", 52.0 / 14.0)), "{md}");
+    assert!(!md.contains("Table 3 and Fig. 1 (latency per token"), "Table 3 is covered, not missing:\n{md}");
+    assert!(
+        md.contains("GPL-3 perplexity at context 512: 18.250 +/- 1.500 over 4 chunks (the first chunks only"),
+        "{md}"
+    );
+    assert!(md.contains("\" Paris.\"; llama.cpp's"), "{md}");
+    if !experiments::chart::LineChart::font_missing() {
+        assert!(md.contains("[table3-latency.svg](flash/table3-latency.svg)"), "{md}");
+        assert!(md.contains("(paper-scale/opt-1.3b-planted-v2/table3-latency-planted.svg)"), "{md}");
+        let svg = std::fs::read_to_string(tag.join("table3-latency-planted.svg")).unwrap();
+        assert!(svg.contains("planted") && svg.contains("paper: OPT 6.7B"));
+    }
+}

@@ -72,7 +72,7 @@ fn real_model_gpl3_perplexity_is_within_one_percent_of_llama_cpp() {
     let model = Model::from_gguf(file).expect("model");
     let tokens = tok.encode(&text).expect("encode");
     let r = perplexity(&model, &tokens, 512, &mut DenseFfn::default(), &mut |_, _, _| {}).expect("perplexity");
-    // llama.cpp's perplexity tool on the same file, model and context (../shared/PAPER.md): 18.35.
+    // llama.cpp's perplexity tool on the same file, model and context (docs/reference-numbers.md): 18.35.
     let llama_cpp = 18.35;
     eprintln!("GPL-3 perplexity {:.4} +/- {:.4} over {} chunks; llama.cpp {llama_cpp}", r.ppl, r.stderr, r.chunks);
     assert!((r.ppl / llama_cpp - 1.0).abs() < 0.01, "perplexity {} vs llama.cpp {llama_cpp}", r.ppl);

@@ -14,8 +14,8 @@ mod cmd;
 #[derive(Parser, Debug)]
 #[command(name = "spike", version, about)]
 struct Cli {
-    /// Compute threads (default: the number of cores).
-    #[arg(long, global = true)]
+    /// Compute threads (default: the number of cores; llama.cpp's `-t`).
+    #[arg(short, long, global = true)]
     threads: Option<usize>,
 
     /// Activation precision for block-quantized weights: q8x2 (two 8-bit blocks, about 16 bits; default) or q8
@@ -61,6 +61,8 @@ enum Command {
     Sweep(cmd::sweep::Args),
     /// Write DIR/REPORT.md: the paper's claims beside ours, computed from the CSV files of sweep folders.
     Report(cmd::report::Args),
+    /// Run the whole chain on the default model into a dated run folder and write its REPORT.md (resumable).
+    Reproduce(cmd::reproduce::Args),
 }
 
 fn parse_precision(s: &str) -> Result<ActPrecision, String> {
@@ -92,6 +94,7 @@ fn dispatch(command: Command, precision: ActPrecision) -> anyhow::Result<()> {
         Command::TrainPredictor(a) => cmd::train_predictor::run(a),
         Command::Sweep(a) => cmd::sweep::run(a, precision),
         Command::Report(a) => cmd::report::run(a),
+        Command::Reproduce(a) => cmd::reproduce::run(a, precision),
     }
 }
 

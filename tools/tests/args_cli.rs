@@ -67,3 +67,38 @@ fn fractions_and_buffers_out_of_range_are_refused() {
         "--buffer 1",
     );
 }
+
+#[test]
+fn llama_cpp_short_flags_and_help_headings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = synth(tmp.path(), "llama", 3, 128);
+    let m = ck.to_str().unwrap();
+    let prompt = tmp.path().join("prompt.txt");
+    std::fs::write(&prompt, "the fox").unwrap();
+    let p = prompt.to_str().unwrap();
+    // llama.cpp's -t (threads) and -f (a prompt file).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spike"))
+        .args(["-t", "1", "generate", "-m", m, "-f", p, "-n", "2", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prompt"], "the fox");
+    assert_eq!(v["threads"], 1);
+    // Both is a usage error (clap's exit status 2) naming the flags.
+    let out = spike().args(["generate", "-m", m, "-p", "x", "-f", p]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--file") && err.contains("--prompt"), "{err}");
+    // llama-bench's -p, -n and -r.
+    let out = spike().args(["bench", "-m", m, "-p", "8", "-n", "4", "-r", "1"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("pp8") && text.contains("tg4"), "{text}");
+    // Flash-only options under their own heading, after the dense ones.
+    for cmd in ["bench", "generate"] {
+        let help = String::from_utf8(spike().args([cmd, "--help"]).output().unwrap().stdout).unwrap();
+        let heading = help.find("Flash mode (with --layout):").unwrap_or_else(|| panic!("{cmd}: no heading\n{help}"));
+        assert!(help.find("--layout").unwrap() > heading, "{cmd}:\n{help}");
+        assert!(help.find("--model").unwrap() < heading, "{cmd}:\n{help}");
+    }
+}

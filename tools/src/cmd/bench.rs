@@ -15,14 +15,14 @@ pub struct Args {
     /// Model: a GGUF file or a Hugging Face checkpoint directory; default: the fetched default model.
     #[arg(short, long)]
     model: Option<PathBuf>,
-    /// Prompt tokens processed as one batch.
-    #[arg(long, default_value_t = 128)]
+    /// Prompt tokens processed as one batch (llama-bench's `-p`).
+    #[arg(short, long, default_value_t = 128)]
     prompt: usize,
-    /// Tokens decoded one at a time.
-    #[arg(long, default_value_t = 128)]
+    /// Tokens decoded one at a time (llama-bench's `-n`).
+    #[arg(short = 'n', long, default_value_t = 128)]
     gen: usize,
-    /// Repeats; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    /// Repeats; the median is reported (llama-bench's `-r`).
+    #[arg(short, long, default_value_t = 5)]
     reps: usize,
     /// CSV file for the per-repeat rows (flash mode: the per-token rows, and the table beside it as
     /// NAME.summary.csv; required there). Without it a dense bench writes no file.
@@ -39,16 +39,16 @@ pub struct Args {
     /// neurons, from --oracle: what a perfect predictor would read; the oracle itself runs outside the budget);
     /// any row with `+overlap` appended reads the next layer while this one computes; with --split-layout,
     /// every row again on the split layout. Rows take turns, one prompt per round.
-    #[arg(long, default_value = "naive,hybrid,predictor,predictor+window", value_delimiter = ',')]
+    #[arg(long, default_value = "naive,hybrid,predictor,predictor+window", value_delimiter = ',', help_heading = super::flash::HEADING)]
     rows: Vec<String>,
     /// Flash mode: window length of the window rows.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, help_heading = super::flash::HEADING)]
     window: u32,
     /// Flash mode: a split layout of the same model, to isolate what bundling buys.
-    #[arg(long)]
+    #[arg(long, help_heading = super::flash::HEADING)]
     split_layout: Option<PathBuf>,
     /// Flash mode: text whose tokens make the prompts.
-    #[arg(long, default_value = "/usr/share/common-licenses/GPL-3")]
+    #[arg(long, default_value = "/usr/share/common-licenses/GPL-3", help_heading = super::flash::HEADING)]
     text: PathBuf,
     /// Dense mode: also measure the memory read bandwidth in every repeat (reading a 1 GiB buffer with the
     /// compute threads, after decode) and print the decode bound it sets: bandwidth over the weight bytes one
@@ -56,7 +56,7 @@ pub struct Args {
     #[arg(long)]
     memory_bound: bool,
     /// Flash mode: number of prompts (each --prompt tokens, then --gen decoded tokens).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, help_heading = super::flash::HEADING)]
     prompts: usize,
 }
 
@@ -150,5 +150,10 @@ fn run_flash(args: &Args, layout: &std::path::Path, precision: ActPrecision) -> 
         args.flash.budget.map_or("none".to_string(), |b| b.to_string())
     );
     table3::run(&bench)?;
+    let summary = bench.csv.with_extension("summary.csv");
+    match experiments::latency::plot(&summary) {
+        Ok(png) => eprintln!("chart: {} (and .svg)", png.display()),
+        Err(e) => eprintln!("note: no latency chart drawn from {}: {e}", summary.display()),
+    }
     Ok(())
 }

@@ -12,8 +12,12 @@ use spike_flash::engine::input::ActPrecision;
 use spike_flash::io::{BackendKind, IoConfig};
 use spike_flash::layout::read_neuron_lists;
 
+/// The `--help` heading of the options that only flash mode (`--layout`) reads.
+pub const HEADING: &str = "Flash mode (with --layout)";
+
 /// Flash mode: the FFN stays in a layout's `ffn.bin` and is read per token.
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = HEADING)]
 pub struct FlashArgs {
     /// Run from this flash layout (made by `spike convert`): attention and embeddings in DRAM, FFN neurons read
     /// from flash per token.

@@ -16,8 +16,11 @@ pub struct Args {
     #[arg(short, long)]
     model: Option<PathBuf>,
     /// The prompt.
+    #[arg(short, long, required_unless_present = "file", conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from this file (llama.cpp's `-f`).
     #[arg(short, long)]
-    prompt: String,
+    file: Option<PathBuf>,
     /// Number of tokens to generate.
     #[arg(short, long, default_value_t = 32)]
     n: usize,
@@ -41,9 +44,9 @@ pub struct Args {
     format: Format,
     #[command(flatten)]
     flash: super::flash::FlashArgs,
-    /// Flash mode: write one CSV row per step (the prompt, then each generated token) with its I/O, memory
+    /// Write one CSV row per step (the prompt, then each generated token) with its I/O, memory
     /// management and compute times, bytes, cache hit rate and the cost model's prediction.
-    #[arg(long)]
+    #[arg(long, help_heading = super::flash::HEADING)]
     trace_out: Option<PathBuf>,
 }
 
@@ -98,7 +101,12 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
         }
     };
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
-    let prompt = tok.encode(&args.prompt)?;
+    let prompt_text = match (&args.prompt, &args.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading -f {}", f.display()))?,
+        (None, None) => anyhow::bail!("give the prompt with -p TEXT or -f FILE"),
+    };
+    let prompt = tok.encode(&prompt_text)?;
     anyhow::ensure!(!prompt.is_empty(), "the prompt encodes to no tokens");
     let mut state = model
         .try_new_state(prompt.len().saturating_add(args.n))
@@ -153,7 +161,7 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     let decode_steps = generated.len().saturating_sub(1).max(1);
     let report = Report {
         model: loaded.path.display().to_string(),
-        prompt: &args.prompt,
+        prompt: &prompt_text,
         prompt_tokens: &prompt,
         generated_tokens: &generated,
         text: &text,

@@ -11,6 +11,7 @@ pub mod layout_bench;
 pub mod perplexity;
 pub mod profile_device;
 pub mod report;
+pub mod reproduce;
 pub mod sweep;
 pub mod synth;
 pub mod trace;
