@@ -100,8 +100,22 @@ fn quantization_bound(dtype: DType, row: &[u8], x: &[f32]) -> f64 {
         .sum()
 }
 
+/// The SIMD instruction sets this CPU has; each one it lacks is named on stderr, so that a test that skips its
+/// kernels says why.
 fn available_simd() -> Vec<Isa> {
-    Isa::ALL.into_iter().filter(|i| *i != Isa::Scalar && i.is_available()).collect()
+    let has = |i: &Isa| {
+        let ok = i.is_available();
+        if !ok {
+            eprintln!("skipped the {i} kernels: this CPU lacks their instructions");
+        }
+        ok
+    };
+    Isa::ALL.into_iter().filter(|i| *i != Isa::Scalar).filter(has).collect()
+}
+
+/// The scalar reference and [`available_simd`].
+fn available_isas() -> Vec<Isa> {
+    std::iter::once(Isa::Scalar).chain(available_simd()).collect()
 }
 
 #[test]
@@ -370,7 +384,7 @@ fn threaded_equals_unthreaded_bit_for_bit() {
                 let x = random_acts(&mut rng, n, cols);
                 let w = QMatrix::new(dtype, rows, cols, &wdata).expect("test matrix is well formed");
                 acts.prepare(dtype, &x, n, cols);
-                for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+                for isa in available_isas() {
                     let mut alone = vec![0.0f32; n * rows];
                     matmul_with(isa, &w, &acts, &mut alone);
                     let mut pooled = vec![f32::NAN; n * rows];
@@ -422,7 +436,7 @@ fn dot_row_equals_one_token_matmul() {
         many.prepare(dtype, &x, 3, cols);
         for t in 0..3 {
             acts.prepare(dtype, &x[t * cols..(t + 1) * cols], 1, cols);
-            for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+            for isa in available_isas() {
                 let mut out = vec![0.0f32; rows];
                 matmul_with(isa, &w, &acts, &mut out);
                 for (r, &o) in out.iter().enumerate() {
@@ -508,7 +522,7 @@ fn column_sums_match_the_exact_reference_on_every_isa() {
                     continue;
                 }
                 let (want, mag) = column_sums_f64(dtype, &records, stride, off, cols, &h, blocks.clone());
-                for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+                for isa in available_isas() {
                     // Start from a non-zero output: the kernel adds to it.
                     let mut out: Vec<f32> =
                         (0..blocks.len() * dtype.block_len()).map(|i| (i % 7) as f32 * 0.25).collect();
