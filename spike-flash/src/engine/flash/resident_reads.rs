@@ -27,11 +27,38 @@ const ALIGN: u64 = 4096;
 /// `resident.bin`'s tensors read again every token, layer by layer.
 pub(super) struct ResidentReads {
     backend: Box<dyn ReadBackend>,
-    /// Per layer, its tensors; the last layer's list ends with the tensors of no layer.
-    per_layer: Vec<Vec<TensorSpan>>,
-    file_len: u64,
+    /// Per layer, the runs its tensors lie in; the last layer's also hold the tensors of no layer.
+    per_layer: Vec<Vec<Run>>,
     buf: AlignedBuf,
     reqs: Vec<ReadReq>,
+    /// Per tensor of the run being read, its crc32c so far (reused).
+    crcs: Vec<u32>,
+}
+
+/// Adjacent tensors read as one range of the file: from the aligned start of the first to the aligned end of
+/// the last (or the file's end), so that a page two tensors share is read once.
+struct Run {
+    start: u64,
+    end: u64,
+    /// In file order.
+    tensors: Vec<TensorSpan>,
+}
+
+/// `tensors` in file order grouped into [`Run`]s of pages that touch or overlap, in a file of `file_len` bytes.
+fn runs(mut tensors: Vec<TensorSpan>, file_len: u64) -> Vec<Run> {
+    tensors.sort_by_key(|t| t.offset);
+    let mut runs: Vec<Run> = Vec::new();
+    for t in tensors {
+        let (start, end) = (t.offset - t.offset % ALIGN, (t.offset + t.len).next_multiple_of(ALIGN).min(file_len));
+        match runs.last_mut() {
+            Some(r) if start <= r.end => {
+                r.end = r.end.max(end);
+                r.tensors.push(t);
+            }
+            _ => runs.push(Run { start, end, tensors: vec![t] }),
+        }
+    }
+    runs
 }
 
 impl ResidentReads {
@@ -63,45 +90,50 @@ impl ResidentReads {
             Some(last) => last.extend(rest),
             None => return Err(Error::Invalid("a model of no layers has no resident reads".into())),
         }
+        let per_layer = per_layer.into_iter().map(|t| runs(t, file_len)).collect();
         let mut backend = open_backend(kind, path, io)?;
         backend.reserve_scratch(REQUEST as usize)?;
-        Ok(ResidentReads { backend, per_layer, file_len, buf: AlignedBuf::new(BATCH as usize)?, reqs: Vec::new() })
+        let buf = AlignedBuf::new(BATCH as usize)?;
+        Ok(ResidentReads { backend, per_layer, buf, reqs: Vec::new(), crcs: Vec::new() })
     }
 
-    /// Reads `layer`'s tensors (and after the last layer the others) and checks them; the time goes to
-    /// `stats.io_ns`, the check's part also to `stats.verify_ns`.
+    /// Reads `layer`'s runs (with the last layer, the other tensors' too) and checks every tensor; the time goes
+    /// to `stats.io_ns`, the check's part also to `stats.verify_ns`.
     pub(super) fn read_layer(&mut self, layer: usize, stats: &mut FlashStats) -> Result<()> {
         let t0 = Instant::now();
         let mut verify_ns = 0;
-        for i in 0..self.per_layer.get(layer).map_or(0, Vec::len) {
-            let s = &self.per_layer[layer][i];
-            let (name, end, want) = (s.name.clone(), s.offset + s.len, s.crc32c);
-            let mut pos = s.offset;
-            let mut crc = 0u32;
-            while pos < end {
-                // One batch: from the aligned start before `pos`, at most BATCH bytes, requests of REQUEST.
-                let start = pos - pos % ALIGN;
-                let stop = (start + BATCH).min(end.next_multiple_of(ALIGN)).min(self.file_len);
+        let Some(runs) = self.per_layer.get(layer) else { return Ok(()) };
+        for run in runs {
+            self.crcs.clear();
+            self.crcs.resize(run.tensors.len(), 0);
+            // Batches of at most BATCH bytes from the run's aligned start, requests of REQUEST bytes.
+            let mut at = run.start;
+            while at < run.end {
+                let stop = (at + BATCH).min(run.end);
                 self.reqs.clear();
-                let mut at = start;
-                while at < stop {
-                    let len = REQUEST.min(stop - at);
-                    self.reqs.push(ReadReq { offset: at, len: len as usize, dst: (at - start) as usize });
-                    at += len;
+                let mut from = at;
+                while from < stop {
+                    let len = REQUEST.min(stop - from);
+                    self.reqs.push(ReadReq { offset: from, len: len as usize, dst: (from - at) as usize });
+                    from += len;
                 }
                 self.backend.read_batch(&self.reqs, &mut self.buf)?;
                 let t = Instant::now();
-                let upto = end.min(stop);
-                let bytes = &self.buf.as_slice()[(pos - start) as usize..(upto - start) as usize];
-                crc = crc32c::crc32c_append(crc, bytes);
+                let bytes = self.buf.as_slice();
+                for (crc, s) in self.crcs.iter_mut().zip(&run.tensors) {
+                    let (a, b) = (s.offset.max(at), (s.offset + s.len).min(stop));
+                    if a < b {
+                        *crc = crc32c::crc32c_append(*crc, &bytes[(a - at) as usize..(b - at) as usize]);
+                    }
+                }
                 verify_ns += nanos(t);
-                pos = upto;
+                at = stop;
             }
-            if crc != want {
+            if let Some((s, &crc)) = run.tensors.iter().zip(&self.crcs).find(|(s, &crc)| crc != s.crc32c) {
                 return Err(Error::Checksum {
                     path: self.backend.path().to_path_buf(),
-                    place: format!("tensor `{name}`, read again for the naive row"),
-                    stored: want,
+                    place: format!("tensor `{}`, read again for the naive row", s.name),
+                    stored: s.crc32c,
                     computed: crc,
                 });
             }
