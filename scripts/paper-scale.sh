@@ -4,13 +4,22 @@
 # process's own overhead, measured here.
 #
 #   bash scripts/paper-scale.sh [--preset opt-1.3b|opt-6.7b|tiny] [--plan FILE] [--prompt N] [--gen N]
-#                               [--prompts N] [--out DIR]
+#                               [--prompts N] [--split-rows ROWS] [--out DIR]
+#
+# Defaults: 2 prompts of 64 tokens, 32 decoded, every row again on the split layout; for opt-6.7b, where the
+# naive row reads 13 GB per token, 1 prompt of 32 tokens, 16 decoded, and only the `all` row
+# (predictor+window) again on the split layout (the paper's bundling comparison), so the two benches (uncapped
+# for the overhead, then capped) fit in about 25 minutes.
 #
 # Steps (each skipped when its output is already in the cache, so an interrupted run resumes):
 #   1. scripts/planted-stats.sh: synth (planted), trace the calibration text, train the predictor (the paper's
 #      ranks), trace the held-out text, trace-stats with the predictor -> stats.csv (the paper's statistics);
-#   2. the hot list (neurons by firing frequency) from the calibration trace;
-#   3. convert to a bundled and a split layout, f16 as the checkpoint stores them, hot neurons first;
+#      the held-out trace is then removed (its statistics are kept);
+#   2. the hot list (neurons by firing frequency) from the calibration trace; the calibration trace is then
+#      removed (the predictor and the hot list are all that is made from it);
+#   3. convert to a bundled and a split layout, f16 as the checkpoint stores them, hot neurons first; the two
+#      layouts' resident.bin hold the same bytes, so the split one is a hard link to the bundled one
+#      (convert --share-resident compares them in full first);
 #   4. a short device profile of the bundled layout's ffn.bin (the cost model's predicted I/O);
 #   5. the process's overhead: the same bench (same prompts and lengths, so the same KV cache, batch buffers
 #      and heap growth over the rounds) without a cap, its peak resident memory less the largest model DRAM a
@@ -26,9 +35,10 @@ set -euo pipefail
 
 preset=opt-1.3b
 plan=experiments/plans/opt-planted-v2.toml
-prompt=64
-gen=32
-prompts=2
+prompt=""
+gen=""
+prompts=""
+split_rows=""
 out_arg=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -37,6 +47,7 @@ while [[ $# -gt 0 ]]; do
         --prompt) prompt=$2; shift 2 ;;
         --gen) gen=$2; shift 2 ;;
         --prompts) prompts=$2; shift 2 ;;
+        --split-rows) split_rows=$2; shift 2 ;;
         --out) out_arg=$2; shift 2 ;;
         *) echo "paper-scale.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -45,6 +56,12 @@ case "$preset" in
     tiny|opt-1.3b|opt-6.7b) ;;
     *) echo "paper-scale.sh: --preset must be tiny, opt-1.3b or opt-6.7b (got '$preset')" >&2; exit 2 ;;
 esac
+rows=naive-all,hybrid,predictor,predictor+window
+if [[ $preset == opt-6.7b ]]; then
+    : "${prompt:=32}" "${gen:=16}" "${prompts:=1}" "${split_rows:=predictor+window}"
+else
+    : "${prompt:=64}" "${gen:=32}" "${prompts:=2}" "${split_rows:=$rows}"
+fi
 
 # --out is taken from the directory the script was started in.
 [[ -z $out_arg ]] || out_arg=$(mkdir -p "$out_arg" && cd "$out_arg" && pwd)
@@ -69,18 +86,31 @@ bash scripts/planted-stats.sh --preset "$preset" --plan "$plan"
 python3 scripts/planted-stats-table.py "$cache/$tag-heldout-stats" "$out/stats.csv"
 pred="$cache/$tag-calib.pred"
 
+heldout="$cache/$tag-heldout.trace"
+if [[ -f $heldout && -f $cache/$tag-heldout-stats/predictor.csv ]]; then
+    echo "removing $heldout ($(( $(stat -c %s "$heldout") >> 20 )) MiB): its statistics are in $cache/$tag-heldout-stats" >&2
+    rm -f "$heldout"
+fi
+
 step "2/7 hot list from the calibration trace"
 hot="$cache/$tag-calib-stats/hot-relu.json"
 [[ -f $hot ]] || run "$spike" trace-stats "$cache/$tag-calib.trace" --k-max 5 -o "$cache/$tag-calib-stats"
+if [[ -f $cache/$tag-calib.trace && -f $pred && -f $hot ]]; then
+    echo "removing $cache/$tag-calib.trace ($(( $(stat -c %s "$cache/$tag-calib.trace") >> 20 )) MiB): the predictor and the hot list are made" >&2
+    rm -f "$cache/$tag-calib.trace"
+fi
 
 step "3/7 layouts (bundled and split, f16, hot neurons first)"
 bundled="$cache/$tag-bundled.spike"
 split="$cache/$tag-split.spike"
+share=()
 for kind in bundled split; do
     dir="$cache/$tag-$kind.spike"
     if ! "$spike" verify "$dir" >/dev/null 2>&1; then
-        run "$spike" convert -m "$model" -o "$dir" --layout "$kind" --order "$hot" --force
+        run "$spike" convert -m "$model" -o "$dir" --layout "$kind" --order "$hot" --force "${share[@]}"
     fi
+    # The two layouts' resident.bin hold the same bytes: the split one links the bundled one's.
+    share=(--share-resident "$bundled")
 done
 
 step "4/7 device profile of the bundled layout's ffn.bin (short)"
@@ -89,9 +119,8 @@ run "$spike" profile-device --file "$bundled/ffn.bin" --chunks 4K,16K,64K,256K,1
 
 ckpt_bytes=$(stat -c %s "$model/model.safetensors")
 half=$(( ckpt_bytes / 2 ))
-rows=naive-all,hybrid,predictor,predictor+window
 bench=("$spike" bench --layout "$bundled" --split-layout "$split" --budget "$half" --predictor "$pred"
-       --hot "$hot" --profile "$out/device/device-profile.json" --rows "$rows" --window 5
+       --hot "$hot" --profile "$out/device/device-profile.json" --rows "$rows" --split-rows "$split_rows" --window 5
        --text "$lic/Apache-2.0")
 
 step "5/7 the process's own overhead (the same bench, uncapped)"
@@ -118,4 +147,7 @@ bash scripts/cgroup-run.sh "$limit" -- "${bench[@]}" --prompt "$prompt" --gen "$
 step "7/7 table3.csv"
 python3 scripts/paper-scale-table.py "$out/bench.summary.csv" "$out/bench.txt" "$ckpt_bytes" "$out/table3.csv"
 rm -f "$cache/$tag-overhead.csv" "$cache/$tag-overhead.summary.csv"
+# The run's files on disk (hard links counted once): the checkpoint, the traces, the predictor, the layouts.
+du -scb "$model" "$cache/$tag"-* > "$out/disk.txt"
+echo "disk: the run's files in the cache take $(( $(tail -1 "$out/disk.txt" | cut -f1) / 1000000 )) MB ($out/disk.txt)" >&2
 step "done; outputs in $out/ (table3.csv, stats.csv, bench.txt, overhead.txt, device/)"

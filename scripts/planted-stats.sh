@@ -48,11 +48,14 @@ run() { echo "+ $*" >&2; nice -n 19 "$@"; }
 
 # Each step is skipped when its output exists (an interrupted run resumes; delete a file to redo its step).
 [[ -f $model/config.json ]] || run "$spike" synth --arch opt --preset "$preset" --planted "$plan" -o "$model"
-[[ -f $cache/$tag-calib.trace ]] || run "$spike" trace -m "$model" -f "$lic/GPL-3" --split paragraphs \
+# The calibration trace is not needed again once the predictor and the hot list are made (paper-scale.sh then
+# removes it).
+calib_done() { [[ -f $cache/$tag-calib.trace || ( -f $cache/$tag-calib.pred && -f $cache/$tag-calib-stats/hot-relu.json ) ]]; }
+calib_done || run "$spike" trace -m "$model" -f "$lic/GPL-3" --split paragraphs \
     --tokens "$calib_tokens" -o "$cache/$tag-calib.trace"
 [[ -f $cache/$tag-calib.pred ]] || run "$spike" train-predictor "$cache/$tag-calib.trace" \
     -o "$cache/$tag-calib.pred" --rank "$rank" --rank-last "$rank_last" --epochs "$epochs" --lr "$lr"
-[[ -f $cache/$tag-heldout.trace ]] || run "$spike" trace -m "$model" -f "$lic/Apache-2.0" -f "$lic/MPL-2.0" \
+[[ -f $cache/$tag-heldout.trace || -f $cache/$tag-heldout-stats/predictor.csv ]] || run "$spike" trace -m "$model" -f "$lic/Apache-2.0" -f "$lic/MPL-2.0" \
     --split paragraphs --tokens "$heldout_tokens" -o "$cache/$tag-heldout.trace"
 [[ -f $cache/$tag-heldout-stats/predictor.csv ]] || run "$spike" trace-stats "$cache/$tag-heldout.trace" \
     --predictor "$cache/$tag-calib.pred" --k-max 5 -o "$cache/$tag-heldout-stats"

@@ -559,3 +559,44 @@ fn llama_checkpoint_and_bf16_sources() {
     layout::write(&model, &ck, &out, &opts(LayoutKind::Bundled, RecordDType::F32)).unwrap();
     assert!(layout::write(&model, &ck, &out, &opts(LayoutKind::Bundled, RecordDType::F32)).is_err());
 }
+
+/// `share_resident`: a second layout of the same model links the first one's resident.bin (one inode, both
+/// verify, same bytes); a layout of another model, or a damaged resident.bin, is not linked but written.
+#[test]
+fn a_second_layout_shares_an_identical_resident_file() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, model, bundled) = converted(tmp.path());
+    let inode = |d: &Path| fs::metadata(d.join(layout::RESIDENT_FILE)).unwrap().ino();
+    let split = tmp.path().join("split.spike");
+    let share =
+        ConvertOptions { share_resident: Some(bundled.clone()), ..opts(LayoutKind::Split, RecordDType::Source) };
+    layout::write(&model, &path, &split, &share).unwrap();
+    assert_eq!(inode(&split), inode(&bundled));
+    Layout::open(&split).unwrap().verify().unwrap();
+    Layout::open(&bundled).unwrap().verify().unwrap();
+
+    // Another model (another seed): other bytes, so written, not linked.
+    let other_tmp = tmp.path().join("other");
+    fs::create_dir(&other_tmp).unwrap();
+    let bytes = synth::llama_gguf(&SynthSpec::tiny_gguf(DType::Q4_1, 8)).unwrap();
+    let other_path = other_tmp.join("tiny.gguf");
+    fs::write(&other_path, bytes).unwrap();
+    let other = Model::from_source(&Source::open(&other_path).unwrap()).unwrap();
+    let out = tmp.path().join("other.spike");
+    layout::write(&other, &other_path, &out, &share).unwrap();
+    assert_ne!(inode(&out), inode(&bundled));
+    Layout::open(&out).unwrap().verify().unwrap();
+
+    // One byte changed in the file to share: written, not linked, and the new layout verifies.
+    let copy = tmp.path().join("copy.spike");
+    fs::create_dir(&copy).unwrap();
+    fs::copy(bundled.join(layout::RESIDENT_FILE), copy.join(layout::RESIDENT_FILE)).unwrap();
+    let len = fs::metadata(copy.join(layout::RESIDENT_FILE)).unwrap().len();
+    flip(&copy.join(layout::RESIDENT_FILE), len / 2);
+    let third = tmp.path().join("third.spike");
+    let o = ConvertOptions { share_resident: Some(copy.clone()), ..opts(LayoutKind::Split, RecordDType::Source) };
+    layout::write(&model, &path, &third, &o).unwrap();
+    assert_ne!(inode(&third), inode(&copy));
+    Layout::open(&third).unwrap().verify().unwrap();
+}

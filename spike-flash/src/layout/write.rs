@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -52,6 +52,11 @@ pub struct ConvertOptions {
     /// Per layer, the neuron stored at each position (`order[l][k]` is stored at position `k`): a permutation
     /// of `0..d_ffn`, e.g. hot neurons first. `None` keeps the model's order.
     pub order: Option<Vec<Vec<u32>>>,
+    /// Another layout of the same model (e.g. the bundled one, when this is the split one): when its
+    /// `resident.bin` holds exactly the bytes this one would (compared in full), it is hard-linked instead of
+    /// written again, which saves the resident part's bytes on disk (gigabytes at paper scale). Both layouts
+    /// then share one file: a tool that edits one in place edits both.
+    pub share_resident: Option<PathBuf>,
     /// Testing hook: fail after `ffn.bin` is written and before the manifest, as an interrupted conversion.
     #[doc(hidden)]
     pub fail_before_manifest: bool,
@@ -67,6 +72,7 @@ impl Default for ConvertOptions {
             pack: 1,
             force: false,
             order: None,
+            share_resident: None,
             fail_before_manifest: false,
         }
     }
@@ -492,7 +498,13 @@ fn write_into(
     let (w, tensors) = resident_writer(src, cfg, plan.gated, source_path)?;
     let resident = w.to_bytes()?;
     let resident_path = dir.join(RESIDENT_FILE);
-    write_synced(&resident_path, &resident)?;
+    let linked = match &opts.share_resident {
+        Some(other) => link_if_same(&other.join(RESIDENT_FILE), &resident, &resident_path)?,
+        None => false,
+    };
+    if !linked {
+        write_synced(&resident_path, &resident)?;
+    }
     let resident_info = ResidentInfo { len: resident.len() as u64, crc32c: crc32c::crc32c(&resident), tensors };
     drop(resident);
 
@@ -610,6 +622,24 @@ fn write_into(
     write_synced(&dir.join(MANIFEST_FILE), &json)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
     Ok((json.len() as u64, resident_info.len, offset, errors))
+}
+
+/// Hard-links `other` to `path` when `other` holds exactly `bytes` (compared in full, 8 MiB at a time). False
+/// when it is absent, differs, or cannot be linked (another file system): the caller then writes the bytes.
+fn link_if_same(other: &Path, bytes: &[u8], path: &Path) -> Result<bool> {
+    let Ok(mut f) = File::open(other) else { return Ok(false) };
+    if f.metadata().map_err(|e| Error::io(other, e))?.len() != bytes.len() as u64 {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; (8 << 20).min(bytes.len())];
+    for chunk in bytes.chunks(buf.len().max(1)) {
+        let got = &mut buf[..chunk.len()];
+        f.read_exact(got).map_err(|e| Error::io(other, e))?;
+        if got != chunk {
+            return Ok(false);
+        }
+    }
+    Ok(std::fs::hard_link(other, path).is_ok())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -38,7 +38,7 @@ pub struct Args {
     /// predictor+window (the neurons --predictor picks), oracle, oracle+window, oracle+hybrid (the truly active
     /// neurons, from --oracle: what a perfect predictor would read; the oracle itself runs outside the budget);
     /// any row with `+overlap` appended reads the next layer while this one computes; with --split-layout,
-    /// every row again on the split layout. Rows take turns, one prompt per round.
+    /// the rows of --split-rows again on the split layout. Rows take turns, one prompt per round.
     #[arg(long, default_value = "naive,hybrid,predictor,predictor+window", value_delimiter = ',', help_heading = super::flash::HEADING)]
     rows: Vec<String>,
     /// Flash mode: window length of the window rows.
@@ -47,6 +47,9 @@ pub struct Args {
     /// Flash mode: a split layout of the same model, to isolate what bundling buys.
     #[arg(long, help_heading = super::flash::HEADING)]
     split_layout: Option<PathBuf>,
+    /// Flash mode: the rows run again on --split-layout (default: every row of --rows).
+    #[arg(long, value_delimiter = ',', requires = "split_layout", help_heading = super::flash::HEADING)]
+    split_rows: Option<Vec<String>>,
     /// Flash mode: text whose tokens make the prompts.
     #[arg(long, default_value = "/usr/share/common-licenses/GPL-3", help_heading = super::flash::HEADING)]
     text: PathBuf,
@@ -115,16 +118,18 @@ pub fn run(args: Args, precision: ActPrecision) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rows of `--rows` for one layout.
-fn flash_rows(args: &Args, layout: &std::path::Path, suffix: &str) -> anyhow::Result<Vec<RowSpec>> {
-    Ok(args.rows.iter().map(|r| RowSpec::parse(r, layout, args.window, suffix)).collect::<Result<_, _>>()?)
+/// The rows `names` for one layout.
+fn flash_rows(args: &Args, names: &[String], layout: &std::path::Path, suffix: &str) -> anyhow::Result<Vec<RowSpec>> {
+    Ok(names.iter().map(|r| RowSpec::parse(r, layout, args.window, suffix)).collect::<Result<_, _>>()?)
 }
 
 fn run_flash(args: &Args, layout: &std::path::Path, precision: ActPrecision) -> anyhow::Result<()> {
     anyhow::ensure!(!args.memory_bound, "--memory-bound measures the dense engine: it does not apply with --layout");
-    let mut rows = flash_rows(args, layout, "")?;
+    let mut rows = flash_rows(args, &args.rows, layout, "")?;
     if let Some(split) = &args.split_layout {
-        rows.extend(flash_rows(args, split, " (split)")?);
+        let names = args.split_rows.as_deref().unwrap_or(&args.rows);
+        anyhow::ensure!(!names.is_empty(), "--split-rows names no row");
+        rows.extend(flash_rows(args, names, split, " (split)")?);
     }
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("reading {}", args.text.display()))?;
     let tokens = spike_flash::layout::Layout::open(layout)?.tokenizer()?.encode(&text)?;

@@ -43,6 +43,10 @@ pub struct Args {
     /// `spike trace-stats`). Stored in the manifest; readers map neuron ids to positions.
     #[arg(long)]
     order: Option<PathBuf>,
+    /// Another layout of the same model (e.g. the bundled one when this is the split one): its resident.bin is
+    /// hard-linked instead of written again when it holds exactly the same bytes (compared in full).
+    #[arg(long)]
+    share_resident: Option<PathBuf>,
 }
 
 fn parse_kind(s: &str) -> Result<LayoutKind, String> {
@@ -79,8 +83,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         align: args.align,
         pack: if args.pad_records { args.align } else { 1 },
         force: args.force,
+        share_resident: args.share_resident.clone(),
         ..Default::default()
     };
+    if let Some(other) = &args.share_resident {
+        let r = other.join(spike_flash::layout::RESIDENT_FILE);
+        anyhow::ensure!(r.is_file(), "--share-resident {}: no {} there", other.display(), r.display());
+    }
     let s = match layout::write(&model, &path, &args.out, &opts) {
         Err(spike_flash::Error::OutputExists { path: out }) => {
             anyhow::bail!("{}: already exists; pass --force to replace it", out.display())
@@ -102,6 +111,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s.read_amplification
     );
     println!("  ffn.bin {} B, resident.bin {} B, manifest.json {} B", s.ffn_bytes, s.resident_bytes, s.manifest_bytes);
+    if let Some(other) = &args.share_resident {
+        let inode = |d: &std::path::Path| {
+            std::fs::metadata(d.join(spike_flash::layout::RESIDENT_FILE))
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .ok()
+        };
+        if inode(other).is_some() && inode(other) == inode(&s.out_dir) {
+            println!("  resident.bin is a hard link to {}'s (the same bytes)", other.display());
+        } else {
+            println!("  resident.bin written: {}'s holds other bytes", other.display());
+        }
+    }
     println!(
         "  max abs error of re-encoded FFN values: rows {:e}, columns {:e}",
         s.max_abs_error_rows, s.max_abs_error_columns
