@@ -5,8 +5,8 @@
 #   scripts/cgroup-run.sh LIMIT_BYTES -- command args...
 #   scripts/cgroup-run.sh --model-share 0.65 --model FILE -- command args...   (24 MiB + share x model file)
 #
-# Prints the limit and the peak usage (memory.max_usage_in_bytes) and the number of times the limit was hit
-# (memory.failcnt) on stderr; exits with the command's status (137 when the kernel's OOM killer stopped it).
+# Prints the limit and the peak usage (memory.max_usage_in_bytes), the number of times the limit was hit
+# (memory.failcnt), major faults and the peak of kernel memory charged (memory.kmem.max_usage_in_bytes) on stderr; exits with the command's status (137 when the kernel's OOM killer stopped it).
 set -euo pipefail
 
 root=/sys/fs/cgroup/memory
@@ -53,5 +53,7 @@ fails=$(cat "$cg/memory.failcnt")
 # Major faults: pages (the program's code, mapped files) that had to be read back after reclaim; many of them
 # mean the run thrashed at the limit. Page-cache reclaim alone (clean pages of files read once) is cheap.
 majf=$(awk '$1 == "total_pgmajfault" {print $2}' "$cg/memory.stat")
-echo "cgroup-run: limit $limit B ($(python3 -c "print(f'{$limit/2**20:.1f}')") MiB), peak $peak B ($(python3 -c "print(f'{$peak/2**20:.1f}')") MiB), limit hit $fails times, $majf major faults, exit $status" >&2
+# Kernel memory charged to the group (page tables, slab, io_uring rings): part of the limit, not of RSS.
+kmem=$(cat "$cg/memory.kmem.max_usage_in_bytes" 2>/dev/null || echo 0)
+echo "cgroup-run: limit $limit B ($(python3 -c "print(f'{$limit/2**20:.1f}')") MiB), peak $peak B ($(python3 -c "print(f'{$peak/2**20:.1f}')") MiB), limit hit $fails times, $majf major faults, exit $status, kernel memory peak $kmem B" >&2
 exit $status

@@ -23,7 +23,8 @@
 #   4. a short device profile of the bundled layout's ffn.bin (the cost model's predicted I/O);
 #   5. the process's overhead: the same bench (same prompts and lengths, so the same KV cache, batch buffers
 #      and heap growth over the rounds) without a cap, its peak resident memory less the largest model DRAM a
-#      row reported (one round was not enough: a run sized by one round thrashed and was OOM-killed in round 2);
+#      row reported, plus the peak kernel memory the cgroup was charged (one round was not enough: a run sized
+#      by one round thrashed and was OOM-killed in round 2; at 6.7B, a limit without the kernel memory too);
 #   6. the bench inside the cgroup (limit = 50% of the checkpoint's bytes + that overhead; model budget 50% of
 #      the checkpoint), rows taking turns on the bundled and the split layout, held-out text;
 #      naive-all reads every weight every token (resident.bin too), as the paper's naive row;
@@ -124,19 +125,25 @@ bench=("$spike" bench --layout "$bundled" --split-layout "$split" --budget "$hal
        --text "$lic/Apache-2.0")
 
 step "5/7 the process's own overhead (the same bench, uncapped)"
-/usr/bin/time -f "%M" -o "$out/overhead.maxrss-kib" \
+# Inside a cgroup limited only by the machine's memory, so the kernel memory the run is charged for (page
+# tables, slab, io_uring: counted by the capped run's limit, not by RSS) is measured too. A run at 6.7B whose
+# limit left it out thrashed (42,829 major faults) and was OOM-killed in the hybrid row.
+memtotal=$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo)
+bash scripts/cgroup-run.sh "$memtotal" -- /usr/bin/time -f "%M" -o "$out/overhead.maxrss-kib" \
     "${bench[@]}" --prompt "$prompt" --gen "$gen" --prompts "$prompts" --csv "$cache/$tag-overhead.csv" > "$out/overhead.log" 2>&1
-overhead=$(python3 - "$out/overhead.maxrss-kib" "$cache/$tag-overhead.summary.csv" <<'EOF'
-import csv, sys
+overhead=$(python3 - "$out/overhead.maxrss-kib" "$cache/$tag-overhead.summary.csv" "$out/overhead.log" <<'EOF'
+import csv, re, sys
 hwm = int(open(sys.argv[1]).read().split()[-1]) * 1024
 dram = max(float(r["dram_mib"]) for r in csv.DictReader(open(sys.argv[2]))) * 2**20
-print(max(0, int(hwm - dram)))
+kmem = re.search(r"kernel memory peak (\d+) B", open(sys.argv[3]).read())
+print(max(0, int(hwm - dram)) + (int(kmem.group(1)) if kmem else 0))
 EOF
 )
+kmem=$(grep -o "kernel memory peak [0-9]* B" "$out/overhead.log" | grep -o "[0-9]*" || echo 0)
 limit=$(( half + overhead ))
 {
     echo "checkpoint $ckpt_bytes B; model budget (50%) $half B"
-    echo "uncapped run: peak resident $(( $(cat "$out/overhead.maxrss-kib") * 1024 )) B; overhead over the largest row's model DRAM $overhead B"
+    echo "uncapped run: peak resident $(( $(cat "$out/overhead.maxrss-kib") * 1024 )) B, kernel memory peak $kmem B; overhead (peak resident over the largest row's model DRAM, plus the kernel memory) $overhead B"
     echo "cgroup limit = budget + overhead = $limit B ($(( limit >> 20 )) MiB)"
 } | tee "$out/overhead.txt"
 
