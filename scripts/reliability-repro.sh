@@ -4,8 +4,9 @@
 # A case passes when the command exits non-zero by status (not by a signal, not by an abort), its message names
 # what it must name (the flag, the file), and nothing is left behind. Finding 4 runs TRIALS trials of two
 # concurrent converts of one output and tallies them (one layout and one refusal each time, the layout
-# verified). Finding 5: a convert interrupted by SIGKILL, SIGTERM and SIGINT (its partial directory removed by
-# the next run, which says so), `synth` on a full disk (a 16 MiB tmpfs; needs root, skipped otherwise), and a
+# verified). Finding 5: a convert killed by SIGKILL (its partial directory removed by the next run, which says
+# so), a convert and a synth interrupted by SIGTERM and SIGINT (each removes its own partial output, says so in
+# one line and exits 128 + the signal), `synth` on a full disk (a 16 MiB tmpfs; needs root, skipped otherwise), and a
 # model file and a layout's ffn.bin truncated while `generate` maps them.
 #
 # Usage: scripts/reliability-repro.sh [--spike BIN] [--model GGUF] [--trials 20] [--scratch DIR]
@@ -120,12 +121,42 @@ for sig in KILL TERM INT; do
     kill -s "$sig" $pid
     wait $pid
     rc=$?
+    if [ "$sig" != KILL ]; then
+        want=$((128 + $(kill -l "$sig")))
+        if [ "$rc" -eq "$want" ] && [ ! -e "int.spike.partial-$pid" ] && [ ! -e int.spike ] && [ ! -e int.spike.lock ]; then
+            echo "PASS  convert interrupted by SIG$sig: exit $rc, nothing left"
+        else
+            echo "FAIL  convert interrupted by SIG$sig: exit $rc (want $want); left: $(ls -d int.spike* 2>/dev/null | tr '\n' ' ')"
+            fails=$((fails + 1))
+        fi
+    fi
     if "$spike" convert -m "$model" -o int.spike >out.txt 2>err.txt && [ ! -e "int.spike.partial-$pid" ]; then
         echo "PASS  convert after SIG$sig (exit $rc): $(grep -m1 "removed" out.txt err.txt || echo 'nothing to remove (the signal handler cleaned up)')"
     else
         echo "FAIL  convert after SIG$sig: $(cat err.txt)"; fails=$((fails + 1))
     fi
     debris .
+done
+
+echo "== finding 5: interrupted synths"
+for sig in TERM INT; do
+    rm -rf ck-int
+    env --default-signal=INT "$spike" synth --arch llama --layers 8 --d-model 512 --ffn 2048 --heads 8 --vocab 320 \
+        --dtype f32 -o ck-int >/dev/null 2>err.txt &
+    pid=$!
+    for _ in $(seq 1 2000); do compgen -G "ck-int/.model.safetensors.$pid.*.tmp" >/dev/null && break; sleep 0.005; done
+    kill -s "$sig" $pid
+    wait $pid
+    rc=$?
+    want=$((128 + $(kill -l "$sig")))
+    left="$(find ck-int -name '*.tmp' -o -name 'config.json' -o -name 'model.safetensors' | head; ls -d ck-int.lock 2>/dev/null)"
+    if [ "$rc" -eq "$want" ] && [ -z "$left" ] && grep -q "interrupted by SIG$sig: removed the partial output" err.txt; then
+        echo "PASS  synth interrupted by SIG$sig: exit $rc: $(head -n1 err.txt)"
+    else
+        echo "FAIL  synth interrupted by SIG$sig: exit $rc (want $want); left: $left; $(head -c 300 err.txt)"
+        fails=$((fails + 1))
+    fi
+    rm -rf ck-int
 done
 
 echo "== finding 5: synth on a full disk"

@@ -54,6 +54,12 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Text written beside each point (e.g. `K=3`), or none when empty.
     pub point_labels: Vec<String>,
+    /// A vertical bar from `low` to `high` at each point (the spread over repeats, say), or none when empty;
+    /// a pair that is not finite draws no bar.
+    pub spread: Vec<(f64, f64)>,
+    /// The colour: index into the data colours; by default the next one in order. Two series given the same
+    /// index (a median and its tail, say) read as one quantity.
+    pub color: Option<usize>,
     pub style: Style,
 }
 
@@ -66,6 +72,11 @@ impl Series {
     /// A dashed reference line through `points` (a paper's value, y = x).
     pub fn reference(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
         Series { label: label.into(), points, style: Style::Reference, ..Series::default() }
+    }
+
+    /// A dashed line without markers, in a data colour (a second statistic of the series of that colour).
+    pub fn dashed(label: impl Into<String>, points: Vec<(f64, f64)>) -> Series {
+        Series { label: label.into(), points, style: Style::Dashed, ..Series::default() }
     }
 
     /// Markers only, one per point (a scatter).
@@ -87,6 +98,8 @@ pub enum Style {
     Line,
     /// Markers only.
     Points,
+    /// A dashed line without markers, in a data colour.
+    Dashed,
     /// A dashed line without markers, in the reference colours (black, then dark red, dark blue); a single
     /// point is drawn as a cross.
     Reference,
@@ -133,9 +146,26 @@ pub struct LineChart {
     pub y_label: String,
     /// Plot x on a log2 axis with ticks at powers of two, labelled 512, 1K, 2K, ..., 1M, 2M, ...
     pub log2_x: bool,
+    /// Plot y on a log10 axis (for values spanning decades, such as latencies); values that are not positive
+    /// are left out.
+    pub log_y: bool,
     /// Where the legend goes: where no line runs.
     pub legend: LegendAt,
     pub series: Vec<Series>,
+}
+
+/// The tick label of a log10 axis at `exponent` (its log10): `1`, `10`, `100`, `1000`, `10000`, then `1e5`...;
+/// `0.1`, `0.01`, `0.001`, then `1e-4`...; between decades (not drawn as ticks) the value in 3 digits.
+pub fn decade_label(exponent: f64) -> String {
+    let k = exponent.round();
+    if (exponent - k).abs() > 1e-9 {
+        return number(10f64.powf(exponent), 3);
+    }
+    match k as i32 {
+        k @ 0..=4 => format!("{}", 10u64.pow(k as u32)),
+        k @ -3..=-1 => format!("{:.*}", (-k) as usize, 10f64.powi(k)),
+        k => format!("1e{k}"),
+    }
 }
 
 /// A power of two of bytes as 4K, 1M, ...
@@ -188,6 +218,22 @@ impl Draw for LineChart {
         let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
         root.fill(&WHITE).map_err(e)?;
         let fx = |x: f64| if self.log2_x { x.max(f64::MIN_POSITIVE).log2() } else { x };
+        let log_y = self.log_y;
+        // On a log axis y is drawn as its log10, and values that are not positive have no place.
+        let fy = |y: f64| {
+            if log_y {
+                if y > 0.0 {
+                    y.log10()
+                } else {
+                    f64::NAN
+                }
+            } else {
+                y
+            }
+        };
+        let spread_ys = || {
+            self.series.iter().flat_map(|s| s.spread.iter().flat_map(|&(lo, hi)| [lo, hi])).filter(|v| v.is_finite())
+        };
         let all = || self.series.iter().flat_map(|s| s.finite().map(|(_, p)| p));
         let (mut x0, mut x1) =
             all().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(fx(p.0)), b.max(fx(p.0))));
@@ -195,14 +241,25 @@ impl Draw for LineChart {
             // Whole powers of two at both ends, so that every tick is one and carries a binary label.
             (x0, x1) = (x0.floor(), x1.ceil());
         }
-        let y1 = all().fold(0.0f64, |a, p| a.max(p.1));
+        let y1 = all().map(|p| p.1).chain(spread_ys()).fold(0.0f64, f64::max);
         if !x0.is_finite() {
             (x0, x1) = (0.0, 1.0);
         }
         if x1 <= x0 {
             x1 = x0 + 1.0;
         }
-        let y1 = if y1 > 0.0 { y1 * 1.08 } else { 1.0 };
+        let (y0, y1) = if log_y {
+            // Whole decades at both ends, so that the ticks 1, 10, 100, ... bound the data.
+            let ys = all().map(|p| fy(p.1)).chain(spread_ys().map(fy)).filter(|v| v.is_finite());
+            let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+            if lo.is_finite() {
+                (lo.floor(), if hi.ceil() > lo.floor() { hi.ceil() } else { lo.floor() + 1.0 })
+            } else {
+                (0.0, 1.0)
+            }
+        } else {
+            (0.0, if y1 > 0.0 { y1 * 1.08 } else { 1.0 })
+        };
         // Room on the right for the last point's label.
         if !no_point_labels(self) {
             x1 += (x1 - x0) * 0.06;
@@ -221,17 +278,22 @@ impl Draw for LineChart {
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(90)
-            .build_cartesian_2d(x0..x1, 0.0..y1)
+            .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(e)?;
         let log2_x = self.log2_x;
         let n_x = if log2_x { (x1 - x0).round() as usize + 1 } else { 10 };
+        // A log axis: a tick per decade (at most 10; the labels are 10^k in plain digits).
+        let n_y = if log_y { ((y1 - y0).round() as usize + 1).min(10) } else { 10 };
         chart
             .configure_mesh()
             .x_desc(&self.x_label)
             .y_desc(&self.y_label)
             .x_labels(n_x)
+            .y_labels(n_y)
+            // Light lines split a decade of a log axis evenly in log10, which is no round value: none.
+            .y_max_light_lines(if log_y { 0 } else { 10 })
             .x_label_formatter(&|x| if log2_x { binary_label(x.exp2()) } else { tick_label(*x, x1 - x0) })
-            .y_label_formatter(&|y| tick_label(*y, y1))
+            .y_label_formatter(&|y| if log_y { decade_label(*y) } else { tick_label(*y, y1) })
             .label_style(("sans-serif", 20))
             .axis_desc_style(("sans-serif", 22))
             .draw()
@@ -243,13 +305,33 @@ impl Draw for LineChart {
                     refs += 1;
                     REFERENCE_COLORS[(refs - 1) % REFERENCE_COLORS.len()].to_rgba()
                 }
-                _ => {
-                    data += 1;
-                    SERIES_COLORS[(data - 1) % SERIES_COLORS.len()].to_rgba()
-                }
+                _ => match s.color {
+                    Some(i) => SERIES_COLORS[i % SERIES_COLORS.len()].to_rgba(),
+                    None => {
+                        data += 1;
+                        SERIES_COLORS[(data - 1) % SERIES_COLORS.len()].to_rgba()
+                    }
+                },
             };
-            let pts: Vec<(f64, f64)> = s.finite().map(|(_, p)| (fx(p.0), p.1)).collect();
-            let labels: Vec<&String> = s.finite().filter_map(|(i, _)| s.point_labels.get(i)).collect();
+            let kept = || s.finite().filter(|(_, p)| fy(p.1).is_finite());
+            let pts: Vec<(f64, f64)> = kept().map(|(_, p)| (fx(p.0), fy(p.1))).collect();
+            let labels: Vec<&String> = kept().filter_map(|(i, _)| s.point_labels.get(i)).collect();
+            // The spread bars first, under the line: a thin vertical bar with short caps.
+            let bars: Vec<(f64, f64, f64)> = kept()
+                .filter_map(|(i, p)| s.spread.get(i).map(|&(lo, hi)| (fx(p.0), fy(lo), fy(hi))))
+                .filter(|(_, lo, hi)| lo.is_finite() && hi.is_finite())
+                .collect();
+            let cap = (x1 - x0) * 0.006;
+            for &(x, lo, hi) in &bars {
+                let bar = color.mix(0.7).stroke_width(2);
+                chart
+                    .draw_series([
+                        PathElement::new(vec![(x, lo), (x, hi)], bar),
+                        PathElement::new(vec![(x - cap, lo), (x + cap, lo)], bar),
+                        PathElement::new(vec![(x - cap, hi), (x + cap, hi)], bar),
+                    ])
+                    .map_err(e)?;
+            }
             let anno = match s.style {
                 Style::Line => {
                     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
@@ -257,6 +339,9 @@ impl Draw for LineChart {
                 }
                 Style::Points => {
                     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.mix(0.6).filled()))).map_err(e)?
+                }
+                Style::Dashed => {
+                    chart.draw_series(DashedLineSeries::new(pts.clone(), 10, 7, color.stroke_width(2))).map_err(e)?
                 }
                 // A reference of one point (a value the paper gives at one setting) is a cross.
                 Style::Reference if pts.len() == 1 => {
@@ -268,15 +353,21 @@ impl Draw for LineChart {
             };
             let single = pts.len() == 1;
             let style = s.style;
-            anno.label(&s.label).legend(move |(x, y)| match style {
-                Style::Points => Circle::new((x + 12, y), 5, color.filled()).into_dyn(),
-                Style::Line => PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)).into_dyn(),
-                Style::Reference if single => Cross::new((x + 12, y), 6, color.stroke_width(3)).into_dyn(),
-                Style::Reference => {
-                    plotters::element::DashedPathElement::new(vec![(x, y), (x + 24, y)], 6, 4, color.stroke_width(2))
-                        .into_dyn()
-                }
-            });
+            // A series without a label has no legend entry (the title says what it is).
+            if !s.label.is_empty() {
+                anno.label(&s.label).legend(move |(x, y)| match style {
+                    Style::Points => Circle::new((x + 12, y), 5, color.filled()).into_dyn(),
+                    Style::Line => PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3)).into_dyn(),
+                    Style::Reference if single => Cross::new((x + 12, y), 6, color.stroke_width(3)).into_dyn(),
+                    Style::Reference | Style::Dashed => plotters::element::DashedPathElement::new(
+                        vec![(x, y), (x + 24, y)],
+                        6,
+                        4,
+                        color.stroke_width(2),
+                    )
+                    .into_dyn(),
+                });
+            }
             let font = ("sans-serif", 17).into_font().color(&color);
             chart
                 .draw_series(
@@ -298,11 +389,13 @@ impl Draw for LineChart {
                     .max()
                     .unwrap_or(0);
                 // The legend box as plotters lays it out: 10 px margins, 30 px for the markers, a line per series.
-                let size = (widest + 30 + 20, self.series.len() as i32 * 25 + 20);
+                let entries = self.series.iter().filter(|s| !s.label.is_empty()).count() as i32;
+                let size = (widest + 30 + 20, entries * 25 + 20);
                 let (xr, yr) = chart.plotting_area().get_pixel_range();
                 let mut samples = Vec::new();
                 for s in &self.series {
-                    let pts: Vec<(f64, f64)> = s.finite().map(|(_, p)| (fx(p.0), p.1)).collect();
+                    let pts: Vec<(f64, f64)> =
+                        s.finite().map(|(_, p)| (fx(p.0), fy(p.1))).filter(|p| p.1.is_finite()).collect();
                     let mut push = |p: (f64, f64)| {
                         let (x, y) = chart.backend_coord(&p);
                         samples.push((x - xr.start, y - yr.start));
@@ -572,6 +665,7 @@ mod tests {
             x_label: "chunk".into(),
             y_label: "MiB/s".into(),
             log2_x: true,
+            log_y: false,
             legend: LegendAt::UpperLeft,
             series: vec![
                 Series {

@@ -1,13 +1,19 @@
 //! The device profiler: random O_DIRECT reads through io_uring over a scratch file (or an existing file),
-//! throughput and mean latency per (chunk size, queue depth). This is the curve of the paper's Figure 2b for
-//! the machine it runs on, and the table the cost model reads ([`spike_flash::cost::DeviceProfile`]).
+//! throughput and latency (mean, median, 99th percentile) per (chunk size, queue depth), with the spread over
+//! the rounds. This is the curve of the paper's Figure 2b for the machine it runs on, and the table the cost
+//! model reads ([`spike_flash::cost::DeviceProfile`]).
+//!
+//! The CSV (`device-profile.csv`) has one row per point: the columns of the first version (`chunk_bytes`, ...,
+//! `mean_latency_us`, `backend`, `direct`, `dir`, `kernel`), then `p50_latency_us`, `p99_latency_us`,
+//! `rounds`, `mib_s_min`, `mib_s_max`, `mean_latency_us_min`, `mean_latency_us_max`. The charts are drawn from
+//! the CSV alone, from either version (a CSV without the later columns draws without percentiles or spread).
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use spike_flash::cost::{DeviceProfile, ProfilePoint, PROFILE_FORMAT, PROFILE_VERSION};
+use spike_flash::cost::{DeviceProfile, ProfilePoint, RoundSpread, PROFILE_FORMAT, PROFILE_VERSION};
 use spike_flash::io::{AlignedBuf, IoConfig, IoStats, ReadBackend, ReadReq, ScratchFile, UringBackend};
 use spike_flash::{Error, Result};
 
@@ -200,6 +206,9 @@ fn profile_path(
                     mib_s: s.throughput_mib_s(),
                     iops: s.reads as f64 / seconds,
                     mean_latency_us: s.mean_latency_us(),
+                    p50_latency_us: s.latency_hist.quantile_us(0.5),
+                    p99_latency_us: s.latency_hist.quantile_us(0.99),
+                    spread: None,
                 };
                 progress(round, &p);
                 let k = grid.iter().position(|&g| g == (depth, chunk)).expect("every measured point is in the grid");
@@ -210,8 +219,21 @@ fn profile_path(
     let points = rounds
         .into_iter()
         .map(|mut r| {
+            let range = |f: fn(&ProfilePoint) -> f64| {
+                r.iter().map(f).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+            };
+            let ((mib_s_min, mib_s_max), (lat_min, lat_max)) = (range(|q| q.mib_s), range(|q| q.mean_latency_us));
+            let spread = RoundSpread {
+                rounds: r.len(),
+                mib_s_min,
+                mib_s_max,
+                mean_latency_us_min: lat_min,
+                mean_latency_us_max: lat_max,
+            };
             r.sort_by(|a, b| a.mib_s.total_cmp(&b.mib_s));
-            r.swap_remove(r.len() / 2)
+            let mut median = r.swap_remove(r.len() / 2);
+            median.spread = Some(spread);
+            median
         })
         .collect();
     Ok(DeviceProfile {
@@ -243,6 +265,15 @@ struct Row<'a> {
     direct: bool,
     dir: &'a str,
     kernel: &'a str,
+    // Since the second version of the CSV, after the first version's columns so that readers by position
+    // still find those.
+    p50_latency_us: Option<f64>,
+    p99_latency_us: Option<f64>,
+    rounds: Option<usize>,
+    mib_s_min: Option<f64>,
+    mib_s_max: Option<f64>,
+    mean_latency_us_min: Option<f64>,
+    mean_latency_us_max: Option<f64>,
 }
 
 /// Writes the profile's CSV (long format, one row per point).
@@ -262,11 +293,18 @@ pub fn write_profile_csv(p: &DeviceProfile, path: &Path) -> Result<()> {
             direct: p.direct,
             dir: &p.dir,
             kernel: &p.kernel,
+            p50_latency_us: q.p50_latency_us,
+            p99_latency_us: q.p99_latency_us,
+            rounds: q.spread.map(|s| s.rounds),
+            mib_s_min: q.spread.map(|s| s.mib_s_min),
+            mib_s_max: q.spread.map(|s| s.mib_s_max),
+            mean_latency_us_min: q.spread.map(|s| s.mean_latency_us_min),
+            mean_latency_us_max: q.spread.map(|s| s.mean_latency_us_max),
         }),
     )
 }
 
-/// Draws throughput and latency against chunk size, one line per queue depth.
+/// Draws throughput and latency against chunk size, one line per queue depth (see [`draw_profile_csv`]).
 pub fn draw_profile(p: &DeviceProfile, out: &Path) -> crate::Result<Vec<PathBuf>> {
     let points: Vec<ChartPoint> = p
         .points
@@ -276,22 +314,44 @@ pub fn draw_profile(p: &DeviceProfile, out: &Path) -> crate::Result<Vec<PathBuf>
             queue_depth: q.queue_depth,
             mib_s: q.mib_s,
             mean_latency_us: q.mean_latency_us,
+            p50_latency_us: q.p50_latency_us,
+            p99_latency_us: q.p99_latency_us,
+            rounds: q.spread.map(|s| s.rounds),
+            mib_s_min: q.spread.map(|s| s.mib_s_min),
+            mib_s_max: q.spread.map(|s| s.mib_s_max),
         })
         .collect();
     draw_points(&points, out)
 }
 
-/// The columns of a profile's CSV that its charts need (the other columns are ignored).
+/// The columns of a profile's CSV that its charts need (the other columns are ignored; those of the second
+/// version may be missing, or empty).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 struct ChartPoint {
     chunk_bytes: usize,
     queue_depth: usize,
     mib_s: f64,
     mean_latency_us: f64,
+    #[serde(default)]
+    p50_latency_us: Option<f64>,
+    #[serde(default)]
+    p99_latency_us: Option<f64>,
+    #[serde(default)]
+    rounds: Option<usize>,
+    #[serde(default)]
+    mib_s_min: Option<f64>,
+    #[serde(default)]
+    mib_s_max: Option<f64>,
 }
 
 /// Draws the charts of [`draw_profile`] from a profile's CSV (`device-profile.csv`, as
-/// [`write_profile_csv`] writes it) into `out`, measuring nothing.
+/// [`write_profile_csv`] writes it, of either version) into `out`, measuring nothing:
+///
+/// - `device-profile.{png,svg}`: throughput against chunk size, a line per queue depth through the median
+///   rounds, with a bar from the lowest to the highest round where the CSV has them;
+/// - `device-latency.{png,svg}`: latency on a log axis, a solid line per queue depth through the median (p50)
+///   and a dashed one in the same colour through the 99th percentile; a CSV without percentiles draws the
+///   mean latency instead, and says so.
 pub fn draw_profile_csv(csv_path: &Path, out: &Path) -> crate::Result<Vec<PathBuf>> {
     let bad = |what: String| crate::Error::Csv { path: csv_path.to_path_buf(), what };
     let mut r = csv::Reader::from_path(csv_path).map_err(|e| bad(e.to_string()))?;
@@ -307,32 +367,60 @@ fn draw_points(points: &[ChartPoint], out: &Path) -> crate::Result<Vec<PathBuf>>
     let mut depths: Vec<usize> = points.iter().map(|q| q.queue_depth).collect();
     depths.sort_unstable();
     depths.dedup();
-    let series = |f: fn(&ChartPoint) -> f64| -> Vec<Series> {
-        depths
-            .iter()
-            .map(|&d| {
-                let pts = points.iter().filter(|q| q.queue_depth == d).map(|q| (q.chunk_bytes as f64, f(q))).collect();
-                Series::line(format!("queue depth {d}"), pts)
-            })
-            .collect()
+    let at = |d: usize| points.iter().filter(move |q| q.queue_depth == d);
+    let rounds = points.iter().filter_map(|q| q.rounds).max();
+    let spread = points.iter().any(|q| q.mib_s_min.is_some() && q.mib_s_max.is_some());
+    let throughput: Vec<Series> = depths
+        .iter()
+        .map(|&d| Series {
+            spread: at(d).map(|q| (q.mib_s_min.unwrap_or(f64::NAN), q.mib_s_max.unwrap_or(f64::NAN))).collect(),
+            ..Series::line(format!("queue depth {d}"), at(d).map(|q| (q.chunk_bytes as f64, q.mib_s)).collect())
+        })
+        .collect();
+    let percentiles = points.iter().any(|q| q.p50_latency_us.is_some());
+    let mut latency = Vec::new();
+    for (i, &d) in depths.iter().enumerate() {
+        let of = |f: fn(&ChartPoint) -> Option<f64>| -> Vec<(f64, f64)> {
+            at(d).map(|q| (q.chunk_bytes as f64, f(q).unwrap_or(f64::NAN))).collect()
+        };
+        if percentiles {
+            latency
+                .push(Series { color: Some(i), ..Series::line(format!("queue depth {d}"), of(|q| q.p50_latency_us)) });
+            latency.push(Series { color: Some(i), ..Series::dashed("", of(|q| q.p99_latency_us)) });
+        } else {
+            latency.push(Series {
+                color: Some(i),
+                ..Series::line(format!("queue depth {d}"), of(|q| Some(q.mean_latency_us)))
+            });
+        }
+    }
+    let throughput_title = match (spread, rounds) {
+        (true, Some(n)) if n > 1 => {
+            format!("Random O_DIRECT reads (io_uring): throughput, median of {n} rounds, bars min to max (measured)")
+        }
+        _ => "Random O_DIRECT reads (io_uring): throughput (measured)".to_string(),
+    };
+    let (latency_title, latency_y) = if percentiles {
+        (
+            "Random O_DIRECT reads (io_uring): latency, median solid, 99th percentile dashed (measured)",
+            "latency per read (microseconds, log scale)",
+        )
+    } else {
+        ("Random O_DIRECT reads (io_uring): mean latency (measured)", "mean latency per read (microseconds, log scale)")
     };
     let mut written = Vec::new();
     let charts = [
-        ("device-profile", "Random O_DIRECT reads (io_uring): throughput (measured)", "MiB/s", series(|q| q.mib_s)),
-        (
-            "device-latency",
-            "Random O_DIRECT reads (io_uring): mean latency (measured)",
-            "microseconds",
-            series(|q| q.mean_latency_us),
-        ),
+        ("device-profile", throughput_title.as_str(), "MiB/s", false, throughput),
+        ("device-latency", latency_title, latency_y, true, latency),
     ];
-    for (name, title, y, s) in charts {
+    for (name, title, y, log_y, s) in charts {
         // The title names no folder: a machine's paths say nothing to the reader and differ between hosts.
         let chart = LineChart {
             title: title.to_string(),
             x_label: "chunk size (bytes, log2 scale)".into(),
             y_label: y.into(),
             log2_x: true,
+            log_y,
             legend: crate::chart::LegendAt::UpperLeft,
             series: s,
         };
@@ -364,6 +452,25 @@ mod tests {
         assert_eq!(calls, 12);
         assert_eq!(p.points.len(), 4);
         assert!(p.points.iter().all(|q| q.reads > 0 && q.mib_s > 0.0 && q.mean_latency_us > 0.0));
+        for q in &p.points {
+            let (p50, p99) = (q.p50_latency_us.unwrap(), q.p99_latency_us.unwrap());
+            assert!(0.0 < p50 && p50 <= p99, "{q:?}");
+            let s = q.spread.unwrap();
+            assert_eq!(s.rounds, 3);
+            assert!(s.mib_s_min <= q.mib_s && q.mib_s <= s.mib_s_max, "the median round lies in the spread: {q:?}");
+            assert!(s.mean_latency_us_min <= q.mean_latency_us && q.mean_latency_us <= s.mean_latency_us_max);
+        }
+        // The CSV keeps the first version's columns first, then the new ones.
+        let csv = dir.path().join("device-profile.csv");
+        write_profile_csv(&p, &csv).unwrap();
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert!(
+            text.starts_with(
+                "chunk_bytes,queue_depth,reads,bytes,seconds,mib_s,iops,mean_latency_us,backend,direct,dir,kernel,\
+             p50_latency_us,p99_latency_us,rounds,mib_s_min,mib_s_max,mean_latency_us_min,mean_latency_us_max\n"
+            ),
+            "{text}"
+        );
         let f = dir.path().join("p.json");
         p.save(&f).unwrap();
         // serde_json parses floats to within an ulp or so, not always bit for bit.
@@ -395,8 +502,64 @@ mod tests {
         }
         let svg = std::fs::read_to_string(dir.path().join("device-profile.svg")).unwrap();
         assert!(svg.contains("(measured)") && !svg.contains("/somewhere/else"), "the title names no folder");
+        // The first version's CSV: the mean latency on a log axis, no spread.
+        let svg = std::fs::read_to_string(dir.path().join("device-latency.svg")).unwrap();
+        assert!(svg.contains("mean latency") && svg.contains("log scale") && !svg.contains("percentile"), "{svg}");
         // A bad number names the file and the record.
         std::fs::write(&csv, format!("{head}4096,1,10,40960,0.1,fast,100,10.0,uring,true,/x,6\n")).unwrap();
+        let e = draw_profile_csv(&csv, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("device-profile.csv") && e.contains("line: 2"), "{e}");
+    }
+
+    #[test]
+    fn charts_of_the_second_csv_version_show_percentiles_and_the_spread_over_rounds() {
+        if crate::chart::LineChart::font_missing() {
+            eprintln!("SKIPPED: no font installed (fonts-dejavu-core)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("device-profile.csv");
+        let mut text = String::from(
+            "chunk_bytes,queue_depth,reads,bytes,seconds,mib_s,iops,mean_latency_us,backend,direct,dir,kernel,\
+             p50_latency_us,p99_latency_us,rounds,mib_s_min,mib_s_max,mean_latency_us_min,mean_latency_us_max\n",
+        );
+        // Latencies from 40 us to 35 ms: four decades.
+        for (d, scale) in [(1usize, 1.0), (8, 6.0), (64, 30.0)] {
+            for k in 12..=20 {
+                let chunk = 1usize << k;
+                let p50 = 40.0 * scale * (chunk as f64 / 4096.0).sqrt();
+                let mib_s = d as f64 * chunk as f64 / (1 << 20) as f64 / (p50 / 1e6);
+                text.push_str(&format!(
+                    "{chunk},{d},100,{},1.0,{mib_s},100,{p50},uring,true,/somewhere/else,6,{p50},{},3,{},{},{},{}\n",
+                    100 * chunk,
+                    p50 * 3.0,
+                    mib_s * 0.9,
+                    mib_s * 1.05,
+                    p50 * 0.95,
+                    p50 * 1.1
+                ));
+            }
+        }
+        std::fs::write(&csv, text).unwrap();
+        let out = draw_profile_csv(&csv, dir.path()).unwrap();
+        assert_eq!(out.len(), 4);
+        let svg = std::fs::read_to_string(dir.path().join("device-latency.svg")).unwrap();
+        // The decades of the log axis, each a tick label (the SVG writes a text's content on its own line).
+        for want in
+            ["99th percentile dashed", "log scale", "queue depth 64", "\n10\n", "\n100\n", "\n1000\n", "\n10000\n"]
+        {
+            assert!(svg.contains(want), "{want} not in the latency chart");
+        }
+        assert!(!svg.contains("/somewhere/else"), "the title names no folder");
+        let svg = std::fs::read_to_string(dir.path().join("device-profile.svg")).unwrap();
+        assert!(svg.contains("median of 3 rounds, bars min to max"), "the throughput chart shows the spread");
+        // A value that is not a number in a new column names the column's line.
+        std::fs::write(
+            &csv,
+            "chunk_bytes,queue_depth,reads,bytes,seconds,mib_s,iops,mean_latency_us,backend,direct,dir,kernel,\
+             p50_latency_us\n4096,1,10,40960,0.1,0.4,100,10.0,uring,true,/x,6,soon\n",
+        )
+        .unwrap();
         let e = draw_profile_csv(&csv, dir.path()).unwrap_err().to_string();
         assert!(e.contains("device-profile.csv") && e.contains("line: 2"), "{e}");
     }

@@ -2,7 +2,8 @@
 //! management and compute for each row of a flash bench, beside the paper's rows. Two inputs are read:
 //!
 //! - the summary of `spike bench --layout` (`NAME.summary.csv`: `row`, `io_ms`, `mm_ms`, `compute_ms`,
-//!   `total_ms`, `mb_per_token`, ...), measured on a real model;
+//!   `total_ms`, `mb_per_token`, ..., `planted`), measured on a layout; `planted` is true when the layout was
+//!   converted from a planted checkpoint (summaries written before the column existed read as not planted);
 //! - the `table3.csv` of a paper-scale run (`scripts/paper-scale-table.py`: `row`, `io_ms`, `mem_ms`,
 //!   `compute_ms`, `total_ms`, `gb_read_per_token`, `paper_row`, `planted`, ...), whose rows say `planted`.
 //!
@@ -221,10 +222,16 @@ impl LatencyTable {
         Ok(LatencyTable { path: path.to_path_buf(), source, planted, rows })
     }
 
-    /// What the table measured, for titles: the planted checkpoint's folder name, or `measured`.
+    /// What the table measured, for titles: `planted checkpoint` (with the run's folder name for a paper-scale
+    /// table, which names the checkpoint; a bench summary's folder is wherever `--csv` put it), or `measured`.
     pub fn what(&self) -> String {
         if self.planted {
-            let tag = self.path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+            let tag = match self.source {
+                Source::PaperScale => {
+                    self.path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned())
+                }
+                Source::BenchSummary => None,
+            };
             format!("planted checkpoint {}", tag.unwrap_or_default()).trim_end().to_string()
         } else {
             "measured".to_string()
@@ -408,6 +415,34 @@ all,64,0,,,,0,8,8,125,0,0,1,1,80
         assert!(e.contains("compute_ms"), "{e}");
         std::fs::write(&p, "row,io_ms,mm_ms,compute_ms,total_ms\n").unwrap();
         assert!(LatencyTable::read(&p).unwrap_err().to_string().contains("no rows"));
+    }
+
+    #[test]
+    fn a_bench_summary_of_a_planted_layout_is_labelled_planted() {
+        if crate::chart::LineChart::font_missing() {
+            eprintln!("SKIPPED: no font installed (fonts-dejavu-core)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bench.summary.csv");
+        let mut lines = BENCH.lines();
+        let mut text = format!("{},planted\n", lines.next().unwrap());
+        for l in lines {
+            text.push_str(&format!("{l},true\n"));
+        }
+        std::fs::write(&p, text).unwrap();
+        let t = LatencyTable::read(&p).unwrap();
+        assert!(t.planted);
+        // A bench summary's folder is wherever --csv put it: not the checkpoint's name.
+        assert_eq!(t.what(), "planted checkpoint");
+        let png = plot(&p).unwrap();
+        assert_eq!(png, dir.path().join("table3-latency-planted.png"));
+        assert!(!dir.path().join("table3-latency.png").exists());
+        let svg = std::fs::read_to_string(dir.path().join("table3-latency-planted.svg")).unwrap();
+        assert!(svg.contains("Table 3), planted checkpoint") && svg.contains("ours, planted"), "{svg}");
+        // `false` in the column is not planted.
+        std::fs::write(&p, format!("{}\n", std::fs::read_to_string(&p).unwrap().replace(",true", ",false"))).unwrap();
+        assert!(!LatencyTable::read(&p).unwrap().planted);
     }
 
     #[test]

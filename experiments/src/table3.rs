@@ -9,6 +9,7 @@ use std::time::Instant;
 use predictor::selectors::{for_layout, Selection};
 use spike_flash::engine::flash::{CacheChoice, FlashConfig, FlashSession};
 use spike_flash::engine::sampler::argmax;
+use spike_flash::layout::Layout;
 
 use crate::record::TokenRecord;
 use crate::summary::{median, write_csv};
@@ -122,6 +123,9 @@ pub struct RowSummary {
     pub hit_rate: f64,
     pub active_share: f64,
     pub dram_mib: f64,
+    /// The row's layout was converted from a planted checkpoint ([`spike_flash::layout::Layout::planted`]): its
+    /// weights simulate a model's activation statistics; charts and reports label it `planted`.
+    pub planted: bool,
 }
 
 /// Runs every row; prints the table and writes the per-token CSV; returns the summaries.
@@ -149,6 +153,14 @@ pub fn run(b: &FlashBench) -> Result<Vec<RowSummary>> {
                 .ok_or_else(|| Error::Invalid(format!("row {}: an oracle row needs a thresholds file", row.name))),
         })
         .collect::<Result<Vec<_>>>()?;
+    let planted = b
+        .rows
+        .iter()
+        .map(|row| {
+            let layout = Layout::open(&row.layout).map_err(|e| in_row(&row.name, e))?;
+            Ok(layout.planted().map_err(|e| in_row(&row.name, e))?.is_some())
+        })
+        .collect::<Result<Vec<bool>>>()?;
     let mut per_row: Vec<Vec<TokenRecord>> = vec![Vec::new(); b.rows.len()];
     // Per row: model DRAM in MiB, and neurons per token (layers x d_ffn), from its last setup.
     let mut shape = vec![(0.0, 1.0); b.rows.len()];
@@ -200,7 +212,7 @@ pub fn run(b: &FlashBench) -> Result<Vec<RowSummary>> {
         }
     }
     let mut summaries = Vec::new();
-    for ((row, recs), (dram_mib, neurons)) in b.rows.iter().zip(&per_row).zip(shape) {
+    for (((row, recs), (dram_mib, neurons)), planted) in b.rows.iter().zip(&per_row).zip(shape).zip(planted) {
         let m = |g: &dyn Fn(&TokenRecord) -> f64| median(recs.iter().map(g));
         let total = m(&|r| r.total_ms);
         summaries.push(RowSummary {
@@ -224,6 +236,7 @@ pub fn run(b: &FlashBench) -> Result<Vec<RowSummary>> {
             hit_rate: m(&|r| r.hit_rate),
             active_share: m(&|r| r.neurons_active as f64 / neurons),
             dram_mib,
+            planted,
         });
     }
     let all: Vec<TokenRecord> = per_row.into_iter().flatten().collect();

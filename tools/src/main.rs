@@ -149,6 +149,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // An error caused by an interruption removing this run's partial output under it: the handler says
+            // what happened and ends the process (with 128 + the signal).
+            spike_flash::io::interrupt::wait_if_interrupted();
             // A closed pipe (`spike generate | head`) is how the reader says it has seen enough.
             if err
                 .chain()

@@ -1,8 +1,10 @@
-//! `spike convert` writers of one output: two at once give one layout and one refusal naming the output; the
-//! partial directory of a convert killed by SIGKILL, SIGTERM or SIGINT is removed by the next run, which says so.
+//! `spike convert` writers of one output: two at once give one layout and one refusal naming the output. A
+//! convert or synth interrupted by SIGTERM or SIGINT removes its partial output, says so and exits with
+//! 128 + the signal; the partial directory of a convert killed by SIGKILL is removed by the next run, which says so.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use spike_flash::layout::{Layout, LayoutKind};
@@ -64,11 +66,10 @@ fn two_converts_of_one_output_give_one_layout_and_one_refusal() {
     assert!(names.is_empty(), "{names:?}");
 }
 
-#[test]
-fn a_killed_converts_partial_directory_is_removed_by_the_next_run() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    // Large enough (about 25 MB of FFN) that the conversion is still writing when it is killed.
-    let ck = tmp.path().join("ck");
+/// A Llama checkpoint of about 40 MB (f32, 8 layers, d_model 256, FFN 1024): large enough that a conversion of it
+/// is still writing when it is signalled.
+fn large_checkpoint(dir: &Path) -> PathBuf {
+    let ck = dir.join("ck");
     let out = spike()
         .args(["synth", "--arch", "llama", "--layers", "8", "--d-model", "256", "--ffn", "1024", "--heads", "4"])
         .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED_CK.to_string(), "-o"])
@@ -76,28 +77,118 @@ fn a_killed_converts_partial_directory_is_removed_by_the_next_run() {
         .output()
         .expect("run spike synth");
     ok(out, "synth");
-    // SIGKILL, and the signals of `kill` and of a terminal's Ctrl-C, which end a conversion as abruptly.
-    for signal in ["KILL", "TERM", "INT"] {
+    ck
+}
+
+/// Waits until `appeared` holds (polling every millisecond), failing if `child` ends first or after a minute.
+fn wait_for(child: &mut Child, what: &str, appeared: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !appeared() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{what}: never appeared");
+        assert!(child.try_wait().expect("try_wait").is_none(), "the command finished before {what} appeared");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sends `SIG{signal}` to `child` with kill(1).
+fn send(child: &Child, signal: &str) {
+    let sent = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+    assert!(sent.expect("run kill").success(), "kill -{signal}");
+}
+
+/// The names in `dir` that are temporary: partial directories, temporary files, lock files.
+fn debris(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial") || n.ends_with(".tmp") || n.ends_with(".lock"))
+        .collect()
+}
+
+#[test]
+fn a_killed_converts_partial_directory_is_removed_by_the_next_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ck = large_checkpoint(tmp.path());
+    // SIGKILL cannot be handled: the partial directory stays until the next conversion of the same output.
+    let lay = tmp.path().join("m-KILL.spike");
+    let mut child = convert(&ck, &lay, "bundled").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+    let partial = tmp.path().join(format!("m-KILL.spike.partial-{}", child.id()));
+    wait_for(&mut child, "the partial directory", || partial.exists());
+    send(&child, "KILL");
+    let status = child.wait().expect("reap convert");
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    assert!(partial.exists() && !lay.exists());
+
+    let stdout = ok(convert(&ck, &lay, "bundled").output().expect("run convert"), "convert after the kill");
+    let line = format!("removed {}", partial.display());
+    assert!(stdout.contains(&line) && stdout.contains("no longer running"), "{stdout}");
+    assert!(!partial.exists());
+    Layout::open(&lay).expect("open").verify().expect("verify");
+    assert_eq!(debris(tmp.path()), Vec::<String>::new());
+}
+
+#[test]
+fn an_interrupted_convert_removes_its_partial_directory_and_says_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ck = large_checkpoint(tmp.path());
+    // The signals of `kill` and of a terminal's Ctrl-C: exit statuses 128 + 15 and 128 + 2, as a shell reports them.
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
         let lay = tmp.path().join(format!("m-{signal}.spike"));
         let mut child =
-            convert(&ck, &lay, "bundled").stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+            convert(&ck, &lay, "bundled").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
         let partial = tmp.path().join(format!("m-{signal}.spike.partial-{}", child.id()));
-        let start = Instant::now();
-        while !partial.exists() {
-            assert!(start.elapsed() < Duration::from_secs(60), "SIG{signal}: no partial directory appeared");
-            assert!(child.try_wait().expect("try_wait").is_none(), "convert finished before SIG{signal}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let sent = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
-        assert!(sent.expect("run kill").success(), "kill -{signal}");
-        let status = child.wait().expect("reap convert");
-        assert!(!status.success(), "SIG{signal}: {status:?}");
-        assert!(partial.exists() && !lay.exists(), "SIG{signal}");
+        wait_for(&mut child, "the partial directory", || partial.exists());
+        send(&child, signal);
+        let out = child.wait_with_output().expect("reap convert");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!((out.status.signal(), out.status.code()), (None, Some(code)), "SIG{signal}: {stderr}");
+        let line = format!("interrupted by SIG{signal}: removed the partial output {} (", partial.display());
+        assert!(stderr.contains(&line), "SIG{signal}: {line} not in: {stderr}");
+        assert!(!stderr.contains("error:"), "SIG{signal}: the interruption is the only word: {stderr}");
+        assert!(!partial.exists(), "SIG{signal}: the partial directory is gone");
+        assert!(!lay.exists(), "SIG{signal}: no layout");
+        assert_eq!(debris(tmp.path()), Vec::<String>::new(), "SIG{signal}");
+    }
+    // The output can be written afterwards, with nothing stale to remove.
+    let lay = tmp.path().join("m-TERM.spike");
+    let stdout = ok(convert(&ck, &lay, "bundled").output().expect("run convert"), "convert after the interruptions");
+    assert!(!stdout.contains("no longer running"), "{stdout}");
+    Layout::open(&lay).expect("open").verify().expect("verify");
+}
 
-        let stdout = ok(convert(&ck, &lay, "bundled").output().expect("run convert"), "convert after the kill");
-        let line = format!("removed {}", partial.display());
-        assert!(stdout.contains(&line) && stdout.contains("no longer running"), "SIG{signal}: {stdout}");
-        assert!(!partial.exists());
-        Layout::open(&lay).expect("open").verify().expect("verify");
+#[test]
+fn an_interrupted_synth_removes_its_temporary_file_and_says_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        // About 130 MB of f32 weights: still writing the safetensors file when signalled.
+        let ck = tmp.path().join(format!("ck-{signal}"));
+        let mut child = spike()
+            .args(["synth", "--arch", "llama", "--layers", "8", "--d-model", "512", "--ffn", "2048", "--heads", "8"])
+            .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED_CK.to_string(), "-o"])
+            .arg(&ck)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn synth");
+        let prefix = format!(".model.safetensors.{}.", child.id());
+        let temp = || -> Option<PathBuf> {
+            std::fs::read_dir(&ck).ok()?.flatten().map(|e| e.path()).find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+            })
+        };
+        wait_for(&mut child, "the temporary safetensors file", || temp().is_some());
+        let temp = temp().expect("it appeared");
+        send(&child, signal);
+        let out = child.wait_with_output().expect("reap synth");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!((out.status.signal(), out.status.code()), (None, Some(code)), "SIG{signal}: {stderr}");
+        let line = format!("interrupted by SIG{signal}: removed the partial output {} (", temp.display());
+        assert!(stderr.contains(&line), "SIG{signal}: {line} not in: {stderr}");
+        assert!(!temp.exists(), "SIG{signal}: the temporary file is gone");
+        assert_eq!(debris(&ck), Vec::<String>::new(), "SIG{signal}");
+        assert_eq!(debris(tmp.path()), Vec::<String>::new(), "SIG{signal}: no lock file beside the checkpoint");
+        for done in ["model.safetensors", "config.json"] {
+            assert!(!ck.join(done).exists(), "SIG{signal}: no {done}: the checkpoint is not complete");
+        }
     }
 }

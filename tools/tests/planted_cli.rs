@@ -110,3 +110,57 @@ fn tiny_planted_model_is_sparse_persistent_and_reproducible() {
         assert!(reuse > 2.0 * independent, "layer {l}: reuse {reuse:.3} against {independent:.3} if independent");
     }
 }
+
+/// Converts `ck` and runs `spike bench --layout` on it (two rows that need no predictor); the bench's stderr.
+fn bench_layout(dir: &Path, ck: &Path, name: &str, text: &Path) -> String {
+    let lay = dir.join(format!("{name}.spike"));
+    ok(spike().arg("convert").arg("-m").arg(ck).arg("-o").arg(&lay).output().expect("run convert"), "convert");
+    let csv = dir.join(name).join("bench.csv");
+    let out = spike()
+        .arg("bench")
+        .arg("--layout")
+        .arg(&lay)
+        .args(["--rows", "naive,all", "--prompt", "8", "--gen", "2", "--prompts", "1", "--text"])
+        .arg(text)
+        .arg("--csv")
+        .arg(&csv)
+        .output()
+        .expect("run spike bench");
+    assert!(out.status.success(), "bench {name}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The `planted` column of every row of a bench summary.
+fn planted_column(summary: &Path) -> Vec<String> {
+    let mut r = csv::Reader::from_path(summary).expect("open the summary");
+    let col = r.headers().expect("header").iter().position(|h| h == "planted").expect("a planted column");
+    r.records().map(|rec| rec.expect("record")[col].to_string()).collect()
+}
+
+/// `spike bench` on a layout of a planted checkpoint says so in its summary (the checkpoint's `spike_planted`,
+/// kept in the layout's `resident.bin`) and draws `table3-latency-planted`; on a random checkpoint's layout it
+/// draws `table3-latency`, not planted.
+#[test]
+fn a_bench_on_a_planted_layout_labels_its_chart_planted() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let text = dir.path().join("harbour.txt");
+    std::fs::write(&text, TEXT).expect("write the text");
+    let planted = synth(dir.path(), "ck-planted", SEED_PLANTED);
+    let random = common::synth(dir.path(), "opt", 0x5e, 256);
+    for (ck, name, is_planted) in [(&planted, "p", true), (&random, "r", false)] {
+        let stderr = bench_layout(dir.path(), ck, name, &text);
+        let out = dir.path().join(name);
+        let (stem, other) = if is_planted {
+            ("table3-latency-planted", "table3-latency")
+        } else {
+            ("table3-latency", "table3-latency-planted")
+        };
+        let png = out.join(format!("{stem}.png"));
+        assert!(stderr.contains(&format!("chart: {}", png.display())), "{name}: {stderr}");
+        assert!(png.is_file() && out.join(format!("{stem}.svg")).is_file(), "{name}");
+        assert!(!out.join(format!("{other}.png")).exists(), "{name}");
+        assert_eq!(planted_column(&out.join("bench.summary.csv")), vec![is_planted.to_string(); 2], "{name}");
+        let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).expect("read the SVG");
+        assert_eq!(svg.contains("planted"), is_planted, "{name}: the chart's labels");
+    }
+}

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-pub use profile::{DeviceProfile, ProfilePoint, PROFILE_FORMAT, PROFILE_VERSION};
+pub use profile::{DeviceProfile, ProfilePoint, RoundSpread, PROFILE_FORMAT, PROFILE_VERSION};
 
 use crate::io::plan::Plan;
 use crate::io::{IoConfig, ReadReq};
@@ -172,6 +172,9 @@ mod tests {
                     mib_s: mib_s * scale,
                     iops: 0.0,
                     mean_latency_us: 0.0,
+                    p50_latency_us: None,
+                    p99_latency_us: None,
+                    spread: None,
                 });
             }
         }

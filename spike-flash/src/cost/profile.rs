@@ -21,6 +21,26 @@ pub struct ProfilePoint {
     pub iops: f64,
     /// Mean time from submission to completion of one read, microseconds.
     pub mean_latency_us: f64,
+    /// Median and 99th percentile of the reads' latencies, microseconds (from a histogram of eighth-octave
+    /// buckets: within 12.5%); absent from profiles written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_latency_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_latency_us: Option<f64>,
+    /// The spread over the rounds this point was measured in (the point's other figures are those of its
+    /// median round); absent from profiles written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<RoundSpread>,
+}
+
+/// The lowest and highest figures of a profile point over its rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RoundSpread {
+    pub rounds: usize,
+    pub mib_s_min: f64,
+    pub mib_s_max: f64,
+    pub mean_latency_us_min: f64,
+    pub mean_latency_us_max: f64,
 }
 
 /// A device profile: where and how it was measured, and the points.

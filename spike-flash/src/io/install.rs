@@ -23,6 +23,8 @@ use crate::{Error, Result};
 pub struct OutputLock {
     file: File,
     path: PathBuf,
+    /// The lock file's registration, so that an interruption removes it ([`super::interrupt`]).
+    pending: Option<super::interrupt::Pending>,
 }
 
 impl OutputLock {
@@ -58,7 +60,9 @@ impl OutputLock {
             let held = file.metadata().map_err(|e| Error::io(&path, e))?;
             match std::fs::metadata(&path) {
                 Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
-                    return Ok(OutputLock { file, path });
+                    // Registered only once held: an interruption must never remove another writer's lock file.
+                    let pending = Some(super::interrupt::register(&path, super::interrupt::Kind::Lock));
+                    return Ok(OutputLock { file, path, pending });
                 }
                 // Removed or replaced by a writer that released it after we opened it: try again.
                 Ok(_) => {}
@@ -77,6 +81,8 @@ impl OutputLock {
 
 impl Drop for OutputLock {
     fn drop(&mut self) {
+        // Deregistered first: once the name is removed below, another writer's lock file may take it.
+        drop(self.pending.take());
         // Removed while still locked, so no other writer can hold this inode when the name disappears (see
         // the type's documentation). Best effort: a lock file left behind is taken over by the next writer.
         let _ = std::fs::remove_file(&self.path);

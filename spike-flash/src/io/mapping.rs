@@ -20,9 +20,11 @@
 //! killed by the signal).
 //!
 //! Everything the handler does is async-signal-safe: atomic loads from a static table (no lock, no
-//! allocation), `fstat`, `write`, `sigaction`, `raise`, `_exit`, or the previous handler. Destructors do not run: a conversion
-//! ended this way leaves its `NAME.spike.partial-PID/` directory, which the next conversion of the same output
-//! removes (`docs/format.md`), and temporary files named with the process id (`io::temp_pid`).
+//! allocation), `fstat`, `write`, `sigaction`, `raise`, `_exit`, or the previous handler. Destructors do not run, and
+//! the partial outputs registered with [`super::interrupt`] (which `SIGINT` and `SIGTERM` remove, from a
+//! thread that may lock and allocate) are not removed: a conversion ended this way leaves its
+//! `NAME.spike.partial-PID/` directory, which the next conversion of the same output removes
+//! (`docs/format.md`), and temporary files named with the process id (`io::temp_pid`).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -17,6 +17,7 @@
 mod buf;
 mod config;
 pub mod install;
+pub mod interrupt;
 mod mapping;
 mod mmap;
 pub mod plan;
@@ -41,7 +42,7 @@ pub use mmap::MmapBackend;
 pub use pool::PoolBackend;
 pub use runs::RunReader;
 pub use scratch::{fill_pattern, pattern_byte, ScratchFile};
-pub use stats::{IoStats, HIST_BUCKETS};
+pub use stats::{IoStats, LatencyHist, HIST_BUCKETS, LATENCY_BUCKETS};
 pub use testing::{CappedAlloc, Fault, FaultyBackend, MemBackend};
 pub use uring::UringBackend;
 
@@ -77,17 +78,21 @@ pub fn temp_pid(name: &str) -> Option<u32> {
 /// `path`, and the folder is synced; `path` then holds the old contents or the whole new ones, never a part.
 /// The write holds `path`'s [`install::OutputLock`], so a second writer of the same path meanwhile (another
 /// process or thread) is refused with [`Error::OutputBusy`] instead of one silently replacing the other.
-/// On any error (a full disk included) the temporary file is removed.
+/// On any error (a full disk included) the temporary file is removed, and so it is when the process is
+/// interrupted by SIGINT, SIGTERM or SIGHUP (module [`interrupt`]).
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>) -> Result<()> {
     let _lock = install::OutputLock::acquire(path)?;
     let tmp = temp_path(path);
+    // Kept until the temporary file is gone: renamed (in `finish`), or removed below.
+    let mut pending = Some(interrupt::register(&tmp, interrupt::Kind::Partial));
     let result = (|| -> Result<()> {
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = std::io::BufWriter::new(file);
         fill(&mut w).map_err(|e| Error::io(&tmp, e))?;
         let file = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        let pending = pending.take().expect("the rename happens once");
+        pending.finish(|| std::fs::rename(&tmp, path)).map_err(|e| Error::io(path, e))?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -98,6 +103,7 @@ pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn std::io::Write) -> s
         // Best effort: the temporary file is garbage either way, and the first error is the one to report.
         let _ = std::fs::remove_file(&tmp);
     }
+    drop(pending);
     result
 }
 

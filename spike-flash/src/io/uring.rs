@@ -228,7 +228,9 @@ impl UringBackend {
                 }
                 slot.done += res as usize;
                 if slot.done >= span.need {
-                    self.stats.latency_ns += slot.submitted.map_or(0, |t| (now - t).as_nanos() as u64);
+                    let ns = slot.submitted.map_or(0, |t| (now - t).as_nanos() as u64);
+                    self.stats.latency_ns += ns;
+                    self.stats.latency_hist.record(ns);
                     if let (Some(e), None, Target::Direct(dst)) = (early.as_mut(), &first_err, span.target) {
                         let i = self.plan.order[span.first];
                         // SAFETY: span `key` is a direct read of exactly request `i` (`Early`'s condition) into

@@ -141,6 +141,21 @@ impl Layout {
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         self.resident()?.take_tokenizer(self)
     }
+
+    /// The `spike_planted` record of the checkpoint this layout was converted from (`spike synth --planted`
+    /// writes it into `config.json`, which `resident.bin` keeps), or `None` for any other source: a layout
+    /// whose weights are a simulation of a model's statistics, not a trained model, and results from it are
+    /// labelled `planted`. Reads only `resident.bin`'s metadata (mapped, not checked: a label, not weights).
+    pub fn planted(&self) -> Result<Option<serde_json::Value>> {
+        let rpath = self.dir.join(RESIDENT_FILE);
+        let g = GgufFile::open(&rpath)?;
+        if g.get(HF_CONFIG_KEY).is_none() {
+            return Ok(None);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(g.get_str(HF_CONFIG_KEY)?).map_err(|e| Error::json(&rpath, &e))?;
+        Ok(v.get("spike_planted").filter(|p| !p.is_null() && **p != serde_json::Value::Bool(false)).cloned())
+    }
 }
 
 impl Resident {

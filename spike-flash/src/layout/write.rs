@@ -11,6 +11,7 @@ use super::{
     MANIFEST_FILE, MIN_ALIGN, PARTIAL_MARK, RESIDENT_FILE, VERSION,
 };
 use crate::io::install::{self, OutputLock, Stale};
+use crate::io::interrupt;
 use crate::model::config::ModelConfig;
 use crate::model::fetch::model_sha256;
 use crate::model::gguf::{GgufFile, MetaValue};
@@ -262,9 +263,14 @@ pub fn write(
         return Err(Error::OutputExists { path: out_dir.to_path_buf() });
     }
     let partial = parent.join(format!("{name}{PARTIAL_MARK}{}", std::process::id()));
+    // Registered before it exists: an interruption from here on removes it (`io::interrupt`).
+    let pending = interrupt::register(&partial, interrupt::Kind::Partial);
     fs::create_dir(&partial).map_err(|e| Error::io(&partial, e))?;
-    let written = write_into(&partial, model, &src, source_path, opts, &plan)
-        .and_then(|w| install_dir(&partial, out_dir, &parent, opts.force).map(|()| w));
+    let written = write_into(&partial, model, &src, source_path, opts, &plan);
+    let written = match written {
+        Ok(w) => pending.finish(|| install_dir(&partial, out_dir, &parent, opts.force).map(|()| w)),
+        Err(e) => Err(e),
+    };
     let (manifest_bytes, resident_bytes, ffn_bytes, errors) = match written {
         Ok(w) => w,
         Err(e) => {

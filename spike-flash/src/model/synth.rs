@@ -469,6 +469,7 @@ pub fn write_hf_checkpoint_with_progress(
         };
         let path = dir.join(&file);
         let tmp = crate::io::temp_path(&path);
+        let pending = crate::io::interrupt::register(&tmp, crate::io::interrupt::Kind::Partial);
         let views: Vec<(&str, LazyTensor)> = group
             .iter()
             .map(|p| {
@@ -476,12 +477,14 @@ pub fn write_hf_checkpoint_with_progress(
                 (p.name.as_str(), t)
             })
             .collect();
-        let written = safetensors::tensor::serialize_to_file(views, &info, &tmp)
-            .map_err(|e| match e {
-                safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
-                other => Error::Safetensors { path: tmp.clone(), what: format!("writing: {other}") },
-            })
-            .and_then(|()| rename(&tmp, &path));
+        let written = safetensors::tensor::serialize_to_file(views, &info, &tmp).map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
+            other => Error::Safetensors { path: tmp.clone(), what: format!("writing: {other}") },
+        });
+        let written = match written {
+            Ok(()) => pending.finish(|| rename(&tmp, &path)),
+            Err(e) => Err(e),
+        };
         if let Err(e) = written {
             // Best effort: the temporary file is garbage either way, and the first error is the one to report.
             let _ = std::fs::remove_file(&tmp);
