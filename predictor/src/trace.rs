@@ -492,6 +492,8 @@ pub struct TraceWriter {
     ctx: usize,
     label: String,
     _spill_dir: tempfile::TempDir,
+    /// Removes the spill folder if the process is interrupted (SIGINT, SIGTERM, SIGHUP) while it exists.
+    _spill_guard: spike_flash::io::interrupt::Pending,
     spill_paths: Vec<PathBuf>,
     spills: Vec<BufWriter<File>>,
     recorded: Vec<usize>,
@@ -528,6 +530,8 @@ impl TraceWriter {
         };
         let spill_dir =
             tempfile::Builder::new().prefix(".spike-trace-spill.").tempdir_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        let spill_guard =
+            spike_flash::io::interrupt::register(spill_dir.path(), spike_flash::io::interrupt::Kind::Partial);
         let mut spills = Vec::with_capacity(model.n_layers);
         let mut spill_paths = Vec::with_capacity(model.n_layers);
         for l in 0..model.n_layers {
@@ -543,6 +547,7 @@ impl TraceWriter {
             ctx,
             label,
             _spill_dir: spill_dir,
+            _spill_guard: spill_guard,
             spill_paths,
             spills,
             tokens: Vec::new(),

@@ -192,3 +192,55 @@ fn an_interrupted_synth_removes_its_temporary_file_and_says_so() {
         }
     }
 }
+
+/// `spike trace` spills each layer to a folder beside its output while it runs: SIGTERM and SIGINT remove it,
+/// say so, and leave no trace file.
+#[test]
+fn an_interrupted_trace_removes_its_spill_folder_and_says_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // 8 layers of d_model 512: a few seconds of tracing for 3000 tokens, so the signal finds it running.
+    let ck = tmp.path().join("ck");
+    ok(
+        spike()
+            .args(["synth", "--arch", "opt", "--layers", "8", "--d-model", "512", "--ffn", "2048", "--heads", "8"])
+            .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED_CK.to_string(), "-o"])
+            .arg(&ck)
+            .output()
+            .expect("run synth"),
+        "synth",
+    );
+    let text = common::corpus(tmp.path(), 120);
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let out_dir = tmp.path().join(format!("out-{signal}"));
+        std::fs::create_dir(&out_dir).expect("mkdir");
+        let trace = out_dir.join("t.trace");
+        let mut child = spike()
+            .arg("trace")
+            .arg("-m")
+            .arg(&ck)
+            .arg("-f")
+            .arg(&text)
+            .args(["--tokens", "3000", "-o"])
+            .arg(&trace)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn trace");
+        let spill = || -> Option<PathBuf> {
+            std::fs::read_dir(&out_dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".spike-trace-spill."))
+            })
+        };
+        wait_for(&mut child, "the spill folder", || spill().is_some());
+        let spill = spill().expect("it appeared");
+        send(&child, signal);
+        let out = child.wait_with_output().expect("reap trace");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!((out.status.signal(), out.status.code()), (None, Some(code)), "SIG{signal}: {stderr}");
+        let line = format!("interrupted by SIG{signal}: removed the partial output {}", spill.display());
+        assert!(stderr.contains(&line), "SIG{signal}: {line} not in: {stderr}");
+        assert!(!spill.exists(), "SIG{signal}: the spill folder is gone");
+        let left: Vec<_> = std::fs::read_dir(&out_dir).expect("list").flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "SIG{signal}: nothing left beside the trace's place: {left:?}");
+    }
+}
