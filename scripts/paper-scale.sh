@@ -128,9 +128,13 @@ step "5/7 the process's own overhead (the same bench, uncapped)"
 # Inside a cgroup limited only by the machine's memory, so the kernel memory the run is charged for (page
 # tables, slab, io_uring: counted by the capped run's limit, not by RSS) is measured too. A run at 6.7B whose
 # limit left it out thrashed (42,829 major faults) and was OOM-killed in the hybrid row.
-memtotal=$(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo)
-bash scripts/cgroup-run.sh "$memtotal" -- /usr/bin/time -f "%M" -o "$out/overhead.maxrss-kib" \
-    "${bench[@]}" --prompt "$prompt" --gen "$gen" --prompts "$prompts" --csv "$cache/$tag-overhead.csv" > "$out/overhead.log" 2>&1
+memtotal=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) * 1024 ))
+if ! bash scripts/cgroup-run.sh "$memtotal" -- /usr/bin/time -f "%M" -o "$out/overhead.maxrss-kib" \
+    "${bench[@]}" --prompt "$prompt" --gen "$gen" --prompts "$prompts" --csv "$cache/$tag-overhead.csv" > "$out/overhead.log" 2>&1; then
+    tail -n 5 "$out/overhead.log" >&2
+    echo "paper-scale.sh: the uncapped bench failed; its log is $out/overhead.log" >&2
+    exit 1
+fi
 overhead=$(python3 - "$out/overhead.maxrss-kib" "$cache/$tag-overhead.summary.csv" "$out/overhead.log" <<'EOF'
 import csv, re, sys
 hwm = int(open(sys.argv[1]).read().split()[-1]) * 1024

@@ -226,11 +226,12 @@ fn an_interrupted_trace_removes_its_spill_folder_and_says_so() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn trace");
-        let spill = || -> Option<PathBuf> {
-            std::fs::read_dir(&out_dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".spike-trace-spill."))
-            })
-        };
+        let spill =
+            || -> Option<PathBuf> {
+                std::fs::read_dir(&out_dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".spike-trace-spill."))
+                })
+            };
         wait_for(&mut child, "the spill folder", || spill().is_some());
         let spill = spill().expect("it appeared");
         send(&child, signal);
