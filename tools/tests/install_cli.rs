@@ -105,6 +105,31 @@ fn debris(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The first entry of `dir` whose name matches `name`, if any.
+fn entry(dir: &Path, name: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&name))
+}
+
+/// Waits for `partial` (`what`) to be named by `find`, sends `SIG{signal}`, and checks what every interrupted
+/// writer must do: exit with `code` (128 + the signal), say in one line that it removed that partial output,
+/// print no error of its own, and leave the partial output gone.
+fn interrupt(mut child: Child, what: &str, find: impl Fn() -> Option<PathBuf>, signal: &str, code: i32) {
+    wait_for(&mut child, what, || find().is_some());
+    let partial = find().expect("it appeared");
+    send(&child, signal);
+    let out = child.wait_with_output().expect("reap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.signal(), out.status.code()), (None, Some(code)), "SIG{signal}: {stderr}");
+    let line = format!("interrupted by SIG{signal}: removed the partial output {} (", partial.display());
+    assert!(stderr.contains(&line), "SIG{signal}: {line} not in: {stderr}");
+    assert!(!stderr.contains("error:"), "SIG{signal}: the interruption is the only word: {stderr}");
+    assert!(!partial.exists(), "SIG{signal}: {what} is gone");
+}
+
 #[test]
 fn a_killed_converts_partial_directory_is_removed_by_the_next_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -134,18 +159,9 @@ fn an_interrupted_convert_removes_its_partial_directory_and_says_so() {
     // The signals of `kill` and of a terminal's Ctrl-C: exit statuses 128 + 15 and 128 + 2, as a shell reports them.
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         let lay = tmp.path().join(format!("m-{signal}.spike"));
-        let mut child =
-            convert(&ck, &lay, "bundled").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let child = convert(&ck, &lay, "bundled").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
         let partial = tmp.path().join(format!("m-{signal}.spike.partial-{}", child.id()));
-        wait_for(&mut child, "the partial directory", || partial.exists());
-        send(&child, signal);
-        let out = child.wait_with_output().expect("reap convert");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!((out.status.signal(), out.status.code()), (None, Some(code)), "SIG{signal}: {stderr}");
-        let line = format!("interrupted by SIG{signal}: removed the partial output {} (", partial.display());
-        assert!(stderr.contains(&line), "SIG{signal}: {line} not in: {stderr}");
-        assert!(!stderr.contains("error:"), "SIG{signal}: the interruption is the only word: {stderr}");
-        assert!(!partial.exists(), "SIG{signal}: the partial directory is gone");
+        interrupt(child, "the partial directory", || Some(partial.clone()).filter(|p| p.exists()), signal, code);
         assert!(!lay.exists(), "SIG{signal}: no layout");
         assert_eq!(debris(tmp.path()), Vec::<String>::new(), "SIG{signal}");
     }
@@ -162,7 +178,7 @@ fn an_interrupted_synth_removes_its_temporary_file_and_says_so() {
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         // About 130 MB of f32 weights: still writing the safetensors file when signalled.
         let ck = tmp.path().join(format!("ck-{signal}"));
-        let mut child = spike()
+        let child = spike()
             .args(["synth", "--arch", "llama", "--layers", "8", "--d-model", "512", "--ffn", "2048", "--heads", "8"])
             .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED_CK.to_string(), "-o"])
             .arg(&ck)
@@ -171,20 +187,8 @@ fn an_interrupted_synth_removes_its_temporary_file_and_says_so() {
             .spawn()
             .expect("spawn synth");
         let prefix = format!(".model.safetensors.{}.", child.id());
-        let temp = || -> Option<PathBuf> {
-            std::fs::read_dir(&ck).ok()?.flatten().map(|e| e.path()).find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
-            })
-        };
-        wait_for(&mut child, "the temporary safetensors file", || temp().is_some());
-        let temp = temp().expect("it appeared");
-        send(&child, signal);
-        let out = child.wait_with_output().expect("reap synth");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!((out.status.signal(), out.status.code()), (None, Some(code)), "SIG{signal}: {stderr}");
-        let line = format!("interrupted by SIG{signal}: removed the partial output {} (", temp.display());
-        assert!(stderr.contains(&line), "SIG{signal}: {line} not in: {stderr}");
-        assert!(!temp.exists(), "SIG{signal}: the temporary file is gone");
+        let temp = || entry(&ck, |n| n.starts_with(&prefix) && n.ends_with(".tmp"));
+        interrupt(child, "the temporary safetensors file", temp, signal, code);
         assert_eq!(debris(&ck), Vec::<String>::new(), "SIG{signal}");
         assert_eq!(debris(tmp.path()), Vec::<String>::new(), "SIG{signal}: no lock file beside the checkpoint");
         for done in ["model.safetensors", "config.json"] {
@@ -214,7 +218,7 @@ fn an_interrupted_trace_removes_its_spill_folder_and_says_so() {
         let out_dir = tmp.path().join(format!("out-{signal}"));
         std::fs::create_dir(&out_dir).expect("mkdir");
         let trace = out_dir.join("t.trace");
-        let mut child = spike()
+        let child = spike()
             .arg("trace")
             .arg("-m")
             .arg(&ck)
@@ -226,21 +230,13 @@ fn an_interrupted_trace_removes_its_spill_folder_and_says_so() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn trace");
-        let spill =
-            || -> Option<PathBuf> {
-                std::fs::read_dir(&out_dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".spike-trace-spill."))
-                })
-            };
-        wait_for(&mut child, "the spill folder", || spill().is_some());
-        let spill = spill().expect("it appeared");
-        send(&child, signal);
-        let out = child.wait_with_output().expect("reap trace");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!((out.status.signal(), out.status.code()), (None, Some(code)), "SIG{signal}: {stderr}");
-        let line = format!("interrupted by SIG{signal}: removed the partial output {}", spill.display());
-        assert!(stderr.contains(&line), "SIG{signal}: {line} not in: {stderr}");
-        assert!(!spill.exists(), "SIG{signal}: the spill folder is gone");
+        interrupt(
+            child,
+            "the spill folder",
+            || entry(&out_dir, |n| n.starts_with(".spike-trace-spill.")),
+            signal,
+            code,
+        );
         let left: Vec<_> = std::fs::read_dir(&out_dir).expect("list").flatten().map(|e| e.file_name()).collect();
         assert!(left.is_empty(), "SIG{signal}: nothing left beside the trace's place: {left:?}");
     }
