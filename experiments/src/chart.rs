@@ -185,6 +185,15 @@ impl LineChart {
         ensure_font().is_err()
     }
 
+    /// For tests that draw: true (after saying on stderr that the test is skipped) when no font can be found.
+    pub fn skip_without_font() -> bool {
+        let missing = Self::font_missing();
+        if missing {
+            eprintln!("SKIPPED: no font installed (fonts-dejavu-core)");
+        }
+        missing
+    }
+
     /// Writes the chart to `png` (1200 x 800) and `svg`.
     pub fn write(&self, png: &Path, svg: &Path) -> Result<()> {
         write_png_svg(self, png, svg, (1200, 800))

@@ -485,8 +485,7 @@ mod tests {
 
     #[test]
     fn charts_from_the_csv_alone() {
-        if crate::chart::LineChart::font_missing() {
-            eprintln!("SKIPPED: no font installed (fonts-dejavu-core)");
+        if crate::chart::LineChart::skip_without_font() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -513,8 +512,7 @@ mod tests {
 
     #[test]
     fn charts_of_the_second_csv_version_show_percentiles_and_the_spread_over_rounds() {
-        if crate::chart::LineChart::font_missing() {
-            eprintln!("SKIPPED: no font installed (fonts-dejavu-core)");
+        if crate::chart::LineChart::skip_without_font() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -419,8 +419,7 @@ all,64,0,,,,0,8,8,125,0,0,1,1,80
 
     #[test]
     fn a_bench_summary_of_a_planted_layout_is_labelled_planted() {
-        if crate::chart::LineChart::font_missing() {
-            eprintln!("SKIPPED: no font installed (fonts-dejavu-core)");
+        if crate::chart::LineChart::skip_without_font() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -447,8 +446,7 @@ all,64,0,,,,0,8,8,125,0,0,1,1,80
 
     #[test]
     fn the_chart_is_drawn_beside_the_csv() {
-        if crate::chart::LineChart::font_missing() {
-            eprintln!("SKIPPED: no font installed (fonts-dejavu-core)");
+        if crate::chart::LineChart::skip_without_font() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

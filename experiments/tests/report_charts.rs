@@ -224,8 +224,7 @@ fn the_report_ratio_is_ours_over_the_papers() {
 
 #[test]
 fn every_chart_writes_png_and_svg() {
-    if experiments::chart::LineChart::font_missing() {
-        eprintln!("SKIPPED: no font installed (fonts-dejavu-core)");
+    if experiments::chart::LineChart::skip_without_font() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
