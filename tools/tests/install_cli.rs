@@ -105,6 +105,24 @@ fn debris(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `cmd` with SIGINT, SIGTERM and SIGHUP at their default actions in the child, as a terminal's foreground job
+/// has them. A shell's background job inherits SIGINT ignored, and spike keeps an inherited ignore (as `nohup`
+/// asks), so without this the SIGINT cases would depend on how the tests were started.
+fn default_signals(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec, and calls only signal(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// The first entry of `dir` whose name matches `name`, if any.
 fn entry(dir: &Path, name: impl Fn(&str) -> bool) -> Option<PathBuf> {
     std::fs::read_dir(dir)
@@ -159,7 +177,11 @@ fn an_interrupted_convert_removes_its_partial_directory_and_says_so() {
     // The signals of `kill` and of a terminal's Ctrl-C: exit statuses 128 + 15 and 128 + 2, as a shell reports them.
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         let lay = tmp.path().join(format!("m-{signal}.spike"));
-        let child = convert(&ck, &lay, "bundled").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let child = default_signals(convert(&ck, &lay, "bundled"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
         let partial = tmp.path().join(format!("m-{signal}.spike.partial-{}", child.id()));
         interrupt(child, "the partial directory", || Some(partial.clone()).filter(|p| p.exists()), signal, code);
         assert!(!lay.exists(), "SIG{signal}: no layout");
@@ -178,7 +200,7 @@ fn an_interrupted_synth_removes_its_temporary_file_and_says_so() {
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         // About 130 MB of f32 weights: still writing the safetensors file when signalled.
         let ck = tmp.path().join(format!("ck-{signal}"));
-        let child = spike()
+        let child = default_signals(spike())
             .args(["synth", "--arch", "llama", "--layers", "8", "--d-model", "512", "--ffn", "2048", "--heads", "8"])
             .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED_CK.to_string(), "-o"])
             .arg(&ck)
@@ -218,7 +240,7 @@ fn an_interrupted_trace_removes_its_spill_folder_and_says_so() {
         let out_dir = tmp.path().join(format!("out-{signal}"));
         std::fs::create_dir(&out_dir).expect("mkdir");
         let trace = out_dir.join("t.trace");
-        let child = spike()
+        let child = default_signals(spike())
             .arg("trace")
             .arg("-m")
             .arg(&ck)
