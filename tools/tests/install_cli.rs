@@ -11,7 +11,7 @@ use spike_flash::layout::{Layout, LayoutKind};
 
 mod common;
 
-use common::{ok, spike};
+use common::{ok, spike, synth_cmd, synth_into, Shape};
 
 /// Seed of the checkpoints these tests convert.
 const SEED_CK: u32 = 0x51;
@@ -69,15 +69,8 @@ fn two_converts_of_one_output_give_one_layout_and_one_refusal() {
 /// A Llama checkpoint of about 40 MB (f32, 8 layers, d_model 256, FFN 1024): large enough that a conversion of it
 /// is still writing when it is signalled.
 fn large_checkpoint(dir: &Path) -> PathBuf {
-    let ck = dir.join("ck");
-    let out = spike()
-        .args(["synth", "--arch", "llama", "--layers", "8", "--d-model", "256", "--ffn", "1024", "--heads", "4"])
-        .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED_CK.to_string(), "-o"])
-        .arg(&ck)
-        .output()
-        .expect("run spike synth");
-    ok(out, "synth");
-    ck
+    let shape = Shape { arch: "llama", layers: 8, d_model: 256, ffn: 1024, heads: 4 };
+    synth_into(&shape, SEED_CK, &dir.join("ck"))
 }
 
 /// Waits until `appeared` holds (polling every millisecond), failing if `child` ends first or after a minute.
@@ -200,10 +193,8 @@ fn an_interrupted_synth_removes_its_temporary_file_and_says_so() {
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         // About 130 MB of f32 weights: still writing the safetensors file when signalled.
         let ck = tmp.path().join(format!("ck-{signal}"));
-        let child = default_signals(spike())
-            .args(["synth", "--arch", "llama", "--layers", "8", "--d-model", "512", "--ffn", "2048", "--heads", "8"])
-            .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED_CK.to_string(), "-o"])
-            .arg(&ck)
+        let shape = Shape { arch: "llama", layers: 8, d_model: 512, ffn: 2048, heads: 8 };
+        let child = default_signals(synth_cmd(&shape, SEED_CK, &ck))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -225,16 +216,8 @@ fn an_interrupted_synth_removes_its_temporary_file_and_says_so() {
 fn an_interrupted_trace_removes_its_spill_folder_and_says_so() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // 8 layers of d_model 512: a few seconds of tracing for 3000 tokens, so the signal finds it running.
-    let ck = tmp.path().join("ck");
-    ok(
-        spike()
-            .args(["synth", "--arch", "opt", "--layers", "8", "--d-model", "512", "--ffn", "2048", "--heads", "8"])
-            .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED_CK.to_string(), "-o"])
-            .arg(&ck)
-            .output()
-            .expect("run synth"),
-        "synth",
-    );
+    let shape = Shape { arch: "opt", layers: 8, d_model: 512, ffn: 2048, heads: 8 };
+    let ck = synth_into(&shape, SEED_CK, &tmp.path().join("ck"));
     let text = common::corpus(tmp.path(), 120);
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         let out_dir = tmp.path().join(format!("out-{signal}"));

@@ -18,7 +18,7 @@ use spike_flash::model::synth::llama_hf_to_gguf;
 
 mod common;
 
-use common::{ok, spike};
+use common::{ok, spike, synth_into, Shape};
 
 /// Seed of the checkpoint.
 const SEED: u32 = 0x5b;
@@ -27,15 +27,8 @@ const TOKENS: &str = "1500";
 
 /// A Llama checkpoint of 8 layers, d_model 256, FFN 1024 (f32, about 40 MB): milliseconds per token.
 fn checkpoint(dir: &Path) -> PathBuf {
-    let ck = dir.join("ck");
-    let out = spike()
-        .args(["synth", "--arch", "llama", "--layers", "8", "--d-model", "256", "--ffn", "1024", "--heads", "4"])
-        .args(["--vocab", "320", "--dtype", "f32", "--seed", &SEED.to_string(), "-o"])
-        .arg(&ck)
-        .output()
-        .unwrap();
-    ok(out, "synth");
-    ck
+    let shape = Shape { arch: "llama", layers: 8, d_model: 256, ffn: 1024, heads: 4 };
+    synth_into(&shape, SEED, &dir.join("ck"))
 }
 
 /// Runs `generate` with `args`, truncates `victim` once the first text has arrived, and checks the end.

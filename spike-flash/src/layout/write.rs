@@ -113,6 +113,8 @@ pub struct Summary {
     pub read_amplification: f64,
     pub ffn_bytes: u64,
     pub resident_bytes: u64,
+    /// `resident.bin` is a hard link to `ConvertOptions::share_resident`'s (it held the same bytes).
+    pub resident_shared: bool,
     pub manifest_bytes: u64,
     /// Largest `|stored - source|` over every row value (gate, up, fc1) not copied byte for byte (0 when all
     /// are exact).
@@ -271,7 +273,7 @@ pub fn write(
         Ok(w) => pending.finish(|| install_dir(&partial, out_dir, &parent, opts.force).map(|()| w)),
         Err(e) => Err(e),
     };
-    let (manifest_bytes, resident_bytes, ffn_bytes, errors) = match written {
+    let (manifest_bytes, (resident_bytes, resident_shared), ffn_bytes, errors) = match written {
         Ok(w) => w,
         Err(e) => {
             // Best effort: the partial directory is garbage; the first error is the one to report.
@@ -301,6 +303,7 @@ pub fn write(
         read_amplification: isolated as f64 / payload as f64,
         ffn_bytes,
         resident_bytes,
+        resident_shared,
         manifest_bytes,
         max_abs_error_rows: errors.rows,
         max_abs_error_columns: errors.columns,
@@ -487,7 +490,8 @@ struct MaxErrors {
     columns: f32,
 }
 
-/// Writes the three files into `dir`; returns the manifest, resident and ffn sizes and the max abs errors.
+/// Writes the three files into `dir`; returns the manifest size, the resident size and whether it is a link to
+/// `opts.share_resident`'s, the ffn size and the max abs errors.
 fn write_into(
     dir: &Path,
     model: &ModelParts,
@@ -495,7 +499,7 @@ fn write_into(
     source_path: &Path,
     opts: &ConvertOptions,
     plan: &Plan,
-) -> Result<(u64, u64, u64, MaxErrors)> {
+) -> Result<(u64, (u64, bool), u64, MaxErrors)> {
     let cfg = &model.cfg;
     let layout_id = format!("{:032x}", rand::random::<u128>());
     let id_bytes = layout_id_bytes(&layout_id).ok_or_else(|| Error::Invalid("layout id".into()))?;
@@ -627,7 +631,7 @@ fn write_into(
     let json = seal_manifest(&json)?;
     write_synced(&dir.join(MANIFEST_FILE), &json)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
-    Ok((json.len() as u64, resident_info.len, offset, errors))
+    Ok((json.len() as u64, (resident_info.len, linked), offset, errors))
 }
 
 /// Hard-links `other` to `path` when `other` holds exactly `bytes` (compared in full, 8 MiB at a time). False

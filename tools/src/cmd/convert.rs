@@ -112,12 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  ffn.bin {} B, resident.bin {} B, manifest.json {} B", s.ffn_bytes, s.resident_bytes, s.manifest_bytes);
     if let Some(other) = &args.share_resident {
-        let inode = |d: &std::path::Path| {
-            std::fs::metadata(d.join(spike_flash::layout::RESIDENT_FILE))
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-                .ok()
-        };
-        if inode(other).is_some() && inode(other) == inode(&s.out_dir) {
+        if s.resident_shared {
             println!("  resident.bin is a hard link to {}'s (the same bytes)", other.display());
         } else {
             println!("  resident.bin written: {}'s holds other bytes", other.display());

@@ -24,17 +24,36 @@ pub fn fail(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The shape of a random f32 checkpoint (vocabulary 320) made by `spike synth`.
+pub struct Shape {
+    pub arch: &'static str,
+    pub layers: usize,
+    pub d_model: usize,
+    pub ffn: usize,
+    pub heads: usize,
+}
+
+/// `spike synth` of a random f32 checkpoint of `shape` with `seed` into `out`, not yet run.
+pub fn synth_cmd(shape: &Shape, seed: u32, out: &Path) -> Command {
+    let mut c = spike();
+    c.args(["synth", "--arch", shape.arch])
+        .args(["--layers", &shape.layers.to_string(), "--d-model", &shape.d_model.to_string()])
+        .args(["--ffn", &shape.ffn.to_string(), "--heads", &shape.heads.to_string()])
+        .args(["--vocab", "320", "--dtype", "f32", "--seed", &seed.to_string(), "-o"])
+        .arg(out);
+    c
+}
+
+/// Runs [`synth_cmd`] and asserts it succeeded; the checkpoint `out`.
+pub fn synth_into(shape: &Shape, seed: u32, out: &Path) -> PathBuf {
+    ok(synth_cmd(shape, seed, out).output().expect("run spike synth"), "synth");
+    out.to_path_buf()
+}
+
 /// A random checkpoint of 2 layers, `d_model` 64 and `ffn` neurons: `arch` llama (SiLU) or opt (ReLU).
-pub fn synth(dir: &Path, arch: &str, seed: u32, ffn: usize) -> PathBuf {
-    let ck = dir.join(format!("{arch}-{seed}-{ffn}"));
-    let out = spike()
-        .args(["synth", "--arch", arch, "--layers", "2", "--d-model", "64", "--ffn", &ffn.to_string()])
-        .args(["--heads", "4", "--vocab", "320", "--dtype", "f32", "--seed", &seed.to_string(), "-o"])
-        .arg(&ck)
-        .output()
-        .expect("run spike synth");
-    ok(out, "synth");
-    ck
+pub fn synth(dir: &Path, arch: &'static str, seed: u32, ffn: usize) -> PathBuf {
+    let shape = Shape { arch, layers: 2, d_model: 64, ffn, heads: 4 };
+    synth_into(&shape, seed, &dir.join(format!("{arch}-{seed}-{ffn}")))
 }
 
 /// A corpus of `docs` sections separated by two blank lines, written to `dir/corpus.txt`.
