@@ -135,15 +135,15 @@ if ! bash scripts/cgroup-run.sh "$memtotal" -- /usr/bin/time -f "%M" -o "$out/ov
     echo "paper-scale.sh: the uncapped bench failed; its log is $out/overhead.log" >&2
     exit 1
 fi
-overhead=$(python3 - "$out/overhead.maxrss-kib" "$cache/$tag-overhead.summary.csv" "$out/overhead.log" <<'EOF'
-import csv, re, sys
+kmem=$(grep -o "kernel memory peak [0-9]* B" "$out/overhead.log" | grep -o "[0-9]*" || echo 0)
+rss_over=$(python3 - "$out/overhead.maxrss-kib" "$cache/$tag-overhead.summary.csv" <<'EOF'
+import csv, sys
 hwm = int(open(sys.argv[1]).read().split()[-1]) * 1024
 dram = max(float(r["dram_mib"]) for r in csv.DictReader(open(sys.argv[2]))) * 2**20
-kmem = re.search(r"kernel memory peak (\d+) B", open(sys.argv[3]).read())
-print(max(0, int(hwm - dram)) + (int(kmem.group(1)) if kmem else 0))
+print(max(0, int(hwm - dram)))
 EOF
 )
-kmem=$(grep -o "kernel memory peak [0-9]* B" "$out/overhead.log" | grep -o "[0-9]*" || echo 0)
+overhead=$(( rss_over + kmem ))
 limit=$(( half + overhead ))
 {
     echo "checkpoint $ckpt_bytes B; model budget (50%) $half B"
